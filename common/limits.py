@@ -1,0 +1,22 @@
+"""Every size and queue bound in one place, so they are explicit and reviewed together."""
+
+from __future__ import annotations
+
+MIB = 1024 * 1024
+
+#: gRPC max send/receive message size on every channel and server (controller, admin, agent).
+MAX_GRPC_MESSAGE_BYTES = 64 * MIB
+#: Largest tensor payload accepted by Infer (sum of input bytes).
+MAX_INFER_INPUT_BYTES = 32 * MIB
+#: Artifact download chunk size.
+ARTIFACT_CHUNK_BYTES = 1 * MIB
+#: Largest model the controller accepts on import.
+MAX_MODEL_BYTES = 1024 * MIB
+#: Most telemetry records in one batch on the control stream.
+MAX_TELEMETRY_BATCH = 256
+#: Most telemetry records an agent holds in memory before dropping the oldest (counted, reported).
+MAX_PENDING_TELEMETRY = 10_000
+#: Outgoing messages queued per connected device on the controller before it sheds the stream.
+MAX_STREAM_OUTBOX = 64
+#: Longest string fields (error messages, descriptions) kept from peers.
+MAX_TEXT_CHARS = 2_000

@@ -1,0 +1,353 @@
+"""Domain types shared by controller, agent and simulator.
+
+Plain frozen dataclasses: no protobuf here (``common.serde`` converts), no I/O. Times are integer
+milliseconds since the Unix epoch (``*_ms``) so they serialise exactly.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+PHONE_CPU = "phone-cpu"
+EDGE_NPU = "edge-npu"
+CLOUD_GPU = "cloud-gpu"
+#: Built-in hardware classes; operators may define more (any name matching HARDWARE_CLASS_RE).
+KNOWN_HARDWARE_CLASSES = (PHONE_CPU, EDGE_NPU, CLOUD_GPU)
+HARDWARE_CLASS_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+#: Device ids and model names: DNS-label-like, so they are safe in topics, paths and URLs.
+NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,126}[a-z0-9])?$")
+
+DEFAULT_VARIANT = "fp32"
+
+
+class DataType(enum.Enum):
+    """Tensor element types; the value is the numpy dtype name (little-endian on the wire)."""
+
+    FLOAT32 = "float32"
+    FLOAT16 = "float16"
+    FLOAT64 = "float64"
+    INT8 = "int8"
+    UINT8 = "uint8"
+    INT16 = "int16"
+    INT32 = "int32"
+    INT64 = "int64"
+    BOOL = "bool"
+
+    @property
+    def itemsize(self) -> int:
+        return _ITEMSIZE[self]
+
+
+_ITEMSIZE = {
+    DataType.FLOAT32: 4,
+    DataType.FLOAT16: 2,
+    DataType.FLOAT64: 8,
+    DataType.INT8: 1,
+    DataType.UINT8: 1,
+    DataType.INT16: 2,
+    DataType.INT32: 4,
+    DataType.INT64: 8,
+    DataType.BOOL: 1,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Tensor:
+    """A named tensor as raw little-endian C-order bytes."""
+
+    name: str
+    dtype: DataType
+    shape: tuple[int, ...]
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """A model input or output as declared by the model; -1 marks a dynamic dimension."""
+
+    name: str
+    dtype: DataType
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class HardwareProfile:
+    hardware_class: str
+    cpu_cores: int = 0
+    memory_bytes: int = 0
+    execution_providers: tuple[str, ...] = ()
+    os: str = ""
+    onnxruntime_version: str = ""
+    agent_version: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    """Desired state for one device; ``version`` increases by one each time it changes."""
+
+    version: int
+    model_name: str = ""
+    variant: str = ""
+    artifact_sha256: str = ""
+    artifact_size_bytes: int = 0
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.model_name
+
+    def same_target(self, other: Assignment | None) -> bool:
+        """True when ``other`` asks for the same model bytes (version aside)."""
+        return (
+            other is not None
+            and self.model_name == other.model_name
+            and self.variant == other.variant
+            and self.artifact_sha256 == other.artifact_sha256
+        )
+
+
+class AssignmentFailure(enum.Enum):
+    """Why an agent could not apply an assignment. All are permanent for that version."""
+
+    CHECKSUM_MISMATCH = "checksum_mismatch"
+    LOAD_FAILED = "load_failed"
+    SMOKE_TEST_FAILED = "smoke_test_failed"
+    ARTIFACT_NOT_FOUND = "artifact_not_found"
+
+
+@dataclass(frozen=True, slots=True)
+class ReportedState:
+    acked_version: int = 0
+    active_sha256: str = ""
+    last_known_good_sha256: str = ""
+    active_model_name: str = ""
+    active_variant: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelVariant:
+    variant: str
+    sha256: str
+    size_bytes: int
+    inputs: tuple[TensorSpec, ...] = ()
+    outputs: tuple[TensorSpec, ...] = ()
+    created_at_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Model:
+    name: str
+    variants: tuple[ModelVariant, ...] = ()
+    created_at_ms: int = 0
+
+    def variant(self, name: str) -> ModelVariant | None:
+        return next((v for v in self.variants if v.variant == name), None)
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    """A device as the controller's registry knows it."""
+
+    id: str
+    hardware: HardwareProfile
+    enrolled_at_ms: int = 0
+    connected: bool = False
+    last_seen_ms: int = 0
+    desired_version: int = 0
+    acked_version: int = 0
+    assignment: Assignment | None = None
+    reported: ReportedState = field(default_factory=ReportedState)
+    last_failure: AssignmentFailure | None = None
+    last_failure_message: str = ""
+    failed_version: int = 0
+    records_received: int = 0
+    last_sequence: int = 0
+    records_dropped: int = 0
+
+    @property
+    def converged(self) -> bool:
+        return self.acked_version >= self.desired_version
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceIdentity:
+    """What enrollment gives a device; the agent persists it and never enrolls again."""
+
+    device_id: str
+    credential: str
+
+
+@dataclass(frozen=True, slots=True)
+class BootstrapToken:
+    """A stored bootstrap token (the secret itself is kept only as a hash)."""
+
+    token_id: str
+    expires_at_ms: int
+    uses_total: int
+    uses_left: int
+    created_at_ms: int
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedToken:
+    """A token as shown once, at creation."""
+
+    token_id: str
+    token: str
+    expires_at_ms: int
+    uses: int
+
+
+# --- control stream messages -------------------------------------------------------------------
+
+
+class Outcome(enum.Enum):
+    OK = "ok"
+    INVALID_INPUT = "invalid_input"
+    NO_MODEL = "no_model"
+    ERROR = "error"
+
+
+@dataclass(frozen=True, slots=True)
+class InferenceRecord:
+    model_sha256: str
+    latency_ms: float
+    outcome: Outcome
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceEvent:
+    kind: str
+    message: str
+    assignment_version: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TelemetryRecord:
+    sequence: int
+    timestamp_ms: int
+    body: InferenceRecord | DeviceEvent
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    hardware: HardwareProfile
+    reported: ReportedState
+    telemetry_watermark: int = 0
+    records_dropped: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    sent_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class TelemetryBatch:
+    records: tuple[TelemetryRecord, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AssignmentAck:
+    version: int
+    reported: ReportedState
+    failure: AssignmentFailure | None = None
+    message: str = ""
+
+
+AgentMessage = Hello | Heartbeat | TelemetryBatch | AssignmentAck
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome:
+    heartbeat_interval_ms: int
+    telemetry_watermark: int
+
+
+@dataclass(frozen=True, slots=True)
+class TelemetryAck:
+    up_to_sequence: int
+
+
+ControllerMessage = Welcome | Assignment | TelemetryAck
+
+
+# --- artifacts, admin, inference ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ArtifactManifest:
+    sha256: str
+    size_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class ArtifactChunk:
+    offset: int
+    data: bytes
+    manifest: ArtifactManifest | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ImportModelHeader:
+    name: str
+    variant: str = DEFAULT_VARIANT
+    size_bytes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class AssignResult:
+    device: Device
+    changed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class InferRequest:
+    inputs: tuple[Tensor, ...]
+    output_names: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class InferResponse:
+    outputs: tuple[Tensor, ...]
+    model_sha256: str
+    latency_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class AgentStatus:
+    device_id: str
+    hardware_class: str
+    connected: bool
+    reported: ReportedState
+    inputs: tuple[TensorSpec, ...] = ()
+    outputs: tuple[TensorSpec, ...] = ()
+    pending_telemetry: int = 0
+
+
+def validate_name(kind: str, value: str) -> str:
+    """Return ``value`` if it is a legal device id / model name, else raise InvalidArgument."""
+    from common.errors import InvalidArgument
+
+    if not NAME_RE.match(value):
+        raise InvalidArgument(
+            f"invalid {kind} {value!r}: use 1-128 lowercase letters, digits, '.', '_' or '-', "
+            "starting and ending with a letter or digit"
+        )
+    return value
+
+
+def validate_hardware_class(value: str) -> str:
+    from common.errors import InvalidArgument
+
+    if not HARDWARE_CLASS_RE.match(value):
+        raise InvalidArgument(
+            f"invalid hardware class {value!r}: use a lowercase DNS label such as "
+            f"{', '.join(KNOWN_HARDWARE_CLASSES)}"
+        )
+    return value

@@ -1,0 +1,155 @@
+"""The controller's storage boundary.
+
+Every implementation passes ``tests/store/conformance.py``. Methods take the current time as an
+argument (``now_ms``) instead of reading a clock, so behaviour is reproducible in tests and the
+simulator. Each method is one atomic transaction. Errors are typed (``common.errors``): a missing
+row is ``NotFound``, a duplicate ``AlreadyExists``, a refused token ``Unauthenticated`` with a code
+that says why — never ``False`` or ``None`` for a failure.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+from common.types import (
+    AssignmentAck,
+    BootstrapToken,
+    Device,
+    HardwareProfile,
+    Model,
+    ModelVariant,
+    ReportedState,
+    TelemetryRecord,
+)
+
+#: Error codes of Unauthenticated raised by ``consume_token``/``enroll_device``.
+TOKEN_UNKNOWN = "token_unknown"
+TOKEN_EXPIRED = "token_expired"
+TOKEN_EXHAUSTED = "token_exhausted"
+
+
+class Store(ABC):
+    # --- bootstrap tokens -----------------------------------------------------------------------
+
+    @abstractmethod
+    def create_token(
+        self, token_id: str, token_hash: str, *, expires_at_ms: int, uses: int, description: str, now_ms: int
+    ) -> BootstrapToken:
+        """Store a new bootstrap token by the hash of its secret. AlreadyExists on a duplicate id/hash."""
+
+    @abstractmethod
+    def list_tokens(self) -> list[BootstrapToken]:
+        """All tokens, newest first."""
+
+    # --- devices --------------------------------------------------------------------------------
+
+    @abstractmethod
+    def enroll_device(
+        self, device_id: str, hardware: HardwareProfile, *, credential_hash: str, token_hash: str, now_ms: int
+    ) -> Device:
+        """Atomically spend one use of the token and register the device.
+
+        Raises Unauthenticated (code TOKEN_UNKNOWN / TOKEN_EXPIRED / TOKEN_EXHAUSTED) for a bad
+        token, AlreadyExists if the device id is taken; in both cases nothing changes.
+        """
+
+    @abstractmethod
+    def get_device(self, device_id: str) -> Device:
+        """NotFound if there is no such device."""
+
+    @abstractmethod
+    def list_devices(self) -> list[Device]:
+        """All devices ordered by id."""
+
+    @abstractmethod
+    def get_credential_hash(self, device_id: str) -> str:
+        """The stored hash of the device's credential. NotFound if there is no such device."""
+
+    @abstractmethod
+    def device_connected(
+        self,
+        device_id: str,
+        *,
+        hardware: HardwareProfile,
+        reported: ReportedState,
+        records_dropped: int,
+        now_ms: int,
+    ) -> Device:
+        """Record a hello: connected, last seen, the hardware and state the device reports.
+
+        ``records_dropped`` is the agent's running total; the stored value never decreases.
+        ``reported.acked_version`` is taken as the acked version only if it is not above the desired
+        version (a device cannot ack what was never desired). NotFound for an unknown device.
+        """
+
+    @abstractmethod
+    def device_disconnected(self, device_id: str, *, now_ms: int) -> Device:
+        """Mark the device disconnected and update last seen."""
+
+    @abstractmethod
+    def mark_all_disconnected(self) -> int:
+        """At controller start-up no stream is open: clear every stale ``connected`` flag. Returns count."""
+
+    @abstractmethod
+    def touch_device(self, device_id: str, *, now_ms: int) -> None:
+        """Update last seen (heartbeats)."""
+
+    @abstractmethod
+    def set_assignment(
+        self, device_id: str, *, model_name: str, variant: str, artifact_sha256: str, artifact_size_bytes: int
+    ) -> tuple[Device, bool]:
+        """Set the desired assignment. Bumps ``desired_version`` by one and returns changed=True only if
+        the target (model, variant, sha256) differs from the current one; repeating it changes nothing.
+        NotFound for an unknown device.
+        """
+
+    @abstractmethod
+    def record_ack(self, device_id: str, ack: AssignmentAck, *, now_ms: int) -> Device:
+        """Apply an assignment ack. Safe to repeat and to receive out of order:
+
+        - an ack for a version above desired is ignored (stale/forged);
+        - ``acked_version`` becomes max(acked_version, ack.version);
+        - a failed ack also records ``last_failure``, ``last_failure_message`` and
+          ``failed_version = max(failed_version, ack.version)``; a successful ack of a version at or above
+          ``failed_version`` clears ``last_failure``;
+        - ``reported`` is replaced by the ack's reported state if ack.version >= the stored acked version.
+        """
+
+    # --- telemetry ------------------------------------------------------------------------------
+
+    @abstractmethod
+    def append_telemetry(self, device_id: str, records: Sequence[TelemetryRecord], *, now_ms: int) -> int:
+        """Store records idempotently by (device, sequence); return how many were new.
+
+        Updates ``records_received`` (count of distinct stored records) and ``last_sequence`` (max
+        stored sequence) and last seen. NotFound for an unknown device.
+        """
+
+    @abstractmethod
+    def list_telemetry(self, device_id: str, *, after_sequence: int = 0, limit: int = 1000) -> list[TelemetryRecord]:
+        """Stored records of a device with sequence > after_sequence, ascending, at most ``limit``."""
+
+    # --- models ---------------------------------------------------------------------------------
+
+    @abstractmethod
+    def add_model_variant(self, name: str, variant: ModelVariant, *, now_ms: int) -> tuple[Model, bool]:
+        """Register a variant (creating the model if new). Returns (model, created).
+
+        Importing identical bytes again (same sha256) is a no-op with created=False. A different sha256
+        for an existing (name, variant) raises AlreadyExists naming both hashes.
+        """
+
+    @abstractmethod
+    def get_model(self, name: str) -> Model:
+        """NotFound if there is no such model."""
+
+    @abstractmethod
+    def list_models(self) -> list[Model]:
+        """All models ordered by name."""
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release resources; safe to call twice."""

@@ -1,0 +1,48 @@
+from edgefleet.v1 import types_pb2 as _types_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class InferRequest(_message.Message):
+    __slots__ = ("inputs", "output_names")
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_NAMES_FIELD_NUMBER: _ClassVar[int]
+    inputs: _containers.RepeatedCompositeFieldContainer[_types_pb2.Tensor]
+    output_names: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, inputs: _Optional[_Iterable[_Union[_types_pb2.Tensor, _Mapping]]] = ..., output_names: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class InferResponse(_message.Message):
+    __slots__ = ("outputs", "model_sha256", "latency_ms")
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    outputs: _containers.RepeatedCompositeFieldContainer[_types_pb2.Tensor]
+    model_sha256: str
+    latency_ms: float
+    def __init__(self, outputs: _Optional[_Iterable[_Union[_types_pb2.Tensor, _Mapping]]] = ..., model_sha256: _Optional[str] = ..., latency_ms: _Optional[float] = ...) -> None: ...
+
+class GetStatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class AgentStatus(_message.Message):
+    __slots__ = ("device_id", "hardware_class", "connected", "reported", "inputs", "outputs", "pending_telemetry")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    HARDWARE_CLASS_FIELD_NUMBER: _ClassVar[int]
+    CONNECTED_FIELD_NUMBER: _ClassVar[int]
+    REPORTED_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    PENDING_TELEMETRY_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    hardware_class: str
+    connected: bool
+    reported: _types_pb2.ReportedState
+    inputs: _containers.RepeatedCompositeFieldContainer[_types_pb2.TensorSpec]
+    outputs: _containers.RepeatedCompositeFieldContainer[_types_pb2.TensorSpec]
+    pending_telemetry: int
+    def __init__(self, device_id: _Optional[str] = ..., hardware_class: _Optional[str] = ..., connected: _Optional[bool] = ..., reported: _Optional[_Union[_types_pb2.ReportedState, _Mapping]] = ..., inputs: _Optional[_Iterable[_Union[_types_pb2.TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[_types_pb2.TensorSpec, _Mapping]]] = ..., pending_telemetry: _Optional[int] = ...) -> None: ...

@@ -1,0 +1,172 @@
+from edgefleet.v1 import types_pb2 as _types_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Outcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    OUTCOME_UNSPECIFIED: _ClassVar[Outcome]
+    OUTCOME_OK: _ClassVar[Outcome]
+    OUTCOME_INVALID_INPUT: _ClassVar[Outcome]
+    OUTCOME_NO_MODEL: _ClassVar[Outcome]
+    OUTCOME_ERROR: _ClassVar[Outcome]
+OUTCOME_UNSPECIFIED: Outcome
+OUTCOME_OK: Outcome
+OUTCOME_INVALID_INPUT: Outcome
+OUTCOME_NO_MODEL: Outcome
+OUTCOME_ERROR: Outcome
+
+class EnrollRequest(_message.Message):
+    __slots__ = ("bootstrap_token", "hardware", "requested_device_id")
+    BOOTSTRAP_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    HARDWARE_FIELD_NUMBER: _ClassVar[int]
+    REQUESTED_DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    bootstrap_token: str
+    hardware: _types_pb2.HardwareProfile
+    requested_device_id: str
+    def __init__(self, bootstrap_token: _Optional[str] = ..., hardware: _Optional[_Union[_types_pb2.HardwareProfile, _Mapping]] = ..., requested_device_id: _Optional[str] = ...) -> None: ...
+
+class EnrollResponse(_message.Message):
+    __slots__ = ("device_id", "device_credential")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_CREDENTIAL_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    device_credential: str
+    def __init__(self, device_id: _Optional[str] = ..., device_credential: _Optional[str] = ...) -> None: ...
+
+class AgentMessage(_message.Message):
+    __slots__ = ("hello", "heartbeat", "telemetry", "assignment_ack")
+    HELLO_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    TELEMETRY_FIELD_NUMBER: _ClassVar[int]
+    ASSIGNMENT_ACK_FIELD_NUMBER: _ClassVar[int]
+    hello: Hello
+    heartbeat: Heartbeat
+    telemetry: TelemetryBatch
+    assignment_ack: AssignmentAck
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., telemetry: _Optional[_Union[TelemetryBatch, _Mapping]] = ..., assignment_ack: _Optional[_Union[AssignmentAck, _Mapping]] = ...) -> None: ...
+
+class Hello(_message.Message):
+    __slots__ = ("hardware", "reported", "telemetry_watermark", "records_dropped")
+    HARDWARE_FIELD_NUMBER: _ClassVar[int]
+    REPORTED_FIELD_NUMBER: _ClassVar[int]
+    TELEMETRY_WATERMARK_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    hardware: _types_pb2.HardwareProfile
+    reported: _types_pb2.ReportedState
+    telemetry_watermark: int
+    records_dropped: int
+    def __init__(self, hardware: _Optional[_Union[_types_pb2.HardwareProfile, _Mapping]] = ..., reported: _Optional[_Union[_types_pb2.ReportedState, _Mapping]] = ..., telemetry_watermark: _Optional[int] = ..., records_dropped: _Optional[int] = ...) -> None: ...
+
+class Heartbeat(_message.Message):
+    __slots__ = ("sent_at_ms",)
+    SENT_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    sent_at_ms: int
+    def __init__(self, sent_at_ms: _Optional[int] = ...) -> None: ...
+
+class InferenceRecord(_message.Message):
+    __slots__ = ("model_sha256", "latency_ms", "outcome", "error")
+    MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    model_sha256: str
+    latency_ms: float
+    outcome: Outcome
+    error: str
+    def __init__(self, model_sha256: _Optional[str] = ..., latency_ms: _Optional[float] = ..., outcome: _Optional[_Union[Outcome, str]] = ..., error: _Optional[str] = ...) -> None: ...
+
+class DeviceEvent(_message.Message):
+    __slots__ = ("kind", "message", "assignment_version")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    ASSIGNMENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    message: str
+    assignment_version: int
+    def __init__(self, kind: _Optional[str] = ..., message: _Optional[str] = ..., assignment_version: _Optional[int] = ...) -> None: ...
+
+class TelemetryRecord(_message.Message):
+    __slots__ = ("sequence", "timestamp_ms", "inference", "event")
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_MS_FIELD_NUMBER: _ClassVar[int]
+    INFERENCE_FIELD_NUMBER: _ClassVar[int]
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    sequence: int
+    timestamp_ms: int
+    inference: InferenceRecord
+    event: DeviceEvent
+    def __init__(self, sequence: _Optional[int] = ..., timestamp_ms: _Optional[int] = ..., inference: _Optional[_Union[InferenceRecord, _Mapping]] = ..., event: _Optional[_Union[DeviceEvent, _Mapping]] = ...) -> None: ...
+
+class TelemetryBatch(_message.Message):
+    __slots__ = ("records",)
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    records: _containers.RepeatedCompositeFieldContainer[TelemetryRecord]
+    def __init__(self, records: _Optional[_Iterable[_Union[TelemetryRecord, _Mapping]]] = ...) -> None: ...
+
+class AssignmentAck(_message.Message):
+    __slots__ = ("version", "failure", "message", "reported")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    REPORTED_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    failure: _types_pb2.AssignmentFailure
+    message: str
+    reported: _types_pb2.ReportedState
+    def __init__(self, version: _Optional[int] = ..., failure: _Optional[_Union[_types_pb2.AssignmentFailure, str]] = ..., message: _Optional[str] = ..., reported: _Optional[_Union[_types_pb2.ReportedState, _Mapping]] = ...) -> None: ...
+
+class ControllerMessage(_message.Message):
+    __slots__ = ("welcome", "assignment", "telemetry_ack")
+    WELCOME_FIELD_NUMBER: _ClassVar[int]
+    ASSIGNMENT_FIELD_NUMBER: _ClassVar[int]
+    TELEMETRY_ACK_FIELD_NUMBER: _ClassVar[int]
+    welcome: Welcome
+    assignment: _types_pb2.Assignment
+    telemetry_ack: TelemetryAck
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., assignment: _Optional[_Union[_types_pb2.Assignment, _Mapping]] = ..., telemetry_ack: _Optional[_Union[TelemetryAck, _Mapping]] = ...) -> None: ...
+
+class Welcome(_message.Message):
+    __slots__ = ("heartbeat_interval_ms", "telemetry_watermark")
+    HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
+    TELEMETRY_WATERMARK_FIELD_NUMBER: _ClassVar[int]
+    heartbeat_interval_ms: int
+    telemetry_watermark: int
+    def __init__(self, heartbeat_interval_ms: _Optional[int] = ..., telemetry_watermark: _Optional[int] = ...) -> None: ...
+
+class TelemetryAck(_message.Message):
+    __slots__ = ("up_to_sequence",)
+    UP_TO_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    up_to_sequence: int
+    def __init__(self, up_to_sequence: _Optional[int] = ...) -> None: ...
+
+class FetchArtifactRequest(_message.Message):
+    __slots__ = ("sha256", "offset")
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    sha256: str
+    offset: int
+    def __init__(self, sha256: _Optional[str] = ..., offset: _Optional[int] = ...) -> None: ...
+
+class ArtifactManifest(_message.Message):
+    __slots__ = ("sha256", "size_bytes")
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    sha256: str
+    size_bytes: int
+    def __init__(self, sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ...) -> None: ...
+
+class ArtifactChunk(_message.Message):
+    __slots__ = ("manifest", "offset", "data")
+    MANIFEST_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    manifest: ArtifactManifest
+    offset: int
+    data: bytes
+    def __init__(self, manifest: _Optional[_Union[ArtifactManifest, _Mapping]] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...

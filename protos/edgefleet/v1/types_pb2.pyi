@@ -1,0 +1,181 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class DataType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DATA_TYPE_UNSPECIFIED: _ClassVar[DataType]
+    DATA_TYPE_FLOAT32: _ClassVar[DataType]
+    DATA_TYPE_FLOAT16: _ClassVar[DataType]
+    DATA_TYPE_FLOAT64: _ClassVar[DataType]
+    DATA_TYPE_INT8: _ClassVar[DataType]
+    DATA_TYPE_UINT8: _ClassVar[DataType]
+    DATA_TYPE_INT16: _ClassVar[DataType]
+    DATA_TYPE_INT32: _ClassVar[DataType]
+    DATA_TYPE_INT64: _ClassVar[DataType]
+    DATA_TYPE_BOOL: _ClassVar[DataType]
+
+class AssignmentFailure(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ASSIGNMENT_FAILURE_UNSPECIFIED: _ClassVar[AssignmentFailure]
+    ASSIGNMENT_FAILURE_CHECKSUM_MISMATCH: _ClassVar[AssignmentFailure]
+    ASSIGNMENT_FAILURE_LOAD_FAILED: _ClassVar[AssignmentFailure]
+    ASSIGNMENT_FAILURE_SMOKE_TEST_FAILED: _ClassVar[AssignmentFailure]
+    ASSIGNMENT_FAILURE_ARTIFACT_NOT_FOUND: _ClassVar[AssignmentFailure]
+DATA_TYPE_UNSPECIFIED: DataType
+DATA_TYPE_FLOAT32: DataType
+DATA_TYPE_FLOAT16: DataType
+DATA_TYPE_FLOAT64: DataType
+DATA_TYPE_INT8: DataType
+DATA_TYPE_UINT8: DataType
+DATA_TYPE_INT16: DataType
+DATA_TYPE_INT32: DataType
+DATA_TYPE_INT64: DataType
+DATA_TYPE_BOOL: DataType
+ASSIGNMENT_FAILURE_UNSPECIFIED: AssignmentFailure
+ASSIGNMENT_FAILURE_CHECKSUM_MISMATCH: AssignmentFailure
+ASSIGNMENT_FAILURE_LOAD_FAILED: AssignmentFailure
+ASSIGNMENT_FAILURE_SMOKE_TEST_FAILED: AssignmentFailure
+ASSIGNMENT_FAILURE_ARTIFACT_NOT_FOUND: AssignmentFailure
+
+class Tensor(_message.Message):
+    __slots__ = ("name", "dtype", "shape", "data")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    dtype: DataType
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    data: bytes
+    def __init__(self, name: _Optional[str] = ..., dtype: _Optional[_Union[DataType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class TensorSpec(_message.Message):
+    __slots__ = ("name", "dtype", "shape")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    dtype: DataType
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, name: _Optional[str] = ..., dtype: _Optional[_Union[DataType, str]] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class HardwareProfile(_message.Message):
+    __slots__ = ("hardware_class", "cpu_cores", "memory_bytes", "execution_providers", "os", "onnxruntime_version", "agent_version", "labels")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    HARDWARE_CLASS_FIELD_NUMBER: _ClassVar[int]
+    CPU_CORES_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    EXECUTION_PROVIDERS_FIELD_NUMBER: _ClassVar[int]
+    OS_FIELD_NUMBER: _ClassVar[int]
+    ONNXRUNTIME_VERSION_FIELD_NUMBER: _ClassVar[int]
+    AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    hardware_class: str
+    cpu_cores: int
+    memory_bytes: int
+    execution_providers: _containers.RepeatedScalarFieldContainer[str]
+    os: str
+    onnxruntime_version: str
+    agent_version: str
+    labels: _containers.ScalarMap[str, str]
+    def __init__(self, hardware_class: _Optional[str] = ..., cpu_cores: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., execution_providers: _Optional[_Iterable[str]] = ..., os: _Optional[str] = ..., onnxruntime_version: _Optional[str] = ..., agent_version: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class Assignment(_message.Message):
+    __slots__ = ("version", "model_name", "variant", "artifact_sha256", "artifact_size_bytes")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACT_SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    model_name: str
+    variant: str
+    artifact_sha256: str
+    artifact_size_bytes: int
+    def __init__(self, version: _Optional[int] = ..., model_name: _Optional[str] = ..., variant: _Optional[str] = ..., artifact_sha256: _Optional[str] = ..., artifact_size_bytes: _Optional[int] = ...) -> None: ...
+
+class ReportedState(_message.Message):
+    __slots__ = ("acked_version", "active_sha256", "last_known_good_sha256", "active_model_name", "active_variant")
+    ACKED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_SHA256_FIELD_NUMBER: _ClassVar[int]
+    LAST_KNOWN_GOOD_SHA256_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_VARIANT_FIELD_NUMBER: _ClassVar[int]
+    acked_version: int
+    active_sha256: str
+    last_known_good_sha256: str
+    active_model_name: str
+    active_variant: str
+    def __init__(self, acked_version: _Optional[int] = ..., active_sha256: _Optional[str] = ..., last_known_good_sha256: _Optional[str] = ..., active_model_name: _Optional[str] = ..., active_variant: _Optional[str] = ...) -> None: ...
+
+class ModelVariant(_message.Message):
+    __slots__ = ("variant", "sha256", "size_bytes", "inputs", "outputs", "created_at_ms")
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    variant: str
+    sha256: str
+    size_bytes: int
+    inputs: _containers.RepeatedCompositeFieldContainer[TensorSpec]
+    outputs: _containers.RepeatedCompositeFieldContainer[TensorSpec]
+    created_at_ms: int
+    def __init__(self, variant: _Optional[str] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., created_at_ms: _Optional[int] = ...) -> None: ...
+
+class Model(_message.Message):
+    __slots__ = ("name", "variants", "created_at_ms")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VARIANTS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    variants: _containers.RepeatedCompositeFieldContainer[ModelVariant]
+    created_at_ms: int
+    def __init__(self, name: _Optional[str] = ..., variants: _Optional[_Iterable[_Union[ModelVariant, _Mapping]]] = ..., created_at_ms: _Optional[int] = ...) -> None: ...
+
+class Device(_message.Message):
+    __slots__ = ("id", "hardware", "connected", "last_seen_ms", "desired_version", "acked_version", "assignment", "reported", "enrolled_at_ms", "last_failure", "last_failure_message", "failed_version", "records_received", "last_sequence", "records_dropped")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    HARDWARE_FIELD_NUMBER: _ClassVar[int]
+    CONNECTED_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_MS_FIELD_NUMBER: _ClassVar[int]
+    DESIRED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ACKED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ASSIGNMENT_FIELD_NUMBER: _ClassVar[int]
+    REPORTED_FIELD_NUMBER: _ClassVar[int]
+    ENROLLED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    LAST_FAILURE_FIELD_NUMBER: _ClassVar[int]
+    LAST_FAILURE_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    FAILED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    hardware: HardwareProfile
+    connected: bool
+    last_seen_ms: int
+    desired_version: int
+    acked_version: int
+    assignment: Assignment
+    reported: ReportedState
+    enrolled_at_ms: int
+    last_failure: AssignmentFailure
+    last_failure_message: str
+    failed_version: int
+    records_received: int
+    last_sequence: int
+    records_dropped: int
+    def __init__(self, id: _Optional[str] = ..., hardware: _Optional[_Union[HardwareProfile, _Mapping]] = ..., connected: _Optional[bool] = ..., last_seen_ms: _Optional[int] = ..., desired_version: _Optional[int] = ..., acked_version: _Optional[int] = ..., assignment: _Optional[_Union[Assignment, _Mapping]] = ..., reported: _Optional[_Union[ReportedState, _Mapping]] = ..., enrolled_at_ms: _Optional[int] = ..., last_failure: _Optional[_Union[AssignmentFailure, str]] = ..., last_failure_message: _Optional[str] = ..., failed_version: _Optional[int] = ..., records_received: _Optional[int] = ..., last_sequence: _Optional[int] = ..., records_dropped: _Optional[int] = ...) -> None: ...
