@@ -127,7 +127,9 @@ class Store(ABC):
         """
 
     @abstractmethod
-    def list_telemetry(self, device_id: str, *, after_sequence: int = 0, limit: int = 1000) -> list[TelemetryRecord]:
+    def list_telemetry(
+        self, device_id: str, *, after_sequence: int = 0, limit: int = 1000
+    ) -> list[TelemetryRecord]:
         """Stored records of a device with sequence > after_sequence, ascending, at most ``limit``."""
 
     # --- models ---------------------------------------------------------------------------------

@@ -1,0 +1,46 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Each builds .venv/ first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: venv demo test lint typecheck contracts protos protos-check ci bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev,models]'
+	@command -v mosquitto >/dev/null 2>&1 || echo "note: mosquitto not found (only the MQTT issue's tests need it)"
+	touch $(STAMP)
+
+demo: venv
+	$(PY) scripts/demo.py
+
+test: venv
+	$(PY) -m pytest -q
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: venv
+	$(VENV)/bin/mypy
+
+contracts: venv
+	$(VENV)/bin/lint-imports
+
+protos: venv
+	PYTHON=$(PY) scripts/gen_protos.sh
+
+protos-check: venv
+	PYTHON=$(PY) scripts/gen_protos.sh --check
+
+ci: lint typecheck contracts protos-check test
+
+bench: venv
+	$(PY) bench/infer_overhead.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .demo

@@ -1,0 +1,164 @@
+"""fleet-agent: ``run`` the edge daemon; ``infer`` and ``status`` talk to a running one."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+from rich.console import Console
+
+from common.errors import EdgefleetError, InvalidArgument, TransientError
+from common.logs import configure_logging
+
+app = typer.Typer(help="The edgefleet device agent.", no_args_is_help=True, pretty_exceptions_enable=False)
+err = Console(stderr=True)
+
+
+def _fail(exc: EdgefleetError) -> typer.Exit:
+    kind = "unavailable" if isinstance(exc, TransientError) else exc.code
+    err.print(f"[red]error[/red] ({kind}): {exc.message}", highlight=False)
+    return typer.Exit(2 if isinstance(exc, InvalidArgument) else 1)
+
+
+def _labels(pairs: list[str]) -> dict[str, str]:
+    labels = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise InvalidArgument(f"--label {pair!r}: use KEY=VALUE")
+        labels[key] = value
+    return labels
+
+
+@app.command()
+def run(
+    controller: Annotated[str, typer.Option(envvar="EDGEFLEET_CONTROLLER", help="Controller HOST:PORT.")],
+    data_dir: Annotated[Path, typer.Option(help="Identity, state and model cache live here.")],
+    hardware: Annotated[str, typer.Option(help="Hardware class: phone-cpu, edge-npu, cloud-gpu, ...")],
+    token: Annotated[
+        str, typer.Option(envvar="EDGEFLEET_TOKEN", help="Bootstrap token (first start only).")
+    ] = "",
+    device_id: Annotated[str, typer.Option(help="Requested device id (generated when empty).")] = "",
+    listen: Annotated[str, typer.Option(help="HOST:PORT for the local Infer service (port 0: any).")] = (
+        "127.0.0.1:0"
+    ),
+    label: Annotated[list[str] | None, typer.Option(help="KEY=VALUE label; repeat for more.")] = None,
+    threads: Annotated[int, typer.Option(help="onnxruntime intra-op threads.")] = 1,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    log_format: Annotated[str, typer.Option(help="text or json.")] = "text",
+) -> None:
+    """Run the agent: enroll once, keep the control stream up, serve Infer."""
+    from agent.daemon import AgentConfig, run_agent
+
+    configure_logging(log_level, log_format)
+    try:
+        config = AgentConfig(
+            controller=controller,
+            data_dir=data_dir,
+            hardware_class=hardware,
+            token=token,
+            device_id=device_id,
+            listen=listen,
+            labels=_labels(label or []),
+            threads=threads,
+        )
+        code = asyncio.run(run_agent(config))
+    except EdgefleetError as exc:
+        raise _fail(exc) from None
+    except OSError as exc:
+        err.print(f"[red]error[/red]: {exc}")
+        raise typer.Exit(1) from None
+    raise typer.Exit(code)
+
+
+def _load_inputs(specs: list[str], first_input: str) -> dict[str, np.ndarray]:
+    inputs: dict[str, np.ndarray] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            name, path = first_input, spec
+        try:
+            array = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise InvalidArgument(f"--input {spec!r}: cannot read a .npy array ({exc})") from exc
+        if name in inputs:
+            raise InvalidArgument(f"--input {name!r} given twice")
+        inputs[name] = array
+    return inputs
+
+
+@app.command()
+def infer(
+    agent: Annotated[str, typer.Option(envvar="EDGEFLEET_AGENT", help="Agent HOST:PORT.")],
+    input: Annotated[
+        list[str], typer.Option("--input", "-i", help="FILE.npy for the first input, or NAME=FILE.npy.")
+    ],
+    output: Annotated[str, typer.Option("--output", "-o", help="json or table.")] = "table",
+) -> None:
+    """Run one inference on a device's model and print the outputs."""
+    from agent.client import AgentClient
+
+    try:
+        with AgentClient(agent) as client:
+            first = ""
+            if any("=" not in spec for spec in input):
+                status = client.status()
+                if not status.inputs:
+                    raise EdgefleetError("the agent has no model loaded", code="no_model")
+                first = status.inputs[0].name
+            outputs, sha, latency_ms = client.infer(_load_inputs(input, first))
+    except EdgefleetError as exc:
+        raise _fail(exc) from None
+    if output == "json":
+        print(
+            json.dumps(
+                {
+                    "model_sha256": sha,
+                    "latency_ms": latency_ms,
+                    "outputs": {k: v.tolist() for k, v in outputs.items()},
+                }
+            )
+        )
+    else:
+        for name, value in outputs.items():
+            print(f"{name} {value.dtype}{list(value.shape)}:\n{value}")
+        print(f"model {sha[:12]}, {latency_ms:.2f} ms on the agent")
+
+
+@app.command()
+def status(
+    agent: Annotated[str, typer.Option(envvar="EDGEFLEET_AGENT", help="Agent HOST:PORT.")],
+) -> None:
+    """What the agent is serving and whether it is connected (JSON)."""
+    from agent.client import AgentClient
+
+    try:
+        with AgentClient(agent) as client:
+            s = client.status()
+    except EdgefleetError as exc:
+        raise _fail(exc) from None
+    print(
+        json.dumps(
+            {
+                "device_id": s.device_id,
+                "hardware": s.hardware_class,
+                "connected": s.connected,
+                "acked_version": s.reported.acked_version,
+                "active_sha256": s.reported.active_sha256 or None,
+                "last_known_good_sha256": s.reported.last_known_good_sha256 or None,
+                "inputs": [
+                    {"name": i.name, "dtype": i.dtype.value, "shape": list(i.shape)} for i in s.inputs
+                ],
+                "pending_telemetry": s.pending_telemetry,
+            },
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,78 @@
+"""Outputs of the agent core: what the driver must do. Each is safe to repeat."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from agent.core.snapshot import AgentSnapshot
+from common.types import AgentMessage, Assignment, DeviceIdentity
+
+
+@dataclass(frozen=True, slots=True)
+class Enroll:
+    """Exchange the configured bootstrap token for an identity; answer with EnrollSucceeded/Failed."""
+
+
+@dataclass(frozen=True, slots=True)
+class OpenStream:
+    """Open the control stream as ``identity``; answer with StreamOpened or StreamClosed."""
+
+    identity: DeviceIdentity
+
+
+@dataclass(frozen=True, slots=True)
+class CloseStream:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    message: AgentMessage
+
+
+@dataclass(frozen=True, slots=True)
+class FetchArtifact:
+    """Download (resuming any partial download) and verify; answer with ArtifactReady/Failed."""
+
+    assignment: Assignment
+
+
+@dataclass(frozen=True, slots=True)
+class LoadModel:
+    """Load, smoke-test and swap in; answer with ModelLoaded/ModelLoadFailed.
+
+    ``restore`` is set when re-loading the last acknowledged model at start-up from the local cache.
+    """
+
+    assignment: Assignment
+    restore: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PersistIdentity:
+    identity: DeviceIdentity
+
+
+@dataclass(frozen=True, slots=True)
+class PersistSnapshot:
+    snapshot: AgentSnapshot
+
+
+@dataclass(frozen=True, slots=True)
+class Fatal:
+    """The agent cannot go on without operator action (e.g. a refused bootstrap token)."""
+
+    reason: str
+
+
+Action = (
+    Enroll
+    | OpenStream
+    | CloseStream
+    | Send
+    | FetchArtifact
+    | LoadModel
+    | PersistIdentity
+    | PersistSnapshot
+    | Fatal
+)

@@ -1,0 +1,98 @@
+"""Inputs to the agent core. The driver (daemon or simulator) turns I/O outcomes into these."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from agent.core.snapshot import AgentSnapshot
+from common.errors import EdgefleetError
+from common.types import Assignment, AssignmentFailure, ControllerMessage, DeviceIdentity, InferenceRecord
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """The driver is up. ``identity``/``snapshot`` are what the data dir held (None on first boot)."""
+
+    identity: DeviceIdentity | None
+    snapshot: AgentSnapshot | None
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """Time passed; the core checks its deadlines (see ``AgentCore.next_wakeup``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class EnrollSucceeded:
+    identity: DeviceIdentity
+
+
+@dataclass(frozen=True, slots=True)
+class EnrollFailed:
+    error: EdgefleetError
+
+
+@dataclass(frozen=True, slots=True)
+class StreamOpened:
+    """The control stream is open; the core answers with a Hello."""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamClosed:
+    error: EdgefleetError | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MessageReceived:
+    message: ControllerMessage
+
+
+@dataclass(frozen=True, slots=True)
+class ArtifactReady:
+    assignment: Assignment
+
+
+@dataclass(frozen=True, slots=True)
+class ArtifactFailed:
+    """Fetching failed. Transient errors are retried with backoff; permanent ones fail the version."""
+
+    assignment: Assignment
+    error: EdgefleetError
+    failure: AssignmentFailure | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelLoaded:
+    """The runtime swapped this assignment's model in (it passed its smoke test)."""
+
+    assignment: Assignment
+
+
+@dataclass(frozen=True, slots=True)
+class ModelLoadFailed:
+    """The runtime refused the model; the previous model (last-known-good) keeps serving."""
+
+    assignment: Assignment
+    failure: AssignmentFailure
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class InferenceDone:
+    record: InferenceRecord
+
+
+Event = (
+    Started
+    | Tick
+    | EnrollSucceeded
+    | EnrollFailed
+    | StreamOpened
+    | StreamClosed
+    | MessageReceived
+    | ArtifactReady
+    | ArtifactFailed
+    | ModelLoaded
+    | ModelLoadFailed
+    | InferenceDone
+)

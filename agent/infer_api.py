@@ -1,0 +1,89 @@
+"""AgentService: the local inference endpoint applications call, plus a status probe."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from common import limits, serde
+from common.errors import EdgefleetError, InvalidArgument, PermanentError
+from common.tensors import from_tensor, to_tensor
+from common.types import AgentStatus, InferenceRecord, InferResponse, Outcome
+
+if TYPE_CHECKING:
+    from agent.daemon import AgentDaemon
+
+log = logging.getLogger(__name__)
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class InferApi(serde.AgentServiceServicer):
+    def __init__(self, daemon: AgentDaemon) -> None:
+        self._daemon = daemon
+        # onnxruntime releases the GIL while it runs; keep the event loop free for the control stream.
+        self._pool = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="infer")
+
+    async def Infer(self, request: Any, context: Context) -> Any:
+        started = time.perf_counter()
+        model = self._daemon.slot.active  # one reference for the whole request: a swap never cuts it
+        sha = model.sha256 if model is not None else ""
+        try:
+            if model is None:
+                raise PermanentError("no model is loaded on this device yet", code="no_model")
+            req = serde.infer_request_from_pb(request)
+            total = sum(len(t.data) for t in req.inputs)
+            if total > limits.MAX_INFER_INPUT_BYTES:
+                raise InvalidArgument(
+                    f"inputs total {total} bytes, over the {limits.MAX_INFER_INPUT_BYTES}-byte limit"
+                )
+            arrays = {t.name: from_tensor(t) for t in req.inputs}
+            loop = asyncio.get_running_loop()
+            outputs = await loop.run_in_executor(self._pool, model.infer, arrays, req.output_names)
+            latency_ms = (time.perf_counter() - started) * 1000.0
+            response = InferResponse(
+                outputs=tuple(to_tensor(name, value) for name, value in outputs.items()),
+                model_sha256=sha,
+                latency_ms=latency_ms,
+            )
+        except EdgefleetError as exc:
+            outcome = (
+                Outcome.NO_MODEL
+                if exc.code == "no_model"
+                else (Outcome.INVALID_INPUT if isinstance(exc, InvalidArgument) else Outcome.ERROR)
+            )
+            self._record(sha, started, outcome, exc.message)
+            await context.abort(
+                serde.error_to_status(exc), exc.message, trailing_metadata=serde.error_trailers(exc)
+            )
+            raise AssertionError("unreachable") from exc
+        self._record(sha, started, Outcome.OK, "")
+        return serde.infer_response_to_pb(response)
+
+    def _record(self, sha: str, started: float, outcome: Outcome, error: str) -> None:
+        latency_ms = (time.perf_counter() - started) * 1000.0
+        self._daemon.record_inference(
+            InferenceRecord(model_sha256=sha, latency_ms=latency_ms, outcome=outcome, error=error[:200])
+        )
+
+    async def GetStatus(self, request: Any, context: Context) -> Any:
+        d = self._daemon
+        model = d.slot.active
+        status = AgentStatus(
+            device_id=d.identity.device_id if d.identity else "",
+            hardware_class=d.config.hardware_class,
+            connected=d.connected,
+            reported=d.core.reported,
+            inputs=model.inputs if model else (),
+            outputs=model.outputs if model else (),
+            pending_telemetry=d.core.pending_telemetry,
+        )
+        return serde.agent_status_to_pb(status)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False)

@@ -1,0 +1,1 @@
+"""gRPC servicers of the controller: thin adapters from the wire to ``controller.service``."""

@@ -1,0 +1,1 @@
+"""fleetctl: the controller server and the operators' admin CLI."""

@@ -1,0 +1,238 @@
+"""fleetctl: ``serve`` runs the controller; every other command talks to it over gRPC.
+
+The controller address comes from ``--controller`` or ``EDGEFLEET_CONTROLLER``. Errors print one
+line naming what was wrong and exit non-zero (2 for bad input, 1 for everything else).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+from common.durations import parse_duration
+from common.errors import EdgefleetError, InvalidArgument, TransientError
+from common.logs import configure_logging
+from controller.cli import render
+from controller.client import AdminClient
+
+app = typer.Typer(
+    help="Operate an edgefleet controller.", no_args_is_help=True, pretty_exceptions_enable=False
+)
+token_app = typer.Typer(help="Bootstrap tokens for enrolling devices.", no_args_is_help=True)
+models_app = typer.Typer(help="Models and their artifacts.", no_args_is_help=True)
+describe_app = typer.Typer(help="Show one resource in detail.", no_args_is_help=True)
+app.add_typer(token_app, name="token")
+app.add_typer(models_app, name="models")
+app.add_typer(describe_app, name="describe")
+
+out = Console()
+err = Console(stderr=True)
+
+DEFAULT_CONTROLLER = "127.0.0.1:7443"
+ControllerOpt = Annotated[
+    str, typer.Option("--controller", envvar="EDGEFLEET_CONTROLLER", help="Controller address HOST:PORT.")
+]
+
+
+class Output(StrEnum):
+    table = "table"
+    json = "json"
+    yaml = "yaml"
+
+
+OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="Output format.")]
+
+
+def _fail(exc: EdgefleetError) -> typer.Exit:
+    kind = "unavailable" if isinstance(exc, TransientError) else exc.code
+    err.print(f"[red]error[/red] ({kind}): {exc.message}", highlight=False)
+    return typer.Exit(2 if isinstance(exc, InvalidArgument) else 1)
+
+
+def _client(controller: str) -> AdminClient:
+    return AdminClient(controller or DEFAULT_CONTROLLER)
+
+
+@app.command()
+def serve(
+    data_dir: Annotated[Path, typer.Option(help="Where the database and artifacts live.")] = Path(
+        "var/controller"
+    ),
+    listen: Annotated[
+        str, typer.Option(help="HOST:PORT for agents and fleetctl (port 0 picks a free one).")
+    ] = (DEFAULT_CONTROLLER),
+    heartbeat_interval: Annotated[str, typer.Option(help="How often agents send heartbeats.")] = "5s",
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    log_format: Annotated[str, typer.Option(help="text or json.")] = "text",
+) -> None:
+    """Run the controller until SIGTERM/SIGINT (restart on the same data dir resumes everything)."""
+    from controller.server import ControllerConfig
+    from controller.server import serve as run_server
+    from controller.service.sync import SyncPolicy
+
+    configure_logging(log_level, log_format)
+    try:
+        hb_ms = parse_duration(heartbeat_interval) * 1000
+        config = ControllerConfig(
+            data_dir=data_dir, listen=listen, policy=SyncPolicy(heartbeat_interval_ms=hb_ms)
+        )
+        asyncio.run(run_server(config))
+    except EdgefleetError as exc:
+        raise _fail(exc) from None
+    except OSError as exc:
+        err.print(f"[red]error[/red]: {exc}")
+        raise typer.Exit(1) from None
+
+
+@token_app.command("create")
+def token_create(
+    controller: ControllerOpt = "",
+    ttl: Annotated[str, typer.Option(help="How long the token is valid: 90s, 30m, 24h, 7d.")] = "24h",
+    uses: Annotated[int, typer.Option(help="How many devices may enroll with it.")] = 1,
+    description: Annotated[str, typer.Option(help="A note for operators.")] = "",
+    output: OutputOpt = Output.table,
+) -> None:
+    """Create a bootstrap token (shown once; the controller keeps only its hash)."""
+    try:
+        with _client(controller) as client:
+            created = client.create_token(ttl_s=parse_duration(ttl), uses=uses, description=description)
+    except EdgefleetError as exc:
+        raise _fail(exc) from None
+    doc = render.token_doc(created)
+    _show(
+        doc,
+        output,
+        lambda: out.print(
+            f"token:      {doc['token']}\ntoken id:   {doc['token_id']}\n"
+            f"expires at: {doc['expires_at']}\nuses:       {doc['uses']}",
+            highlight=False,
+        ),
+    )
+
+
+@models_app.command("import")
+def models_import(
+    path: Annotated[Path, typer.Argument(help="The .onnx file.", exists=True, dir_okay=False, readable=True)],
+    name: Annotated[str, typer.Option(help="Model name (lowercase letters, digits, '.', '_', '-').")],
+    variant: Annotated[str, typer.Option(help="Variant name.")] = "fp32",
+    controller: ControllerOpt = "",
+    output: OutputOpt = Output.table,
+) -> None:
+    """Upload an ONNX model; the controller validates it before storing anything."""
+    size = path.stat().st_size
+    try:
+        with (
+            _client(controller) as client,
+            Progress(
+                TextColumn("uploading {task.description}"),
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                console=err,
+                transient=True,
+                disable=not err.is_terminal,
+            ) as progress,
+        ):
+            task = progress.add_task(path.name, total=size)
+            model = client.import_model(
+                path, name=name, variant=variant, progress=lambda n: progress.advance(task, n)
+            )
+    except EdgefleetError as exc:
+        raise _fail(exc) from None
+    _show([render.model_doc(model)], output, lambda: out.print(render.models_table([model])))
+
+
+def _show(doc: object, output: Output, table: object) -> None:
+    if output is Output.table:
+        assert callable(table)
+        table()
+    elif output is Output.json:
+        print(render.dump(doc, "json"))
+    else:
+        print(render.dump(doc, "yaml"), end="")
+
+
+class Kind(StrEnum):
+    devices = "devices"
+    models = "models"
+
+
+@app.command("get")
+def get(
+    kind: Annotated[Kind, typer.Argument(help="devices or models")],
+    controller: ControllerOpt = "",
+    output: OutputOpt = Output.table,
+) -> None:
+    """List devices or models."""
+    try:
+        with _client(controller) as client:
+            if kind is Kind.devices:
+                devices = client.list_devices()
+                _show(
+                    [render.device_doc(d) for d in devices],
+                    output,
+                    lambda: out.print(render.devices_table(devices)),
+                )
+            else:
+                models = client.list_models()
+                _show(
+                    [render.model_doc(m) for m in models],
+                    output,
+                    lambda: out.print(render.models_table(models)),
+                )
+    except EdgefleetError as exc:
+        raise _fail(exc) from None
+
+
+@describe_app.command("device")
+def describe_device(
+    device_id: Annotated[str, typer.Argument(help="Device id.")],
+    controller: ControllerOpt = "",
+    output: OutputOpt = Output.table,
+) -> None:
+    """Everything the controller knows about one device."""
+    try:
+        with _client(controller) as client:
+            device = client.get_device(device_id)
+    except EdgefleetError as exc:
+        raise _fail(exc) from None
+    _show(render.device_doc(device), output, lambda: render.device_detail(device, out))
+
+
+@app.command()
+def assign(
+    device_id: Annotated[str, typer.Argument(help="Device id.")],
+    model: Annotated[str, typer.Option(help="Model name.")],
+    variant: Annotated[str, typer.Option(help="Model variant.")] = "fp32",
+    controller: ControllerOpt = "",
+    output: OutputOpt = Output.table,
+) -> None:
+    """Set the model a device should run; the controller pushes it and waits for the device's ack."""
+    try:
+        with _client(controller) as client:
+            result = client.assign(device_id, model, variant)
+    except EdgefleetError as exc:
+        raise _fail(exc) from None
+    d = result.device
+    if output is Output.table:
+        verb = "assigned" if result.changed else "unchanged (already assigned)"
+        out.print(
+            f"device {d.id}: {model}/{variant} {verb}; desired version {d.desired_version}", highlight=False
+        )
+    else:
+        _show({"changed": result.changed, "device": render.device_doc(d)}, output, None)
+
+
+def main() -> None:  # pragma: no cover - console script entry
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

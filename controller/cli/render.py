@@ -1,0 +1,151 @@
+"""How fleetctl shows things: stable JSON/YAML documents for scripts, rich tables for people."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from ruamel.yaml import YAML
+
+from common.types import CreatedToken, Device, Model
+
+
+def _iso(ms: int) -> str | None:
+    if not ms:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
+
+
+def device_status(d: Device) -> str:
+    if (
+        d.last_failure is not None
+        and d.failed_version >= d.acked_version
+        and d.failed_version == d.desired_version
+    ):
+        return "failed"
+    if d.desired_version == 0:
+        return "unassigned"
+    return "converged" if d.converged else "pending"
+
+
+def device_doc(d: Device) -> dict[str, Any]:
+    """The stable JSON shape of a device (``fleetctl get devices -o json``)."""
+    a = d.assignment
+    return {
+        "id": d.id,
+        "hardware": d.hardware.hardware_class,
+        "connected": d.connected,
+        "status": device_status(d),
+        "desired_version": d.desired_version,
+        "acked_version": d.acked_version,
+        "assignment": None
+        if a is None
+        else {"version": a.version, "model": a.model_name, "variant": a.variant, "sha256": a.artifact_sha256},
+        "active_sha256": d.reported.active_sha256 or None,
+        "last_known_good_sha256": d.reported.last_known_good_sha256 or None,
+        "last_seen": _iso(d.last_seen_ms),
+        "enrolled_at": _iso(d.enrolled_at_ms),
+        "resources": {
+            "cpu_cores": d.hardware.cpu_cores,
+            "memory_bytes": d.hardware.memory_bytes,
+            "execution_providers": list(d.hardware.execution_providers),
+            "onnxruntime_version": d.hardware.onnxruntime_version,
+            "os": d.hardware.os,
+            "agent_version": d.hardware.agent_version,
+        },
+        "labels": dict(d.hardware.labels),
+        "last_failure": None
+        if d.last_failure is None
+        else {"reason": d.last_failure.value, "message": d.last_failure_message, "version": d.failed_version},
+        "records_received": d.records_received,
+        "records_dropped": d.records_dropped,
+        "last_sequence": d.last_sequence,
+    }
+
+
+def model_doc(m: Model) -> dict[str, Any]:
+    return {
+        "name": m.name,
+        "created_at": _iso(m.created_at_ms),
+        "variants": [
+            {
+                "variant": v.variant,
+                "sha256": v.sha256,
+                "size_bytes": v.size_bytes,
+                "inputs": [
+                    {"name": s.name, "dtype": s.dtype.value, "shape": list(s.shape)} for s in v.inputs
+                ],
+                "outputs": [
+                    {"name": s.name, "dtype": s.dtype.value, "shape": list(s.shape)} for s in v.outputs
+                ],
+            }
+            for v in m.variants
+        ],
+    }
+
+
+def token_doc(t: CreatedToken) -> dict[str, Any]:
+    return {"token_id": t.token_id, "token": t.token, "expires_at": _iso(t.expires_at_ms), "uses": t.uses}
+
+
+def dump(doc: Any, fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps(doc, indent=2)
+    yaml = YAML()
+    yaml.default_flow_style = False
+    buf = io.StringIO()
+    yaml.dump(doc, buf)
+    return buf.getvalue()
+
+
+def devices_table(devices: Sequence[Device]) -> Table:
+    table = Table(box=None, header_style="bold")
+    for col in ("ID", "HARDWARE", "CONNECTED", "STATUS", "DESIRED", "ACKED", "MODEL", "LAST SEEN"):
+        table.add_column(col)
+    for d in devices:
+        a = d.assignment
+        table.add_row(
+            d.id,
+            d.hardware.hardware_class,
+            "yes" if d.connected else "no",
+            device_status(d),
+            str(d.desired_version),
+            str(d.acked_version),
+            f"{a.model_name}/{a.variant}" if a else "-",
+            _iso(d.last_seen_ms) or "-",
+        )
+    return table
+
+
+def models_table(models: Sequence[Model]) -> Table:
+    table = Table(box=None, header_style="bold")
+    for col in ("NAME", "VARIANT", "SHA256", "SIZE", "INPUTS", "OUTPUTS"):
+        table.add_column(col)
+    for m in models:
+        for v in m.variants:
+            table.add_row(
+                m.name,
+                v.variant,
+                v.sha256[:12],
+                f"{v.size_bytes / 1024:.1f} KiB",
+                ", ".join(f"{s.name}{list(s.shape)}" for s in v.inputs),
+                ", ".join(f"{s.name}{list(s.shape)}" for s in v.outputs),
+            )
+    return table
+
+
+def device_detail(d: Device, console: Console) -> None:
+    doc = device_doc(d)
+    table = Table(box=None, show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in doc.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k}={v}" for k, v in value.items()) or "-"
+        table.add_row(key, "-" if value is None else str(value))
+    console.print(table)

@@ -1,0 +1,104 @@
+"""AdminClient: fleetctl's connection to a running controller (never to its database file)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+
+from common import limits, serde
+from common.types import AssignResult, CreatedToken, Device, ImportModelHeader, Model
+
+T = TypeVar("T")
+IMPORT_CHUNK_BYTES = 1 * limits.MIB
+
+
+class AdminClient:
+    def __init__(self, address: str, *, timeout_s: float = 15.0) -> None:
+        self.address = address
+        self._timeout = timeout_s
+        self._channel = grpc.insecure_channel(
+            address,
+            options=[
+                ("grpc.max_send_message_length", limits.MAX_GRPC_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", limits.MAX_GRPC_MESSAGE_BYTES),
+            ],
+        )
+        self._stub = serde.AdminServiceStub(self._channel)
+
+    def __enter__(self) -> AdminClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def _call(
+        self,
+        method: Callable[..., Any],
+        request: Any,
+        decode: Callable[[Any], T],
+        timeout: float | None = None,
+    ) -> T:
+        try:
+            return decode(method(request, timeout=timeout or self._timeout))
+        except grpc.RpcError as exc:
+            raise serde.error_from_rpc_error(exc) from None
+
+    def create_token(self, *, ttl_s: int, uses: int, description: str = "") -> CreatedToken:
+        return self._call(
+            self._stub.CreateToken,
+            serde.create_token_request_to_pb(ttl_s, uses, description),
+            serde.create_token_response_from_pb,
+        )
+
+    def list_devices(self) -> list[Device]:
+        return list(
+            self._call(
+                self._stub.ListDevices,
+                serde.list_devices_request_to_pb(),
+                serde.list_devices_response_from_pb,
+            )
+        )
+
+    def get_device(self, device_id: str) -> Device:
+        return self._call(
+            self._stub.GetDevice, serde.get_device_request_to_pb(device_id), serde.device_from_pb
+        )
+
+    def list_models(self) -> list[Model]:
+        return list(
+            self._call(
+                self._stub.ListModels, serde.list_models_request_to_pb(), serde.list_models_response_from_pb
+            )
+        )
+
+    def assign(self, device_id: str, model_name: str, variant: str = "fp32") -> AssignResult:
+        return self._call(
+            self._stub.Assign,
+            serde.assign_request_to_pb(device_id, model_name, variant),
+            serde.assign_response_from_pb,
+        )
+
+    def import_model(
+        self, path: Path, *, name: str, variant: str = "fp32", progress: Callable[[int], None] | None = None
+    ) -> Model:
+        size = path.stat().st_size
+
+        def requests() -> Iterator[Any]:
+            yield serde.import_model_request_to_pb(
+                ImportModelHeader(name=name, variant=variant, size_bytes=size)
+            )
+            with path.open("rb") as f:
+                while chunk := f.read(IMPORT_CHUNK_BYTES):
+                    yield serde.import_model_request_to_pb(chunk)
+                    if progress is not None:
+                        progress(len(chunk))
+
+        return self._call(
+            self._stub.ImportModel, requests(), serde.model_from_pb, timeout=max(self._timeout, 600.0)
+        )

@@ -1,0 +1,121 @@
+"""``fleetctl serve``: the controller process (gRPC for agents and fleetctl, reconcile jobs)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from common import limits, serde
+from controller.api.admin_api import AdminApi
+from controller.api.device_api import DeviceApi
+from controller.artifacts import ArtifactStore
+from controller.hub import Db, Hub
+from controller.service.clock import Clock, SystemClock
+from controller.service.sync import SyncPolicy
+from controller.store.sqlite import SqliteStore
+
+log = logging.getLogger(__name__)
+
+GRPC_OPTIONS = [
+    ("grpc.max_send_message_length", limits.MAX_GRPC_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", limits.MAX_GRPC_MESSAGE_BYTES),
+    # Detect dead agents' TCP connections even when their streams are idle.
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.max_concurrent_streams", 10_000),
+]
+
+
+@dataclass
+class ControllerConfig:
+    data_dir: Path
+    listen: str = "127.0.0.1:7443"
+    policy: SyncPolicy = field(default_factory=SyncPolicy)
+    reconcile_interval_s: float = 1.0
+    max_model_bytes: int = limits.MAX_MODEL_BYTES
+    grace_s: float = 5.0
+
+
+class Controller:
+    """Owns the store, the hub and the gRPC server; ``start``/``stop`` are idempotent."""
+
+    def __init__(self, config: ControllerConfig, clock: Clock | None = None) -> None:
+        self.config = config
+        self.clock = clock or SystemClock()
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        self.db = Db(SqliteStore(config.data_dir / "controller.db"))
+        self.artifacts = ArtifactStore(config.data_dir / "artifacts")
+        self.hub = Hub(self.db, self.clock, config.policy)
+        self._server: grpc.aio.Server | None = None
+        self._scheduler: AsyncIOScheduler | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        stale = await self.db.run(self.db.store.mark_all_disconnected)
+        if stale:
+            log.info("cleared %d stale connections from a previous run", stale)
+        server = grpc.aio.server(options=GRPC_OPTIONS)
+        serde.add_ControllerServiceServicer_to_server(
+            DeviceApi(self.db, self.hub, self.artifacts, self.clock), server
+        )
+        serde.add_AdminServiceServicer_to_server(
+            AdminApi(
+                self.db, self.hub, self.artifacts, self.clock, max_model_bytes=self.config.max_model_bytes
+            ),
+            server,
+        )
+        self.port = server.add_insecure_port(self.config.listen)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {self.config.listen}")
+        await server.start()
+        self._server = server
+        scheduler = AsyncIOScheduler()
+        scheduler.add_job(
+            self.hub.reconcile,
+            "interval",
+            seconds=self.config.reconcile_interval_s,
+            id="reconcile",
+            max_instances=1,
+            coalesce=True,
+        )
+        scheduler.start()
+        self._scheduler = scheduler
+        log.info("controller listening on %s (data dir %s)", self.address, self.config.data_dir)
+
+    @property
+    def address(self) -> str:
+        host = self.config.listen.rsplit(":", 1)[0]
+        return f"{host}:{self.port}"
+
+    async def stop(self) -> None:
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=False)
+            self._scheduler = None
+        if self._server is not None:
+            await self.hub.close_all()
+            await self._server.stop(self.config.grace_s)
+            self._server = None
+        self.db.close()
+        log.info("controller stopped")
+
+
+async def serve(config: ControllerConfig) -> None:
+    controller = Controller(config)
+    await controller.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    # Tell whoever started us (tests, scripts) where we listen, once we really do.
+    print(f"controller listening on {controller.address}", flush=True)
+    await stop.wait()
+    log.info("shutting down")
+    await controller.stop()

@@ -1,0 +1,104 @@
+"""The control stream's logic: what the controller does with each agent message.
+
+Reconciliation is by version, as KubeEdge's SyncController does it: the store keeps each device's
+desired and acknowledged version; while they differ the desired assignment is (re)sent, and every
+handler is safe to repeat — a duplicated hello, ack or telemetry batch changes nothing twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from common import limits
+from common.errors import InvalidArgument
+from common.types import (
+    Assignment,
+    AssignmentAck,
+    ControllerMessage,
+    Device,
+    Hello,
+    TelemetryAck,
+    TelemetryBatch,
+    Welcome,
+)
+from controller.store.base import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class SyncPolicy:
+    heartbeat_interval_ms: int = 5_000
+    #: An assignment not acked this long after it was sent is sent again.
+    resend_after_s: float = 5.0
+    #: A stream silent for this many heartbeat intervals is considered dead and closed.
+    liveness_intervals: float = 3.0
+
+
+def pending_assignment(device: Device) -> Assignment | None:
+    """The assignment the device still has to acknowledge, if any."""
+    if device.assignment is not None and device.desired_version > device.acked_version:
+        return device.assignment
+    return None
+
+
+def on_hello(
+    store: Store, device_id: str, hello: Hello, *, now_ms: int, policy: SyncPolicy
+) -> list[ControllerMessage]:
+    if hello.hardware.hardware_class != store.get_device(device_id).hardware.hardware_class:
+        log.warning("device=%s now reports hardware class %s", device_id, hello.hardware.hardware_class)
+    device = store.device_connected(
+        device_id,
+        hardware=hello.hardware,
+        reported=hello.reported,
+        records_dropped=hello.records_dropped,
+        now_ms=now_ms,
+    )
+    log.info(
+        "device=%s hello: acked v%d of desired v%d, telemetry watermark %d (stored %d)",
+        device_id,
+        device.acked_version,
+        device.desired_version,
+        hello.telemetry_watermark,
+        device.last_sequence,
+    )
+    replies: list[ControllerMessage] = [
+        Welcome(heartbeat_interval_ms=policy.heartbeat_interval_ms, telemetry_watermark=device.last_sequence)
+    ]
+    pending = pending_assignment(device)
+    if pending is not None:
+        replies.append(pending)
+    return replies
+
+
+def on_telemetry(
+    store: Store, device_id: str, batch: TelemetryBatch, *, now_ms: int
+) -> list[ControllerMessage]:
+    if len(batch.records) > limits.MAX_TELEMETRY_BATCH:
+        raise InvalidArgument(
+            f"telemetry batch of {len(batch.records)} records exceeds the limit of {limits.MAX_TELEMETRY_BATCH}"
+        )
+    if not batch.records:
+        return []
+    new = store.append_telemetry(device_id, batch.records, now_ms=now_ms)
+    top = max(r.sequence for r in batch.records)
+    if new < len(batch.records):
+        log.debug(
+            "device=%s telemetry: %d of %d records were duplicates",
+            device_id,
+            len(batch.records) - new,
+            len(batch.records),
+        )
+    return [TelemetryAck(up_to_sequence=top)]
+
+
+def on_assignment_ack(store: Store, device_id: str, ack: AssignmentAck, *, now_ms: int) -> Device:
+    device = store.record_ack(device_id, ack, now_ms=now_ms)
+    if ack.failure is not None:
+        log.error(
+            "device=%s failed to apply v%d (%s): %s", device_id, ack.version, ack.failure.value, ack.message
+        )
+    elif device.converged:
+        log.info("device=%s converged at v%d", device_id, device.acked_version)
+    return device

@@ -1,0 +1,223 @@
+"""Conversion between domain dataclasses and SQLite rows / JSON columns, kept in one place.
+
+Rows come from ``sqlite_utils.Database.query`` as ``dict[str, Any]``; JSON columns hold plain
+objects with stable keys so a database stays readable by later code versions.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from common.types import (
+    Assignment,
+    AssignmentFailure,
+    BootstrapToken,
+    DataType,
+    Device,
+    DeviceEvent,
+    HardwareProfile,
+    InferenceRecord,
+    ModelVariant,
+    Outcome,
+    ReportedState,
+    TelemetryRecord,
+    TensorSpec,
+)
+
+Row = Mapping[str, Any]
+
+KIND_INFERENCE = "inference"
+KIND_EVENT = "event"
+
+
+def _dumps(obj: object) -> str:
+    # Sorted, compact keys: equal values give byte-equal JSON, which keeps diffs and dumps stable.
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+# --- hardware / reported state ------------------------------------------------------------------
+
+
+def hardware_to_json(hw: HardwareProfile) -> str:
+    return _dumps(
+        {
+            "hardware_class": hw.hardware_class,
+            "cpu_cores": hw.cpu_cores,
+            "memory_bytes": hw.memory_bytes,
+            "execution_providers": list(hw.execution_providers),
+            "os": hw.os,
+            "onnxruntime_version": hw.onnxruntime_version,
+            "agent_version": hw.agent_version,
+            "labels": dict(hw.labels),
+        }
+    )
+
+
+def hardware_from_json(text: str) -> HardwareProfile:
+    d = json.loads(text)
+    return HardwareProfile(
+        hardware_class=str(d["hardware_class"]),
+        cpu_cores=int(d.get("cpu_cores", 0)),
+        memory_bytes=int(d.get("memory_bytes", 0)),
+        execution_providers=tuple(str(p) for p in d.get("execution_providers", ())),
+        os=str(d.get("os", "")),
+        onnxruntime_version=str(d.get("onnxruntime_version", "")),
+        agent_version=str(d.get("agent_version", "")),
+        labels={str(k): str(v) for k, v in d.get("labels", {}).items()},
+    )
+
+
+def reported_to_json(r: ReportedState) -> str:
+    return _dumps(
+        {
+            "acked_version": r.acked_version,
+            "active_sha256": r.active_sha256,
+            "last_known_good_sha256": r.last_known_good_sha256,
+            "active_model_name": r.active_model_name,
+            "active_variant": r.active_variant,
+        }
+    )
+
+
+def reported_from_json(text: str) -> ReportedState:
+    d = json.loads(text)
+    return ReportedState(
+        acked_version=int(d.get("acked_version", 0)),
+        active_sha256=str(d.get("active_sha256", "")),
+        last_known_good_sha256=str(d.get("last_known_good_sha256", "")),
+        active_model_name=str(d.get("active_model_name", "")),
+        active_variant=str(d.get("active_variant", "")),
+    )
+
+
+# --- tensor specs / models ----------------------------------------------------------------------
+
+
+def specs_to_json(specs: tuple[TensorSpec, ...]) -> str:
+    return _dumps([{"name": s.name, "dtype": s.dtype.value, "shape": list(s.shape)} for s in specs])
+
+
+def specs_from_json(text: str) -> tuple[TensorSpec, ...]:
+    return tuple(
+        TensorSpec(name=str(d["name"]), dtype=DataType(d["dtype"]), shape=tuple(int(x) for x in d["shape"]))
+        for d in json.loads(text)
+    )
+
+
+def variant_from_row(row: Row) -> ModelVariant:
+    return ModelVariant(
+        variant=row["variant"],
+        sha256=row["sha256"],
+        size_bytes=row["size_bytes"],
+        inputs=specs_from_json(row["inputs_json"]),
+        outputs=specs_from_json(row["outputs_json"]),
+        created_at_ms=row["created_at_ms"],
+    )
+
+
+# --- telemetry ----------------------------------------------------------------------------------
+
+
+def telemetry_body_to_json(body: InferenceRecord | DeviceEvent) -> tuple[str, str]:
+    """Return (kind, body_json)."""
+    if isinstance(body, InferenceRecord):
+        return KIND_INFERENCE, _dumps(
+            {
+                "model_sha256": body.model_sha256,
+                "latency_ms": body.latency_ms,
+                "outcome": body.outcome.value,
+                "error": body.error,
+            }
+        )
+    return KIND_EVENT, _dumps(
+        {"kind": body.kind, "message": body.message, "assignment_version": body.assignment_version}
+    )
+
+
+def telemetry_from_row(row: Row) -> TelemetryRecord:
+    d = json.loads(row["body_json"])
+    body: InferenceRecord | DeviceEvent
+    if row["kind"] == KIND_INFERENCE:
+        body = InferenceRecord(
+            model_sha256=str(d["model_sha256"]),
+            latency_ms=float(d["latency_ms"]),
+            outcome=Outcome(d["outcome"]),
+            error=str(d.get("error", "")),
+        )
+    elif row["kind"] == KIND_EVENT:
+        body = DeviceEvent(
+            kind=str(d["kind"]),
+            message=str(d["message"]),
+            assignment_version=int(d.get("assignment_version", 0)),
+        )
+    else:
+        raise ValueError(f"unknown telemetry kind {row['kind']!r} in the database")
+    return TelemetryRecord(sequence=row["sequence"], timestamp_ms=row["timestamp_ms"], body=body)
+
+
+# --- tokens / devices ---------------------------------------------------------------------------
+
+
+def token_from_row(row: Row) -> BootstrapToken:
+    return BootstrapToken(
+        token_id=row["token_id"],
+        expires_at_ms=row["expires_at_ms"],
+        uses_total=row["uses_total"],
+        uses_left=row["uses_left"],
+        created_at_ms=row["created_at_ms"],
+        description=row["description"],
+    )
+
+
+def device_from_row(row: Row) -> Device:
+    assignment: Assignment | None = None
+    # A device that was never assigned has no Assignment at all, not an empty one at version 0.
+    if row["model_name"] or row["desired_version"]:
+        assignment = Assignment(
+            version=row["desired_version"],
+            model_name=row["model_name"],
+            variant=row["variant"],
+            artifact_sha256=row["artifact_sha256"],
+            artifact_size_bytes=row["artifact_size_bytes"],
+        )
+    failure = row["last_failure"]
+    return Device(
+        id=row["id"],
+        hardware=hardware_from_json(row["hardware_json"]),
+        enrolled_at_ms=row["enrolled_at_ms"],
+        connected=bool(row["connected"]),
+        last_seen_ms=row["last_seen_ms"],
+        desired_version=row["desired_version"],
+        acked_version=row["acked_version"],
+        assignment=assignment,
+        reported=reported_from_json(row["reported_json"]),
+        last_failure=AssignmentFailure(failure) if failure is not None else None,
+        last_failure_message=row["last_failure_message"],
+        failed_version=row["failed_version"],
+        records_received=row["records_received"],
+        last_sequence=row["last_sequence"],
+        records_dropped=row["records_dropped"],
+    )
+
+
+def device_state_columns(device: Device) -> dict[str, Any]:
+    """Columns that ``_rules`` transitions may change (not identity, credential or telemetry counters)."""
+    a = device.assignment
+    return {
+        "hardware_json": hardware_to_json(device.hardware),
+        "connected": int(device.connected),
+        "last_seen_ms": device.last_seen_ms,
+        "desired_version": device.desired_version,
+        "acked_version": device.acked_version,
+        "model_name": a.model_name if a else "",
+        "variant": a.variant if a else "",
+        "artifact_sha256": a.artifact_sha256 if a else "",
+        "artifact_size_bytes": a.artifact_size_bytes if a else 0,
+        "reported_json": reported_to_json(device.reported),
+        "last_failure": device.last_failure.value if device.last_failure else None,
+        "last_failure_message": device.last_failure_message,
+        "failed_version": device.failed_version,
+        "records_dropped": device.records_dropped,
+    }

@@ -1,0 +1,121 @@
+"""State-transition rules of ``Store``, as pure functions shared by every implementation.
+
+Implementations load a row, apply one of these, and write the result back inside one transaction,
+so the rules in ``base.Store``'s docstrings are decided in exactly one place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime
+
+from common.errors import AlreadyExists, InvalidArgument, NotFound, Unauthenticated
+from common.types import Assignment, AssignmentAck, BootstrapToken, Device, HardwareProfile, ReportedState
+from controller.store.base import TOKEN_EXHAUSTED, TOKEN_EXPIRED, TOKEN_UNKNOWN
+
+
+def format_ms(ms: int) -> str:
+    """UTC ISO-8601 for messages, e.g. ``2026-11-23T10:00:00Z``."""
+    seconds, millis = divmod(ms, 1000)
+    try:
+        text = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    except (OverflowError, OSError, ValueError):
+        return f"{ms} ms since the Unix epoch"
+    return f"{text}.{millis:03d}Z" if millis else f"{text}Z"
+
+
+def check_token(token: BootstrapToken | None, *, now_ms: int) -> BootstrapToken:
+    """Return the token if it can be spent now, else raise Unauthenticated saying why."""
+    if token is None:
+        # Never echo the presented secret or its hash.
+        raise Unauthenticated("bootstrap token not recognised", code=TOKEN_UNKNOWN)
+    if now_ms >= token.expires_at_ms:
+        raise Unauthenticated(
+            f"bootstrap token {token.token_id!r} expired at {format_ms(token.expires_at_ms)}",
+            code=TOKEN_EXPIRED,
+        )
+    if token.uses_left <= 0:
+        raise Unauthenticated(
+            f"bootstrap token {token.token_id!r} has no uses left (all {token.uses_total} used)",
+            code=TOKEN_EXHAUSTED,
+        )
+    return token
+
+
+def new_device(device_id: str, hardware: HardwareProfile, *, now_ms: int) -> Device:
+    # Enrolling is contact with the device, so it counts as being seen.
+    return Device(id=device_id, hardware=hardware, enrolled_at_ms=now_ms, last_seen_ms=now_ms)
+
+
+def apply_hello(
+    device: Device, *, hardware: HardwareProfile, reported: ReportedState, records_dropped: int, now_ms: int
+) -> Device:
+    # A hello is the device's own account of what it runs, so it may lower acked_version (a wiped device
+    # must be sent its assignment again); it may not claim a version that was never desired.
+    acked = (
+        reported.acked_version if reported.acked_version <= device.desired_version else device.acked_version
+    )
+    return replace(
+        device,
+        connected=True,
+        last_seen_ms=now_ms,
+        hardware=hardware,
+        reported=reported,
+        acked_version=acked,
+        records_dropped=max(device.records_dropped, records_dropped),
+    )
+
+
+def apply_assignment(
+    device: Device, *, model_name: str, variant: str, artifact_sha256: str, artifact_size_bytes: int
+) -> tuple[Device, bool]:
+    current = device.assignment
+    current_target = (
+        (current.model_name, current.variant, current.artifact_sha256) if current else ("", "", "")
+    )
+    # An empty target on a never-assigned device is not a change: both mean "run nothing".
+    if current_target == (model_name, variant, artifact_sha256):
+        return device, False
+    version = device.desired_version + 1
+    assignment = Assignment(
+        version=version,
+        model_name=model_name,
+        variant=variant,
+        artifact_sha256=artifact_sha256,
+        artifact_size_bytes=artifact_size_bytes,
+    )
+    return replace(device, desired_version=version, assignment=assignment), True
+
+
+def apply_ack(device: Device, ack: AssignmentAck, *, now_ms: int) -> Device:
+    if ack.version > device.desired_version:
+        return device
+    # Older than what is already acknowledged: it must not overwrite newer news (out-of-order delivery).
+    stale = ack.version < device.acked_version
+    updated = replace(device, acked_version=max(device.acked_version, ack.version), last_seen_ms=now_ms)
+    if not stale:
+        updated = replace(updated, reported=ack.reported)
+    if ack.failure is not None:
+        updated = replace(updated, failed_version=max(device.failed_version, ack.version))
+        if not stale:
+            updated = replace(updated, last_failure=ack.failure, last_failure_message=ack.message)
+    elif ack.version >= device.failed_version:
+        updated = replace(updated, last_failure=None, last_failure_message="")
+    return updated
+
+
+def device_not_found(device_id: str) -> NotFound:
+    return NotFound(f"device {device_id!r} not found")
+
+
+def check_limit(limit: int) -> None:
+    if limit < 0:
+        # SQLite reads a negative LIMIT as "no limit", which is not what a caller would mean.
+        raise InvalidArgument(f"limit must not be negative, got {limit}")
+
+
+def variant_conflict(name: str, variant: str, *, stored_sha256: str, new_sha256: str) -> AlreadyExists:
+    return AlreadyExists(
+        f"model {name!r} variant {variant!r} already exists with sha256 {stored_sha256}; "
+        f"refusing to replace it with sha256 {new_sha256}"
+    )

@@ -1,0 +1,242 @@
+"""``InMemoryStore``: the ``Store`` contract over dicts, for the simulator and unit tests."""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+
+from common.errors import AlreadyExists, NotFound, PermanentError
+from common.types import (
+    AssignmentAck,
+    BootstrapToken,
+    Device,
+    HardwareProfile,
+    Model,
+    ModelVariant,
+    ReportedState,
+    TelemetryRecord,
+)
+from controller.store import _rules
+from controller.store.base import Store
+
+
+@dataclass(slots=True)
+class _Telemetry:
+    by_sequence: dict[int, TelemetryRecord] = field(default_factory=dict)
+    sequences: list[int] = field(default_factory=list)  # sorted, for range queries
+
+
+class InMemoryStore(Store):
+    """Thread-safe; every method holds one lock for its whole duration, which makes it one transaction."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._closed = False
+        self._tokens: dict[str, BootstrapToken] = {}  # by token_id, in creation order
+        self._token_hashes: dict[str, str] = {}  # token_hash -> token_id
+        self._devices: dict[str, Device] = {}
+        self._credentials: dict[str, str] = {}
+        self._telemetry: dict[str, _Telemetry] = {}
+        self._models: dict[str, Model] = {}
+
+    # --- bootstrap tokens -----------------------------------------------------------------------
+
+    def create_token(
+        self, token_id: str, token_hash: str, *, expires_at_ms: int, uses: int, description: str, now_ms: int
+    ) -> BootstrapToken:
+        with self._locked():
+            if token_id in self._tokens:
+                raise AlreadyExists(f"bootstrap token {token_id!r} already exists")
+            if token_hash in self._token_hashes:
+                raise AlreadyExists("a bootstrap token with this secret already exists")
+            token = BootstrapToken(
+                token_id=token_id,
+                expires_at_ms=expires_at_ms,
+                uses_total=uses,
+                uses_left=uses,
+                created_at_ms=now_ms,
+                description=description,
+            )
+            self._tokens[token_id] = token
+            self._token_hashes[token_hash] = token_id
+            return token
+
+    def list_tokens(self) -> list[BootstrapToken]:
+        with self._locked():
+            # Reverse creation order first so that, among equal timestamps, the later one comes first.
+            return sorted(reversed(self._tokens.values()), key=lambda t: -t.created_at_ms)
+
+    # --- devices --------------------------------------------------------------------------------
+
+    def enroll_device(
+        self, device_id: str, hardware: HardwareProfile, *, credential_hash: str, token_hash: str, now_ms: int
+    ) -> Device:
+        with self._locked():
+            token_id = self._token_hashes.get(token_hash)
+            token = _rules.check_token(self._tokens.get(token_id) if token_id else None, now_ms=now_ms)
+            if device_id in self._devices:
+                raise AlreadyExists(f"device {device_id!r} already exists")
+            device = _rules.new_device(device_id, _copy_hardware(hardware), now_ms=now_ms)
+            self._tokens[token.token_id] = replace(token, uses_left=token.uses_left - 1)
+            self._devices[device_id] = device
+            self._credentials[device_id] = credential_hash
+            self._telemetry[device_id] = _Telemetry()
+            return device
+
+    def get_device(self, device_id: str) -> Device:
+        with self._locked():
+            return self._device(device_id)
+
+    def list_devices(self) -> list[Device]:
+        with self._locked():
+            return [self._devices[k] for k in sorted(self._devices)]
+
+    def get_credential_hash(self, device_id: str) -> str:
+        with self._locked():
+            self._device(device_id)
+            return self._credentials[device_id]
+
+    def device_connected(
+        self,
+        device_id: str,
+        *,
+        hardware: HardwareProfile,
+        reported: ReportedState,
+        records_dropped: int,
+        now_ms: int,
+    ) -> Device:
+        return self._update(
+            device_id,
+            lambda d: _rules.apply_hello(
+                d,
+                hardware=_copy_hardware(hardware),
+                reported=reported,
+                records_dropped=records_dropped,
+                now_ms=now_ms,
+            ),
+        )
+
+    def device_disconnected(self, device_id: str, *, now_ms: int) -> Device:
+        return self._update(device_id, lambda d: replace(d, connected=False, last_seen_ms=now_ms))
+
+    def mark_all_disconnected(self) -> int:
+        with self._locked():
+            stale = [k for k, d in self._devices.items() if d.connected]
+            for k in stale:
+                self._devices[k] = replace(self._devices[k], connected=False)
+            return len(stale)
+
+    def touch_device(self, device_id: str, *, now_ms: int) -> None:
+        self._update(device_id, lambda d: replace(d, last_seen_ms=now_ms))
+
+    def set_assignment(
+        self, device_id: str, *, model_name: str, variant: str, artifact_sha256: str, artifact_size_bytes: int
+    ) -> tuple[Device, bool]:
+        with self._locked():
+            device, changed = _rules.apply_assignment(
+                self._device(device_id),
+                model_name=model_name,
+                variant=variant,
+                artifact_sha256=artifact_sha256,
+                artifact_size_bytes=artifact_size_bytes,
+            )
+            self._devices[device_id] = device
+            return device, changed
+
+    def record_ack(self, device_id: str, ack: AssignmentAck, *, now_ms: int) -> Device:
+        return self._update(device_id, lambda d: _rules.apply_ack(d, ack, now_ms=now_ms))
+
+    # --- telemetry ------------------------------------------------------------------------------
+
+    def append_telemetry(self, device_id: str, records: Sequence[TelemetryRecord], *, now_ms: int) -> int:
+        with self._locked():
+            device = self._device(device_id)
+            stored = self._telemetry[device_id]
+            new = 0
+            for record in records:
+                if record.sequence in stored.by_sequence:
+                    continue
+                stored.by_sequence[record.sequence] = record
+                bisect.insort(stored.sequences, record.sequence)
+                new += 1
+            last = max((r.sequence for r in records), default=device.last_sequence)
+            self._devices[device_id] = replace(
+                device,
+                records_received=device.records_received + new,
+                last_sequence=max(device.last_sequence, last),
+                last_seen_ms=now_ms,
+            )
+            return new
+
+    def list_telemetry(
+        self, device_id: str, *, after_sequence: int = 0, limit: int = 1000
+    ) -> list[TelemetryRecord]:
+        _rules.check_limit(limit)
+        with self._locked():
+            self._device(device_id)
+            stored = self._telemetry[device_id]
+            start = bisect.bisect_right(stored.sequences, after_sequence)
+            return [stored.by_sequence[s] for s in stored.sequences[start : start + limit]]
+
+    # --- models ---------------------------------------------------------------------------------
+
+    def add_model_variant(self, name: str, variant: ModelVariant, *, now_ms: int) -> tuple[Model, bool]:
+        with self._locked():
+            model = self._models.get(name) or Model(name=name, created_at_ms=now_ms)
+            existing = model.variant(variant.variant)
+            if existing is not None:
+                if existing.sha256 == variant.sha256:
+                    return model, False
+                raise _rules.variant_conflict(
+                    name, variant.variant, stored_sha256=existing.sha256, new_sha256=variant.sha256
+                )
+            variants = (*model.variants, replace(variant, created_at_ms=now_ms))
+            model = replace(model, variants=tuple(sorted(variants, key=lambda v: v.variant)))
+            self._models[name] = model
+            return model, True
+
+    def get_model(self, name: str) -> Model:
+        with self._locked():
+            model = self._models.get(name)
+            if model is None:
+                raise NotFound(f"model {name!r} not found")
+            return model
+
+    def list_models(self) -> list[Model]:
+        with self._locked():
+            return [self._models[k] for k in sorted(self._models)]
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+
+    # --- helpers --------------------------------------------------------------------------------
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        with self._lock:
+            if self._closed:
+                raise PermanentError("store is closed")
+            yield
+
+    def _device(self, device_id: str) -> Device:
+        device = self._devices.get(device_id)
+        if device is None:
+            raise _rules.device_not_found(device_id)
+        return device
+
+    def _update(self, device_id: str, change: Callable[[Device], Device]) -> Device:
+        with self._locked():
+            updated = change(self._device(device_id))
+            self._devices[device_id] = updated
+            return updated
+
+
+def _copy_hardware(hardware: HardwareProfile) -> HardwareProfile:
+    # The caller keeps a reference to its labels mapping; a later mutation must not rewrite the registry.
+    return replace(hardware, labels=dict(hardware.labels))

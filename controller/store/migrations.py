@@ -1,0 +1,156 @@
+"""Versioned schema migrations for ``SqliteStore``.
+
+Migrations are append-only: never edit one that has shipped, add the next version instead. Each
+pending migration runs in its own ``BEGIN IMMEDIATE`` transaction together with the row that records
+it, so a crash leaves the database at a whole version and two controllers opening the same file at
+once cannot both apply the same step.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlite_utils import Database
+
+from common.errors import PermanentError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+# STRICT tables make SQLite reject a value of the wrong type instead of silently storing it.
+_INITIAL_SCHEMA = """
+CREATE TABLE tokens (
+    token_id TEXT PRIMARY KEY,
+    token_hash TEXT NOT NULL UNIQUE,
+    expires_at_ms INTEGER NOT NULL,
+    uses_total INTEGER NOT NULL,
+    uses_left INTEGER NOT NULL,
+    description TEXT NOT NULL DEFAULT '',
+    created_at_ms INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE devices (
+    id TEXT PRIMARY KEY,
+    hardware_json TEXT NOT NULL,
+    credential_hash TEXT NOT NULL,
+    enrolled_at_ms INTEGER NOT NULL,
+    connected INTEGER NOT NULL DEFAULT 0,
+    last_seen_ms INTEGER NOT NULL DEFAULT 0,
+    desired_version INTEGER NOT NULL DEFAULT 0,
+    acked_version INTEGER NOT NULL DEFAULT 0,
+    model_name TEXT NOT NULL DEFAULT '',
+    variant TEXT NOT NULL DEFAULT '',
+    artifact_sha256 TEXT NOT NULL DEFAULT '',
+    artifact_size_bytes INTEGER NOT NULL DEFAULT 0,
+    reported_json TEXT NOT NULL,
+    last_failure TEXT,
+    last_failure_message TEXT NOT NULL DEFAULT '',
+    failed_version INTEGER NOT NULL DEFAULT 0,
+    records_received INTEGER NOT NULL DEFAULT 0,
+    last_sequence INTEGER NOT NULL DEFAULT 0,
+    records_dropped INTEGER NOT NULL DEFAULT 0,
+    token_id TEXT REFERENCES tokens(token_id)
+) STRICT;
+
+CREATE TABLE telemetry (
+    device_id TEXT NOT NULL REFERENCES devices(id),
+    sequence INTEGER NOT NULL,
+    timestamp_ms INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    body_json TEXT NOT NULL,
+    PRIMARY KEY (device_id, sequence)
+) STRICT, WITHOUT ROWID;
+
+CREATE TABLE models (
+    name TEXT PRIMARY KEY,
+    created_at_ms INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE model_variants (
+    model_name TEXT NOT NULL REFERENCES models(name),
+    variant TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    size_bytes INTEGER NOT NULL,
+    inputs_json TEXT NOT NULL,
+    outputs_json TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (model_name, variant)
+) STRICT;
+"""
+
+#: Ordered by version, starting at 1, without gaps.
+MIGRATIONS: tuple[Migration, ...] = (Migration(1, "initial schema", _INITIAL_SCHEMA),)
+
+_CREATE_VERSION_TABLE = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    applied_at_ms INTEGER NOT NULL
+)
+"""
+
+
+def schema_version(db: Database) -> int:
+    """The highest applied migration version (0 for a fresh database)."""
+    row = next(db.query("SELECT COALESCE(MAX(version), 0) AS v FROM schema_migrations"))
+    return int(row["v"])
+
+
+def apply_migrations(db: Database, migrations: Sequence[Migration] | None = None) -> list[int]:
+    """Bring the schema up to date; return the versions applied now.
+
+    The connection must be in autocommit mode (no transaction open). Raises PermanentError when the
+    database was written by newer code: running old code against it could silently lose data.
+    """
+    # Looked up at call time so tests can substitute the list.
+    steps = tuple(MIGRATIONS if migrations is None else migrations)
+    _check_ordered(steps)
+    known = steps[-1].version if steps else 0
+    conn = db.conn
+    conn.execute(_CREATE_VERSION_TABLE)
+    applied: list[int] = []
+    while True:
+        # Re-read the version inside the write lock: another process may have migrated meanwhile.
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            current = schema_version(db)
+            if current > known:
+                raise PermanentError(
+                    f"database schema version {current} is newer than this edgefleet knows "
+                    f"(up to {known}); upgrade edgefleet before opening this database"
+                )
+            pending = next((m for m in steps if m.version > current), None)
+            if pending is None:
+                conn.execute("COMMIT")
+                return applied
+            db.executescript(pending.sql)
+            conn.execute(
+                "INSERT INTO schema_migrations (version, name, applied_at_ms) VALUES (?, ?, ?)",
+                (pending.version, pending.name, time.time_ns() // 1_000_000),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        logger.info("applied schema migration %d (%s)", pending.version, pending.name)
+        applied.append(pending.version)
+
+
+def _check_ordered(steps: Sequence[Migration]) -> None:
+    expected = list(range(1, len(steps) + 1))
+    if [m.version for m in steps] != expected:
+        raise PermanentError(f"migrations must be numbered 1..{len(steps)} in order without gaps")
+
+
+__all__ = ["MIGRATIONS", "Migration", "apply_migrations", "schema_version"]

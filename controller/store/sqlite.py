@@ -1,0 +1,339 @@
+"""``SqliteStore``: the ``Store`` contract persisted in one SQLite file (WAL mode) via sqlite-utils."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from sqlite_utils import Database
+
+from common.errors import AlreadyExists, NotFound, PermanentError
+from common.types import (
+    AssignmentAck,
+    BootstrapToken,
+    Device,
+    HardwareProfile,
+    Model,
+    ModelVariant,
+    ReportedState,
+    TelemetryRecord,
+)
+from controller.store import _codec, _rules
+from controller.store.base import Store
+from controller.store.migrations import apply_migrations
+
+logger = logging.getLogger(__name__)
+
+_Row = dict[str, Any]
+
+
+class SqliteStore(Store):
+    """One connection shared by all threads, serialised by a lock; each method is one transaction.
+
+    Writes use ``BEGIN IMMEDIATE`` so a read-modify-write (spending a token use, applying an ack) holds
+    the database write lock from its first read, also against other processes using the same file.
+    """
+
+    def __init__(self, path: str | Path, *, busy_timeout_ms: int = 5_000) -> None:
+        self._path = str(path)
+        self._lock = threading.RLock()
+        self._closed = False
+        # isolation_level=None: the driver opens no implicit transactions; _tx() is the only place that does.
+        conn = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
+        try:
+            # busy_timeout first: switching to WAL itself may have to wait for another connection.
+            conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal" and self._path != ":memory:":
+                logger.warning("SQLite database %s could not use WAL (journal_mode=%s)", self._path, mode)
+            # NORMAL is durable across application crashes in WAL mode; only power loss can drop the last
+            # commits, which agents re-send (telemetry) or the operator repeats (admin calls).
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            self._db = Database(conn, execute_plugins=False)
+            apply_migrations(self._db)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+        self._devices = self._db.table("devices")
+        self._tokens = self._db.table("tokens")
+        self._telemetry = self._db.table("telemetry")
+        self._models = self._db.table("models")
+        self._variants = self._db.table("model_variants")
+
+    # --- bootstrap tokens -----------------------------------------------------------------------
+
+    def create_token(
+        self, token_id: str, token_hash: str, *, expires_at_ms: int, uses: int, description: str, now_ms: int
+    ) -> BootstrapToken:
+        with self._tx(write=True):
+            if self._one("SELECT 1 FROM tokens WHERE token_id = ?", token_id):
+                raise AlreadyExists(f"bootstrap token {token_id!r} already exists")
+            if self._one("SELECT 1 FROM tokens WHERE token_hash = ?", token_hash):
+                raise AlreadyExists("a bootstrap token with this secret already exists")
+            token = BootstrapToken(
+                token_id=token_id,
+                expires_at_ms=expires_at_ms,
+                uses_total=uses,
+                uses_left=uses,
+                created_at_ms=now_ms,
+                description=description,
+            )
+            self._tokens.insert(
+                {
+                    "token_id": token_id,
+                    "token_hash": token_hash,
+                    "expires_at_ms": expires_at_ms,
+                    "uses_total": uses,
+                    "uses_left": uses,
+                    "description": description,
+                    "created_at_ms": now_ms,
+                }
+            )
+            return token
+
+    def list_tokens(self) -> list[BootstrapToken]:
+        with self._tx(write=False):
+            # rowid breaks ties so that, among equal timestamps, the later insert comes first.
+            rows = self._db.query("SELECT * FROM tokens ORDER BY created_at_ms DESC, rowid DESC")
+            return [_codec.token_from_row(r) for r in rows]
+
+    # --- devices --------------------------------------------------------------------------------
+
+    def enroll_device(
+        self, device_id: str, hardware: HardwareProfile, *, credential_hash: str, token_hash: str, now_ms: int
+    ) -> Device:
+        with self._tx(write=True):
+            row = self._one("SELECT * FROM tokens WHERE token_hash = ?", token_hash)
+            token = _rules.check_token(_codec.token_from_row(row) if row else None, now_ms=now_ms)
+            if self._one("SELECT 1 FROM devices WHERE id = ?", device_id):
+                raise AlreadyExists(f"device {device_id!r} already exists")
+            device = _rules.new_device(device_id, hardware, now_ms=now_ms)
+            self._db.execute(
+                "UPDATE tokens SET uses_left = uses_left - 1 WHERE token_id = ?", [token.token_id]
+            )
+            self._devices.insert(
+                {
+                    "id": device_id,
+                    "credential_hash": credential_hash,
+                    "enrolled_at_ms": now_ms,
+                    "token_id": token.token_id,
+                    **_codec.device_state_columns(device),
+                }
+            )
+            return device
+
+    def get_device(self, device_id: str) -> Device:
+        with self._tx(write=False):
+            return self._load_device(device_id)
+
+    def list_devices(self) -> list[Device]:
+        with self._tx(write=False):
+            return [_codec.device_from_row(r) for r in self._db.query("SELECT * FROM devices ORDER BY id")]
+
+    def get_credential_hash(self, device_id: str) -> str:
+        with self._tx(write=False):
+            row = self._one("SELECT credential_hash FROM devices WHERE id = ?", device_id)
+            if row is None:
+                raise _rules.device_not_found(device_id)
+            return str(row["credential_hash"])
+
+    def device_connected(
+        self,
+        device_id: str,
+        *,
+        hardware: HardwareProfile,
+        reported: ReportedState,
+        records_dropped: int,
+        now_ms: int,
+    ) -> Device:
+        return self._update(
+            device_id,
+            lambda d: _rules.apply_hello(
+                d, hardware=hardware, reported=reported, records_dropped=records_dropped, now_ms=now_ms
+            ),
+        )
+
+    def device_disconnected(self, device_id: str, *, now_ms: int) -> Device:
+        return self._update(device_id, lambda d: replace(d, connected=False, last_seen_ms=now_ms))
+
+    def mark_all_disconnected(self) -> int:
+        with self._tx(write=True):
+            return self._db.execute("UPDATE devices SET connected = 0 WHERE connected != 0").rowcount
+
+    def touch_device(self, device_id: str, *, now_ms: int) -> None:
+        # Heartbeats are the hottest write: one UPDATE, no read-back.
+        with self._tx(write=True):
+            cursor = self._db.execute("UPDATE devices SET last_seen_ms = ? WHERE id = ?", [now_ms, device_id])
+            if cursor.rowcount == 0:
+                raise _rules.device_not_found(device_id)
+
+    def set_assignment(
+        self, device_id: str, *, model_name: str, variant: str, artifact_sha256: str, artifact_size_bytes: int
+    ) -> tuple[Device, bool]:
+        with self._tx(write=True):
+            device, changed = _rules.apply_assignment(
+                self._load_device(device_id),
+                model_name=model_name,
+                variant=variant,
+                artifact_sha256=artifact_sha256,
+                artifact_size_bytes=artifact_size_bytes,
+            )
+            if changed:
+                self._save_device(device)
+            return device, changed
+
+    def record_ack(self, device_id: str, ack: AssignmentAck, *, now_ms: int) -> Device:
+        return self._update(device_id, lambda d: _rules.apply_ack(d, ack, now_ms=now_ms))
+
+    # --- telemetry ------------------------------------------------------------------------------
+
+    def append_telemetry(self, device_id: str, records: Sequence[TelemetryRecord], *, now_ms: int) -> int:
+        with self._tx(write=True):
+            self._load_device(device_id)
+            before = self._conn.total_changes
+            if records:
+                self._telemetry.insert_all((_telemetry_row(device_id, r) for r in records), ignore=True)
+            # INSERT OR IGNORE counts only the rows it really inserted: that is the number of new records.
+            new = self._conn.total_changes - before
+            last = max((r.sequence for r in records), default=0)
+            self._db.execute(
+                "UPDATE devices SET records_received = records_received + ?,"
+                " last_sequence = MAX(last_sequence, ?), last_seen_ms = ? WHERE id = ?",
+                [new, last, now_ms, device_id],
+            )
+            return new
+
+    def list_telemetry(
+        self, device_id: str, *, after_sequence: int = 0, limit: int = 1000
+    ) -> list[TelemetryRecord]:
+        _rules.check_limit(limit)
+        with self._tx(write=False):
+            self._load_device(device_id)
+            rows = self._db.query(
+                "SELECT * FROM telemetry WHERE device_id = ? AND sequence > ? ORDER BY sequence LIMIT ?",
+                [device_id, after_sequence, limit],
+            )
+            return [_codec.telemetry_from_row(r) for r in rows]
+
+    # --- models ---------------------------------------------------------------------------------
+
+    def add_model_variant(self, name: str, variant: ModelVariant, *, now_ms: int) -> tuple[Model, bool]:
+        with self._tx(write=True):
+            existing = self._one(
+                "SELECT sha256 FROM model_variants WHERE model_name = ? AND variant = ?",
+                name,
+                variant.variant,
+            )
+            if existing is not None:
+                if existing["sha256"] == variant.sha256:
+                    return self._load_model(name), False
+                raise _rules.variant_conflict(
+                    name, variant.variant, stored_sha256=existing["sha256"], new_sha256=variant.sha256
+                )
+            if self._one("SELECT 1 FROM models WHERE name = ?", name) is None:
+                self._models.insert({"name": name, "created_at_ms": now_ms})
+            self._variants.insert(
+                {
+                    "model_name": name,
+                    "variant": variant.variant,
+                    "sha256": variant.sha256,
+                    "size_bytes": variant.size_bytes,
+                    "inputs_json": _codec.specs_to_json(variant.inputs),
+                    "outputs_json": _codec.specs_to_json(variant.outputs),
+                    "created_at_ms": now_ms,
+                }
+            )
+            return self._load_model(name), True
+
+    def get_model(self, name: str) -> Model:
+        with self._tx(write=False):
+            return self._load_model(name)
+
+    def list_models(self) -> list[Model]:
+        with self._tx(write=False):
+            variants: dict[str, list[ModelVariant]] = {}
+            for row in self._db.query("SELECT * FROM model_variants ORDER BY model_name, variant"):
+                variants.setdefault(row["model_name"], []).append(_codec.variant_from_row(row))
+            return [
+                Model(
+                    name=r["name"],
+                    variants=tuple(variants.get(r["name"], ())),
+                    created_at_ms=r["created_at_ms"],
+                )
+                for r in self._db.query("SELECT * FROM models ORDER BY name")
+            ]
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._conn.close()
+
+    # --- helpers --------------------------------------------------------------------------------
+
+    @contextmanager
+    def _tx(self, *, write: bool) -> Iterator[None]:
+        with self._lock:
+            if self._closed:
+                raise PermanentError(f"store {self._path} is closed")
+            self._conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            try:
+                yield
+                self._conn.execute("COMMIT")
+            except BaseException:
+                # An error in the middle leaves nothing behind: a refused enrollment spends no token use.
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
+
+    def _one(self, sql: str, *params: object) -> _Row | None:
+        return next(self._db.query(sql, list(params)), None)
+
+    def _load_device(self, device_id: str) -> Device:
+        row = self._one("SELECT * FROM devices WHERE id = ?", device_id)
+        if row is None:
+            raise _rules.device_not_found(device_id)
+        return _codec.device_from_row(row)
+
+    def _save_device(self, device: Device) -> None:
+        self._devices.update(device.id, _codec.device_state_columns(device))
+
+    def _update(self, device_id: str, change: Callable[[Device], Device]) -> Device:
+        with self._tx(write=True):
+            before = self._load_device(device_id)
+            after = change(before)
+            if after != before:
+                self._save_device(after)
+            return after
+
+    def _load_model(self, name: str) -> Model:
+        row = self._one("SELECT * FROM models WHERE name = ?", name)
+        if row is None:
+            raise NotFound(f"model {name!r} not found")
+        rows = self._db.query("SELECT * FROM model_variants WHERE model_name = ? ORDER BY variant", [name])
+        return Model(
+            name=name,
+            variants=tuple(_codec.variant_from_row(r) for r in rows),
+            created_at_ms=row["created_at_ms"],
+        )
+
+
+def _telemetry_row(device_id: str, record: TelemetryRecord) -> _Row:
+    kind, body_json = _codec.telemetry_body_to_json(record.body)
+    return {
+        "device_id": device_id,
+        "sequence": record.sequence,
+        "timestamp_ms": record.timestamp_ms,
+        "kind": kind,
+        "body_json": body_json,
+    }

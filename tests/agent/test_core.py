@@ -1,0 +1,1403 @@
+"""Tests for the agent's sans-IO core (``agent.core``).
+
+Everything runs on a fake clock that the tests move by hand: no sleeps, no threads, no I/O. Tests that
+expose a known defect of the core are marked ``xfail(strict=True)`` with the reason starting "BUG:"
+(or "QUESTIONABLE:"); once the core is fixed they XPASS, fail, and the marker has to go.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+from collections import deque
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+from agent.core import AgentCore, CoreConfig, Link
+from agent.core import actions as act
+from agent.core import events as ev
+from agent.core.backoff import BackoffPolicy
+from agent.core.machine import SEQUENCE_BLOCK
+from agent.core.snapshot import AgentSnapshot, FailedVersion
+from common.errors import NotFound, PermanentError, TransientError, Unauthenticated
+from common.types import (
+    Assignment,
+    AssignmentAck,
+    AssignmentFailure,
+    DeviceEvent,
+    DeviceIdentity,
+    HardwareProfile,
+    Heartbeat,
+    Hello,
+    InferenceRecord,
+    Outcome,
+    ReportedState,
+    TelemetryAck,
+    TelemetryBatch,
+    TelemetryRecord,
+    Welcome,
+)
+
+IDENT = DeviceIdentity(device_id="dev-1", credential="cred-1")
+HW = HardwareProfile(
+    hardware_class="edge-npu",
+    cpu_cores=4,
+    memory_bytes=2**30,
+    execution_providers=("CPUExecutionProvider",),
+    os="linux",
+    agent_version="0.1.0",
+)
+SHA_A = "a" * 64
+SHA_B = "b" * 64
+SHA_C = "c" * 64
+EPOCH_MS = 1_700_000_000_000
+#: Heartbeat interval used by tests that do not care about heartbeats (keeps them out of the way).
+QUIET_HEARTBEAT_MS = 3_600_000
+
+
+class FakeClock:
+    """Monotonic seconds that only move when a test says so."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+        #: Set to make every reading fail (to check that the core contains its own exceptions).
+        self.broken = False
+
+    def __call__(self) -> float:
+        if self.broken:
+            raise RuntimeError("clock exploded")
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        assert seconds >= 0
+        self.now += seconds
+
+    def wall_ms(self) -> int:
+        return EPOCH_MS + int(self.now * 1000)
+
+
+def asg(version: int, sha: str, *, name: str = "digits", variant: str = "fp32") -> Assignment:
+    return Assignment(
+        version=version, model_name=name, variant=variant, artifact_sha256=sha, artifact_size_bytes=1234
+    )
+
+
+def rec(i: float) -> InferenceRecord:
+    """An inference record told apart from the others by its latency."""
+    return InferenceRecord(model_sha256=SHA_A, latency_ms=float(i), outcome=Outcome.OK)
+
+
+def sent(actions: list[act.Action], kind: type | None = None) -> list[Any]:
+    return [
+        a.message
+        for a in actions
+        if isinstance(a, act.Send) and (kind is None or isinstance(a.message, kind))
+    ]
+
+
+def of_type(actions: list[act.Action], cls: type) -> list[Any]:
+    return [a for a in actions if isinstance(a, cls)]
+
+
+def latencies(batch: TelemetryBatch) -> list[float]:
+    return [r.body.latency_ms for r in batch.records if isinstance(r.body, InferenceRecord)]
+
+
+def state_of(core: AgentCore) -> dict[str, Any]:
+    """Everything the core holds, in comparable form (to check that a step changed nothing)."""
+    out: dict[str, Any] = {}
+    for key, value in vars(core).items():
+        if key in ("_clock", "_wall_ms", "_config"):
+            continue
+        if key == "_rng":
+            value = value.getstate()
+        elif isinstance(value, deque):
+            value = tuple(value)
+        elif isinstance(value, dict):
+            value = dict(value)
+        out[key] = value
+    return out
+
+
+class Harness:
+    """One core, its fake clock and a log of every action it emitted."""
+
+    def __init__(self, *, seed: int = 0, **config: Any) -> None:
+        self.clock = FakeClock()
+        self.config = CoreConfig(hardware=HW, **config)
+        self.core = AgentCore(
+            self.config, clock=self.clock, wall_clock_ms=self.clock.wall_ms, rng=random.Random(seed)
+        )
+        self.log: list[act.Action] = []
+
+    def step(self, event: Any) -> list[act.Action]:
+        out = self.core.step(event)
+        assert isinstance(out, list)
+        self.log.extend(out)
+        return out
+
+    def recv(self, message: Any) -> list[act.Action]:
+        return self.step(ev.MessageReceived(message))
+
+    def tick(self, advance: float = 0.0) -> list[act.Action]:
+        self.clock.advance(advance)
+        return self.step(ev.Tick())
+
+    def tick_at(self, t: float) -> list[act.Action]:
+        assert t >= self.clock.now, "the fake clock never goes back"
+        self.clock.now = t
+        return self.step(ev.Tick())
+
+    def wakeup(self) -> float:
+        w = self.core.next_wakeup()
+        assert w is not None
+        return w
+
+    def start(self, identity: DeviceIdentity | None = IDENT, snapshot: AgentSnapshot | None = None) -> list:
+        return self.step(ev.Started(identity, snapshot))
+
+    def connect(self, *, heartbeat_ms: int = QUIET_HEARTBEAT_MS, watermark: int = 0) -> list[act.Action]:
+        """From CONNECTING: the stream opens and the controller welcomes us. Returns the welcome's actions."""
+        assert self.core.link is Link.CONNECTING
+        hello = self.step(ev.StreamOpened())
+        assert len(sent(hello, Hello)) == 1
+        return self.recv(Welcome(heartbeat_interval_ms=heartbeat_ms, telemetry_watermark=watermark))
+
+    def ready(self, **kw: Any) -> list[act.Action]:
+        self.start()
+        out = self.connect(**kw)
+        assert self.core.link is Link.READY
+        return out
+
+    def reconnect(self, **kw: Any) -> list[act.Action]:
+        """From BACKOFF: wait out the delay, reopen, hello, welcome."""
+        assert self.core.link is Link.BACKOFF
+        assert of_type(self.tick_at(self.wakeup()), act.OpenStream)
+        return self.connect(**kw)
+
+    def apply(self, a: Assignment) -> list[act.Action]:
+        """Run one assignment through fetch and load; returns the ModelLoaded step's actions."""
+        assert self.recv(a) == [act.FetchArtifact(a)]
+        assert self.step(ev.ArtifactReady(a)) == [act.LoadModel(a)]
+        return self.step(ev.ModelLoaded(a))
+
+
+# --- start-up and enrollment -----------------------------------------------------------------------
+
+
+def test_first_boot_enrolls_persists_identity_then_connects_and_says_hello() -> None:
+    h = Harness()
+    assert h.start(identity=None) == [act.Enroll()]
+    assert h.core.link is Link.ENROLLING
+
+    assert h.step(ev.EnrollSucceeded(IDENT)) == [act.PersistIdentity(IDENT), act.OpenStream(IDENT)]
+    assert h.core.link is Link.CONNECTING
+    assert h.core.identity == IDENT
+
+    out = h.step(ev.StreamOpened())
+    assert out == [
+        act.Send(Hello(hardware=HW, reported=ReportedState(), telemetry_watermark=0, records_dropped=0))
+    ]
+    assert h.core.link is Link.AWAITING_WELCOME
+
+    assert h.recv(Welcome(heartbeat_interval_ms=5_000, telemetry_watermark=0)) == []
+    assert h.core.link is Link.READY
+
+
+def test_started_with_identity_connects_without_enrolling() -> None:
+    h = Harness()
+    assert h.start(identity=IDENT) == [act.OpenStream(IDENT)]
+    assert h.core.link is Link.CONNECTING
+    assert h.core.next_wakeup() is None
+
+
+def test_no_identity_and_no_bootstrap_token_is_fatal() -> None:
+    h = Harness(has_bootstrap_token=False)
+    out = h.start(identity=None)
+    assert len(out) == 1 and isinstance(out[0], act.Fatal)
+    assert out[0].reason
+    assert h.core.link is Link.FATAL
+    assert h.tick(3600) == []
+
+
+def test_started_twice_is_ignored() -> None:
+    h = Harness()
+    h.start()
+    before = state_of(h.core)
+    assert h.start(identity=None) == []
+    assert state_of(h.core) == before
+
+
+@pytest.mark.parametrize(
+    "error", [Unauthenticated("token refused"), PermanentError("expired"), NotFound("x")]
+)
+def test_permanent_enroll_failure_is_fatal(error: PermanentError) -> None:
+    h = Harness()
+    h.start(identity=None)
+    out = h.step(ev.EnrollFailed(error))
+    assert len(out) == 1 and isinstance(out[0], act.Fatal)
+    assert str(error) in out[0].reason
+    assert h.core.link is Link.FATAL
+    assert h.core.next_wakeup() is None
+    assert h.tick(10_000) == []
+
+
+def test_transient_enroll_failure_waits_for_backoff_then_enrolls_again() -> None:
+    h = Harness(seed=3, backoff=BackoffPolicy(base_s=2.0, cap_s=30.0))
+    h.start(identity=None)
+    t0 = h.clock.now
+    assert h.step(ev.EnrollFailed(TransientError("controller down"))) == []
+    assert h.core.link is Link.ENROLL_BACKOFF
+    wake = h.wakeup()
+    delay = wake - t0
+    assert 1e-3 < delay <= 2.0
+    assert h.tick_at(wake - 1e-4) == []
+    assert h.tick_at(wake) == [act.Enroll()]
+    assert h.core.link is Link.ENROLLING
+    assert h.core.next_wakeup() is None
+    # The retried enrollment can succeed.
+    assert h.step(ev.EnrollSucceeded(IDENT)) == [act.PersistIdentity(IDENT), act.OpenStream(IDENT)]
+
+
+def test_enroll_backoff_ceiling_grows_with_attempts() -> None:
+    policy = BackoffPolicy(base_s=1.0, cap_s=64.0)
+    worst = [0.0] * 6
+    for seed in range(60):
+        h = Harness(seed=seed, backoff=policy)
+        h.start(identity=None)
+        for attempt in range(6):
+            t0 = h.clock.now
+            assert h.step(ev.EnrollFailed(TransientError("down"))) == []
+            delay = h.wakeup() - t0
+            assert 0.0 <= delay <= policy.base_s * 2**attempt
+            worst[attempt] = max(worst[attempt], delay)
+            assert h.tick_at(h.wakeup()) == [act.Enroll()]
+    # Later attempts wait (at least sometimes) longer than an earlier attempt's ceiling allows.
+    for attempt in range(1, 6):
+        assert worst[attempt] > policy.base_s * 2 ** (attempt - 1)
+
+
+def test_enroll_retry_after_is_a_floor() -> None:
+    h = Harness(backoff=BackoffPolicy(base_s=0.5, cap_s=30.0))
+    h.start(identity=None)
+    t0 = h.clock.now
+    assert h.step(ev.EnrollFailed(TransientError("busy", retry_after=7.0))) == []
+    assert h.wakeup() == pytest.approx(t0 + 7.0)
+    assert h.tick_at(t0 + 6.9) == []
+    assert h.tick_at(t0 + 7.0) == [act.Enroll()]
+
+
+# --- heartbeats ------------------------------------------------------------------------------------
+
+
+def test_heartbeat_is_sent_after_the_welcome_interval_and_not_before() -> None:
+    h = Harness(heartbeat_interval_s=10.0)
+    h.start()
+    h.step(ev.StreamOpened())
+    # No heartbeat while waiting for the welcome, however long that takes.
+    assert h.tick(100.0) == []
+    t0 = h.clock.now
+    assert h.recv(Welcome(heartbeat_interval_ms=2_000, telemetry_watermark=0)) == []
+    assert h.wakeup() == pytest.approx(t0 + 2.0)
+    assert h.tick_at(t0 + 1.999) == []
+    out = h.tick_at(t0 + 2.0)
+    assert out == [act.Send(Heartbeat(sent_at_ms=h.clock.wall_ms()))]
+    # And again one interval later, not twice in a row.
+    assert h.tick() == []
+    assert h.wakeup() == pytest.approx(t0 + 4.0)
+    assert h.tick_at(t0 + 3.9) == []
+    assert sent(h.tick_at(t0 + 4.0), Heartbeat)
+
+
+def test_zero_heartbeat_interval_in_welcome_keeps_the_configured_one() -> None:
+    h = Harness(heartbeat_interval_s=7.0)
+    h.start()
+    h.step(ev.StreamOpened())
+    t0 = h.clock.now
+    h.recv(Welcome(heartbeat_interval_ms=0, telemetry_watermark=0))
+    assert h.wakeup() == pytest.approx(t0 + 7.0)
+    assert h.tick_at(t0 + 6.5) == []
+    assert sent(h.tick_at(t0 + 7.0), Heartbeat)
+
+
+def test_no_heartbeats_while_disconnected() -> None:
+    h = Harness()
+    h.ready(heartbeat_ms=1_000)
+    assert sent(h.tick(1.0), Heartbeat)
+    t0 = h.clock.now
+    h.step(ev.StreamClosed(TransientError("gone", retry_after=30.0)))
+    assert h.wakeup() == pytest.approx(t0 + 30.0)
+    for _ in range(29):
+        assert h.tick(1.0) == []
+    assert h.tick(1.0) == [act.OpenStream(IDENT)]
+    h.step(ev.StreamOpened())
+    assert h.tick(5.0) == []  # still no heartbeat until welcomed again
+
+
+# --- reconnecting ----------------------------------------------------------------------------------
+
+
+def test_stream_closed_reconnects_only_after_the_delay() -> None:
+    h = Harness(seed=1, backoff=BackoffPolicy(base_s=4.0, cap_s=30.0))
+    h.ready()
+    t0 = h.clock.now
+    assert h.step(ev.StreamClosed(TransientError("reset"))) == []
+    assert h.core.link is Link.BACKOFF
+    wake = h.wakeup()
+    assert 1e-3 < wake - t0 <= 4.0
+    assert h.tick_at(wake - 1e-4) == []
+    assert h.tick_at(wake) == [act.OpenStream(IDENT)]
+    assert h.core.link is Link.CONNECTING
+    assert h.core.next_wakeup() is None
+    # The new stream says hello again, with what the core knows now.
+    assert sent(h.step(ev.StreamOpened()), Hello)
+
+
+def test_connect_failure_before_welcome_backs_off_too() -> None:
+    h = Harness(seed=2)
+    h.start()
+    assert h.step(ev.StreamClosed(TransientError("refused"))) == []
+    assert h.core.link is Link.BACKOFF
+    assert of_type(h.tick_at(h.wakeup()), act.OpenStream)
+    h.step(ev.StreamOpened())
+    assert h.step(ev.StreamClosed()) == []  # closed while awaiting the welcome
+    assert h.core.link is Link.BACKOFF
+    assert of_type(h.tick_at(h.wakeup()), act.OpenStream)
+
+
+def test_stream_retry_after_is_a_floor() -> None:
+    h = Harness(backoff=BackoffPolicy(base_s=0.5, cap_s=30.0))
+    h.ready()
+    t0 = h.clock.now
+    h.step(ev.StreamClosed(TransientError("shedding", retry_after=5.0)))
+    assert h.wakeup() == pytest.approx(t0 + 5.0)
+    assert h.tick_at(t0 + 4.99) == []
+    assert h.tick_at(t0 + 5.0) == [act.OpenStream(IDENT)]
+
+
+def test_reconnect_delays_are_jittered_capped_and_grow_with_attempts() -> None:
+    policy = BackoffPolicy(base_s=0.5, cap_s=8.0)
+    attempts = 8
+    delays: list[list[float]] = [[] for _ in range(attempts)]
+    for seed in range(150):
+        h = Harness(seed=seed, backoff=policy)
+        h.ready()
+        for attempt in range(attempts):
+            t0 = h.clock.now
+            assert h.step(ev.StreamClosed(TransientError("gone"))) == []
+            delay = h.wakeup() - t0
+            assert 0.0 <= delay <= min(policy.cap_s, policy.base_s * 2**attempt) + 1e-9
+            delays[attempt].append(delay)
+            assert h.tick_at(h.wakeup()) == [act.OpenStream(IDENT)]
+    # Jitter: a fleet restarting together does not come back in lock-step.
+    for attempt in range(attempts):
+        assert len(set(delays[attempt])) > 140
+    # Growth: the typical delay doubles until the cap, and later attempts exceed earlier ceilings.
+    means = [statistics.mean(d) for d in delays]
+    for attempt in range(1, 5):
+        assert means[attempt] > 1.5 * means[attempt - 1]
+        assert max(delays[attempt]) > policy.base_s * 2 ** (attempt - 1)
+    for attempt in range(5, attempts):  # capped: base * 2**4 == 8 == cap
+        assert means[attempt] == pytest.approx(policy.cap_s / 2, rel=0.25)
+
+
+def test_reconnect_attempts_reset_after_a_welcome() -> None:
+    policy = BackoffPolicy(base_s=0.5, cap_s=60.0)
+    for seed in range(40):
+        h = Harness(seed=seed, backoff=policy)
+        h.ready()
+        for _ in range(6):
+            h.step(ev.StreamClosed())
+            h.tick_at(h.wakeup())
+        h.connect()
+        t0 = h.clock.now
+        h.step(ev.StreamClosed())
+        assert h.wakeup() - t0 <= policy.base_s
+
+
+def test_stream_events_in_the_wrong_state_are_ignored() -> None:
+    h = Harness()
+    h.ready()
+    before = state_of(h.core)
+    assert h.step(ev.StreamOpened()) == []
+    assert h.step(ev.EnrollSucceeded(DeviceIdentity("other", "x"))) == []
+    assert h.step(ev.EnrollFailed(Unauthenticated("no"))) == []
+    assert state_of(h.core) == before
+    h.step(ev.StreamClosed())
+    before = state_of(h.core)
+    assert h.step(ev.StreamClosed()) == []  # already closed
+    assert state_of(h.core) == before
+
+
+# --- assignments -----------------------------------------------------------------------------------
+
+
+def test_assignment_is_fetched_loaded_persisted_then_acked() -> None:
+    h = Harness()
+    h.ready()
+    v1 = asg(1, SHA_A)
+    assert h.recv(v1) == [act.FetchArtifact(v1)]
+    assert h.core.target == v1
+    assert h.step(ev.ArtifactReady(v1)) == [act.LoadModel(v1)]
+    out = h.step(ev.ModelLoaded(v1))
+    # Persist first, then ack: an ack must never get ahead of what survives a crash.
+    assert [type(a) for a in out] == [act.PersistSnapshot, act.Send]
+    snap = out[0].snapshot
+    assert snap.active == v1
+    assert snap.reported.acked_version == 1
+    assert snap.reported.active_sha256 == SHA_A
+    ack = out[1].message
+    assert isinstance(ack, AssignmentAck)
+    assert ack.version == 1
+    assert ack.failure is None
+    assert ack.reported.active_sha256 == SHA_A
+    assert ack.reported.acked_version == 1
+    assert ack.reported.active_model_name == "digits"
+    assert ack.reported.active_variant == "fp32"
+    assert h.core.active == v1
+    assert h.core.target is None
+    # A "model_swapped" device event went into telemetry.
+    assert h.core.pending_telemetry == 1
+
+
+def test_resent_assignment_is_reacked_without_refetching() -> None:
+    h = Harness()
+    h.ready()
+    v1 = asg(1, SHA_A)
+    first_ack = sent(h.apply(v1), AssignmentAck)[0]
+    for _ in range(3):
+        out = h.recv(v1)
+        assert out == [act.Send(first_ack)]
+    assert not of_type(h.log[-3:], act.FetchArtifact)
+
+
+def test_assignment_for_the_active_sha_is_acked_without_fetching() -> None:
+    h = Harness()
+    h.ready()
+    h.apply(asg(1, SHA_A))
+    v2 = asg(2, SHA_A, name="digits-renamed")
+    out = h.recv(v2)
+    assert not of_type(out, act.FetchArtifact) and not of_type(out, act.LoadModel)
+    acks = sent(out, AssignmentAck)
+    assert len(acks) == 1 and acks[0].version == 2 and acks[0].failure is None
+    assert acks[0].reported.active_sha256 == SHA_A
+    assert h.core.reported.acked_version == 2
+    assert of_type(out, act.PersistSnapshot)
+
+
+def test_empty_assignment_is_acked_without_fetching() -> None:
+    h = Harness()
+    h.ready()
+    out = h.recv(Assignment(version=1))
+    assert not of_type(out, act.FetchArtifact)
+    assert [a.version for a in sent(out, AssignmentAck)] == [1]
+    assert h.core.reported.acked_version == 1
+
+
+def test_newer_assignment_supersedes_the_one_being_fetched() -> None:
+    h = Harness()
+    h.ready()
+    v1, v2 = asg(1, SHA_A), asg(2, SHA_B)
+    assert h.recv(v1) == [act.FetchArtifact(v1)]
+    assert h.recv(v2) == [act.FetchArtifact(v2)]
+    assert h.core.target == v2
+    # v1 finishing late (or failing) changes nothing.
+    assert h.step(ev.ArtifactReady(v1)) == []
+    assert h.step(ev.ArtifactFailed(v1, TransientError("slow"))) == []
+    assert h.step(ev.ArtifactFailed(v1, PermanentError("gone"), AssignmentFailure.ARTIFACT_NOT_FOUND)) == []
+    assert h.core.next_wakeup() == pytest.approx(h.clock.now + QUIET_HEARTBEAT_MS / 1000)
+    # Nor does the controller repeating the older version.
+    assert h.recv(v1) == []
+    assert h.recv(v2) == []  # already working on it
+    assert h.step(ev.ArtifactReady(v2)) == [act.LoadModel(v2)]
+    acks = sent(h.step(ev.ModelLoaded(v2)), AssignmentAck)
+    assert [(a.version, a.failure, a.reported.active_sha256) for a in acks] == [(2, None, SHA_B)]
+    assert not [a for a in sent(h.log, AssignmentAck) if a.version == 1]
+
+
+def test_older_assignment_version_is_not_applied_after_a_newer_one() -> None:
+    h = Harness()
+    h.ready()
+    h.apply(asg(5, SHA_A))
+    out = h.recv(asg(3, SHA_B))
+    assert not of_type(out, act.FetchArtifact)
+    assert h.core.reported.acked_version == 5
+    assert all(a.version <= 5 for a in sent(out, AssignmentAck))
+
+
+def test_last_known_good_becomes_the_previous_model_after_a_swap() -> None:
+    h = Harness()
+    h.ready()
+    v1, v2 = asg(1, SHA_A), asg(2, SHA_B)
+    h.apply(v1)
+    assert h.core.reported.last_known_good_sha256 == ""
+    out = h.apply(v2)
+    assert h.core.active == v2
+    assert h.core.reported.active_sha256 == SHA_B
+    assert h.core.reported.last_known_good_sha256 == SHA_A
+    assert h.core.snapshot().last_known_good == v1
+    ack = sent(out, AssignmentAck)[0]
+    assert ack.reported.last_known_good_sha256 == SHA_A
+    persisted = of_type(out, act.PersistSnapshot)[-1].snapshot
+    assert persisted.last_known_good == v1 and persisted.active == v2
+
+
+# --- failures --------------------------------------------------------------------------------------
+
+
+def test_model_load_failure_acks_the_failure_and_keeps_serving_last_known_good() -> None:
+    h = Harness()
+    h.ready()
+    v1, v2 = asg(1, SHA_A), asg(2, SHA_B)
+    h.apply(v1)
+    assert h.recv(v2) == [act.FetchArtifact(v2)]
+    assert h.step(ev.ArtifactReady(v2)) == [act.LoadModel(v2)]
+    out = h.step(ev.ModelLoadFailed(v2, AssignmentFailure.LOAD_FAILED, "bad opset"))
+    assert [type(a) for a in out] == [act.PersistSnapshot, act.Send]
+    ack = out[1].message
+    assert ack.version == 2
+    assert ack.failure is AssignmentFailure.LOAD_FAILED
+    assert ack.message == "bad opset"
+    assert ack.reported.active_sha256 == SHA_A
+    assert ack.reported.acked_version == 2
+    assert h.core.active == v1
+    assert out[0].snapshot.failed == FailedVersion(2, AssignmentFailure.LOAD_FAILED, "bad opset")
+    assert out[0].snapshot.active == v1
+    # The controller repeating v2 gets the same failure again, and nothing is refetched.
+    for _ in range(2):
+        assert h.recv(v2) == [act.Send(ack)]
+    # The failure was recorded as a device event.
+    events = [r.body for r in h.core._pending if isinstance(r.body, DeviceEvent)]
+    assert any(e.kind == "assignment_failed" and e.assignment_version == 2 for e in events)
+
+
+def test_long_failure_message_is_truncated() -> None:
+    h = Harness()
+    h.ready()
+    v1 = asg(1, SHA_A)
+    h.recv(v1)
+    h.step(ev.ArtifactReady(v1))
+    out = h.step(ev.ModelLoadFailed(v1, AssignmentFailure.SMOKE_TEST_FAILED, "x" * 10_000))
+    ack = sent(out, AssignmentAck)[0]
+    assert 0 < len(ack.message) <= 2_000
+
+
+def test_permanent_artifact_failure_acks_the_failure_and_never_retries() -> None:
+    h = Harness()
+    h.ready()
+    v1, v2 = asg(1, SHA_A), asg(2, SHA_B)
+    h.apply(v1)
+    h.recv(v2)
+    out = h.step(
+        ev.ArtifactFailed(v2, PermanentError("sha256 mismatch"), AssignmentFailure.CHECKSUM_MISMATCH)
+    )
+    acks = sent(out, AssignmentAck)
+    assert len(acks) == 1
+    assert acks[0].version == 2
+    assert acks[0].failure is AssignmentFailure.CHECKSUM_MISMATCH
+    assert "sha256 mismatch" in acks[0].message
+    assert acks[0].reported.active_sha256 == SHA_A
+    assert h.core.target is None
+    for _ in range(5):
+        assert not of_type(h.tick(600.0), act.FetchArtifact)
+
+
+def test_permanent_artifact_failure_without_a_reason_reports_not_found() -> None:
+    h = Harness()
+    h.ready()
+    v1 = asg(1, SHA_A)
+    h.recv(v1)
+    acks = sent(h.step(ev.ArtifactFailed(v1, NotFound("no such artifact"))), AssignmentAck)
+    assert [(a.version, a.failure) for a in acks] == [(1, AssignmentFailure.ARTIFACT_NOT_FOUND)]
+
+
+def test_transient_artifact_failure_refetches_only_after_backoff() -> None:
+    fetch = BackoffPolicy(base_s=4.0, cap_s=60.0)
+    h = Harness(seed=5, fetch_backoff=fetch)
+    h.ready()
+    v1 = asg(1, SHA_A)
+    h.recv(v1)
+    for attempt in range(4):
+        t0 = h.clock.now
+        assert h.step(ev.ArtifactFailed(v1, TransientError("connection reset"))) == []
+        wake = h.wakeup()  # heartbeats are an hour away, so this is the fetch retry
+        assert 1e-3 < wake - t0 <= fetch.base_s * 2**attempt
+        assert h.tick_at(wake - 1e-4) == []
+        assert h.tick_at(wake) == [act.FetchArtifact(v1)]
+        assert h.tick(1000.0 if attempt == 3 else 0.0) == []  # one retry per failure
+    assert not sent(h.log, AssignmentAck)
+    assert h.step(ev.ArtifactReady(v1)) == [act.LoadModel(v1)]
+
+
+def test_transient_artifact_failure_honours_retry_after() -> None:
+    h = Harness(fetch_backoff=BackoffPolicy(base_s=0.1, cap_s=60.0))
+    h.ready()
+    v1 = asg(1, SHA_A)
+    h.recv(v1)
+    t0 = h.clock.now
+    h.step(ev.ArtifactFailed(v1, TransientError("rate limited", retry_after=30.0)))
+    assert h.wakeup() == pytest.approx(t0 + 30.0)
+    assert h.tick_at(t0 + 29.9) == []
+    assert h.tick_at(t0 + 30.0) == [act.FetchArtifact(v1)]
+
+
+def test_fetch_retries_continue_while_disconnected() -> None:
+    h = Harness(fetch_backoff=BackoffPolicy(base_s=1.0, cap_s=1.0), backoff=BackoffPolicy(1000.0, 1000.0))
+    h.ready()
+    v1 = asg(1, SHA_A)
+    h.recv(v1)
+    h.step(ev.StreamClosed())
+    h.step(ev.ArtifactFailed(v1, TransientError("reset")))
+    assert h.tick_at(h.clock.now + 1.0) == [act.FetchArtifact(v1)]
+
+
+def test_acks_produced_while_disconnected_are_sent_after_the_next_welcome() -> None:
+    h = Harness()
+    h.ready()
+    v1, v2 = asg(1, SHA_A), asg(2, SHA_B)
+    h.apply(v1)
+    h.recv(v2)
+    h.step(ev.StreamClosed())
+    assert h.step(ev.ArtifactReady(v2)) == [act.LoadModel(v2)]
+    out = h.step(ev.ModelLoaded(v2))
+    assert of_type(out, act.PersistSnapshot)
+    assert not sent(out)  # nowhere to send it
+    assert of_type(h.tick_at(h.wakeup()), act.OpenStream)
+    hello = sent(h.step(ev.StreamOpened()), Hello)[0]
+    assert hello.reported.acked_version == 2
+    assert not sent(h.log[-1:], AssignmentAck)  # not before the welcome
+    out = h.recv(Welcome(heartbeat_interval_ms=QUIET_HEARTBEAT_MS, telemetry_watermark=0))
+    acks = sent(out, AssignmentAck)
+    assert [(a.version, a.failure, a.reported.active_sha256) for a in acks] == [(2, None, SHA_B)]
+    # Sent once: the next reconnect does not repeat it.
+    h.step(ev.StreamClosed())
+    assert not sent(h.reconnect(), AssignmentAck)
+
+
+def test_failure_acks_produced_while_disconnected_are_sent_after_the_next_welcome() -> None:
+    h = Harness()
+    h.ready()
+    v1 = asg(1, SHA_A)
+    h.recv(v1)
+    h.step(ev.StreamClosed())
+    h.step(ev.ArtifactFailed(v1, PermanentError("bad"), AssignmentFailure.CHECKSUM_MISMATCH))
+    acks = sent(h.reconnect(), AssignmentAck)
+    assert [(a.version, a.failure) for a in acks] == [(1, AssignmentFailure.CHECKSUM_MISMATCH)]
+
+
+def test_assignment_before_welcome_is_ignored() -> None:
+    h = Harness()
+    h.start()
+    h.step(ev.StreamOpened())
+    before = state_of(h.core)
+    assert h.recv(asg(1, SHA_A)) == []
+    assert state_of(h.core) == before
+
+
+# --- telemetry -------------------------------------------------------------------------------------
+
+
+def test_telemetry_is_batched_until_the_flush_interval_with_increasing_sequences() -> None:
+    h = Harness(telemetry_flush_interval_s=1.0)
+    h.ready()
+    t0 = h.clock.now
+    for i in range(3):
+        assert not sent(h.step(ev.InferenceDone(rec(i))))
+        h.clock.advance(0.1)
+    assert not sent(h.log, TelemetryBatch)
+    assert h.wakeup() == pytest.approx(t0 + 1.0)
+    assert h.tick_at(t0 + 0.99) == []
+    out = h.tick_at(t0 + 1.0)
+    batches = sent(out, TelemetryBatch)
+    assert len(batches) == 1
+    seqs = [r.sequence for r in batches[0].records]
+    assert latencies(batches[0]) == [0.0, 1.0, 2.0]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 3 and seqs[0] >= 1
+    stamps = [r.timestamp_ms for r in batches[0].records]
+    assert stamps == [EPOCH_MS + int((t0 + 0.1 * i) * 1000) for i in range(3)]
+
+
+def test_first_record_persists_a_sequence_reservation() -> None:
+    h = Harness()
+    h.ready()
+    out = h.step(ev.InferenceDone(rec(0)))
+    snaps = of_type(out, act.PersistSnapshot)
+    assert len(snaps) == 1 and snaps[0].snapshot.sequence_reserved_until >= 1
+    # The rest of the block is used without persisting again.
+    for i in range(1, 50):
+        assert not of_type(h.step(ev.InferenceDone(rec(i))), act.PersistSnapshot)
+
+
+def test_full_batch_is_sent_at_once_and_only_one_batch_is_in_flight() -> None:
+    h = Harness(max_batch=4, telemetry_flush_interval_s=100.0, telemetry_ack_timeout_s=1000.0)
+    h.ready()
+    for i in range(3):
+        h.step(ev.InferenceDone(rec(i)))
+    assert not sent(h.log, TelemetryBatch)
+    out = h.step(ev.InferenceDone(rec(3)))
+    batches = sent(out, TelemetryBatch)
+    assert len(batches) == 1 and latencies(batches[0]) == [0, 1, 2, 3]
+    for i in range(4, 12):
+        assert not sent(h.step(ev.InferenceDone(rec(i))), TelemetryBatch)
+    assert h.core.pending_telemetry == 12
+    out = h.recv(TelemetryAck(batches[0].records[-1].sequence))
+    nxt = sent(out, TelemetryBatch)
+    assert len(nxt) == 1 and latencies(nxt[0]) == [4, 5, 6, 7]
+
+
+def test_batch_is_resent_after_the_ack_timeout_not_before() -> None:
+    h = Harness(telemetry_flush_interval_s=1.0, telemetry_ack_timeout_s=15.0)
+    h.ready()
+    h.step(ev.InferenceDone(rec(0)))
+    h.step(ev.InferenceDone(rec(1)))
+    first = sent(h.tick(1.0), TelemetryBatch)[0]
+    t_sent = h.clock.now
+    assert h.wakeup() == pytest.approx(t_sent + 15.0)
+    # New records meanwhile wait: one batch in flight at a time.
+    h.step(ev.InferenceDone(rec(2)))
+    assert not sent(h.tick_at(t_sent + 14.9), TelemetryBatch)
+    again = sent(h.tick_at(t_sent + 15.0), TelemetryBatch)
+    assert again == [first]  # same records, same sequence numbers
+    assert not sent(h.tick(1.0), TelemetryBatch)
+    assert sent(h.tick_at(t_sent + 30.0), TelemetryBatch) == [first]
+
+
+def test_telemetry_ack_clears_the_batch() -> None:
+    h = Harness(telemetry_flush_interval_s=1.0, telemetry_ack_timeout_s=5.0)
+    h.ready()
+    for i in range(3):
+        h.step(ev.InferenceDone(rec(i)))
+    batch = sent(h.tick(1.0), TelemetryBatch)[0]
+    # A partial ack does not clear the batch: it goes out again after the timeout.
+    h.recv(TelemetryAck(batch.records[0].sequence))
+    assert h.core.pending_telemetry == 3
+    assert sent(h.tick(5.0), TelemetryBatch) == [batch]
+    h.recv(TelemetryAck(batch.records[-1].sequence))
+    assert h.core.pending_telemetry == 0
+    for _ in range(5):
+        assert not sent(h.tick(10.0), TelemetryBatch)
+
+
+def test_inflight_batch_and_newer_records_are_resent_in_order_after_reconnect() -> None:
+    h = Harness(telemetry_flush_interval_s=1.0, telemetry_ack_timeout_s=60.0)
+    h.ready()
+    for i in range(3):
+        h.step(ev.InferenceDone(rec(i)))
+    first = sent(h.tick(1.0), TelemetryBatch)[0]
+    h.step(ev.InferenceDone(rec(3)))
+    h.step(ev.InferenceDone(rec(4)))
+    h.step(ev.StreamClosed())
+    assert h.core.pending_telemetry == 5
+    h.reconnect()
+    h.tick(1.0)
+    batches = sent(h.log, TelemetryBatch)[1:]
+    assert len(batches) == 1
+    assert latencies(batches[0]) == [0, 1, 2, 3, 4]
+    assert batches[0].records[:3] == first.records  # same sequence numbers, same order
+    seqs = [r.sequence for r in batches[0].records]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 5
+
+
+def test_inflight_batch_alone_is_resent_after_reconnect() -> None:
+    h = Harness(telemetry_flush_interval_s=1.0, telemetry_ack_timeout_s=60.0)
+    h.ready()
+    for i in range(3):
+        h.step(ev.InferenceDone(rec(i)))
+    first = sent(h.tick(1.0), TelemetryBatch)[0]
+    h.step(ev.StreamClosed())
+    assert h.core.pending_telemetry == 3
+    h.reconnect()
+    for _ in range(10):
+        h.tick(1.0)
+    assert sent(h.log, TelemetryBatch)[1:2] == [first]
+
+
+def test_welcome_watermark_drops_records_the_controller_already_has() -> None:
+    h = Harness(telemetry_flush_interval_s=1.0, telemetry_ack_timeout_s=60.0)
+    h.ready()
+    for i in range(3):
+        h.step(ev.InferenceDone(rec(i)))
+    first = sent(h.tick(1.0), TelemetryBatch)[0]
+    h.step(ev.InferenceDone(rec(3)))
+    h.step(ev.StreamClosed())
+    # The controller stored the batch but its ack was lost.
+    h.reconnect(watermark=first.records[-1].sequence)
+    assert h.core.pending_telemetry == 1
+    h.tick(1.0)
+    batches = sent(h.log, TelemetryBatch)[1:]
+    assert [latencies(b) for b in batches] == [[3.0]]
+
+
+def test_records_made_offline_are_flushed_right_after_the_welcome() -> None:
+    h = Harness(telemetry_flush_interval_s=1.0)
+    h.start()
+    for i in range(3):
+        h.step(ev.InferenceDone(rec(i)))
+    h.clock.advance(5.0)
+    assert not sent(h.log, TelemetryBatch)
+    out = h.connect()
+    batches = sent(out, TelemetryBatch)
+    assert len(batches) == 1 and latencies(batches[0]) == [0, 1, 2]
+
+
+def test_pending_telemetry_is_bounded_dropping_the_oldest_and_counting() -> None:
+    h = Harness(max_pending=5, max_batch=100, telemetry_flush_interval_s=1.0)
+    h.start()  # connecting: nothing can be sent
+    for i in range(8):
+        h.step(ev.InferenceDone(rec(i)))
+    assert h.core.pending_telemetry == 5
+    assert h.core.records_dropped == 3
+    assert h.core.snapshot().records_dropped == 3
+    hello = sent(h.step(ev.StreamOpened()), Hello)[0]
+    assert hello.records_dropped == 3
+    assert hello.telemetry_watermark >= 8
+    h.recv(Welcome(heartbeat_interval_ms=QUIET_HEARTBEAT_MS, telemetry_watermark=0))
+    h.tick(1.0)
+    batches = sent(h.log, TelemetryBatch)
+    assert [latencies(b) for b in batches] == [[3, 4, 5, 6, 7]]
+    seqs = [r.sequence for r in batches[0].records]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 5
+
+
+def test_pending_bound_holds_after_the_inflight_batch_is_requeued() -> None:
+    h = Harness(max_pending=6, max_batch=4, telemetry_flush_interval_s=1.0, telemetry_ack_timeout_s=60.0)
+    h.ready()
+    for i in range(4):
+        h.step(ev.InferenceDone(rec(i)))  # a full batch: sent at once
+    assert len(sent(h.log, TelemetryBatch)) == 1
+    for i in range(4, 10):
+        h.step(ev.InferenceDone(rec(i)))  # pending is now at its bound
+    h.step(ev.StreamClosed())
+    h.step(ev.InferenceDone(rec(10)))
+    assert len(h.core._pending) <= 6
+
+
+# --- restart ---------------------------------------------------------------------------------------
+
+
+def test_restart_serves_the_active_model_before_connecting() -> None:
+    h1 = Harness()
+    h1.ready()
+    v1 = asg(1, SHA_A)
+    h1.apply(v1)
+    snap = of_type(h1.log, act.PersistSnapshot)[-1].snapshot
+
+    h2 = Harness()
+    out = h2.start(IDENT, snap)
+    assert out == [act.LoadModel(v1, restore=True), act.OpenStream(IDENT)]
+    assert h2.core.active == v1
+    assert h2.core.reported == snap.reported
+    # It serves (and reports) the model without any controller.
+    loaded = h2.step(ev.ModelLoaded(v1))
+    assert not sent(loaded, AssignmentAck)
+    assert h2.core.reported.active_sha256 == SHA_A
+    hello = sent(h2.step(ev.StreamOpened()), Hello)[0]
+    assert hello.reported.acked_version == 1
+    assert hello.reported.active_sha256 == SHA_A
+    # The controller repeating v1 gets an ack, not a fetch.
+    h2.recv(Welcome(heartbeat_interval_ms=QUIET_HEARTBEAT_MS, telemetry_watermark=0))
+    out = h2.recv(v1)
+    assert not of_type(out, act.FetchArtifact)
+    assert [a.version for a in sent(out, AssignmentAck)] == [1]
+
+
+def test_restart_without_identity_restores_model_then_enrolls() -> None:
+    snap = AgentSnapshot(reported=ReportedState(acked_version=1, active_sha256=SHA_A), active=asg(1, SHA_A))
+    h = Harness()
+    assert h.start(None, snap) == [act.LoadModel(asg(1, SHA_A), restore=True), act.Enroll()]
+
+
+def _max_sequence_used(actions: list[act.Action], core: AgentCore) -> int:
+    seqs = [r.sequence for b in sent(actions, TelemetryBatch) for r in b.records]
+    seqs += [r.sequence for r in core._pending] + [r.sequence for r in core._inflight]
+    return max(seqs)
+
+
+def test_restart_never_reuses_a_sequence_number() -> None:
+    h1 = Harness(max_batch=50, telemetry_flush_interval_s=1.0, telemetry_ack_timeout_s=10_000.0)
+    h1.ready()
+    for i in range(int(SEQUENCE_BLOCK * 1.5)):
+        h1.step(ev.InferenceDone(rec(i)))
+    h1.tick(1.0)
+    used = _max_sequence_used(h1.log, h1.core)
+    assert used == int(SEQUENCE_BLOCK * 1.5)
+    # The driver only ever wrote what PersistSnapshot handed it: restart from the last of those.
+    persisted = of_type(h1.log, act.PersistSnapshot)[-1].snapshot
+
+    h2 = Harness()
+    h2.start(IDENT, persisted)
+    hello = sent(h2.step(ev.StreamOpened()), Hello)[0]
+    assert hello.telemetry_watermark >= used
+    h2.recv(Welcome(heartbeat_interval_ms=QUIET_HEARTBEAT_MS, telemetry_watermark=0))
+    for i in range(3):
+        h2.step(ev.InferenceDone(rec(10_000 + i)))
+    new = [r.sequence for r in h2.core._pending]
+    assert min(new) > used
+    assert new == sorted(new)
+
+
+def test_restart_never_reuses_a_sequence_taken_by_a_device_event() -> None:
+    # Use the whole first block on inference records, so the "model_swapped" event starts a new block:
+    # its reservation reaches disk only through the PersistSnapshot that precedes the ack.
+    h1 = Harness(telemetry_flush_interval_s=10_000.0, max_batch=10_000)
+    h1.ready()
+    for i in range(SEQUENCE_BLOCK):
+        h1.step(ev.InferenceDone(rec(i)))
+    h1.apply(asg(1, SHA_A))
+    used = _max_sequence_used(h1.log, h1.core)
+    assert used == SEQUENCE_BLOCK + 1
+    persisted = of_type(h1.log, act.PersistSnapshot)[-1].snapshot
+
+    h2 = Harness()
+    h2.start(IDENT, persisted)
+    h2.step(ev.InferenceDone(rec(-1)))
+    assert h2.core._pending[0].sequence > used
+
+
+def test_restart_keeps_records_dropped_and_failed_version() -> None:
+    snap = AgentSnapshot(
+        reported=ReportedState(acked_version=2, active_sha256=SHA_A),
+        active=asg(1, SHA_A),
+        sequence_reserved_until=2000,
+        records_dropped=17,
+        failed=FailedVersion(2, AssignmentFailure.LOAD_FAILED, "bad"),
+    )
+    h = Harness()
+    h.start(IDENT, snap)
+    hello = sent(h.step(ev.StreamOpened()), Hello)[0]
+    assert hello.records_dropped == 17
+    assert hello.telemetry_watermark == 2000
+    h.recv(Welcome(heartbeat_interval_ms=QUIET_HEARTBEAT_MS, telemetry_watermark=0))
+    out = h.recv(asg(2, SHA_B))
+    assert not of_type(out, act.FetchArtifact)
+    acks = sent(out, AssignmentAck)
+    assert [(a.version, a.failure, a.message) for a in acks] == [(2, AssignmentFailure.LOAD_FAILED, "bad")]
+
+
+def test_restored_model_that_fails_to_load_falls_back_to_last_known_good() -> None:
+    v1, v2 = asg(1, SHA_A), asg(2, SHA_B)
+    h1 = Harness()
+    h1.ready()
+    h1.apply(v1)
+    h1.apply(v2)
+    snap = h1.core.snapshot()
+    assert snap.active == v2 and snap.last_known_good == v1
+
+    h2 = Harness()
+    assert h2.start(IDENT, snap)[0] == act.LoadModel(v2, restore=True)
+    out = h2.step(ev.ModelLoadFailed(v2, AssignmentFailure.LOAD_FAILED, "file corrupt"))
+    assert of_type(out, act.LoadModel) == [act.LoadModel(v1, restore=True)]
+    assert not sent(out, AssignmentAck)
+    assert h2.core.reported.active_sha256 == ""
+    assert h2.core.reported.acked_version == 2  # the controller's v2 stays acknowledged
+    h2.step(ev.ModelLoaded(v1))
+    assert h2.core.active == v1
+    assert h2.core.reported.active_sha256 == SHA_A
+    assert h2.core.snapshot().active == v1
+
+
+def test_restored_model_failing_without_last_known_good_serves_nothing() -> None:
+    v1 = asg(1, SHA_A)
+    snap = AgentSnapshot(reported=ReportedState(acked_version=1, active_sha256=SHA_A), active=v1)
+    h = Harness()
+    h.start(IDENT, snap)
+    out = h.step(ev.ModelLoadFailed(v1, AssignmentFailure.LOAD_FAILED, "gone"))
+    assert not of_type(out, act.LoadModel)
+    assert h.core.active is None
+    assert h.core.reported.active_sha256 == ""
+    assert of_type(out, act.PersistSnapshot)[-1].snapshot.active is None
+
+
+def test_last_known_good_failing_too_does_not_loop() -> None:
+    v1, v2 = asg(1, SHA_A), asg(2, SHA_B)
+    snap = AgentSnapshot(
+        reported=ReportedState(acked_version=2, active_sha256=SHA_B, last_known_good_sha256=SHA_A),
+        active=v2,
+        last_known_good=v1,
+    )
+    h = Harness()
+    h.start(IDENT, snap)
+    h.step(ev.ModelLoadFailed(v2, AssignmentFailure.LOAD_FAILED, "x"))
+    out = h.step(ev.ModelLoadFailed(v1, AssignmentFailure.LOAD_FAILED, "y"))
+    assert not of_type(out, act.LoadModel)
+    assert h.core.active is None
+
+
+# --- step never raises -----------------------------------------------------------------------------
+
+
+class _Weird:
+    pass
+
+
+def _garbage_events() -> list[Any]:
+    return [
+        _Weird(),
+        object(),
+        None,
+        42,
+        "Tick",
+        ev.MessageReceived(TelemetryAck(up_to_sequence=10**9)),
+        ev.MessageReceived(_Weird()),  # type: ignore[arg-type]
+        ev.StreamOpened(),
+        ev.EnrollSucceeded(DeviceIdentity("x", "y")),
+    ]
+
+
+@pytest.mark.parametrize("where", ["starting", "connecting", "awaiting_welcome", "backoff", "fatal"])
+def test_garbage_is_ignored_and_changes_nothing(where: str) -> None:
+    h = Harness(has_bootstrap_token=where != "fatal", telemetry_flush_interval_s=1.0)
+    if where == "fatal":
+        h.start(identity=None)
+    elif where != "starting":
+        h.start()
+    if where == "awaiting_welcome":
+        h.step(ev.StreamOpened())
+    if where == "backoff":
+        h.step(ev.StreamClosed())
+    h.step(ev.InferenceDone(rec(0)))
+    link = h.core.link
+    for event in _garbage_events():
+        if where == "connecting" and isinstance(event, ev.StreamOpened):
+            continue  # a real event there
+        before = state_of(h.core)
+        out = h.core.step(event)
+        assert out == []
+        assert state_of(h.core) == before
+    assert h.core.link is link
+
+
+def test_garbage_when_ready_changes_nothing() -> None:
+    h = Harness(telemetry_flush_interval_s=1.0)
+    h.ready()
+    h.step(ev.InferenceDone(rec(0)))
+    for event in [*_garbage_events()[:5], ev.MessageReceived(_Weird())]:  # type: ignore[arg-type]
+        before = state_of(h.core)
+        assert h.core.step(event) == []
+        assert state_of(h.core) == before
+
+
+def test_telemetry_ack_before_welcome_is_ignored() -> None:
+    h = Harness()
+    h.start()
+    for i in range(3):
+        h.step(ev.InferenceDone(rec(i)))
+    h.step(ev.StreamOpened())
+    before = state_of(h.core)
+    assert h.recv(TelemetryAck(up_to_sequence=10**6)) == []
+    assert state_of(h.core) == before
+    assert h.core.pending_telemetry == 3
+
+
+def test_step_never_raises_when_a_handler_fails() -> None:
+    h = Harness()
+    h.ready()
+    h.apply(asg(1, SHA_A))
+    bad_events = [
+        ev.MessageReceived(Welcome(heartbeat_interval_ms=None, telemetry_watermark=0)),  # type: ignore[arg-type]
+        ev.MessageReceived(Welcome(heartbeat_interval_ms="soon", telemetry_watermark="x")),  # type: ignore[arg-type]
+        ev.ModelLoaded(None),  # type: ignore[arg-type]
+        ev.ModelLoadFailed(None, AssignmentFailure.LOAD_FAILED, "x"),  # type: ignore[arg-type]
+        ev.MessageReceived(TelemetryAck(up_to_sequence=None)),  # type: ignore[arg-type]
+    ]
+    for event in bad_events:
+        assert isinstance(h.core.step(event), list)
+    h.clock.broken = True
+    for event in [ev.Tick(), ev.InferenceDone(rec(0)), ev.StreamClosed(), ev.MessageReceived(asg(2, SHA_B))]:
+        assert isinstance(h.core.step(event), list)
+    h.clock.broken = False
+    assert isinstance(h.core.step(ev.Tick()), list)
+
+
+def test_exception_inside_a_handler_leaves_state_unchanged() -> None:
+    h = Harness()
+    h.start()
+    h.step(ev.StreamOpened())
+    before = state_of(h.core)
+    bad = Welcome(heartbeat_interval_ms=None, telemetry_watermark=0)  # type: ignore[arg-type]
+    assert h.recv(bad) == []
+    assert state_of(h.core) == before
+
+
+# --- defects around superseded work ----------------------------------------------------------------
+
+
+def test_superseded_fetch_retry_does_not_leave_a_stale_wakeup() -> None:
+    h = Harness()
+    h.ready()
+    v1, v2, v3 = asg(1, SHA_A), asg(2, SHA_B), asg(3, SHA_A)
+    h.apply(v1)
+    h.recv(v2)
+    h.step(ev.ArtifactFailed(v2, TransientError("reset")))
+    h.recv(v3)  # roll back to the model already serving: acked at once, v2 abandoned
+    h.tick(600.0)
+    assert not of_type(h.log[-1:], act.FetchArtifact)
+    assert h.wakeup() > h.clock.now
+
+
+def test_late_load_of_a_superseded_assignment_does_not_override_a_newer_ack() -> None:
+    h = Harness()
+    h.ready()
+    v1, v2, v3 = asg(1, SHA_A), asg(2, SHA_B), asg(3, SHA_A)
+    h.apply(v1)
+    h.recv(v2)
+    assert h.step(ev.ArtifactReady(v2)) == [act.LoadModel(v2)]
+    h.recv(v3)  # operator rolls back to A while B is still loading; acked at once
+    out = h.step(ev.ModelLoaded(v2))
+    reloads_a = any(isinstance(a, act.LoadModel) and a.assignment.artifact_sha256 == SHA_A for a in out)
+    assert h.core.reported.active_sha256 == SHA_A or reloads_a
+
+
+def test_welcome_watermark_above_own_counter_moves_sequences_past_it() -> None:
+    h = Harness()
+    h.start(IDENT, None)
+    h.step(ev.StreamOpened())
+    h.recv(Welcome(heartbeat_interval_ms=QUIET_HEARTBEAT_MS, telemetry_watermark=5000))
+    h.step(ev.InferenceDone(rec(0)))
+    assert h.core._pending[0].sequence > 5000
+
+
+# --- random interleavings --------------------------------------------------------------------------
+
+SHAS = (SHA_A, SHA_B, SHA_C, "")
+
+
+class CoreMachine(RuleBasedStateMachine):
+    """Random event interleavings; checks the core's invariants after every step."""
+
+    h: Harness
+
+    @initialize(seed=st.integers(0, 2**32 - 1), restart=st.booleans())
+    def setup(self, seed: int, restart: bool) -> None:
+        self.h = Harness(
+            seed=seed,
+            max_batch=4,
+            max_pending=12,
+            telemetry_flush_interval_s=1.0,
+            telemetry_ack_timeout_s=5.0,
+            backoff=BackoffPolicy(base_s=0.5, cap_s=4.0),
+            fetch_backoff=BackoffPolicy(base_s=0.5, cap_s=4.0),
+        )
+        self.assignments: list[Assignment] = []
+        self.max_version = 0
+        self.max_acked = 0
+        self.first_sent: dict[int, TelemetryRecord] = {}
+        self.last_first_sent = 0
+        self.seq_of_body: dict[int, int] = {}
+        self.counter = 0
+        self.sent_kinds: dict[type, int] = {}
+        snap = None
+        if restart:
+            v = asg(1, SHA_A)
+            snap = AgentSnapshot(
+                reported=ReportedState(acked_version=1, active_sha256=SHA_A),
+                active=v,
+                sequence_reserved_until=0,
+            )
+            self.assignments.append(v)
+            self.max_version = 1
+            self.max_acked = 1
+        self.do(ev.Started(IDENT, snap))
+
+    def do(self, event: Any) -> None:
+        out = self.h.step(event)
+        for a in out:
+            assert not isinstance(a, act.Fatal)
+            if not isinstance(a, act.Send):
+                continue
+            msg = a.message
+            self.sent_kinds[type(msg)] = self.sent_kinds.get(type(msg), 0) + 1
+            if isinstance(msg, AssignmentAck):
+                assert msg.version <= self.max_version
+            elif isinstance(msg, TelemetryBatch):
+                assert 0 < len(msg.records) <= self.h.config.max_batch
+                seqs = [r.sequence for r in msg.records]
+                assert seqs == sorted(set(seqs))  # in order, no duplicates
+                for r in msg.records:
+                    if r.sequence in self.first_sent:
+                        assert self.first_sent[r.sequence] == r  # a sequence always names one record
+                    else:
+                        assert r.sequence > self.last_first_sent  # first sends in increasing order
+                        self.first_sent[r.sequence] = r
+                        self.last_first_sent = r.sequence
+                    # and a record always carries one sequence
+                    assert self.seq_of_body.setdefault(id(r.body), r.sequence) == r.sequence
+
+    @rule()
+    def stream_opened(self) -> None:
+        self.do(ev.StreamOpened())
+
+    @rule()
+    def drive_to_ready(self) -> None:
+        """What a healthy controller does: reconnect when due, open, welcome (so READY is well covered)."""
+        if self.h.core.link is Link.BACKOFF:
+            self.tick_to_wakeup()
+        if self.h.core.link is Link.CONNECTING:
+            self.do(ev.StreamOpened())
+        if self.h.core.link is Link.AWAITING_WELCOME:
+            self.do(ev.MessageReceived(Welcome(heartbeat_interval_ms=3000, telemetry_watermark=0)))
+
+    @rule(hb=st.sampled_from([0, 500, 3000]), data=st.data())
+    def welcome(self, hb: int, data: st.DataObject) -> None:
+        watermark = data.draw(st.sampled_from([0, self.last_first_sent]))
+        self.do(ev.MessageReceived(Welcome(heartbeat_interval_ms=hb, telemetry_watermark=watermark)))
+
+    @rule(retry_after=st.none() | st.sampled_from([0.1, 3.0]), transient=st.booleans())
+    def stream_closed(self, retry_after: float | None, transient: bool) -> None:
+        err = TransientError("x", retry_after=retry_after) if transient else None
+        self.do(ev.StreamClosed(err))
+
+    @rule(dt=st.sampled_from([0.0, 0.1, 0.5, 1.0, 2.0, 5.0, 30.0]))
+    def tick(self, dt: float) -> None:
+        self.h.clock.advance(dt)
+        self.do(ev.Tick())
+
+    @rule()
+    def tick_to_wakeup(self) -> None:
+        w = self.h.core.next_wakeup()
+        if w is not None and w > self.h.clock.now:
+            self.h.clock.now = w
+        self.do(ev.Tick())
+
+    @rule(sha=st.sampled_from(SHAS), skip=st.integers(1, 2))
+    def new_assignment(self, sha: str, skip: int) -> None:
+        a = Assignment(self.max_version + skip, "m" if sha else "", "fp32" if sha else "", sha, 10)
+        self.max_version = a.version
+        self.assignments.append(a)
+        self.do(ev.MessageReceived(a))
+
+    @rule(data=st.data())
+    def resend_assignment(self, data: st.DataObject) -> None:
+        if self.assignments:
+            self.do(ev.MessageReceived(data.draw(st.sampled_from(self.assignments))))
+
+    @rule(data=st.data(), kind=st.sampled_from(["ready", "transient", "permanent", "loaded", "load_failed"]))
+    def model_event(self, data: st.DataObject, kind: str) -> None:
+        if not self.assignments:
+            return
+        # Mostly the newest one (the core's target), sometimes a stale one.
+        a = data.draw(st.sampled_from([*self.assignments[-1:] * 3, *self.assignments]))
+        if kind == "ready":
+            self.do(ev.ArtifactReady(a))
+        elif kind == "transient":
+            self.do(ev.ArtifactFailed(a, TransientError("t")))
+        elif kind == "permanent":
+            self.do(ev.ArtifactFailed(a, PermanentError("p"), AssignmentFailure.CHECKSUM_MISMATCH))
+        elif kind == "loaded":
+            self.do(ev.ModelLoaded(a))
+        else:
+            self.do(ev.ModelLoadFailed(a, AssignmentFailure.LOAD_FAILED, "f"))
+
+    @rule(n=st.integers(1, 6))
+    def inference(self, n: int) -> None:
+        for _ in range(n):
+            self.counter += 1
+            self.do(ev.InferenceDone(rec(self.counter)))
+
+    @rule(data=st.data())
+    def telemetry_ack(self, data: st.DataObject) -> None:
+        self.do(ev.MessageReceived(TelemetryAck(data.draw(st.integers(0, max(self.last_first_sent, 0))))))
+
+    @rule()
+    def garbage(self) -> None:
+        self.do(_Weird())
+
+    @invariant()
+    def acked_version_never_decreases(self) -> None:
+        acked = self.h.core.reported.acked_version
+        assert acked >= self.max_acked
+        assert acked <= self.max_version
+        self.max_acked = acked
+
+    @invariant()
+    def telemetry_is_bounded(self) -> None:
+        cfg = self.h.config
+        assert self.h.core.pending_telemetry <= cfg.max_pending + cfg.max_batch
+
+
+TestCoreRandomInterleavings = CoreMachine.TestCase
+TestCoreRandomInterleavings.settings = settings(
+    max_examples=30,
+    stateful_step_count=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+
+
+class _Choice:
+    """Stands in for hypothesis' ``data`` when the rules are driven by a plain seeded RNG."""
+
+    def __init__(self, rng: random.Random, items: list[Assignment]) -> None:
+        self.rng = rng
+        self.items = items
+
+    def draw(self, strategy: Any) -> Assignment:
+        return self.items[-1] if self.rng.random() < 0.6 else self.rng.choice(self.items)
+
+
+def _random_walk(seed: int, steps: int) -> CoreMachine:
+    """Drive the state machine's rules from a plain seeded RNG, checking its invariants as it goes."""
+    rng = random.Random(seed)
+    m = CoreMachine()
+    m.setup(seed=seed, restart=bool(seed % 2))
+
+    def some(items: list[Assignment]) -> _Choice:
+        return _Choice(rng, items)
+
+    rules = [
+        m.stream_opened,
+        m.drive_to_ready,
+        m.drive_to_ready,
+        lambda: m.do(ev.MessageReceived(Welcome(rng.choice([0, 700]), rng.choice([0, m.last_first_sent])))),
+        lambda: m.stream_closed(None, rng.random() < 0.5),
+        lambda: m.tick(rng.choice([0.0, 0.3, 1.0, 6.0])),
+        m.tick_to_wakeup,
+        lambda: m.new_assignment(rng.choice(SHAS), rng.choice([1, 2])),
+        lambda: m.do(ev.MessageReceived(rng.choice(m.assignments))) if m.assignments else None,
+        lambda: m.model_event(some(m.assignments), rng.choice(["ready", "loaded"])),
+        lambda: m.model_event(some(m.assignments), rng.choice(["ready", "loaded"])),
+        lambda: m.model_event(some(m.assignments), rng.choice(["transient", "permanent"])),
+        lambda: m.model_event(some(m.assignments), "load_failed"),
+        lambda: m.inference(rng.randint(1, 5)),
+        lambda: m.do(ev.MessageReceived(TelemetryAck(rng.randint(0, max(m.last_first_sent, 0))))),
+    ]
+    for _ in range(steps):
+        rng.choice(rules)()
+        m.acked_version_never_decreases()
+        m.telemetry_is_bounded()
+    return m
+
+
+def test_random_walks_keep_sequences_unique_and_acks_monotonic() -> None:
+    """Seeded (non-hypothesis) random walks, longer than the stateful test's runs."""
+    totals: dict[type, int] = {}
+    failure_acks = 0
+    for seed in range(25):
+        m = _random_walk(seed, 300)
+        # Every record ever sent went out under one sequence number, in first-send order.
+        assert list(m.first_sent) == sorted(m.first_sent)
+        for kind, n in m.sent_kinds.items():
+            totals[kind] = totals.get(kind, 0) + n
+        failure_acks += sum(1 for msg in sent(m.h.log, AssignmentAck) if msg.failure is not None)
+    # The walks did reach the interesting parts (the checks above were not vacuous).
+    assert totals.get(TelemetryBatch, 0) > 100
+    assert totals.get(AssignmentAck, 0) > 50
+    assert totals.get(Heartbeat, 0) > 10
+    assert failure_acks > 0
+
+
+def test_snapshot_round_trip_keeps_reported_state() -> None:
+    h = Harness()
+    h.ready()
+    h.apply(asg(1, SHA_A))
+    snap = h.core.snapshot()
+    h2 = Harness()
+    h2.start(IDENT, replace(snap))
+    assert h2.core.snapshot().reported == snap.reported
+    assert h2.core.snapshot().last_known_good == snap.last_known_good
+    assert h2.core.snapshot().sequence_reserved_until == snap.sequence_reserved_until

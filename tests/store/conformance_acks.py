@@ -1,0 +1,125 @@
+"""Assignment-ack rules of the conformance suite (mixed into ``StoreConformance``)."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import replace
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from common.types import AssignmentFailure
+from controller.store.base import Store
+from tests.store.helpers import T0, ack, assign, enrolled
+
+_device_ids = itertools.count()
+
+
+def _device_at_version(store: Store, versions: int, device_id: str = "dev-1") -> None:
+    enrolled(store, device_id)
+    for v in range(1, versions + 1):
+        assign(store, device_id, f"sha-{v}")
+
+
+class AckRules:
+    def test_successful_ack_converges(self, store: Store) -> None:
+        _device_at_version(store, 1)
+        device = store.record_ack("dev-1", ack(1), now_ms=T0 + 10)
+        assert (device.acked_version, device.converged, device.last_seen_ms) == (1, True, T0 + 10)
+        assert device.reported == ack(1).reported
+        assert device.last_failure is None
+        assert store.get_device("dev-1") == device
+
+    def test_ack_above_desired_is_ignored(self, store: Store) -> None:
+        _device_at_version(store, 1)
+        before = store.get_device("dev-1")
+        after = store.record_ack("dev-1", ack(2, AssignmentFailure.LOAD_FAILED, "forged"), now_ms=T0 + 10)
+        assert after == before
+        assert store.get_device("dev-1") == before
+
+    def test_late_ack_never_lowers_acked_version(self, store: Store) -> None:
+        _device_at_version(store, 3)
+        store.record_ack("dev-1", ack(3), now_ms=T0 + 10)
+        device = store.record_ack("dev-1", ack(2), now_ms=T0 + 11)
+        assert device.acked_version == 3
+        assert device.reported == ack(3).reported
+        assert store.get_device("dev-1").acked_version == 3
+
+    def test_repeated_ack_is_harmless(self, store: Store) -> None:
+        _device_at_version(store, 2)
+        first = store.record_ack("dev-1", ack(2), now_ms=T0 + 10)
+        assert store.record_ack("dev-1", ack(2), now_ms=T0 + 10) == first
+
+    def test_failed_ack_is_recorded(self, store: Store) -> None:
+        _device_at_version(store, 2)
+        device = store.record_ack(
+            "dev-1", ack(2, AssignmentFailure.CHECKSUM_MISMATCH, "bad bytes"), now_ms=T0
+        )
+        assert device.last_failure is AssignmentFailure.CHECKSUM_MISMATCH
+        assert (device.last_failure_message, device.failed_version) == ("bad bytes", 2)
+        # The device has answered for version 2 (permanently): it counts as acked.
+        assert device.acked_version == 2
+        assert store.get_device("dev-1") == device
+
+    def test_failure_is_cleared_by_success_of_a_later_version(self, store: Store) -> None:
+        _device_at_version(store, 1)
+        store.record_ack("dev-1", ack(1, AssignmentFailure.SMOKE_TEST_FAILED, "nan"), now_ms=T0)
+        assign(store, "dev-1", "sha-2")
+        device = store.record_ack("dev-1", ack(2), now_ms=T0 + 1)
+        assert (device.last_failure, device.last_failure_message) == (None, "")
+        assert device.failed_version == 1
+        assert device.acked_version == 2
+        assert store.get_device("dev-1") == device
+
+    def test_success_of_an_older_version_keeps_the_failure(self, store: Store) -> None:
+        _device_at_version(store, 2)
+        store.record_ack("dev-1", ack(2, AssignmentFailure.LOAD_FAILED, "oom"), now_ms=T0)
+        device = store.record_ack("dev-1", ack(1), now_ms=T0 + 1)
+        assert device.last_failure is AssignmentFailure.LOAD_FAILED
+        assert (device.failed_version, device.acked_version) == (2, 2)
+        assert device.reported == ack(2).reported
+
+    def test_late_failure_does_not_mark_a_newer_success_failed(self, store: Store) -> None:
+        _device_at_version(store, 2)
+        store.record_ack("dev-1", ack(2), now_ms=T0)
+        device = store.record_ack("dev-1", ack(1, AssignmentFailure.LOAD_FAILED, "old news"), now_ms=T0 + 1)
+        assert device.last_failure is None
+        assert device.acked_version == 2
+        assert device.reported == ack(2).reported
+
+    # Each subclass runs this against its own store, which is what the differing-executors check warns
+    # about; the examples share nothing across subclasses, and with no example database none is replayed
+    # into the wrong one. The store fixture is reused on purpose: every example enrolls a fresh device.
+    @settings(
+        max_examples=40,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.differing_executors],
+    )
+    @given(data=st.data())
+    def test_acks_in_any_order_end_in_the_same_state(self, store: Store, data: st.DataObject) -> None:
+        desired = data.draw(st.integers(1, 5), label="desired")
+        failures = st.one_of(st.none(), st.sampled_from(AssignmentFailure))
+        outcome = {v: data.draw(failures, label=f"failure of v{v}") for v in range(1, desired + 1)}
+        acks = [ack(v, f, f"failed v{v}" if f else "") for v, f in outcome.items()]
+        acks += [ack(desired + 1, AssignmentFailure.LOAD_FAILED, "forged")]
+        order = data.draw(st.permutations(acks), label="arrival order")
+
+        device_id = f"prop-{next(_device_ids)}"
+        _device_at_version(store, desired, device_id)
+        acked_seen = []
+        for a in order:
+            acked_seen.append(store.record_ack(device_id, a, now_ms=T0).acked_version)
+        device = store.get_device(device_id)
+
+        assert acked_seen == sorted(acked_seen), "acked_version went down"
+        newest = acks[desired - 1]
+        expected = replace(
+            device,
+            acked_version=desired,
+            reported=newest.reported,
+            last_failure=newest.failure,
+            last_failure_message=newest.message,
+            failed_version=max((v for v, f in outcome.items() if f), default=0),
+        )
+        assert device == expected

@@ -1,0 +1,151 @@
+"""Telemetry and model-registry rules of the conformance suite (mixed into ``StoreConformance``)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from common.errors import AlreadyExists, InvalidArgument, NotFound
+from common.types import DeviceEvent, InferenceRecord, Outcome, TelemetryRecord
+from controller.store.base import Store
+from tests.store.helpers import T0, enrolled, event, inference, variant
+
+
+def _append(store: Store, sequences: list[int], *, device_id: str = "dev-1", now_ms: int = T0 + 100) -> int:
+    return store.append_telemetry(device_id, [inference(s) for s in sequences], now_ms=now_ms)
+
+
+class DataRules:
+    # --- telemetry ------------------------------------------------------------------------------
+
+    def test_append_counts_new_records_and_updates_device(self, store: Store) -> None:
+        enrolled(store, "dev-1")
+        assert _append(store, [1, 2, 3], now_ms=T0 + 50) == 3
+        device = store.get_device("dev-1")
+        assert (device.records_received, device.last_sequence, device.last_seen_ms) == (3, 3, T0 + 50)
+
+    def test_resending_a_batch_stores_nothing_new(self, store: Store) -> None:
+        enrolled(store, "dev-1")
+        original = [inference(1), event(2)]
+        store.append_telemetry("dev-1", original, now_ms=T0)
+        resent = [inference(1, latency_ms=99.0), event(2, message="changed")]
+        assert store.append_telemetry("dev-1", resent, now_ms=T0 + 1) == 0
+        device = store.get_device("dev-1")
+        assert (device.records_received, device.last_sequence) == (2, 2)
+        # The first copy stays: a resend is the same record, never an update.
+        assert store.list_telemetry("dev-1") == original
+
+    def test_mixed_batch_counts_only_new_records(self, store: Store) -> None:
+        enrolled(store, "dev-1")
+        _append(store, [1, 2, 3])
+        assert _append(store, [2, 3, 4, 5]) == 2
+        device = store.get_device("dev-1")
+        assert (device.records_received, device.last_sequence) == (5, 5)
+
+    def test_duplicates_within_one_batch_count_once(self, store: Store) -> None:
+        enrolled(store, "dev-1")
+        assert _append(store, [4, 4, 5]) == 2
+        assert [r.sequence for r in store.list_telemetry("dev-1")] == [4, 5]
+
+    def test_last_sequence_is_the_highest_stored(self, store: Store) -> None:
+        enrolled(store, "dev-1")
+        _append(store, [7])
+        _append(store, [3])
+        device = store.get_device("dev-1")
+        assert (device.records_received, device.last_sequence) == (2, 7)
+
+    def test_empty_batch_only_updates_last_seen(self, store: Store) -> None:
+        enrolled(store, "dev-1")
+        _append(store, [1])
+        before = store.get_device("dev-1")
+        assert store.append_telemetry("dev-1", [], now_ms=T0 + 500) == 0
+        assert store.get_device("dev-1") == replace(before, last_seen_ms=T0 + 500)
+
+    def test_telemetry_round_trips_every_body_kind(self, store: Store) -> None:
+        enrolled(store, "dev-1")
+        records = [
+            inference(1, latency_ms=0.1 + 0.2, outcome=Outcome.INVALID_INPUT),
+            TelemetryRecord(2, T0, InferenceRecord("bb", 3.5, Outcome.ERROR, error="shape mismatch")),
+            TelemetryRecord(
+                3, T0, DeviceEvent(kind="rollback", message="smoke test failed", assignment_version=4)
+            ),
+        ]
+        store.append_telemetry("dev-1", records, now_ms=T0)
+        assert store.list_telemetry("dev-1") == records
+
+    def test_list_telemetry_is_ascending_and_paged(self, store: Store) -> None:
+        enrolled(store, "dev-1")
+        _append(store, [5, 1, 3, 2, 4])
+
+        def seqs(after: int = 0, limit: int = 1000) -> list[int]:
+            return [r.sequence for r in store.list_telemetry("dev-1", after_sequence=after, limit=limit)]
+
+        assert seqs() == [1, 2, 3, 4, 5]
+        assert seqs(after=2) == [3, 4, 5]
+        assert seqs(limit=2) == [1, 2]
+        assert seqs(after=2, limit=2) == [3, 4]
+        assert seqs(after=5) == []
+        assert seqs(limit=0) == []
+
+    def test_negative_limit_is_invalid(self, store: Store) -> None:
+        enrolled(store, "dev-1")
+        _append(store, [1])
+        with pytest.raises(InvalidArgument):
+            store.list_telemetry("dev-1", limit=-1)
+
+    def test_telemetry_is_kept_per_device(self, store: Store) -> None:
+        enrolled(store, "a", "b")
+        assert _append(store, [1, 2], device_id="a") == 2
+        assert _append(store, [1, 2, 3], device_id="b") == 3
+        assert [r.sequence for r in store.list_telemetry("a")] == [1, 2]
+        assert (store.get_device("a").records_received, store.get_device("b").records_received) == (2, 3)
+
+    # --- models ---------------------------------------------------------------------------------
+
+    def test_add_variant_creates_the_model(self, store: Store) -> None:
+        model, created = store.add_model_variant("mnist", variant("fp32", "aa"), now_ms=T0)
+        assert created
+        assert (model.name, model.created_at_ms) == ("mnist", T0)
+        assert model.variants == (replace(variant("fp32", "aa"), created_at_ms=T0),)
+        assert store.get_model("mnist") == model
+
+    def test_same_bytes_again_is_a_no_op(self, store: Store) -> None:
+        first, _ = store.add_model_variant("mnist", variant("fp32", "aa"), now_ms=T0)
+        again, created = store.add_model_variant("mnist", variant("fp32", "aa"), now_ms=T0 + 99)
+        assert not created
+        assert again == first
+        assert store.list_models() == [first]
+
+    def test_different_bytes_for_a_variant_are_refused(self, store: Store) -> None:
+        first, _ = store.add_model_variant("mnist", variant("fp32", "aa"), now_ms=T0)
+        with pytest.raises(AlreadyExists) as err:
+            store.add_model_variant("mnist", variant("fp32", "bb"), now_ms=T0 + 1)
+        assert "aa" in str(err.value)
+        assert "bb" in str(err.value)
+        assert store.get_model("mnist") == first
+
+    def test_a_model_has_several_variants(self, store: Store) -> None:
+        store.add_model_variant("mnist", variant("fp32", "aa"), now_ms=T0)
+        model, created = store.add_model_variant("mnist", variant("int8", "bb", size=250), now_ms=T0 + 5)
+        assert created
+        assert model.created_at_ms == T0
+        assert [(v.variant, v.sha256, v.size_bytes) for v in model.variants] == [
+            ("fp32", "aa", 1_000),
+            ("int8", "bb", 250),
+        ]
+        assert model.variant("int8") == replace(variant("int8", "bb", size=250), created_at_ms=T0 + 5)
+        assert store.get_model("mnist") == model
+
+    def test_models_are_listed_by_name(self, store: Store) -> None:
+        assert store.list_models() == []
+        store.add_model_variant("resnet", variant(), now_ms=T0)
+        store.add_model_variant("minilm", variant(), now_ms=T0)
+        store.add_model_variant("mnist", variant("int8", "cc"), now_ms=T0)
+        models = store.list_models()
+        assert [m.name for m in models] == ["minilm", "mnist", "resnet"]
+        assert models == [store.get_model(m.name) for m in models]
+
+    def test_unknown_model_is_not_found(self, store: Store) -> None:
+        with pytest.raises(NotFound, match="ghost"):
+            store.get_model("ghost")
