@@ -1,0 +1,176 @@
+"""AdminService through fleetctl's AdminClient (and the raw stub): bad input is refused cleanly."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import grpc
+import pytest
+
+from common import limits, serde
+from common.errors import AlreadyExists, InvalidArgument, NotFound, ResourceExhausted
+from controller.toolchain.digits import DigitsArtifacts
+from tests.integration.harness import READ_TIMEOUT_S, Fleet, rpc_error, run, running_controller, write_add_model
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def _import(fleet: Fleet, path: Path, name: str = "digits", variant: str = "fp32") -> str:
+    model = await fleet.call_admin(fleet.admin.import_model, path, name=name, variant=variant)
+    found = model.variant(variant)
+    assert found is not None
+    return found.sha256
+
+
+def test_assign_names_what_is_missing(tmp_path: Path, digits_model: DigitsArtifacts) -> None:
+    async def scenario() -> None:
+        async with running_controller(tmp_path / "controller") as fleet:
+            await _import(fleet, digits_model.model_path)
+            await fleet.enroll("phone-1")
+            before = await fleet.devices()
+
+            error = await fleet.admin_error(fleet.admin.assign, "ghost-device", "digits")
+            assert isinstance(error, NotFound)
+            assert "ghost-device" in error.message
+
+            error = await fleet.admin_error(fleet.admin.assign, "phone-1", "no-such-model")
+            assert isinstance(error, NotFound)
+            assert "no-such-model" in error.message
+
+            error = await fleet.admin_error(fleet.admin.assign, "phone-1", "digits", "int4")
+            assert isinstance(error, NotFound)
+            assert "int4" in error.message
+            assert "fp32" in error.message  # lists what there is
+
+            error = await fleet.admin_error(fleet.admin.assign, "phone-1", "Bad Name")
+            assert isinstance(error, InvalidArgument)
+
+            assert await fleet.devices() == before
+            assert (await fleet.device("phone-1")).desired_version == 0
+
+    run(scenario())
+
+
+def test_get_unknown_device_is_not_found(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running_controller(tmp_path) as fleet:
+            error = await fleet.admin_error(fleet.admin.get_device, "ghost-device")
+            assert isinstance(error, NotFound)
+            assert "ghost-device" in error.message
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("kind", ["random bytes", "truncated onnx", "empty file"])
+def test_import_of_a_broken_model_leaves_no_trace(tmp_path: Path, digits_model: DigitsArtifacts, kind: str) -> None:
+    good = digits_model.model_path.read_bytes()
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(
+        {"random bytes": os.urandom(50_000), "truncated onnx": good[: len(good) // 2], "empty file": b""}[kind]
+    )
+
+    async def scenario() -> None:
+        async with running_controller(tmp_path / "controller") as fleet:
+            await _import(fleet, digits_model.model_path)
+            models, files = await fleet.call_admin(fleet.admin.list_models), fleet.artifact_files()
+            assert len(files) == 1
+
+            for name in ("digits", "other"):
+                error = await fleet.admin_error(fleet.admin.import_model, broken, name=name)
+                assert isinstance(error, InvalidArgument)
+                assert "not a valid ONNX model" in error.message
+            assert fleet.artifact_files() == files
+            assert await fleet.call_admin(fleet.admin.list_models) == models
+
+    run(scenario())
+
+
+def test_import_is_idempotent(tmp_path: Path, digits_model: DigitsArtifacts) -> None:
+    async def scenario() -> None:
+        async with running_controller(tmp_path) as fleet:
+            sha = await _import(fleet, digits_model.model_path)
+            models, files = await fleet.call_admin(fleet.admin.list_models), fleet.artifact_files()
+            fleet.clock.advance(60)
+            assert await _import(fleet, digits_model.model_path) == sha
+            assert await fleet.call_admin(fleet.admin.list_models) == models  # created_at unchanged too
+            assert fleet.artifact_files() == files == [f"sha256/{sha}"]
+
+            # The same bytes as another variant share one artifact.
+            assert await _import(fleet, digits_model.model_path, variant="copy") == sha
+            (model,) = await fleet.call_admin(fleet.admin.list_models)
+            assert sorted(v.variant for v in model.variants) == ["copy", "fp32"]
+            assert fleet.artifact_files() == files
+
+    run(scenario())
+
+
+def test_import_of_different_bytes_under_a_taken_name_is_refused(tmp_path: Path) -> None:
+    first = write_add_model(tmp_path / "first.onnx", 100)
+    second = write_add_model(tmp_path / "second.onnx", 100, offset=1.0)
+
+    async def scenario() -> None:
+        async with running_controller(tmp_path / "controller") as fleet:
+            sha = await _import(fleet, first, name="adder")
+            models, files = await fleet.call_admin(fleet.admin.list_models), fleet.artifact_files()
+            error = await fleet.admin_error(fleet.admin.import_model, second, name="adder")
+            assert isinstance(error, AlreadyExists)
+            assert sha in error.message
+            # The refused bytes were not kept.
+            assert fleet.artifact_files() == files
+            assert await fleet.call_admin(fleet.admin.list_models) == models
+
+    run(scenario())
+
+
+def test_import_over_the_size_limit_is_refused(tmp_path: Path, digits_model: DigitsArtifacts) -> None:
+    size = digits_model.model_path.stat().st_size
+
+    async def scenario() -> None:
+        async with running_controller(tmp_path / "small", max_model_bytes=size - 1) as fleet:
+            files = fleet.artifact_files()
+            error = await fleet.admin_error(fleet.admin.import_model, digits_model.model_path, name="digits")
+            assert isinstance(error, InvalidArgument)
+            assert str(size - 1) in error.message
+            assert fleet.artifact_files() == files == []
+            assert await fleet.call_admin(fleet.admin.list_models) == []
+        # Exactly at the limit is accepted.
+        async with running_controller(tmp_path / "exact", max_model_bytes=size) as fleet:
+            await _import(fleet, digits_model.model_path)
+
+    run(scenario())
+
+
+def test_import_must_start_with_a_header(tmp_path: Path, digits_model: DigitsArtifacts) -> None:
+    data = digits_model.model_path.read_bytes()
+
+    async def scenario() -> None:
+        async with running_controller(tmp_path) as fleet:
+            stub = serde.AdminServiceStub(fleet.channel())
+
+            async def no_header():  # type: ignore[no-untyped-def]
+                yield serde.import_model_request_to_pb(data)
+
+            error = await rpc_error(stub.ImportModel(no_header(), timeout=READ_TIMEOUT_S), grpc.StatusCode.INVALID_ARGUMENT)
+            assert "header" in error.message
+            assert fleet.artifact_files() == []
+            assert await fleet.call_admin(fleet.admin.list_models) == []
+
+    run(scenario())
+
+
+def test_oversized_grpc_message_is_refused_and_the_server_carries_on(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running_controller(tmp_path) as fleet:
+            await fleet.enroll("phone-1")
+            # A client that would send anything: the limit must be enforced by the server.
+            stub = serde.AdminServiceStub(fleet.channel(options=[("grpc.max_send_message_length", -1)]))
+            huge = serde.admin_pb.GetDeviceRequest(device_id="x" * (limits.MAX_GRPC_MESSAGE_BYTES + 1))
+            error = await rpc_error(stub.GetDevice(huge, timeout=READ_TIMEOUT_S), grpc.StatusCode.RESOURCE_EXHAUSTED)
+            assert isinstance(error, ResourceExhausted)
+            # The server still answers, on the same channel and on fleetctl's.
+            pb = await stub.GetDevice(serde.get_device_request_to_pb("phone-1"), timeout=READ_TIMEOUT_S)
+            assert serde.device_from_pb(pb).id == "phone-1"
+            assert list(await fleet.devices()) == ["phone-1"]
+
+    run(scenario())

@@ -1,0 +1,108 @@
+"""FetchArtifact: authenticated, resumable artifact download over real gRPC."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import grpc
+import pytest
+
+from common import limits
+from common.errors import InvalidArgument, NotFound, Unauthenticated
+from common.types import ArtifactChunk
+from controller.api.device_api import AUTHORIZATION_KEY, DEVICE_ID_KEY
+from tests.integration.harness import FakeAgent, Fleet, rpc_error, run, running_controller, write_add_model
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _joined(chunks: list[ArtifactChunk], start: int) -> bytes:
+    """The bytes of one response, checking its framing: manifest on the first chunk only, contiguous offsets."""
+    assert chunks, "no chunk at all"
+    assert chunks[0].manifest is not None
+    assert all(c.manifest is None for c in chunks[1:])
+    position = start
+    for chunk in chunks:
+        assert chunk.offset == position
+        assert len(chunk.data) <= limits.ARTIFACT_CHUNK_BYTES
+        position += len(chunk.data)
+    return b"".join(c.data for c in chunks)
+
+
+async def _setup(fleet: Fleet, model: Path) -> tuple[FakeAgent, str, bytes]:
+    data = model.read_bytes()
+    imported = await fleet.call_admin(fleet.admin.import_model, model, name="big")
+    sha = imported.variants[0].sha256
+    assert sha == hashlib.sha256(data).hexdigest()
+    return await fleet.enroll("phone-1"), sha, data
+
+
+def test_fetch_whole_and_resumed(tmp_path: Path) -> None:
+    model = write_add_model(tmp_path / "big.onnx", 700_000)  # about 2.7 MiB: several chunks
+    data_dir = tmp_path / "controller"
+
+    async def scenario() -> None:
+        async with running_controller(data_dir) as fleet:
+            agent, sha, data = await _setup(fleet, model)
+            assert len(data) > 2 * limits.ARTIFACT_CHUNK_BYTES
+
+            chunks = await agent.fetch(sha)
+            assert chunks[0].manifest is not None
+            assert chunks[0].manifest.sha256 == sha
+            assert chunks[0].manifest.size_bytes == len(data)
+            assert len(chunks) >= 3
+            assert _joined(chunks, 0) == data
+
+            for offset in (1, limits.ARTIFACT_CHUNK_BYTES, limits.ARTIFACT_CHUNK_BYTES + 12_345, len(data) - 1):
+                resumed = await agent.fetch(sha, offset)
+                assert resumed[0].manifest is not None
+                assert resumed[0].manifest.size_bytes == len(data)
+                assert _joined(resumed, offset) == data[offset:], offset
+
+            # Resuming at the very end: nothing left, but the manifest still comes.
+            tail = await agent.fetch(sha, len(data))
+            assert len(tail) == 1
+            assert tail[0].data == b""
+            assert tail[0].offset == len(data)
+            assert tail[0].manifest is not None
+            assert tail[0].manifest.sha256 == sha
+
+    run(scenario())
+
+
+def test_fetch_refusals(tmp_path: Path) -> None:
+    model = write_add_model(tmp_path / "small.onnx", 1000)
+    data_dir = tmp_path / "controller"
+
+    async def scenario() -> None:
+        async with running_controller(data_dir) as fleet:
+            agent, sha, data = await _setup(fleet, model)
+            other = await fleet.enroll("phone-2")
+
+            error = await rpc_error(agent.fetch(sha, len(data) + 1), grpc.StatusCode.INVALID_ARGUMENT)
+            assert isinstance(error, InvalidArgument)
+            assert str(len(data)) in error.message
+
+            missing = hashlib.sha256(b"never imported").hexdigest()
+            error = await rpc_error(agent.fetch(missing), grpc.StatusCode.NOT_FOUND)
+            assert isinstance(error, NotFound)
+            assert missing in error.message
+
+            error = await rpc_error(agent.fetch("not-a-sha"), grpc.StatusCode.INVALID_ARGUMENT)
+            assert "sha256" in error.message
+
+            for metadata in (
+                (),
+                ((DEVICE_ID_KEY, "phone-1"), (AUTHORIZATION_KEY, "Bearer efd_wrong")),
+                ((DEVICE_ID_KEY, "phone-1"), (AUTHORIZATION_KEY, f"Bearer {other.identity.credential}")),
+            ):
+                error = await rpc_error(agent.fetch(sha, metadata=metadata), grpc.StatusCode.UNAUTHENTICATED)
+                assert isinstance(error, Unauthenticated)
+            # Unauthenticated callers learn nothing about which artifacts exist.
+            await rpc_error(agent.fetch(missing, metadata=()), grpc.StatusCode.UNAUTHENTICATED)
+
+            # And the legitimate download still works after all that.
+            assert _joined(await agent.fetch(sha), 0) == data
+
+    run(scenario())
