@@ -32,7 +32,8 @@ app.add_typer(token_app, name="token")
 app.add_typer(models_app, name="models")
 app.add_typer(describe_app, name="describe")
 
-out = Console()
+# Pipes and CI logs get wide tables instead of ellipses.
+out = Console(width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True)
 
 DEFAULT_CONTROLLER = "127.0.0.1:7443"

@@ -24,7 +24,7 @@ from common.errors import InvalidArgument, ResourceExhausted
 from controller.cli import render
 from controller.client import AdminClient
 from controller.toolchain.digits import DigitsArtifacts
-from tests.procs import Proc, fleetctl, free_port, start_agent, start_controller, wait_until
+from simulator.processes import Proc, fleetctl, free_port, start_agent, start_controller, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 

@@ -114,14 +114,14 @@ async def rpc_error(awaitable: Awaitable[Any], status: grpc.StatusCode) -> Edgef
     raise AssertionError(f"expected {status.name}, but the call succeeded with {result!r}")
 
 
-async def wait_until(predicate: Callable[[], Awaitable[T]], *, what: str, timeout: float = 5.0) -> T:
-    deadline = time.monotonic() + timeout
+async def wait_until(predicate: Callable[[], Awaitable[T]], *, what: str, wait_s: float = 5.0) -> T:
+    deadline = time.monotonic() + wait_s
     while True:
         value = await predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {value!r})")
+            raise AssertionError(f"timed out after {wait_s}s waiting for {what} (last: {value!r})")
         await asyncio.sleep(0.02)
 
 
@@ -162,19 +162,19 @@ class Stream:
         await self.send(Hello(hardware=HW, reported=reported, telemetry_watermark=watermark))
         return await self.expect(Welcome)
 
-    async def recv(self, timeout: float = READ_TIMEOUT_S) -> ControllerMessage:
-        item = await asyncio.wait_for(self._inbox.get(), timeout)
+    async def recv(self, wait_s: float = READ_TIMEOUT_S) -> ControllerMessage:
+        item = await asyncio.wait_for(self._inbox.get(), wait_s)
         if isinstance(item, Ended):
             raise AssertionError(f"the stream ended ({item}) while a message was expected")
         return item
 
-    async def expect(self, cls: type[T], timeout: float = READ_TIMEOUT_S) -> T:
-        message = await self.recv(timeout)
+    async def expect(self, cls: type[T], wait_s: float = READ_TIMEOUT_S) -> T:
+        message = await self.recv(wait_s)
         assert isinstance(message, cls), f"expected a {cls.__name__}, got {message!r}"
         return message
 
-    async def expect_end(self, timeout: float = READ_TIMEOUT_S) -> Ended:
-        item = await asyncio.wait_for(self._inbox.get(), timeout)
+    async def expect_end(self, wait_s: float = READ_TIMEOUT_S) -> Ended:
+        item = await asyncio.wait_for(self._inbox.get(), wait_s)
         assert isinstance(item, Ended), f"expected the stream to end, got {item!r}"
         return item
 
@@ -207,7 +207,10 @@ class FakeAgent:
         return self.identity.device_id
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
-        return ((DEVICE_ID_KEY, self.identity.device_id), (AUTHORIZATION_KEY, f"Bearer {self.identity.credential}"))
+        return (
+            (DEVICE_ID_KEY, self.identity.device_id),
+            (AUTHORIZATION_KEY, f"Bearer {self.identity.credential}"),
+        )
 
     def connect(self, metadata: tuple[tuple[str, str], ...] | None = None) -> Stream:
         call = self.stub.Connect(metadata=self.metadata() if metadata is None else metadata)
@@ -279,16 +282,18 @@ class Fleet:
         return await self.call_admin(self.admin.get_device, device_id)
 
     async def wait_device(
-        self, device_id: str, predicate: Callable[[Device], bool], what: str, *, timeout: float = 5.0
+        self, device_id: str, predicate: Callable[[Device], bool], what: str, *, wait_s: float = 5.0
     ) -> Device:
         async def check() -> Device | None:
             device = await self.device(device_id)
             return device if predicate(device) else None
 
-        return await wait_until(check, what=f"device {device_id}: {what}", timeout=timeout)
+        return await wait_until(check, what=f"device {device_id}: {what}", wait_s=wait_s)
 
     def artifact_files(self) -> list[str]:
-        return sorted(str(p.relative_to(self.artifacts_root)) for p in self.artifacts_root.rglob("*") if p.is_file())
+        return sorted(
+            str(p.relative_to(self.artifacts_root)) for p in self.artifacts_root.rglob("*") if p.is_file()
+        )
 
     async def aclose(self) -> None:
         for stream in self.streams:

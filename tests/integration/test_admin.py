@@ -11,7 +11,14 @@ import pytest
 from common import limits, serde
 from common.errors import AlreadyExists, InvalidArgument, NotFound, ResourceExhausted
 from controller.toolchain.digits import DigitsArtifacts
-from tests.integration.harness import READ_TIMEOUT_S, Fleet, rpc_error, run, running_controller, write_add_model
+from tests.integration.harness import (
+    READ_TIMEOUT_S,
+    Fleet,
+    rpc_error,
+    run,
+    running_controller,
+    write_add_model,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -63,11 +70,15 @@ def test_get_unknown_device_is_not_found(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("kind", ["random bytes", "truncated onnx", "empty file"])
-def test_import_of_a_broken_model_leaves_no_trace(tmp_path: Path, digits_model: DigitsArtifacts, kind: str) -> None:
+def test_import_of_a_broken_model_leaves_no_trace(
+    tmp_path: Path, digits_model: DigitsArtifacts, kind: str
+) -> None:
     good = digits_model.model_path.read_bytes()
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(
-        {"random bytes": os.urandom(50_000), "truncated onnx": good[: len(good) // 2], "empty file": b""}[kind]
+        {"random bytes": os.urandom(50_000), "truncated onnx": good[: len(good) // 2], "empty file": b""}[
+            kind
+        ]
     )
 
     async def scenario() -> None:
@@ -151,7 +162,9 @@ def test_import_must_start_with_a_header(tmp_path: Path, digits_model: DigitsArt
             async def no_header():  # type: ignore[no-untyped-def]
                 yield serde.import_model_request_to_pb(data)
 
-            error = await rpc_error(stub.ImportModel(no_header(), timeout=READ_TIMEOUT_S), grpc.StatusCode.INVALID_ARGUMENT)
+            error = await rpc_error(
+                stub.ImportModel(no_header(), timeout=READ_TIMEOUT_S), grpc.StatusCode.INVALID_ARGUMENT
+            )
             assert "header" in error.message
             assert fleet.artifact_files() == []
             assert await fleet.call_admin(fleet.admin.list_models) == []
@@ -166,11 +179,24 @@ def test_oversized_grpc_message_is_refused_and_the_server_carries_on(tmp_path: P
             # A client that would send anything: the limit must be enforced by the server.
             stub = serde.AdminServiceStub(fleet.channel(options=[("grpc.max_send_message_length", -1)]))
             huge = serde.admin_pb.GetDeviceRequest(device_id="x" * (limits.MAX_GRPC_MESSAGE_BYTES + 1))
-            error = await rpc_error(stub.GetDevice(huge, timeout=READ_TIMEOUT_S), grpc.StatusCode.RESOURCE_EXHAUSTED)
+            error = await rpc_error(
+                stub.GetDevice(huge, timeout=READ_TIMEOUT_S), grpc.StatusCode.RESOURCE_EXHAUSTED
+            )
             assert isinstance(error, ResourceExhausted)
             # The server still answers, on the same channel and on fleetctl's.
             pb = await stub.GetDevice(serde.get_device_request_to_pb("phone-1"), timeout=READ_TIMEOUT_S)
             assert serde.device_from_pb(pb).id == "phone-1"
             assert list(await fleet.devices()) == ["phone-1"]
+
+    run(scenario())
+
+
+@pytest.mark.parametrize(("ttl_s", "uses"), [(0, 1), (60, 0), (366 * 24 * 3600, 1)])
+def test_create_token_refuses_bad_bounds(tmp_path: Path, ttl_s: int, uses: int) -> None:
+    async def scenario() -> None:
+        async with running_controller(tmp_path) as fleet:
+            error = await fleet.admin_error(fleet.admin.create_token, ttl_s=ttl_s, uses=uses)
+            assert isinstance(error, InvalidArgument)
+            assert await fleet.enroll("phone-1")  # the service is fine afterwards
 
     run(scenario())

@@ -30,8 +30,7 @@ def _joined(chunks: list[ArtifactChunk], start: int) -> bytes:
     return b"".join(c.data for c in chunks)
 
 
-async def _setup(fleet: Fleet, model: Path) -> tuple[FakeAgent, str, bytes]:
-    data = model.read_bytes()
+async def _setup(fleet: Fleet, model: Path, data: bytes) -> tuple[FakeAgent, str, bytes]:
     imported = await fleet.call_admin(fleet.admin.import_model, model, name="big")
     sha = imported.variants[0].sha256
     assert sha == hashlib.sha256(data).hexdigest()
@@ -41,10 +40,11 @@ async def _setup(fleet: Fleet, model: Path) -> tuple[FakeAgent, str, bytes]:
 def test_fetch_whole_and_resumed(tmp_path: Path) -> None:
     model = write_add_model(tmp_path / "big.onnx", 700_000)  # about 2.7 MiB: several chunks
     data_dir = tmp_path / "controller"
+    data = model.read_bytes()
 
     async def scenario() -> None:
         async with running_controller(data_dir) as fleet:
-            agent, sha, data = await _setup(fleet, model)
+            agent, sha, _ = await _setup(fleet, model, data)
             assert len(data) > 2 * limits.ARTIFACT_CHUNK_BYTES
 
             chunks = await agent.fetch(sha)
@@ -54,7 +54,12 @@ def test_fetch_whole_and_resumed(tmp_path: Path) -> None:
             assert len(chunks) >= 3
             assert _joined(chunks, 0) == data
 
-            for offset in (1, limits.ARTIFACT_CHUNK_BYTES, limits.ARTIFACT_CHUNK_BYTES + 12_345, len(data) - 1):
+            for offset in (
+                1,
+                limits.ARTIFACT_CHUNK_BYTES,
+                limits.ARTIFACT_CHUNK_BYTES + 12_345,
+                len(data) - 1,
+            ):
                 resumed = await agent.fetch(sha, offset)
                 assert resumed[0].manifest is not None
                 assert resumed[0].manifest.size_bytes == len(data)
@@ -74,10 +79,11 @@ def test_fetch_whole_and_resumed(tmp_path: Path) -> None:
 def test_fetch_refusals(tmp_path: Path) -> None:
     model = write_add_model(tmp_path / "small.onnx", 1000)
     data_dir = tmp_path / "controller"
+    data = model.read_bytes()
 
     async def scenario() -> None:
         async with running_controller(data_dir) as fleet:
-            agent, sha, data = await _setup(fleet, model)
+            agent, sha, _ = await _setup(fleet, model, data)
             other = await fleet.enroll("phone-2")
 
             error = await rpc_error(agent.fetch(sha, len(data) + 1), grpc.StatusCode.INVALID_ARGUMENT)

@@ -54,7 +54,7 @@ async def _assigned(fleet: Fleet, digits: DigitsArtifacts) -> tuple[FakeAgent, S
     stream, _ = await agent.online()
     result = await fleet.call_admin(fleet.admin.assign, "phone-1", "digits")
     assert result.changed
-    assignment = await stream.expect(Assignment, timeout=PROMPT_S)
+    assignment = await stream.expect(Assignment, wait_s=PROMPT_S)
     assert assignment.artifact_sha256 == sha
     return agent, stream, assignment
 
@@ -96,7 +96,9 @@ def test_hello_is_welcomed_and_connection_is_tracked(tmp_path: Path) -> None:
             enrolled_at = (await fleet.device("phone-1")).last_seen_ms
             fleet.clock.advance(7)
             stream, welcome = await agent.online()
-            assert welcome == Welcome(heartbeat_interval_ms=POLICY.heartbeat_interval_ms, telemetry_watermark=0)
+            assert welcome == Welcome(
+                heartbeat_interval_ms=POLICY.heartbeat_interval_ms, telemetry_watermark=0
+            )
             device = (await fleet.devices())["phone-1"]
             assert device.connected
             assert device.last_seen_ms == enrolled_at + 7000
@@ -179,9 +181,11 @@ def test_new_variant_is_pushed_as_the_next_version(tmp_path: Path, digits_model:
             _, stream, first = await _assigned(fleet, digits_model)
             await stream.send(AssignmentAck(version=1, reported=_reported(1, first.artifact_sha256)))
             await fleet.wait_device("phone-1", lambda d: d.acked_version == 1, "acked v1")
-            await fleet.call_admin(fleet.admin.import_model, digits_model.model_path, name="digits", variant="alt")
+            await fleet.call_admin(
+                fleet.admin.import_model, digits_model.model_path, name="digits", variant="alt"
+            )
             await fleet.call_admin(fleet.admin.assign, "phone-1", "digits", "alt")
-            second = await stream.expect(Assignment, timeout=PROMPT_S)
+            second = await stream.expect(Assignment, wait_s=PROMPT_S)
             assert (second.version, second.variant) == (2, "alt")
             assert second.artifact_sha256 == first.artifact_sha256
 
@@ -218,7 +222,7 @@ def test_scheduled_reconcile_resends_without_being_called(
         async with running_controller(tmp_path, reconcile_interval_s=0.05) as fleet:
             _, stream, assignment = await _assigned(fleet, digits_model)
             fleet.clock.advance(POLICY.resend_after_s + 1)
-            assert await stream.expect(Assignment, timeout=PROMPT_S) == assignment
+            assert await stream.expect(Assignment, wait_s=PROMPT_S) == assignment
 
     run(scenario())
 
@@ -243,14 +247,14 @@ def test_reconnect_resends_only_what_the_device_lacks(tmp_path: Path, digits_mod
 
             # Reconnects wiped (acked 0): the assignment comes right behind the welcome.
             stream, _ = await agent.online(acked_version=0)
-            assert await stream.expect(Assignment, timeout=PROMPT_S) == assignment
+            assert await stream.expect(Assignment, wait_s=PROMPT_S) == assignment
             device = await fleet.device("phone-1")
             assert (device.desired_version, device.acked_version) == (1, 0)
 
             # A device cannot claim a version that was never desired.
             await stream.close()
             stream, _ = await agent.online(acked_version=7)
-            assert await stream.expect(Assignment, timeout=PROMPT_S) == assignment
+            assert await stream.expect(Assignment, wait_s=PROMPT_S) == assignment
             assert (await fleet.device("phone-1")).acked_version == 0
 
     run(scenario())
@@ -348,7 +352,7 @@ def test_superseding_stream_that_dies_before_hello_leaves_device_disconnected(tm
             assert (await new.expect_end()).status == grpc.StatusCode.INVALID_ARGUMENT
             assert fleet.controller.hub.connected_count == 0
             # No stream of this device is open any more.
-            await fleet.wait_device("phone-1", lambda d: not d.connected, "disconnected", timeout=1.0)
+            await fleet.wait_device("phone-1", lambda d: not d.connected, "disconnected", wait_s=1.0)
 
     run(scenario())
 

@@ -99,7 +99,9 @@ def test_enroll_with_bad_request_is_invalid_argument(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with running_controller(tmp_path) as fleet:
             token = await fleet.token(uses=1)
-            error = await rpc_error(fleet.enroll_call(token, "Not A Valid Id"), grpc.StatusCode.INVALID_ARGUMENT)
+            error = await rpc_error(
+                fleet.enroll_call(token, "Not A Valid Id"), grpc.StatusCode.INVALID_ARGUMENT
+            )
             assert "requested_device_id" in error.message
             assert await fleet.devices() == {}
             # ... and the token was not spent on it.
@@ -110,7 +112,14 @@ def test_enroll_with_bad_request_is_invalid_argument(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "case",
-    ["no metadata", "no credential", "wrong credential", "unknown device", "other device's credential", "no bearer"],
+    [
+        "no metadata",
+        "no credential",
+        "wrong credential",
+        "unknown device",
+        "other device's credential",
+        "no bearer",
+    ],
 )
 def test_connect_needs_the_device_credential(tmp_path: Path, case: str) -> None:
     async def scenario() -> None:
@@ -122,7 +131,10 @@ def test_connect_needs_the_device_credential(tmp_path: Path, case: str) -> None:
                 "no metadata": (),
                 "no credential": ((DEVICE_ID_KEY, own.device_id),),
                 "wrong credential": ((DEVICE_ID_KEY, own.device_id), (AUTHORIZATION_KEY, "Bearer efd_wrong")),
-                "unknown device": ((DEVICE_ID_KEY, "phone-9"), (AUTHORIZATION_KEY, f"Bearer {own.credential}")),
+                "unknown device": (
+                    (DEVICE_ID_KEY, "phone-9"),
+                    (AUTHORIZATION_KEY, f"Bearer {own.credential}"),
+                ),
                 "other device's credential": (
                     (DEVICE_ID_KEY, own.device_id),
                     (AUTHORIZATION_KEY, f"Bearer {other.identity.credential}"),

@@ -7,7 +7,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from common.types import Assignment, AssignmentAck, ReportedState
+from common.types import Assignment, AssignmentAck, ReportedState, TelemetryAck
 from controller.store.sqlite import SqliteStore
 from controller.toolchain.digits import DigitsArtifacts
 from tests.integration.harness import FakeAgent, FakeClock, run, running_controller, telemetry
@@ -27,8 +27,7 @@ def test_restart_keeps_devices_models_and_credentials(tmp_path: Path, digits_mod
             await first.call_admin(first.admin.assign, "phone-1", "digits")
             assignment = await stream.expect(Assignment)
             await stream.send(telemetry(1, 4))
-            await stream.expect_quiet(0.1)
-            await first.wait_device("phone-1", lambda d: d.records_received == 4, "telemetry stored")
+            assert await stream.expect(TelemetryAck) == TelemetryAck(up_to_sequence=4)
             spare_stream, _ = await spare.online()
             devices_before = await first.devices()
             models_before = await first.call_admin(first.admin.list_models)
@@ -44,7 +43,11 @@ def test_restart_keeps_devices_models_and_credentials(tmp_path: Path, digits_mod
         try:
             assert not store.get_device("phone-1").connected
             store.device_connected(
-                "phone-2", hardware=devices_before["phone-2"].hardware, reported=ReportedState(), records_dropped=0, now_ms=clock.now_ms()
+                "phone-2",
+                hardware=devices_before["phone-2"].hardware,
+                reported=ReportedState(),
+                records_dropped=0,
+                now_ms=clock.now_ms(),
             )
             assert store.get_device("phone-2").connected
         finally:
@@ -68,7 +71,9 @@ def test_restart_keeps_devices_models_and_credentials(tmp_path: Path, digits_mod
             assert welcome.telemetry_watermark == 4
             assert await stream.expect(Assignment) == assignment
             await stream.send(AssignmentAck(version=1, reported=ReportedState(acked_version=1)))
-            await second.wait_device("phone-1", lambda d: d.acked_version == 1 and d.connected, "acked, connected")
+            await second.wait_device(
+                "phone-1", lambda d: d.acked_version == 1 and d.connected, "acked, connected"
+            )
             # Artifacts imported before the restart are still served.
             chunks = await phone.fetch(assignment.artifact_sha256)
             assert b"".join(c.data for c in chunks) == digits_model.model_path.read_bytes()
@@ -76,15 +81,39 @@ def test_restart_keeps_devices_models_and_credentials(tmp_path: Path, digits_mod
     run(scenario())
 
 
-def test_start_and_stop_are_idempotent(tmp_path: Path) -> None:
+def test_stop_is_idempotent(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with running_controller(tmp_path) as fleet:
-            port = fleet.controller.port
-            await fleet.controller.start()
-            assert fleet.controller.port == port
-            await fleet.enroll("phone-1")
+            agent = await fleet.enroll("phone-1")
+            stream, _ = await agent.online()
             await fleet.controller.stop()
             await fleet.controller.stop()
+            await stream.expect_end()
+        # (running_controller stops it a third time.)
+
+    run(scenario())
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: controller/server.py Controller.start is documented idempotent but a second call builds and "
+    "starts a second gRPC server (new port, new scheduler) and leaks the first",
+)
+def test_start_is_idempotent(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running_controller(tmp_path) as fleet:
+            controller = fleet.controller
+            server, scheduler, port = controller._server, controller._scheduler, controller.port
+            try:
+                await controller.start()
+                assert controller.port == port
+                assert controller._server is server
+                assert controller._scheduler is scheduler
+            finally:  # whatever the second start made, stop the first server and scheduler too
+                if controller._scheduler is not scheduler and scheduler is not None:
+                    scheduler.shutdown(wait=False)
+                if controller._server is not server and server is not None:
+                    await server.stop(0)
 
     run(scenario())
 

@@ -1,4 +1,8 @@
-"""Real controller and agent processes for end-to-end tests (started, watched and always stopped)."""
+"""Real controller and agent processes on this machine: used by `make demo`, the e2e tests and benchmarks.
+
+Each child is started with the current interpreter, its output collected by a thread (so reading
+never blocks), and always stopped: SIGTERM first, SIGKILL if it does not exit in time.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parent.parent  # children run from the checkout root
 
 
 def free_port() -> int:
