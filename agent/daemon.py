@@ -83,6 +83,7 @@ class AgentDaemon:
         self._channel: grpc.aio.Channel | None = None
         self._stub: Any = None
         self._server: grpc.aio.Server | None = None
+        self._infer_api: InferApi | None = None
         self._outbound: asyncio.Queue[Any] | None = None
         self._stream: Any = None
         self._stream_task: asyncio.Task[None] | None = None
@@ -102,7 +103,8 @@ class AgentDaemon:
                 ("grpc.max_receive_message_length", limits.MAX_GRPC_MESSAGE_BYTES),
             ]
         )
-        serde.add_AgentServiceServicer_to_server(InferApi(self), server)
+        self._infer_api = InferApi(self)
+        serde.add_AgentServiceServicer_to_server(self._infer_api, server)
         self.port = server.add_insecure_port(self.config.listen)
         if self.port == 0:
             raise OSError(f"cannot listen on {self.config.listen}")
@@ -139,6 +141,8 @@ class AgentDaemon:
         await asyncio.gather(*tasks, return_exceptions=True)
         if self._server is not None:
             await self._server.stop(2.0)
+            if self._infer_api is not None:
+                self._infer_api.close()
         if self._channel is not None:
             await self._channel.close(None)
 

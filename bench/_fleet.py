@@ -33,6 +33,8 @@ START_TIMEOUT_S = 60.0
 #: How an agent is started: ``python <AGENT_ENTRY> run ...``. A/B experiments can pass a launcher
 #: script instead (one that patches something, then calls ``agent.cli.app()``).
 AGENT_ENTRY = ("-m", "agent.cli")
+#: The bare gRPC method ``echo_server`` serves (raw bytes in, the same bytes out).
+ECHO_METHOD = "/edgefleet.bench.Echo/Echo"
 
 
 class FleetError(RuntimeError):
@@ -127,12 +129,21 @@ class Fleet:
         return "\n\n".join(f"--- {p.name} ---\n{p.log()}" for p in self.procs)
 
 
+def process_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds ``pid`` has used so far, all threads (Linux /proc); None elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
 @contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
+def sigterm_as_interrupt() -> Iterator[None]:
     """Make SIGTERM unwind like Ctrl-C so the ``finally`` that stops the children always runs."""
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -177,7 +188,7 @@ def running_fleet(
 ) -> Iterator[Fleet]:
     """A controller plus one agent per ``agent_entries`` item, each serving ``model_path``; torn down."""
     procs: list[Proc] = []
-    with _sigterm_as_interrupt():
+    with sigterm_as_interrupt():
         try:
             controller_proc = Proc(
                 "controller",
@@ -252,3 +263,61 @@ def running_fleet(
             ) from None
         finally:
             _stop_all(procs)
+
+
+@contextlib.contextmanager
+def echo_server() -> Iterator[tuple[str, int]]:
+    """A bare ``grpc.aio`` server in a child process answering ``ECHO_METHOD`` with the request bytes.
+
+    It does no work at all, so a round trip to it is the floor any Python gRPC service pays on this
+    machine (transport, both gRPC stacks, scheduling). Yields (address, pid); always stopped.
+    """
+    with sigterm_as_interrupt():
+        proc = Proc("echo", [str(Path(__file__).resolve()), "echo-server"])
+        try:
+            yield proc.wait_for_line("echo listening on").rsplit(" ", 1)[1], proc.proc.pid
+        finally:
+            _stop_all([proc])
+
+
+def _serve_echo() -> None:
+    import asyncio
+
+    import grpc
+
+    from common import limits
+
+    async def echo(request: bytes, context: object) -> bytes:
+        return request
+
+    async def main() -> None:
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_send_message_length", limits.MAX_GRPC_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", limits.MAX_GRPC_MESSAGE_BYTES),
+            ]
+        )
+        service, method = ECHO_METHOD.strip("/").split("/")
+        server.add_generic_rpc_handlers(
+            [
+                grpc.method_handlers_generic_handler(
+                    service, {method: grpc.unary_unary_rpc_method_handler(echo)}
+                )
+            ]
+        )
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+        print(f"echo listening on 127.0.0.1:{port}", flush=True)
+        await stop.wait()
+        await server.stop(0)
+
+    asyncio.run(main())
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["echo-server"]:
+        sys.exit(f"usage: {sys.argv[0]} echo-server   (the module is a helper for bench scripts)")
+    _serve_echo()

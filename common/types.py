@@ -334,7 +334,7 @@ def validate_name(kind: str, value: str) -> str:
     """Return ``value`` if it is a legal device id / model name, else raise InvalidArgument."""
     from common.errors import InvalidArgument
 
-    if not NAME_RE.match(value):
+    if not NAME_RE.fullmatch(value):
         raise InvalidArgument(
             f"invalid {kind} {value!r}: use 1-128 lowercase letters, digits, '.', '_' or '-', "
             "starting and ending with a letter or digit"
@@ -345,7 +345,7 @@ def validate_name(kind: str, value: str) -> str:
 def validate_hardware_class(value: str) -> str:
     from common.errors import InvalidArgument
 
-    if not HARDWARE_CLASS_RE.match(value):
+    if not HARDWARE_CLASS_RE.fullmatch(value):
         raise InvalidArgument(
             f"invalid hardware class {value!r}: use a lowercase DNS label such as "
             f"{', '.join(KNOWN_HARDWARE_CLASSES)}"

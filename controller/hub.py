@@ -111,11 +111,11 @@ class Hub:
     async def close(self, session: Session) -> None:
         session.close()
         if self._sessions.get(session.device_id) is session:
+            # The device's current stream ended, whichever stream said hello: it is not connected now.
             del self._sessions[session.device_id]
-            if session.hello_seen:
-                await self._db.run(
-                    self._db.store.device_disconnected, session.device_id, now_ms=self._clock.now_ms()
-                )
+            await self._db.run(
+                self._db.store.device_disconnected, session.device_id, now_ms=self._clock.now_ms()
+            )
             log.info("device=%s disconnected", session.device_id)
 
     async def handle(self, session: Session, message: AgentMessage) -> None:

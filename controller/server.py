@@ -59,6 +59,8 @@ class Controller:
         self.port = 0
 
     async def start(self) -> None:
+        if self._server is not None:
+            return
         stale = await self.db.run(self.db.store.mark_all_disconnected)
         if stale:
             log.info("cleared %d stale connections from a previous run", stale)

@@ -386,6 +386,25 @@ class AgentCore:
             self.reported = replace(self.reported, active_sha256="", active_model_name="", active_variant="")
             if self._last_known_good is not None:
                 out.append(act.LoadModel(self._last_known_good, restore=True))
+            applied = self._applied_assignment
+            if (
+                event.failure is AssignmentFailure.CHECKSUM_MISMATCH
+                and self.target is None
+                and applied is not None
+                and applied.artifact_sha256 == a.artifact_sha256
+            ):
+                # The cached copy of what we acknowledged rotted on disk (the cache deleted it): heal by
+                # downloading it again rather than silently serving nothing under an acked version.
+                log.warning(
+                    "device=%s cached model %s is corrupt; fetching it again",
+                    self.device_id,
+                    a.artifact_sha256[:12],
+                )
+                self.target = applied
+                self._fetch_attempt = 0
+                self._fetch_retry_at = None
+                out.append(act.FetchArtifact(applied))
+                return
         if self._is_target(a):
             self._failed_version(a, event.failure, event.message, out)
         else:

@@ -1013,6 +1013,37 @@ def test_restored_model_failing_without_last_known_good_serves_nothing() -> None
     assert of_type(out, act.PersistSnapshot)[-1].snapshot.active is None
 
 
+def test_restored_model_corrupt_on_disk_is_fetched_again_and_reacked() -> None:
+    v1, v2 = asg(1, SHA_A), asg(2, SHA_B)
+    snap = AgentSnapshot(
+        reported=ReportedState(acked_version=2, active_sha256=SHA_B, last_known_good_sha256=SHA_A),
+        active=v2,
+        last_known_good=v1,
+    )
+    h = Harness()
+    h.start(IDENT, snap)
+    out = h.step(ev.ModelLoadFailed(v2, AssignmentFailure.CHECKSUM_MISMATCH, "cache rotted"))
+    # Serve the last-known-good meanwhile, and heal the acknowledged model by downloading it again.
+    assert of_type(out, act.LoadModel) == [act.LoadModel(v1, restore=True)]
+    assert of_type(out, act.FetchArtifact) == [act.FetchArtifact(v2)]
+    h.step(ev.ModelLoaded(v1))
+    assert of_type(h.step(ev.ArtifactReady(v2)), act.LoadModel) == [act.LoadModel(v2)]
+    h.step(ev.StreamOpened())
+    h.recv(Welcome(heartbeat_interval_ms=QUIET_HEARTBEAT_MS, telemetry_watermark=0))
+    out = h.step(ev.ModelLoaded(v2))
+    assert h.core.reported.active_sha256 == SHA_B
+    assert [(a.version, a.failure) for a in sent(out, AssignmentAck)] == [(2, None)]
+
+
+def test_restored_model_that_cannot_load_is_not_refetched_in_a_loop() -> None:
+    v1 = asg(1, SHA_A)
+    snap = AgentSnapshot(reported=ReportedState(acked_version=1, active_sha256=SHA_A), active=v1)
+    h = Harness()
+    h.start(IDENT, snap)
+    out = h.step(ev.ModelLoadFailed(v1, AssignmentFailure.LOAD_FAILED, "onnxruntime refused it"))
+    assert not of_type(out, act.FetchArtifact)
+
+
 def test_last_known_good_failing_too_does_not_loop() -> None:
     v1, v2 = asg(1, SHA_A), asg(2, SHA_B)
     snap = AgentSnapshot(

@@ -336,11 +336,6 @@ def test_second_connect_supersedes_the_first(tmp_path: Path) -> None:
     run(scenario())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: controller/hub.py Hub.close only marks the device disconnected when the closing session "
-    "itself saw a hello; a superseding stream that ends before its hello leaves connected=True forever",
-)
 def test_superseding_stream_that_dies_before_hello_leaves_device_disconnected(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with running_controller(tmp_path) as fleet:

@@ -94,11 +94,6 @@ def test_stop_is_idempotent(tmp_path: Path) -> None:
     run(scenario())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: controller/server.py Controller.start is documented idempotent but a second call builds and "
-    "starts a second gRPC server (new port, new scheduler) and leaks the first",
-)
 def test_start_is_idempotent(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with running_controller(tmp_path) as fleet:
