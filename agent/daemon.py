@@ -149,9 +149,13 @@ class AgentDaemon:
     # --- the core loop --------------------------------------------------------------------------
 
     def dispatch(self, event: ev.Event) -> None:
-        """Feed an outside event to the core; the timer loop then re-reads the core's next deadline."""
+        """Feed an outside event to the core; wake the timer loop only if a deadline moved earlier
+        (a later one just costs one idle Tick), so a busy Infer path does not spin the loop."""
+        before = self.core.next_wakeup()
         self._step(event)
-        self._wake.set()
+        after = self.core.next_wakeup()
+        if after is not None and (before is None or after < before):
+            self._wake.set()
 
     def _step(self, event: ev.Event) -> None:
         for action in self.core.step(event):

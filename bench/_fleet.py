@@ -5,114 +5,42 @@ creates a bootstrap token, starts each agent (``python -m agent.cli run``), impo
 it to every agent and waits until each agent's own status says it serves that model's sha256. The
 processes are always stopped on the way out (SIGTERM, then SIGKILL), also on Ctrl-C or SIGTERM.
 
-Deliberately independent of ``tests/`` (same approach as tests/procs.py, no import from it).
+Starting, watching and stopping the processes is ``simulator.processes`` (shared with ``make demo``
+and the e2e tests); what is here is the bench's own: the fleet context manager, the bare gRPC echo
+reference, per-process CPU readings and SIGTERM-as-interrupt handling.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import queue
 import signal
-import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import TypeVar
 
 from agent.client import AgentClient
 from controller.client import AdminClient
+from simulator.processes import (
+    AGENT_ENTRY,
+    Proc,
+    ProcessError,
+    start_agent,
+    start_controller,
+    terminate_all,
+    wait_until,
+)
 
-T = TypeVar("T")
-REPO = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 60.0
-#: How an agent is started: ``python <AGENT_ENTRY> run ...``. A/B experiments can pass a launcher
-#: script instead (one that patches something, then calls ``agent.cli.app()``).
-AGENT_ENTRY = ("-m", "agent.cli")
 #: The bare gRPC method ``echo_server`` serves (raw bytes in, the same bytes out).
 ECHO_METHOD = "/edgefleet.bench.Echo/Echo"
 
 
 class FleetError(RuntimeError):
     """The fleet could not be brought up; the message carries the relevant process log."""
-
-
-def wait_until(predicate: Callable[[], T], *, timeout: float, what: str, interval: float = 0.05) -> T:
-    """Poll ``predicate`` until it returns something truthy; FleetError naming ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    last_error: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            result = predicate()
-            if result:
-                return result
-        except Exception as exc:  # the thing polled may not be up yet
-            last_error = exc
-        time.sleep(interval)
-    raise FleetError(f"timed out after {timeout}s waiting for {what} (last error: {last_error})")
-
-
-class Proc:
-    """A child Python process whose output a thread collects, so reading it never blocks us."""
-
-    def __init__(self, name: str, args: Sequence[str]) -> None:
-        self.name = name
-        self.lines: list[str] = []
-        self._queue: queue.Queue[str | None] = queue.Queue()
-        self.proc = subprocess.Popen(
-            [sys.executable, *args],
-            cwd=REPO,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        self._reader = threading.Thread(target=self._pump, name=f"pump-{name}", daemon=True)
-        self._reader.start()
-
-    def _pump(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip("\n"))
-            self._queue.put(line)
-        self._queue.put(None)
-
-    def wait_for_line(self, prefix: str, timeout: float = START_TIMEOUT_S) -> str:
-        deadline = time.monotonic() + timeout
-        while (remaining := deadline - time.monotonic()) > 0:
-            try:
-                line = self._queue.get(timeout=remaining)
-            except queue.Empty:
-                break
-            if line is None:
-                raise FleetError(
-                    f"{self.name} exited ({self.proc.poll()}) before printing {prefix!r}:\n{self.log()}"
-                )
-            if line.startswith(prefix):
-                return line.strip()
-        raise FleetError(f"{self.name} did not print {prefix!r} within {timeout}s:\n{self.log()}")
-
-    def log(self, last: int = 40) -> str:
-        return "\n".join(self.lines[-last:])
-
-    def stop(self, timeout: float = 10.0) -> int:
-        """SIGTERM, wait up to ``timeout``, then SIGKILL; returns the exit status."""
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    self.proc.kill()
-                self.proc.wait(timeout=5)
-        self._reader.join(timeout=5)
-        return self.proc.returncode
 
 
 @dataclass
@@ -126,7 +54,11 @@ class Fleet:
     procs: list[Proc] = field(default_factory=list)
 
     def logs(self) -> str:
-        return "\n\n".join(f"--- {p.name} ---\n{p.log()}" for p in self.procs)
+        return _logs(self.procs)
+
+
+def _logs(procs: Sequence[Proc]) -> str:
+    return "\n\n".join(f"--- {p.name} ---\n{p.log()}" for p in procs)
 
 
 def process_cpu_s(pid: int) -> float | None:
@@ -155,22 +87,27 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _stop_all(procs: list[Proc]) -> None:
-    # Agents first (they hold streams to the controller), then the controller. A second Ctrl-C
-    # during teardown must not leave a child running, so SIGINT is ignored while we stop them.
-    in_main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if in_main else None
-    try:
-        for proc in reversed(procs):
+@contextlib.contextmanager
+def _managed(procs: list[Proc]) -> Iterator[None]:
+    """Stop ``procs`` on the way out, whatever happens; a ProcessError becomes a FleetError with logs.
+
+    A second Ctrl-C or SIGTERM during teardown must not leave a child running, so both are held off
+    while ``terminate_all`` stops them (agents first: they hold streams to the controller).
+    """
+    with sigterm_as_interrupt():
+        try:
+            yield
+        except ProcessError as exc:
+            raise FleetError(f"{exc}\n\n{_logs(procs)}") from None
+        finally:
+            in_main = threading.current_thread() is threading.main_thread()
+            held = (signal.SIGINT, signal.SIGTERM)
+            previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in held} if in_main else {}
             try:
-                proc.stop()
-            except Exception as exc:  # keep stopping the others whatever happens to one
-                print(f"warning: stopping {proc.name} failed: {exc}", file=sys.stderr)
-                with contextlib.suppress(Exception):
-                    proc.proc.kill()
-    finally:
-        if in_main:
-            signal.signal(signal.SIGINT, previous)
+                terminate_all(procs)
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
 
 
 @contextlib.contextmanager
@@ -188,81 +125,54 @@ def running_fleet(
 ) -> Iterator[Fleet]:
     """A controller plus one agent per ``agent_entries`` item, each serving ``model_path``; torn down."""
     procs: list[Proc] = []
-    with sigterm_as_interrupt():
-        try:
-            controller_proc = Proc(
-                "controller",
-                [
-                    "-m",
-                    "controller.cli.main",
-                    "serve",
-                    "--data-dir",
-                    str(workdir / "controller"),
-                    "--listen",
-                    "127.0.0.1:0",
-                    "--log-level",
-                    log_level,
-                ],
-            )
-            procs.append(controller_proc)
-            controller = controller_proc.wait_for_line("controller listening on").rsplit(" ", 1)[1]
+    with _managed(procs):
+        _, controller = start_controller(
+            workdir / "controller",
+            0,
+            heartbeat=None,
+            log_level=log_level,
+            timeout=START_TIMEOUT_S,
+            registry=procs,
+        )
+        with AdminClient(controller) as admin:
+            token = admin.create_token(ttl_s=3600, uses=len(agent_entries), description="bench").token
+            device_ids = [f"bench-{i + 1}" for i in range(len(agent_entries))]
+            addresses = [
+                start_agent(
+                    controller,
+                    workdir / device_id,
+                    hardware,
+                    token=token,
+                    device_id=device_id,
+                    threads=agent_threads,
+                    log_level=log_level,
+                    entry=entry,
+                    timeout=START_TIMEOUT_S,
+                    registry=procs,
+                )[1]
+                for device_id, entry in zip(device_ids, agent_entries, strict=True)
+            ]
+            model = admin.import_model(model_path, name=model_name, variant=variant)
+            found = model.variant(variant)
+            assert found is not None, model
+            sha256 = found.sha256
+            for device_id in device_ids:
+                wait_until(
+                    lambda d=device_id: admin.get_device(d),
+                    timeout=converge_timeout,
+                    what=f"{device_id} to enroll",
+                )
+                admin.assign(device_id, model_name, variant)
 
-            with AdminClient(controller) as admin:
-                token = admin.create_token(ttl_s=3600, uses=len(agent_entries), description="bench").token
-                device_ids = [f"bench-{i + 1}" for i in range(len(agent_entries))]
-                addresses = []
-                for device_id, entry in zip(device_ids, agent_entries, strict=True):
-                    agent_proc = Proc(
-                        f"agent-{device_id}",
-                        [
-                            *entry,
-                            "run",
-                            "--controller",
-                            controller,
-                            "--data-dir",
-                            str(workdir / device_id),
-                            "--hardware",
-                            hardware,
-                            "--token",
-                            token,
-                            "--device-id",
-                            device_id,
-                            "--threads",
-                            str(agent_threads),
-                            "--log-level",
-                            log_level,
-                        ],
-                    )
-                    procs.append(agent_proc)
-                    addresses.append(agent_proc.wait_for_line("agent listening on").rsplit(" ", 1)[1])
-
-                model = admin.import_model(model_path, name=model_name, variant=variant)
-                found = model.variant(variant)
-                assert found is not None, model
-                sha256 = found.sha256
-                for device_id in device_ids:
-                    wait_until(
-                        lambda d=device_id: admin.get_device(d),
-                        timeout=converge_timeout,
-                        what=f"{device_id} to enroll",
-                    )
-                    admin.assign(device_id, model_name, variant)
-
-            for address, device_id in zip(addresses, device_ids, strict=True):
-                with AgentClient(address, timeout_s=5.0) as client:
-                    wait_until(
-                        lambda c=client: c.status().reported.active_sha256 == sha256,
-                        timeout=converge_timeout,
-                        what=f"{device_id} to serve {sha256[:12]}",
-                        interval=0.1,
-                    )
-            yield Fleet(workdir, controller, addresses, device_ids, model_name, sha256, procs)
-        except FleetError as exc:
-            raise FleetError(
-                f"{exc}\n\n" + "\n\n".join(f"--- {p.name} ---\n{p.log()}" for p in procs)
-            ) from None
-        finally:
-            _stop_all(procs)
+        for address, device_id in zip(addresses, device_ids, strict=True):
+            with AgentClient(address, timeout_s=5.0) as client:
+                wait_until(
+                    lambda c=client: c.status().reported.active_sha256 == sha256,
+                    timeout=converge_timeout,
+                    what=f"{device_id} to serve {sha256[:12]}",
+                    interval=0.1,
+                )
+        yield Fleet(workdir, controller, addresses, device_ids, model_name, sha256, procs)
 
 
 @contextlib.contextmanager
@@ -272,12 +182,10 @@ def echo_server() -> Iterator[tuple[str, int]]:
     It does no work at all, so a round trip to it is the floor any Python gRPC service pays on this
     machine (transport, both gRPC stacks, scheduling). Yields (address, pid); always stopped.
     """
-    with sigterm_as_interrupt():
-        proc = Proc("echo", [str(Path(__file__).resolve()), "echo-server"])
-        try:
-            yield proc.wait_for_line("echo listening on").rsplit(" ", 1)[1], proc.proc.pid
-        finally:
-            _stop_all([proc])
+    procs: list[Proc] = []
+    with _managed(procs):
+        proc = Proc("echo", [str(Path(__file__).resolve()), "echo-server"], registry=procs)
+        yield proc.wait_for_line("echo listening on", START_TIMEOUT_S).rsplit(" ", 1)[1], proc.pid
 
 
 def _serve_echo() -> None:

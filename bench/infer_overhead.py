@@ -372,7 +372,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             f"[dim]agent {fleet.agents[0]} serves {fleet.sha256[:12]} "
             f"({time.monotonic() - started:.1f}s to converge); measuring ...[/dim]"
         )
-        agent_pid = next(p.proc.pid for p in fleet.procs if p.name.startswith("agent-"))
+        agent_pid = next(p.pid for p in fleet.procs if p.name.startswith("agent-"))
         loadavg_before = [round(v, 2) for v in os.getloadavg()]
         with AgentClient(fleet.agents[0]) as client:
             targets = Targets(session, client, agent_pid, echo, echo_pid)

@@ -61,7 +61,19 @@ _PERMANENT_FROM_STATUS: Final[dict[grpc.StatusCode, type[PermanentError]]] = {
     grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
     grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
 }
-_TRANSIENT_STATUS: Final = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+# A server's INTERNAL/UNKNOWN (a bug, a locked database) or ABORTED/CANCELLED (a race, a restart) says
+# nothing about the request being wrong: retrying later, with backoff, is the safe reading. Treating
+# them as permanent would make an agent give up (enrollment) or fail a good model (fetch) for good.
+_TRANSIENT_STATUS: Final = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.CANCELLED,
+    }
+)
 
 
 def error_to_status(exc: BaseException) -> grpc.StatusCode:
@@ -114,8 +126,9 @@ def status_to_error(
 ) -> EdgefleetError:
     """Rebuild the typed error a server signalled (the inverse of ``error_to_status``).
 
-    UNAVAILABLE and DEADLINE_EXCEEDED give ``TransientError``, RESOURCE_EXHAUSTED gives
-    ``ResourceExhausted``; every other code gives a ``PermanentError`` (subclass where one fits).
+    UNAVAILABLE, DEADLINE_EXCEEDED, INTERNAL, UNKNOWN, ABORTED and CANCELLED give ``TransientError``,
+    RESOURCE_EXHAUSTED gives ``ResourceExhausted``; every other code gives a ``PermanentError``
+    (subclass where one fits).
     ``error_code`` (from the trailers) overrides the class's default ``code``.
     """
     message = (details or code.name.lower().replace("_", " "))[:MAX_TEXT_CHARS]

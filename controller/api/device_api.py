@@ -45,13 +45,14 @@ class DeviceApi(serde.ControllerServiceServicer):
 
     @unary
     async def Enroll(self, request: Any, context: Context) -> Any:
-        token, hardware, requested_id = serde.enroll_request_from_pb(request)
+        token, hardware, requested_id, credential = serde.enroll_request_from_pb(request)
         identity = await self._db.run(
             enrollment.enroll,
             self._db.store,
             token=token,
             hardware=hardware,
             requested_device_id=requested_id,
+            device_credential=credential,
             now_ms=self._clock.now_ms(),
         )
         return serde.enroll_response_to_pb(identity)

@@ -42,7 +42,13 @@ def create_token(store: Store, *, ttl_s: int, uses: int, description: str, now_m
 
 
 def enroll(
-    store: Store, *, token: str, hardware: HardwareProfile, requested_device_id: str, now_ms: int
+    store: Store,
+    *,
+    token: str,
+    hardware: HardwareProfile,
+    requested_device_id: str,
+    now_ms: int,
+    device_credential: str = "",
 ) -> DeviceIdentity:
     """Spend one use of ``token`` and register a device; nothing changes if anything is wrong."""
     if not token:
@@ -51,7 +57,7 @@ def enroll(
     device_id = (
         validate_name("device id", requested_device_id) if requested_device_id else f"dev-{secrets.new_id()}"
     )
-    credential = secrets.new_secret("efd")
+    credential = device_credential or secrets.new_secret("efd")
     store.enroll_device(
         device_id,
         hardware,

@@ -895,7 +895,7 @@ STATUS_CASES: list[tuple[EdgefleetError, grpc.StatusCode, type[EdgefleetError]]]
     (ResourceExhausted("full", retry_after=2.5), grpc.StatusCode.RESOURCE_EXHAUSTED, ResourceExhausted),
     (TransientError("later", retry_after=1.0), grpc.StatusCode.UNAVAILABLE, TransientError),
     (PermanentError("never"), grpc.StatusCode.FAILED_PRECONDITION, PermanentError),
-    (EdgefleetError("bug"), grpc.StatusCode.INTERNAL, PermanentError),
+    (EdgefleetError("bug"), grpc.StatusCode.INTERNAL, TransientError),
 ]
 
 
@@ -950,7 +950,12 @@ def test_status_to_error_classifies_codes() -> None:
         assert err.retry_after == 3.0
     assert serde.status_to_error(grpc.StatusCode.DEADLINE_EXCEEDED, None, None).code == "deadline_exceeded"
     assert isinstance(serde.status_to_error(grpc.StatusCode.RESOURCE_EXHAUSTED, "x", None), ResourceExhausted)
-    for code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.UNKNOWN):
+    # A server bug or a race is worth retrying with backoff; a missing method is not.
+    for code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.ABORTED):
+        err = serde.status_to_error(code, "", None)
+        assert isinstance(err, TransientError)
+        assert err.code == code.name.lower()
+    for code in (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.DATA_LOSS):
         err = serde.status_to_error(code, "", None)
         assert isinstance(err, PermanentError)
         assert err.code == code.name.lower()
@@ -961,7 +966,7 @@ def test_unexpected_exceptions_do_not_leak() -> None:
     exc = RuntimeError("secret path /etc/x")
     assert serde.error_to_status(exc) == grpc.StatusCode.INTERNAL
     back = _through_fake(exc)
-    assert isinstance(back, PermanentError)
+    assert isinstance(back, TransientError)
     assert back.code == "internal"
     assert "secret" not in back.message
 
@@ -1009,7 +1014,7 @@ def _check_wire_error(key: bytes, err: EdgefleetError) -> None:
         assert isinstance(err, ResourceExhausted)
         assert (err.code, err.retry_after) == ("enroll_rate_limited", 1.5)
     else:
-        assert isinstance(err, PermanentError)
+        assert isinstance(err, TransientError)
         assert (err.code, err.message) == ("internal", "internal error")
 
 
