@@ -366,6 +366,7 @@ _FAILURE_TO_PB: Final[dict[AssignmentFailure, types_pb.AssignmentFailure]] = {
     AssignmentFailure.LOAD_FAILED: types_pb.ASSIGNMENT_FAILURE_LOAD_FAILED,
     AssignmentFailure.SMOKE_TEST_FAILED: types_pb.ASSIGNMENT_FAILURE_SMOKE_TEST_FAILED,
     AssignmentFailure.ARTIFACT_NOT_FOUND: types_pb.ASSIGNMENT_FAILURE_ARTIFACT_NOT_FOUND,
+    AssignmentFailure.FETCH_FAILED: types_pb.ASSIGNMENT_FAILURE_FETCH_FAILED,
 }
 _FAILURE_FROM_PB: Final[dict[int, AssignmentFailure]] = {int(v): k for k, v in _FAILURE_TO_PB.items()}
 
@@ -622,21 +623,33 @@ def device_from_pb(pb: types_pb.Device, *, path: str = "device") -> Device:
 
 
 def enroll_request_to_pb(
-    token: str, hardware: HardwareProfile, requested_device_id: str = ""
+    token: str, hardware: HardwareProfile, requested_device_id: str = "", device_credential: str = ""
 ) -> controller_pb.EnrollRequest:
     return controller_pb.EnrollRequest(
         bootstrap_token=token,
         hardware=hardware_profile_to_pb(hardware),
         requested_device_id=requested_device_id,
+        device_credential=device_credential,
     )
 
 
-def enroll_request_from_pb(pb: controller_pb.EnrollRequest) -> tuple[str, HardwareProfile, str]:
-    """``(bootstrap_token, hardware, requested_device_id)``; the id is '' when the agent left it to us."""
+#: Agent-chosen credentials: long enough to be unguessable, short enough to bound what we hash.
+_MIN_CREDENTIAL_CHARS, _MAX_CREDENTIAL_CHARS = 32, 256
+
+
+def enroll_request_from_pb(pb: controller_pb.EnrollRequest) -> tuple[str, HardwareProfile, str, str]:
+    """``(bootstrap_token, hardware, requested_device_id, device_credential)``; the id and credential
+    are '' when the agent left them to us."""
     token = _nonempty("bootstrap_token", pb.bootstrap_token)
     _required_message(pb, "hardware", "")
     hardware = hardware_profile_from_pb(pb.hardware, path="hardware")
-    return token, hardware, _name("requested_device_id", pb.requested_device_id, required=False)
+    credential = pb.device_credential
+    if credential and not _MIN_CREDENTIAL_CHARS <= len(credential) <= _MAX_CREDENTIAL_CHARS:
+        _fail(
+            "device_credential",
+            f"must be {_MIN_CREDENTIAL_CHARS}-{_MAX_CREDENTIAL_CHARS} characters, got {len(credential)}",
+        )
+    return token, hardware, _name("requested_device_id", pb.requested_device_id, required=False), credential
 
 
 def enroll_response_to_pb(identity: DeviceIdentity) -> controller_pb.EnrollResponse:

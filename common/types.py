@@ -116,6 +116,7 @@ class AssignmentFailure(enum.Enum):
     LOAD_FAILED = "load_failed"
     SMOKE_TEST_FAILED = "smoke_test_failed"
     ARTIFACT_NOT_FOUND = "artifact_not_found"
+    FETCH_FAILED = "fetch_failed"
 
 
 @dataclass(frozen=True, slots=True)

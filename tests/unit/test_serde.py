@@ -346,12 +346,16 @@ def test_admin_and_enroll_roundtrips(
         serde.import_model_request_from_pb,
     )
     roundtrip(data, serde.import_model_request_to_pb, serde.import_model_request_from_pb)
-    assert serde.enroll_request_from_pb(wire(serde.enroll_request_to_pb("tok", hw, name))) == (
+    credential = "c" * 43
+    assert serde.enroll_request_from_pb(wire(serde.enroll_request_to_pb("tok", hw, name, credential))) == (
         "tok",
         hw,
         name,
+        credential,
     )
-    assert serde.enroll_request_from_pb(wire(serde.enroll_request_to_pb("tok", hw))) == ("tok", hw, "")
+    assert serde.enroll_request_from_pb(wire(serde.enroll_request_to_pb("tok", hw))) == ("tok", hw, "", "")
+    with pytest.raises(InvalidArgument, match="device_credential"):
+        serde.enroll_request_from_pb(wire(serde.enroll_request_to_pb("tok", hw, name, "short")))
 
 
 def test_small_request_roundtrips() -> None:
@@ -1082,7 +1086,7 @@ def test_errors_survive_a_real_asyncio_grpc_call() -> None:
 class _Controller(serde.ControllerServiceServicer):
     def Enroll(self, request: Any, context: grpc.ServicerContext) -> Any:
         try:
-            token, hardware, requested = serde.enroll_request_from_pb(request)
+            token, hardware, requested, _ = serde.enroll_request_from_pb(request)
             if token == "expired":
                 raise Unauthenticated("bootstrap token expired", code="token_expired")
             return serde.enroll_response_to_pb(DeviceIdentity(requested or hardware.hardware_class, "cred"))

@@ -22,14 +22,16 @@ OUTCOME_NO_MODEL: Outcome
 OUTCOME_ERROR: Outcome
 
 class EnrollRequest(_message.Message):
-    __slots__ = ("bootstrap_token", "hardware", "requested_device_id")
+    __slots__ = ("bootstrap_token", "hardware", "requested_device_id", "device_credential")
     BOOTSTRAP_TOKEN_FIELD_NUMBER: _ClassVar[int]
     HARDWARE_FIELD_NUMBER: _ClassVar[int]
     REQUESTED_DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_CREDENTIAL_FIELD_NUMBER: _ClassVar[int]
     bootstrap_token: str
     hardware: _types_pb2.HardwareProfile
     requested_device_id: str
-    def __init__(self, bootstrap_token: _Optional[str] = ..., hardware: _Optional[_Union[_types_pb2.HardwareProfile, _Mapping]] = ..., requested_device_id: _Optional[str] = ...) -> None: ...
+    device_credential: str
+    def __init__(self, bootstrap_token: _Optional[str] = ..., hardware: _Optional[_Union[_types_pb2.HardwareProfile, _Mapping]] = ..., requested_device_id: _Optional[str] = ..., device_credential: _Optional[str] = ...) -> None: ...
 
 class EnrollResponse(_message.Message):
     __slots__ = ("device_id", "device_credential")

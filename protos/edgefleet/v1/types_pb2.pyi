@@ -27,6 +27,7 @@ class AssignmentFailure(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ASSIGNMENT_FAILURE_LOAD_FAILED: _ClassVar[AssignmentFailure]
     ASSIGNMENT_FAILURE_SMOKE_TEST_FAILED: _ClassVar[AssignmentFailure]
     ASSIGNMENT_FAILURE_ARTIFACT_NOT_FOUND: _ClassVar[AssignmentFailure]
+    ASSIGNMENT_FAILURE_FETCH_FAILED: _ClassVar[AssignmentFailure]
 DATA_TYPE_UNSPECIFIED: DataType
 DATA_TYPE_FLOAT32: DataType
 DATA_TYPE_FLOAT16: DataType
@@ -42,6 +43,7 @@ ASSIGNMENT_FAILURE_CHECKSUM_MISMATCH: AssignmentFailure
 ASSIGNMENT_FAILURE_LOAD_FAILED: AssignmentFailure
 ASSIGNMENT_FAILURE_SMOKE_TEST_FAILED: AssignmentFailure
 ASSIGNMENT_FAILURE_ARTIFACT_NOT_FOUND: AssignmentFailure
+ASSIGNMENT_FAILURE_FETCH_FAILED: AssignmentFailure
 
 class Tensor(_message.Message):
     __slots__ = ("name", "dtype", "shape", "data")
