@@ -407,8 +407,8 @@ def test_enums() -> None:
         serde.data_type_from_pb(0)
     with pytest.raises(InvalidArgument, match=r"^outcome: unknown value 99$"):
         serde.outcome_from_pb(99)
-    with pytest.raises(InvalidArgument, match=r"^failure: unknown value 5$"):
-        serde.assignment_failure_from_pb(5)
+    with pytest.raises(InvalidArgument, match=r"^failure: unknown value 99$"):
+        serde.assignment_failure_from_pb(99)
 
 
 # --- validation --------------------------------------------------------------------------------
