@@ -7,20 +7,20 @@ Layout under ``root``::
 
 A file only appears under ``sha256/`` through an fsync + atomic rename after its hash was checked,
 so a crash leaves either a resumable partial or a verified artifact, never a half-written one.
+
+Nothing here logs: results and typed errors go back to the daemon, which reports them with the
+device id in every line.
 """
 
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
 
 from common.errors import InvalidArgument, NotFound, PermanentError, TransientError
-
-logger = logging.getLogger(__name__)
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _HASH_BLOCK = 1024 * 1024
@@ -139,7 +139,6 @@ class ArtifactCache:
             os.fsync(f.fileno())
         partial.replace(final)
         fsync_dir(self._complete_dir)
-        logger.info("artifact %s complete (%d bytes)", sha256[:12], size)
         return final
 
     def discard_partial(self, sha256: str) -> None:
@@ -158,7 +157,6 @@ class ArtifactCache:
             raise NotFound(f"artifact {sha256[:12]} is not in the cache") from None
         if actual != sha256:
             path.unlink(missing_ok=True)
-            logger.warning("artifact %s corrupt on disk (hashes to %s); deleted", sha256[:12], actual[:12])
             raise ChecksumMismatch(
                 f"artifact on disk is corrupt: expected sha256 {sha256}, got {actual}; deleted",
                 expected=sha256,
@@ -169,20 +167,21 @@ class ArtifactCache:
     def complete_artifacts(self) -> set[str]:
         return {p.name for p in self._complete_dir.iterdir() if SHA256_RE.match(p.name)}
 
-    def retain(self, keep: Iterable[str]) -> list[str]:
-        """Delete every complete artifact and partial download whose sha256 is not in ``keep``.
+    def retain(self, keep: Iterable[str], *, drop_partials: bool = True) -> list[str]:
+        """Delete every complete artifact (and partial download) whose sha256 is not in ``keep``.
 
-        Stale partials go too: a download nobody wants any more is just wasted disk. Files not named
-        like artifacts are left alone. Returns the sha256s of the deleted complete artifacts.
+        Stale partials go too unless ``drop_partials`` is false: a download nobody wants any more is
+        just wasted disk. Files not named like artifacts are left alone. Returns the sha256s of the
+        deleted complete artifacts.
         """
         keep_set = {check_sha256(s) for s in keep}
         removed = sorted(self.complete_artifacts() - keep_set)
         for sha in removed:
             (self._complete_dir / sha).unlink(missing_ok=True)
-        for part in self._partial_dir.glob("*.part"):
-            if SHA256_RE.match(part.stem) and part.stem not in keep_set:
-                part.unlink(missing_ok=True)
+        if drop_partials:
+            for part in self._partial_dir.glob("*.part"):
+                if SHA256_RE.match(part.stem) and part.stem not in keep_set:
+                    part.unlink(missing_ok=True)
         if removed:
             fsync_dir(self._complete_dir)
-            logger.info("removed %d unused artifact(s): %s", len(removed), ", ".join(s[:12] for s in removed))
         return removed

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import random
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ from agent.infer_api import InferApi
 from agent.runtime import ModelLoadError, ModelSlot, load_model
 from agent.state import DataDir
 from common import limits, serde
-from common.errors import EdgefleetError, NotFound, TransientError
+from common.errors import EdgefleetError, InvalidArgument, NotFound, PermanentError, TransientError
 from common.types import AgentMessage, Assignment, AssignmentFailure, DeviceIdentity, InferenceRecord
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,9 @@ CHANNEL_OPTIONS = [
 ]
 OUTBOUND_QUEUE = 1024
 ENROLL_TIMEOUT_S = 15.0
+#: Infer/GetStatus calls served at once; more are refused with RESOURCE_EXHAUSTED, so a flood of
+#: requests cannot queue without bound in front of the inference thread pool.
+MAX_CONCURRENT_INFER_RPCS = 256
 
 
 @dataclass
@@ -59,10 +63,48 @@ class AgentConfig:
     labels: dict[str, str] = field(default_factory=dict)
     threads: int = 1
     backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
+    fetch_backoff: BackoffPolicy = field(default_factory=lambda: BackoffPolicy(base_s=1.0, cap_s=60.0))
+    welcome_timeout_s: float = 15.0
+
+
+class _Outbound:
+    """The request side of one control stream: a bounded queue that the core's Sends go into."""
+
+    def __init__(self, maxsize: int) -> None:
+        self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=maxsize)
+        self._closed = False
+
+    def put(self, item: Any) -> bool:
+        """Queue ``item``; False when the queue is full (the controller is not reading)."""
+        try:
+            self._queue.put_nowait(item)
+        except asyncio.QueueFull:
+            return False
+        return True
+
+    def close(self) -> None:
+        """End the request stream. Never raises and needs no queue space: a full queue means the
+        generator is not waiting, and it checks the flag before every item it takes."""
+        self._closed = True
+        with contextlib.suppress(asyncio.QueueFull):
+            self._queue.put_nowait(None)  # wakes a generator waiting on an empty queue
+
+    async def requests(self) -> AsyncIterator[Any]:
+        while True:
+            item = await self._queue.get()
+            if item is None or self._closed:
+                return
+            yield item
+
+
+class _Abandoned(Exception):
+    """The download is no longer wanted: the core's target moved on to other bytes."""
 
 
 class AgentDaemon:
-    def __init__(self, config: AgentConfig) -> None:
+    def __init__(self, config: AgentConfig, *, controller_stub: Any = None) -> None:
+        """``controller_stub`` stands in for the ControllerService stub (tests); by default ``start``
+        opens a channel to ``config.controller``."""
         self.config = config
         self.data = DataDir(config.data_dir)
         self.cache = ArtifactCache(self.data.artifacts)
@@ -72,6 +114,9 @@ class AgentDaemon:
                 hardware=hardware.detect(config.hardware_class, config.labels),
                 has_bootstrap_token=bool(config.token),
                 backoff=config.backoff,
+                fetch_backoff=config.fetch_backoff,
+                welcome_timeout_s=config.welcome_timeout_s,
+                identity_file=str(self.data.identity_path),
             ),
             clock=time.monotonic,
             wall_clock_ms=lambda: time.time_ns() // 1_000_000,
@@ -81,27 +126,33 @@ class AgentDaemon:
         self.exit_reason: str | None = None
         self.port = 0
         self._channel: grpc.aio.Channel | None = None
-        self._stub: Any = None
+        self._stub: Any = controller_stub
         self._server: grpc.aio.Server | None = None
         self._infer_api: InferApi | None = None
-        self._outbound: asyncio.Queue[Any] | None = None
+        self._outbound: _Outbound | None = None
         self._stream: Any = None
-        self._stream_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._fetching: set[int] = set()
+        #: Downloads in progress, by sha256, each with the newest assignment that asked for its bytes.
+        self._fetching: dict[str, Assignment] = {}
+        #: Loads are performed one at a time, in the order the core asked for them.
+        self._load_lock = asyncio.Lock()
+        #: sha256s of loads asked for and not finished (their artifacts must stay in the cache).
+        self._loading: Counter[str] = Counter()
         self._wake = asyncio.Event()
         self._stopping = False
 
     # --- lifecycle ------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._channel = grpc.aio.insecure_channel(self.config.controller, options=CHANNEL_OPTIONS)
-        self._stub = serde.ControllerServiceStub(self._channel)
+        if self._stub is None:
+            self._channel = grpc.aio.insecure_channel(self.config.controller, options=CHANNEL_OPTIONS)
+            self._stub = serde.ControllerServiceStub(self._channel)
         server = grpc.aio.server(
             options=[
                 ("grpc.max_send_message_length", limits.MAX_GRPC_MESSAGE_BYTES),
                 ("grpc.max_receive_message_length", limits.MAX_GRPC_MESSAGE_BYTES),
-            ]
+            ],
+            maximum_concurrent_rpcs=MAX_CONCURRENT_INFER_RPCS,
         )
         self._infer_api = InferApi(self)
         serde.add_AgentServiceServicer_to_server(self._infer_api, server)
@@ -112,6 +163,9 @@ class AgentDaemon:
         self._server = server
         self.identity = self.data.load_identity()
         self.dispatch(ev.Started(self.identity, self.data.load_snapshot()))
+        # Whatever a previous run left behind and no longer needs. Partial downloads stay: the
+        # controller will resend the assignment they belong to, and they resume.
+        self._prune_cache(drop_partials=False)
 
     @property
     def address(self) -> str:
@@ -135,7 +189,7 @@ class AgentDaemon:
     async def close(self) -> None:
         self.stop()
         self._close_stream()
-        tasks = [t for t in (self._stream_task, *self._tasks) if t is not None]
+        tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -173,15 +227,15 @@ class AgentDaemon:
                 self._spawn(self._enroll())
             case act.OpenStream(identity=identity):
                 self._open_stream(identity)
-            case act.CloseStream():
+            case act.CloseStream(reason=reason):
+                log.info("device=%s closing the control stream: %s", self.core.device_id, reason)
                 self._close_stream()
             case act.Send(message=message):
                 self._send(message)
             case act.FetchArtifact(assignment=assignment):
-                if assignment.version not in self._fetching:
-                    self._fetching.add(assignment.version)
-                    self._spawn(self._fetch(assignment))
+                self._start_fetch(assignment)
             case act.LoadModel(assignment=assignment, restore=restore):
+                self._loading[assignment.artifact_sha256] += 1
                 self._spawn(self._load(assignment, restore))
             case act.PersistIdentity(identity=identity):
                 self.data.save_identity(identity)
@@ -189,7 +243,7 @@ class AgentDaemon:
             case act.PersistSnapshot(snapshot=snapshot):
                 self.data.save_snapshot(snapshot)
             case act.Fatal(reason=reason):
-                log.error("agent cannot continue: %s", reason)
+                log.error("device=%s agent cannot continue: %s", self.core.device_id, reason)
                 self.exit_reason = reason
                 self.stop()
 
@@ -208,26 +262,37 @@ class AgentDaemon:
     # --- enrollment and the control stream ------------------------------------------------------
 
     async def _enroll(self) -> None:
-        request = serde.enroll_request_to_pb(
-            self.config.token, self.core.config.hardware, self.config.device_id
-        )
+        error: EdgefleetError
         try:
+            # Recorded on disk before the first attempt: every retry, after a lost reply or a restart,
+            # asks for the same id with the same credential, which the controller answers with the
+            # same identity instead of spending another use of the token.
+            pending = self.data.pending_enrollment(self.config.device_id)
+            request = serde.enroll_request_to_pb(
+                self.config.token, self.core.config.hardware, pending.device_id, pending.credential
+            )
             response = await self._stub.Enroll(request, timeout=ENROLL_TIMEOUT_S)
-            self.dispatch(ev.EnrollSucceeded(serde.enroll_response_from_pb(response)))
+            identity = serde.enroll_response_from_pb(response)
         except grpc.aio.AioRpcError as exc:
-            self.dispatch(ev.EnrollFailed(serde.error_from_rpc_error(exc)))
+            error = serde.error_from_rpc_error(exc)
+        except OSError as exc:
+            error = TransientError(f"cannot record the pending enrollment in {self.data.root}: {exc}")
+        except EdgefleetError as exc:
+            error = TransientError(f"the controller's enroll response is unreadable: {exc}")
+        except Exception as exc:
+            log.exception("device=%s enrollment failed unexpectedly", self.data.device_id)
+            error = TransientError(f"enrollment failed: {exc!r}")
+        else:
+            self.dispatch(ev.EnrollSucceeded(identity))
+            return
+        self.dispatch(ev.EnrollFailed(error))
 
     def _open_stream(self, identity: DeviceIdentity) -> None:
         self._close_stream()
-        queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=OUTBOUND_QUEUE)
-        self._outbound = queue
-
-        async def requests() -> AsyncIterator[Any]:
-            while (item := await queue.get()) is not None:
-                yield item
-
-        self._stream = self._stub.Connect(requests(), metadata=self._metadata())
-        self._stream_task = asyncio.get_running_loop().create_task(self._read_stream(self._stream))
+        outbound = _Outbound(OUTBOUND_QUEUE)
+        call = self._stub.Connect(outbound.requests(), metadata=self._metadata())
+        self._outbound, self._stream = outbound, call
+        self._spawn(self._read_stream(call))
         # Defer: the core is still inside step() for the event that asked for this stream.
         asyncio.get_running_loop().call_soon(self.dispatch, ev.StreamOpened())
 
@@ -238,116 +303,214 @@ class AgentDaemon:
                 self.dispatch(ev.MessageReceived(serde.controller_message_from_pb(pb)))
             error = TransientError("the controller ended the control stream")
         except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.CANCELLED and call is not self._stream:
-                return  # we closed it ourselves
             error = serde.error_from_rpc_error(exc)
         except EdgefleetError as exc:
             log.error("device=%s controller sent a bad message: %s", self.core.device_id, exc)
-            call.cancel()
             error = exc
-        except asyncio.CancelledError:
-            return
-        if call is self._stream:
-            self._stream = None
-            if self._outbound is not None:
-                self._outbound.put_nowait(None)
-            self._outbound = None
-            self.dispatch(ev.StreamClosed(error))
+        except Exception as exc:
+            log.exception("device=%s control stream failed", self.core.device_id)
+            error = TransientError(f"control stream failed: {exc!r}")
+        if call is not self._stream:
+            call.cancel()
+            return  # we closed (or replaced) it ourselves; the core knows
+        self._close_stream()
+        self.dispatch(ev.StreamClosed(error))
 
     def _close_stream(self) -> None:
-        if self._outbound is not None:
-            self._outbound.put_nowait(None)
-            self._outbound = None
-        if self._stream is not None:
-            call, self._stream = self._stream, None
+        """Tear down the control stream, if any. Never raises: the call is cancelled first (gRPC then
+        stops reading our requests), and ending the request generator needs no space in its queue."""
+        call, self._stream = self._stream, None
+        outbound, self._outbound = self._outbound, None
+        if call is not None:
             call.cancel()
+        if outbound is not None:
+            outbound.close()
 
     def _send(self, message: AgentMessage) -> None:
-        if self._outbound is None:
+        outbound = self._outbound
+        if outbound is None:
             return  # not connected: the core re-sends what matters after reconnecting
-        try:
-            self._outbound.put_nowait(serde.agent_message_to_pb(message))
-        except asyncio.QueueFull:
-            log.warning("device=%s outbound queue full; resetting the stream", self.core.device_id)
-            self._close_stream()
-            self.dispatch(ev.StreamClosed(TransientError("outbound queue full")))
+        if outbound.put(serde.agent_message_to_pb(message)):
+            return
+        log.warning(
+            "device=%s outbound queue full (%d messages); resetting the stream",
+            self.core.device_id,
+            OUTBOUND_QUEUE,
+        )
+        self._close_stream()
+        self.dispatch(ev.StreamClosed(TransientError("outbound queue full: the controller is not reading")))
 
-    # --- artifacts and models -------------------------------------------------------------------
+    # --- artifacts ------------------------------------------------------------------------------
 
-    async def _fetch(self, assignment: Assignment) -> None:
+    def _start_fetch(self, assignment: Assignment) -> None:
+        """One download per sha256, whatever the versions asking for it; its outcome goes to the
+        newest assignment that asked (the core ignores outcomes for versions it no longer wants)."""
         sha256 = assignment.artifact_sha256
+        already = sha256 in self._fetching
+        self._fetching[sha256] = assignment
+        if not already:
+            self._spawn(self._fetch(sha256))
+
+    def _wanted(self, sha256: str) -> bool:
+        target = self.core.target
+        return target is not None and target.artifact_sha256 == sha256
+
+    async def _fetch(self, sha256: str) -> None:
+        try:
+            failed = await self._try_fetch(sha256)
+        except _Abandoned:
+            log.info(
+                "device=%s download of %s abandoned: no longer assigned", self.core.device_id, sha256[:12]
+            )
+            return
+        finally:
+            assignment = self._fetching.pop(sha256)
+        if failed is None:
+            self.dispatch(ev.ArtifactReady(assignment))
+        else:
+            error, failure = failed
+            self.dispatch(ev.ArtifactFailed(assignment, error, failure))
+
+    async def _try_fetch(self, sha256: str) -> tuple[EdgefleetError, AssignmentFailure | None] | None:
+        """None once the artifact is in the cache; else the error and the reason to report (None:
+        transient, to be retried by the core with backoff)."""
+        offset = 0
+        error: EdgefleetError
         try:
             if self.cache.path_if_complete(sha256) is None:
-                await self._download(assignment)
-            self.dispatch(ev.ArtifactReady(assignment))
-        except ChecksumMismatch as exc:
-            self.dispatch(ev.ArtifactFailed(assignment, exc, AssignmentFailure.CHECKSUM_MISMATCH))
-        except NotFound as exc:
-            self.dispatch(ev.ArtifactFailed(assignment, exc, AssignmentFailure.ARTIFACT_NOT_FOUND))
+                offset = self.cache.partial_size(sha256)
+                await self._download(sha256, offset)
+            return None
+        except _Abandoned:
+            raise
         except grpc.aio.AioRpcError as exc:
             error = serde.error_from_rpc_error(exc)
-            failure = AssignmentFailure.ARTIFACT_NOT_FOUND if isinstance(error, NotFound) else None
-            self.dispatch(ev.ArtifactFailed(assignment, error, failure))
-        except EdgefleetError as exc:
-            self.dispatch(ev.ArtifactFailed(assignment, exc))
+            if isinstance(error, InvalidArgument) and offset > 0:
+                # The controller says we resume beyond the end of the artifact: our partial is bad.
+                self.cache.discard_partial(sha256)
+                error = TransientError(
+                    f"resuming {sha256[:12]} at byte {offset} refused ({error}); discarded the partial "
+                    "download, starting again from byte 0"
+                )
         except OSError as exc:
-            self.dispatch(ev.ArtifactFailed(assignment, TransientError(f"local disk: {exc}")))
-        finally:
-            self._fetching.discard(assignment.version)
+            error = TransientError(f"local disk: {exc}")
+        except EdgefleetError as exc:
+            error = exc
+        except Exception as exc:
+            log.exception("device=%s fetching %s failed unexpectedly", self.core.device_id, sha256[:12])
+            error = PermanentError(f"fetching failed: {exc!r}")
+        return error, _fetch_failure(error)
 
-    async def _download(self, assignment: Assignment) -> None:
-        sha256 = assignment.artifact_sha256
-        offset = self.cache.partial_size(sha256)
+    async def _download(self, sha256: str, offset: int) -> None:
         if offset:
             log.info("device=%s resuming download of %s at byte %d", self.core.device_id, sha256[:12], offset)
-        size = assignment.artifact_size_bytes
+        size = self._fetching[sha256].artifact_size_bytes
         call = self._stub.FetchArtifact(
             serde.fetch_artifact_request_to_pb(sha256, offset), metadata=self._metadata()
         )
-        async for pb in call:
-            chunk = serde.artifact_chunk_from_pb(pb)
-            if chunk.manifest is not None:
-                size = chunk.manifest.size_bytes
-            await asyncio.to_thread(self.cache.append, sha256, chunk.offset, chunk.data)
+        try:
+            async for pb in call:
+                chunk = serde.artifact_chunk_from_pb(pb)
+                if chunk.manifest is not None:
+                    size = chunk.manifest.size_bytes
+                await asyncio.to_thread(self.cache.append, sha256, chunk.offset, chunk.data)
+                # Checked between chunks, never while a write is in progress: the partial stays whole.
+                if not self._wanted(sha256):
+                    raise _Abandoned
+        finally:
+            call.cancel()
         await asyncio.to_thread(self.cache.finalize, sha256, size)
+        log.info("device=%s downloaded artifact %s (%d bytes)", self.core.device_id, sha256[:12], size)
+
+    def _prune_cache(self, *, drop_partials: bool = True) -> None:
+        """Delete cached artifacts nothing refers to any more (the cache would otherwise only grow)."""
+        keep = self.core.artifacts_in_use() | set(self._fetching) | set(self._loading)
+        try:
+            removed = self.cache.retain(keep, drop_partials=drop_partials)
+        except (OSError, EdgefleetError) as exc:
+            log.warning("device=%s cannot prune the artifact cache: %s", self.core.device_id, exc)
+            return
+        if removed:
+            log.info(
+                "device=%s removed %d unused artifact(s): %s",
+                self.core.device_id,
+                len(removed),
+                ", ".join(s[:12] for s in removed),
+            )
+
+    # --- models ---------------------------------------------------------------------------------
 
     async def _load(self, assignment: Assignment, restore: bool) -> None:
+        sha256 = assignment.artifact_sha256
         try:
-            path = self.cache.path_if_complete(assignment.artifact_sha256)
+            # One at a time, in the order asked for: a slow load of superseded work can never land
+            # after (and so replace) a newer one.
+            async with self._load_lock:
+                event = await self._load_one(assignment, restore)
+                self.dispatch(event)
+        finally:
+            self._loading[sha256] -= 1
+            if self._loading[sha256] <= 0:
+                del self._loading[sha256]
+        if isinstance(event, ev.ModelLoaded):
+            self._prune_cache()
+
+    async def _load_one(self, assignment: Assignment, restore: bool) -> ev.ModelLoaded | ev.ModelLoadFailed:
+        sha256 = assignment.artifact_sha256
+        try:
+            path = self.cache.path_if_complete(sha256)
             if path is None:
-                raise ModelLoadError(
-                    failure=AssignmentFailure.LOAD_FAILED, message="artifact is not in the local cache"
-                )
+                raise NotFound(f"artifact {sha256[:12]} is not in the local cache")
             if restore:
                 # After a restart, re-check the bytes on disk before trusting them.
-                await asyncio.to_thread(self.cache.verify, assignment.artifact_sha256)
+                await asyncio.to_thread(self.cache.verify, sha256)
             model = await asyncio.to_thread(
                 load_model,
                 path,
-                sha256=assignment.artifact_sha256,
+                sha256=sha256,
                 model_name=assignment.model_name,
                 variant=assignment.variant,
                 threads=self.config.threads,
             )
         except ModelLoadError as exc:
-            self.dispatch(ev.ModelLoadFailed(assignment, exc.failure, exc.message))
-            return
+            return ev.ModelLoadFailed(assignment, exc.failure, exc.message)
         except ChecksumMismatch as exc:
-            self.dispatch(ev.ModelLoadFailed(assignment, AssignmentFailure.CHECKSUM_MISMATCH, exc.message))
-            return
-        self.slot.swap(model)
+            log.warning("device=%s cached artifact %s is corrupt: %s", self.core.device_id, sha256[:12], exc)
+            return ev.ModelLoadFailed(assignment, AssignmentFailure.CHECKSUM_MISMATCH, exc.message)
+        except NotFound as exc:
+            return ev.ModelLoadFailed(assignment, AssignmentFailure.ARTIFACT_NOT_FOUND, exc.message)
+        except Exception as exc:
+            log.exception("device=%s loading %s failed unexpectedly", self.core.device_id, sha256[:12])
+            return ev.ModelLoadFailed(
+                assignment, AssignmentFailure.LOAD_FAILED, f"cannot load the model: {exc}"
+            )
+        self.slot.swap(model)  # the previous model goes once the requests still using it finish
         log.info(
-            "device=%s serving %s/%s (%s)",
+            "device=%s serving %s/%s (%s), loaded in %.0f ms: inputs %s, outputs %s",
             self.core.device_id,
             assignment.model_name,
             assignment.variant,
-            assignment.artifact_sha256[:12],
+            sha256[:12],
+            model.load_ms,
+            model.inputs,
+            model.outputs,
         )
-        self.dispatch(ev.ModelLoaded(assignment))
+        return ev.ModelLoaded(assignment)
 
     @property
     def connected(self) -> bool:
         return self.core.link is Link.READY
+
+
+def _fetch_failure(error: EdgefleetError) -> AssignmentFailure | None:
+    """The reason a failed fetch fails its version; None when it is worth retrying."""
+    if isinstance(error, TransientError):
+        return None
+    if isinstance(error, ChecksumMismatch):
+        return AssignmentFailure.CHECKSUM_MISMATCH
+    if isinstance(error, NotFound):
+        return AssignmentFailure.ARTIFACT_NOT_FOUND
+    return AssignmentFailure.FETCH_FAILED
 
 
 async def run_agent(config: AgentConfig) -> int:

@@ -2,14 +2,15 @@
 
 ``load_model`` turns an artifact on disk into a ``LoadedModel`` that has already answered one
 inference (a smoke test on zeros), so a model that cannot run is refused before it replaces the one
-serving. ``ModelSlot`` holds the serving model and the last known good one; swapping is one pointer
-assignment under a lock, and callers take ``slot.active`` once per request, so a swap never disturbs
-an inference already running on the old session.
+serving. ``ModelSlot`` holds the serving model; swapping is one pointer assignment under a lock, and
+callers take ``slot.active`` once per request, so a swap never disturbs an inference already running
+on the old session.
+
+Nothing here logs: the daemon reports what happened, with the device id in every line.
 """
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -23,8 +24,6 @@ from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument as OrtIn
 from common.errors import EdgefleetError, InvalidArgument, PermanentError
 from common.tensors import dtype_from_onnx_type, spec_matches
 from common.types import AssignmentFailure, TensorSpec
-
-logger = logging.getLogger(__name__)
 
 _CPU = ("CPUExecutionProvider",)
 
@@ -66,6 +65,8 @@ class LoadedModel:
         #: Smoothed wall time of one run (ms); callers use it to decide whether a hop to a worker
         #: thread is worth more than the run itself. Seeded by the smoke test.
         self.typical_run_ms = 0.0
+        #: How long ``load_model`` took, smoke test included (ms).
+        self.load_ms = 0.0
         self._run_options = ort.RunOptions()
         self._run_options.log_severity_level = 4
 
@@ -171,15 +172,7 @@ def load_model(
         outputs=outputs,
     )
     _smoke_test(model)
-    logger.info(
-        "loaded model %s/%s (%s) in %.0f ms: inputs %s, outputs %s",
-        model_name,
-        variant,
-        sha256[:12],
-        (time.monotonic() - started) * 1000,
-        inputs,
-        outputs,
-    )
+    model.load_ms = (time.monotonic() - started) * 1000
     return model
 
 
@@ -222,48 +215,24 @@ def _smoke_test(model: LoadedModel) -> None:
 
 
 class ModelSlot:
-    """The serving model and the last known good one, swapped atomically.
+    """The serving model, swapped atomically.
 
-    Readers take ``active`` once per request and keep using that object; nothing here ever closes a
-    session, so an in-flight inference finishes on the model it started with.
+    Readers take ``active`` once per request and keep using that object; nothing here closes a
+    session, so an in-flight inference finishes on the model it started with. The slot keeps no
+    reference to a replaced model: its memory goes as soon as the last request using it finishes
+    (falling back to a last-known-good model is the agent core's business: it loads it again).
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._active: LoadedModel | None = None
-        self._last_known_good: LoadedModel | None = None
 
     @property
     def active(self) -> LoadedModel | None:
         return self._active  # one attribute read: atomic, no lock needed
 
-    @property
-    def last_known_good(self) -> LoadedModel | None:
-        return self._last_known_good
-
     def swap(self, new: LoadedModel) -> LoadedModel | None:
-        """Make ``new`` active and return the previous active, which becomes last known good."""
+        """Make ``new`` active and return the previous active model (None if there was none)."""
         with self._lock:
-            previous = self._active
-            if previous is new:
-                return previous
-            if previous is not None:
-                self._last_known_good = previous
-            self._active = new
-            return previous
-
-    def rollback(self) -> LoadedModel | None:
-        """Make the last known good model active again and return it; None (and no change) if none."""
-        with self._lock:
-            if self._last_known_good is not None:
-                self._active = self._last_known_good
-            return self._last_known_good
-
-    def clear(self) -> LoadedModel | None:
-        """Serve nothing (the assignment was removed); the previous active becomes last known good."""
-        with self._lock:
-            previous = self._active
-            if previous is not None:
-                self._last_known_good = previous
-            self._active = None
+            previous, self._active = self._active, new
             return previous

@@ -2,9 +2,11 @@
 
 Layout::
 
-    DATA_DIR/identity.json   device id and credential (mode 0600), written once at enrollment
-    DATA_DIR/state.json      the core's AgentSnapshot: what to serve after a restart
-    DATA_DIR/artifacts/      downloaded models (content-addressed, see artifact_cache)
+    DATA_DIR/identity.json     device id and credential (mode 0600), written once at enrollment
+    DATA_DIR/enrollment.json   the id and credential an enrollment in progress asks for (mode 0600);
+                               gone once identity.json is written
+    DATA_DIR/state.json        the core's AgentSnapshot: what to serve after a restart
+    DATA_DIR/artifacts/        downloaded models (content-addressed, see artifact_cache)
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -26,14 +29,21 @@ STATE_FORMAT = 1
 
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Replace ``path`` with ``data``: readers (and a crash) see the old file or the new one, whole."""
     tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    tmp.replace(path)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]  # a write may be short (signals, some filesystems)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)  # the rename itself must survive a power cut
@@ -46,30 +56,74 @@ class DataDir:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self.identity_path = root / "identity.json"
+        self.enrollment_path = root / "enrollment.json"
         self.state_path = root / "state.json"
         self.artifacts = root / "artifacts"
+        #: The device this data dir belongs to, once known (for log lines).
+        self.device_id = "-"
 
     def load_identity(self) -> DeviceIdentity | None:
+        """The identity from enrollment; None before it. A file that is there but unreadable is a
+        PermanentError naming it: guessing would make the device someone else, or no one."""
         raw = self._read_json(self.identity_path)
         if raw is None:
             return None
-        try:
-            return DeviceIdentity(device_id=str(raw["device_id"]), credential=str(raw["credential"]))
-        except (KeyError, TypeError) as exc:
-            raise PermanentError(f"{self.identity_path}: not an identity file ({exc})") from exc
+        identity = _identity_from_json(raw, self.identity_path)
+        self.device_id = identity.device_id
+        return identity
 
     def save_identity(self, identity: DeviceIdentity) -> None:
         atomic_write(self.identity_path, json.dumps(asdict(identity)).encode(), mode=0o600)
+        self.device_id = identity.device_id
+        self.enrollment_path.unlink(missing_ok=True)  # done with: the identity supersedes it
+
+    def pending_enrollment(self, requested_device_id: str = "") -> DeviceIdentity:
+        """The device id and credential to enroll with, created and made durable on first use.
+
+        Every attempt, after a lost reply or a restart, must ask for the same pair so that the
+        controller can recognise a repeat and answer with the same identity. A different
+        ``requested_device_id`` (the operator changed ``--device-id``) starts a new pending enrollment.
+        """
+        pending = self._load_pending_enrollment()
+        if pending is not None and requested_device_id in ("", pending.device_id):
+            self.device_id = pending.device_id
+            return pending
+        if pending is not None:
+            log.warning(
+                "device=%s enrollment as %s was pending; enrolling as %s instead, as requested",
+                requested_device_id,
+                pending.device_id,
+                requested_device_id,
+            )
+        pending = DeviceIdentity(
+            device_id=requested_device_id or f"dev-{secrets.token_hex(6)}",
+            credential=f"efd_{secrets.token_urlsafe(32)}",
+        )
+        atomic_write(self.enrollment_path, json.dumps(asdict(pending)).encode(), mode=0o600)
+        self.device_id = pending.device_id
+        return pending
+
+    def _load_pending_enrollment(self) -> DeviceIdentity | None:
+        try:
+            raw = self._read_json(self.enrollment_path)
+            return None if raw is None else _identity_from_json(raw, self.enrollment_path)
+        except PermanentError as exc:
+            # Nothing in it can be recovered; a fresh pending enrollment replaces it.
+            log.error("device=%s %s; starting a new enrollment", self.device_id, exc)
+            return None
 
     def load_snapshot(self) -> AgentSnapshot | None:
-        raw = self._read_json(self.state_path)
-        if raw is None:
-            return None
         try:
-            return _snapshot_from_json(raw)
-        except (KeyError, TypeError, ValueError) as exc:
+            raw = self._read_json(self.state_path)
+            return None if raw is None else _snapshot_from_json(raw)
+        except (PermanentError, KeyError, TypeError, ValueError, AttributeError) as exc:
             # A state file we cannot read must not keep the device from serving; start clean and say so.
-            log.error("%s is unreadable (%s); starting without a restored model", self.state_path, exc)
+            log.error(
+                "device=%s %s is unreadable (%s); starting without a restored model",
+                self.device_id,
+                self.state_path,
+                exc,
+            )
             return None
 
     def save_snapshot(self, snapshot: AgentSnapshot) -> None:
@@ -83,6 +137,16 @@ class DataDir:
             return None
         except (OSError, ValueError) as exc:
             raise PermanentError(f"{path}: cannot read ({exc})") from exc
+
+
+def _identity_from_json(raw: Any, path: Path) -> DeviceIdentity:
+    try:
+        device_id, credential = raw["device_id"], raw["credential"]
+    except (KeyError, TypeError) as exc:
+        raise PermanentError(f"{path}: not an identity file (missing {exc})") from exc
+    if not isinstance(device_id, str) or not isinstance(credential, str) or not device_id or not credential:
+        raise PermanentError(f"{path}: not an identity file (device_id and credential must be strings)")
+    return DeviceIdentity(device_id=device_id, credential=credential)
 
 
 def _assignment(raw: Any) -> Assignment | None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import enum
 import logging
 import random
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -24,8 +23,9 @@ from agent.core import actions as act
 from agent.core import events as ev
 from agent.core.backoff import BackoffPolicy
 from agent.core.snapshot import AgentSnapshot, FailedVersion
+from agent.core.telemetry import Telemetry
 from common import limits
-from common.errors import TransientError
+from common.errors import NotFound, PermanentError, TransientError, Unauthenticated
 from common.types import (
     Assignment,
     AssignmentAck,
@@ -38,8 +38,6 @@ from common.types import (
     InferenceRecord,
     ReportedState,
     TelemetryAck,
-    TelemetryBatch,
-    TelemetryRecord,
     Welcome,
 )
 
@@ -48,8 +46,8 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], float]
 WallClockMs = Callable[[], int]
 
-#: Telemetry sequence numbers are reserved (and persisted) this many at a time.
-SEQUENCE_BLOCK = 1000
+#: Load failures that mean the local copy of a model is bad or missing, not that the model is.
+_CACHE_LOST = frozenset({AssignmentFailure.CHECKSUM_MISMATCH, AssignmentFailure.ARTIFACT_NOT_FOUND})
 
 
 class Link(enum.Enum):
@@ -71,12 +69,17 @@ class CoreConfig:
     fetch_backoff: BackoffPolicy = field(default_factory=lambda: BackoffPolicy(base_s=1.0, cap_s=60.0))
     #: Used until the controller's Welcome says otherwise.
     heartbeat_interval_s: float = 10.0
+    #: A controller that has not welcomed us this long after we opened the stream is treated as a
+    #: lost stream (close, back off, reconnect) rather than waited for forever.
+    welcome_timeout_s: float = 15.0
     #: A batch not acked within this long is sent again (the controller dedups by sequence).
     telemetry_ack_timeout_s: float = 15.0
     #: Small batches wait at most this long, so telemetry does not cost one message per request.
     telemetry_flush_interval_s: float = 1.0
     max_batch: int = limits.MAX_TELEMETRY_BATCH
     max_pending: int = limits.MAX_PENDING_TELEMETRY
+    #: Where the driver keeps the identity; only used to tell an operator what to remove.
+    identity_file: str = "identity.json"
 
 
 class AgentCore:
@@ -99,15 +102,15 @@ class AgentCore:
         self._fetch_retry_at: float | None = None
         self._connect_attempt = 0
         self._reconnect_at: float | None = None
+        self._welcome_deadline: float | None = None
         self._heartbeat_interval_s = config.heartbeat_interval_s
         self._next_heartbeat_at: float | None = None
-        self._pending: deque[TelemetryRecord] = deque()
-        self._inflight: tuple[TelemetryRecord, ...] = ()
-        self._inflight_sent_at = 0.0
-        self._oldest_pending_at: float | None = None
-        self._next_sequence = 1
-        self._sequence_reserved_until = 0
-        self.records_dropped = 0
+        self._telemetry = Telemetry(
+            max_batch=config.max_batch,
+            max_pending=config.max_pending,
+            ack_timeout_s=config.telemetry_ack_timeout_s,
+            flush_interval_s=config.telemetry_flush_interval_s,
+        )
         self._unsent_acks: dict[int, AssignmentAck] = {}
         #: The last assignment acknowledged as applied: what the device should be serving.
         self._applied_assignment: Assignment | None = None
@@ -124,38 +127,46 @@ class AgentCore:
 
     @property
     def pending_telemetry(self) -> int:
-        return len(self._pending) + len(self._inflight)
+        return self._telemetry.count
+
+    @property
+    def records_dropped(self) -> int:
+        return self._telemetry.records_dropped
 
     @property
     def active(self) -> Assignment | None:
         return self._active
+
+    def artifacts_in_use(self) -> set[str]:
+        """The sha256s of every model the core may still ask the driver to load: what the driver's
+        artifact cache must keep (everything else may be deleted)."""
+        candidates = (self._active, self._last_known_good, self.target, self._applied_assignment)
+        return {a.artifact_sha256 for a in candidates if a is not None and a.artifact_sha256}
 
     def snapshot(self) -> AgentSnapshot:
         return AgentSnapshot(
             reported=self.reported,
             active=self._active,
             last_known_good=self._last_known_good,
-            sequence_reserved_until=self._sequence_reserved_until,
-            records_dropped=self.records_dropped,
+            sequence_reserved_until=self._telemetry.reserved_until,
+            records_dropped=self._telemetry.records_dropped,
             failed=self._failed,
         )
 
     def next_wakeup(self) -> float | None:
         """The earliest clock time at which a Tick may produce actions (None: only events will)."""
-        candidates = [self._reconnect_at, self._fetch_retry_at]
+        candidates = [self._reconnect_at, self._fetch_retry_at, self._welcome_deadline]
         if self.link is Link.READY:
-            candidates.append(self._next_heartbeat_at)
-            if self._inflight:
-                candidates.append(self._inflight_sent_at + self._config.telemetry_ack_timeout_s)
-            elif self._oldest_pending_at is not None:
-                candidates.append(self._oldest_pending_at + self._config.telemetry_flush_interval_s)
+            candidates += [self._next_heartbeat_at, self._telemetry.next_due()]
         times = [t for t in candidates if t is not None]
         return min(times) if times else None
 
     def step(self, event: ev.Event) -> list[act.Action]:
         out: list[act.Action] = []
-        # Cheap undo log: scalars via a shallow copy, the two containers handlers mutate in place.
-        saved, saved_pending, saved_acks = self.__dict__.copy(), self._pending.copy(), dict(self._unsent_acks)
+        # Undo log: the core's own fields by a shallow copy (they are immutable values, bar the acks
+        # dict); the telemetry queue journals its own changes, so a step costs no copy of it.
+        saved, saved_acks = self.__dict__.copy(), dict(self._unsent_acks)
+        self._telemetry.begin()
         try:
             handler = _TRANSITIONS.get((self.link, type(event))) or _ANY_STATE.get(type(event))
             if handler is None:
@@ -171,8 +182,10 @@ class AgentCore:
                 "device=%s core failed handling %s; state kept", self.device_id, type(event).__name__
             )
             self.__dict__.update(saved)
-            self._pending, self._unsent_acks = saved_pending, saved_acks
+            self._unsent_acks = saved_acks
+            self._telemetry.rollback()
             return []
+        self._telemetry.commit()
         return out
 
     # --- start-up and enrollment ----------------------------------------------------------------
@@ -194,10 +207,7 @@ class AgentCore:
         self.reported = snap.reported
         self._last_known_good = snap.last_known_good
         self._failed = snap.failed
-        self.records_dropped = snap.records_dropped
-        # Never reuse a sequence number that may already have reached the controller.
-        self._next_sequence = snap.sequence_reserved_until + 1
-        self._sequence_reserved_until = snap.sequence_reserved_until
+        self._telemetry.restore(snap.sequence_reserved_until, snap.records_dropped)
         if snap.active is not None:
             # Serve the last acknowledged model straight from the local cache: no controller needed.
             self._active = snap.active
@@ -212,15 +222,18 @@ class AgentCore:
         self._open_stream(out)
 
     def _on_enroll_failed(self, event: ev.EnrollFailed, out: list[act.Action]) -> None:
-        if isinstance(event.error, TransientError):
-            delay = self._config.backoff.delay(self._connect_attempt, self._rng, event.error.retry_after)
-            self._connect_attempt += 1
-            self._reconnect_at = self._clock() + delay
-            self.link = Link.ENROLL_BACKOFF
-            log.warning("enroll failed (%s); retrying in %.1fs", event.error, delay)
-        else:
+        # Only a refusal is final; anything else (the controller down, or failing) is worth retrying:
+        # enrollment is idempotent, so a retry never spends a second use of the token.
+        if isinstance(event.error, PermanentError):
             self.link = Link.FATAL
             out.append(act.Fatal(f"enrollment refused: {event.error}"))
+            return
+        retry_after = event.error.retry_after if isinstance(event.error, TransientError) else None
+        delay = self._config.backoff.delay(self._connect_attempt, self._rng, retry_after)
+        self._connect_attempt += 1
+        self._reconnect_at = self._clock() + delay
+        self.link = Link.ENROLL_BACKOFF
+        log.warning("device=%s enroll failed (%s); retrying in %.1fs", self.device_id, event.error, delay)
 
     # --- connection lifecycle -------------------------------------------------------------------
 
@@ -228,6 +241,7 @@ class AgentCore:
         assert self.identity is not None
         self.link = Link.CONNECTING
         self._reconnect_at = None
+        self._welcome_deadline = self._clock() + self._config.welcome_timeout_s
         out.append(act.OpenStream(self.identity))
 
     def _on_stream_opened(self, event: ev.StreamOpened, out: list[act.Action]) -> None:
@@ -237,34 +251,52 @@ class AgentCore:
                 Hello(
                     hardware=self._config.hardware,
                     reported=self.reported,
-                    telemetry_watermark=self._next_sequence - 1,
-                    records_dropped=self.records_dropped,
+                    telemetry_watermark=self._telemetry.last_used_sequence,
+                    records_dropped=self._telemetry.records_dropped,
                 )
             )
         )
 
     def _on_stream_closed(self, event: ev.StreamClosed, out: list[act.Action]) -> None:
+        if isinstance(event.error, Unauthenticated):
+            # The device was deleted, or its credential revoked: reconnecting can never succeed.
+            self._link_down()
+            self.link = Link.FATAL
+            out.append(
+                act.Fatal(
+                    f"the controller no longer accepts this device's credential: {event.error}; remove "
+                    f"{self._config.identity_file} and enroll again with a new token"
+                )
+            )
+            return
         retry_after = event.error.retry_after if isinstance(event.error, TransientError) else None
+        self._back_off(retry_after, str(event.error))
+
+    def _link_down(self) -> None:
+        self._welcome_deadline = None
+        self._next_heartbeat_at = None
+        # Whatever was in flight was not acknowledged: it goes out again after reconnecting.
+        self._telemetry.requeue_inflight(self._clock())
+
+    def _back_off(self, retry_after: float | None, why: str) -> None:
+        """The stream is gone (or given up on): reconnect after a jittered, growing delay."""
         delay = self._config.backoff.delay(self._connect_attempt, self._rng, retry_after)
         self._connect_attempt += 1
         self._reconnect_at = self._clock() + delay
-        self._next_heartbeat_at = None
-        # Whatever was in flight was not acknowledged: it goes out again after reconnecting.
-        self._pending.extendleft(reversed(self._inflight))
-        self._inflight = ()
-        self._trim_pending()
-        if self._pending and self._oldest_pending_at is None:
-            self._oldest_pending_at = self._clock()
+        self._link_down()
         if self.link is Link.READY:
             log.warning(
-                "device=%s control stream lost (%s); reconnecting in %.1fs",
-                self.device_id,
-                event.error,
-                delay,
+                "device=%s control stream lost (%s); reconnecting in %.1fs", self.device_id, why, delay
             )
         else:
-            log.info("device=%s connect failed (%s); retrying in %.1fs", self.device_id, event.error, delay)
+            log.info("device=%s connect failed (%s); retrying in %.1fs", self.device_id, why, delay)
         self.link = Link.BACKOFF
+
+    def _on_tick_connecting(self, event: ev.Tick, out: list[act.Action]) -> None:
+        if self._welcome_deadline is not None and self._clock() >= self._welcome_deadline:
+            reason = f"no welcome from the controller within {self._config.welcome_timeout_s:g}s"
+            out.append(act.CloseStream(reason))
+            self._back_off(None, reason)
 
     def _on_tick_backoff(self, event: ev.Tick, out: list[act.Action]) -> None:
         if self._reconnect_at is not None and self._clock() >= self._reconnect_at:
@@ -285,17 +317,25 @@ class AgentCore:
         elif isinstance(msg, Assignment):
             self._on_assignment(msg, out)
         elif isinstance(msg, TelemetryAck):
-            self._on_telemetry_ack(msg.up_to_sequence)
+            self._telemetry.ack(msg.up_to_sequence)
 
     def _on_welcome(self, msg: Welcome, out: list[act.Action]) -> None:
         self.link = Link.READY
         self._connect_attempt = 0
+        self._welcome_deadline = None
         if msg.heartbeat_interval_ms > 0:
             self._heartbeat_interval_s = msg.heartbeat_interval_ms / 1000.0
         self._next_heartbeat_at = self._clock() + self._heartbeat_interval_s
-        if msg.telemetry_watermark >= self._next_sequence:
-            self._skip_sequences_past(msg.telemetry_watermark, out)
-        self._on_telemetry_ack(msg.telemetry_watermark)
+        if msg.telemetry_watermark > self._telemetry.last_used_sequence:
+            log.warning(
+                "device=%s controller has telemetry up to %d, above our counter %d; renumbering",
+                self.device_id,
+                msg.telemetry_watermark,
+                self._telemetry.last_used_sequence,
+            )
+            self._telemetry.renumber_past(msg.telemetry_watermark)
+            out.append(act.PersistSnapshot(self.snapshot()))
+        self._telemetry.ack(msg.telemetry_watermark)
         log.info("device=%s connected (acked_version=%d)", self.device_id, self.reported.acked_version)
         for ack in sorted(self._unsent_acks.values(), key=lambda a: a.version):
             out.append(act.Send(ack))
@@ -351,7 +391,11 @@ class AgentCore:
                 delay,
             )
             return
-        failure = event.failure or AssignmentFailure.ARTIFACT_NOT_FOUND
+        failure = event.failure or (
+            AssignmentFailure.ARTIFACT_NOT_FOUND
+            if isinstance(err, NotFound)
+            else AssignmentFailure.FETCH_FAILED
+        )
         self._failed_version(event.assignment, failure, str(err), out)
 
     def _on_model_loaded(self, event: ev.ModelLoaded, out: list[act.Action]) -> None:
@@ -388,15 +432,15 @@ class AgentCore:
                 out.append(act.LoadModel(self._last_known_good, restore=True))
             applied = self._applied_assignment
             if (
-                event.failure is AssignmentFailure.CHECKSUM_MISMATCH
+                event.failure in _CACHE_LOST
                 and self.target is None
                 and applied is not None
                 and applied.artifact_sha256 == a.artifact_sha256
             ):
-                # The cached copy of what we acknowledged rotted on disk (the cache deleted it): heal by
-                # downloading it again rather than silently serving nothing under an acked version.
+                # The cached copy of what we acknowledged rotted on disk (the cache deleted it) or is gone:
+                # heal by downloading it again rather than silently serving nothing under an acked version.
                 log.warning(
-                    "device=%s cached model %s is corrupt; fetching it again",
+                    "device=%s cached model %s is corrupt or missing; fetching it again",
                     self.device_id,
                     a.artifact_sha256[:12],
                 )
@@ -460,52 +504,11 @@ class AgentCore:
             None,
         )
 
-    def _take_sequence(self, out: list[act.Action] | None) -> int:
-        seq = self._next_sequence
-        self._next_sequence += 1
-        if seq > self._sequence_reserved_until:
-            self._reserve(out)
-        return seq
-
-    def _reserve(self, out: list[act.Action] | None) -> None:
-        """Persist a block of sequence numbers ahead of use (one write per SEQUENCE_BLOCK records)."""
-        self._sequence_reserved_until = self._next_sequence + SEQUENCE_BLOCK - 1
-        if out is not None:
-            out.append(act.PersistSnapshot(self.snapshot()))
-
     def _append_record(self, body: InferenceRecord | DeviceEvent, out: list[act.Action] | None) -> None:
-        seq = self._take_sequence(out)
-        self._pending.append(TelemetryRecord(sequence=seq, timestamp_ms=self._wall_ms(), body=body))
-        self._trim_pending()
-        if self._oldest_pending_at is None:
-            self._oldest_pending_at = self._clock()
-
-    def _skip_sequences_past(self, watermark: int, out: list[act.Action]) -> None:
-        """The controller holds sequences we never issued (our state was lost): renumber above them,
-        or the controller's dedup would take our new records for ones it already has."""
-        log.warning(
-            "device=%s controller has telemetry up to %d, above our counter %d; renumbering",
-            self.device_id,
-            watermark,
-            self._next_sequence,
-        )
-        self._next_sequence = watermark + 1
-        self._pending = deque(replace(r, sequence=self._take_sequence(None)) for r in self._pending)
-        self._reserve(out)
-
-    def _trim_pending(self) -> None:
-        """Bound memory: pending plus in-flight never exceed max_pending; the oldest go first, counted."""
-        while self._pending and len(self._pending) + len(self._inflight) > self._config.max_pending:
-            self._pending.popleft()
-            self.records_dropped += 1
-
-    def _on_telemetry_ack(self, up_to: int) -> None:
-        if self._inflight and self._inflight[-1].sequence <= up_to:
-            self._inflight = ()
-        while self._pending and self._pending[0].sequence <= up_to:
-            self._pending.popleft()
-        if not self._pending:
-            self._oldest_pending_at = None
+        reserved = self._telemetry.append(body, now=self._clock(), timestamp_ms=self._wall_ms())
+        if reserved and out is not None:
+            # One write per SEQUENCE_BLOCK records: a restart continues above the reserved block.
+            out.append(act.PersistSnapshot(self.snapshot()))
 
     # --- timers (READY only) ----------------------------------------------------------------------
 
@@ -514,22 +517,9 @@ class AgentCore:
         if self._next_heartbeat_at is not None and now >= self._next_heartbeat_at:
             out.append(act.Send(Heartbeat(sent_at_ms=self._wall_ms())))
             self._next_heartbeat_at = now + self._heartbeat_interval_s
-        if self._inflight and now >= self._inflight_sent_at + self._config.telemetry_ack_timeout_s:
-            self._inflight_sent_at = now
-            out.append(act.Send(TelemetryBatch(self._inflight)))
-        if not self._inflight and self._pending:
-            due = (
-                self._oldest_pending_at is not None
-                and now >= self._oldest_pending_at + self._config.telemetry_flush_interval_s
-            )
-            if due or len(self._pending) >= self._config.max_batch:
-                batch = tuple(
-                    self._pending.popleft() for _ in range(min(self._config.max_batch, len(self._pending)))
-                )
-                self._inflight = batch
-                self._inflight_sent_at = now
-                self._oldest_pending_at = now if self._pending else None
-                out.append(act.Send(TelemetryBatch(batch)))
+        batch = self._telemetry.due(now)
+        if batch is not None:
+            out.append(act.Send(batch))
 
     def _on_tick_any(self, event: ev.Tick, out: list[act.Action]) -> None:
         if self._fetch_retry_at is not None and self._clock() >= self._fetch_retry_at:
@@ -551,6 +541,11 @@ def _tick_enroll_backoff(core: AgentCore, event: ev.Tick, out: list[act.Action])
     core._on_tick_enroll_backoff(event, out)
 
 
+def _tick_connecting(core: AgentCore, event: ev.Tick, out: list[act.Action]) -> None:
+    core._on_tick_any(event, out)
+    core._on_tick_connecting(event, out)
+
+
 _TRANSITIONS: dict[tuple[Link, type], _Handler] = {
     (Link.STARTING, ev.Started): AgentCore._on_started,
     (Link.ENROLLING, ev.EnrollSucceeded): AgentCore._on_enroll_succeeded,
@@ -558,8 +553,10 @@ _TRANSITIONS: dict[tuple[Link, type], _Handler] = {
     (Link.ENROLL_BACKOFF, ev.Tick): _tick_enroll_backoff,
     (Link.CONNECTING, ev.StreamOpened): AgentCore._on_stream_opened,
     (Link.CONNECTING, ev.StreamClosed): AgentCore._on_stream_closed,
+    (Link.CONNECTING, ev.Tick): _tick_connecting,
     (Link.AWAITING_WELCOME, ev.MessageReceived): AgentCore._on_message,
     (Link.AWAITING_WELCOME, ev.StreamClosed): AgentCore._on_stream_closed,
+    (Link.AWAITING_WELCOME, ev.Tick): _tick_connecting,
     (Link.READY, ev.MessageReceived): AgentCore._on_message,
     (Link.READY, ev.StreamClosed): AgentCore._on_stream_closed,
     (Link.BACKOFF, ev.Tick): _tick_backoff,

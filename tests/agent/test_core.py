@@ -22,9 +22,9 @@ from agent.core import AgentCore, CoreConfig, Link
 from agent.core import actions as act
 from agent.core import events as ev
 from agent.core.backoff import BackoffPolicy
-from agent.core.machine import SEQUENCE_BLOCK
 from agent.core.snapshot import AgentSnapshot, FailedVersion
-from common.errors import NotFound, PermanentError, TransientError, Unauthenticated
+from agent.core.telemetry import SEQUENCE_BLOCK, Telemetry
+from common.errors import EdgefleetError, NotFound, PermanentError, TransientError, Unauthenticated
 from common.types import (
     Assignment,
     AssignmentAck,
@@ -67,10 +67,16 @@ class FakeClock:
         self.now = now
         #: Set to make every reading fail (to check that the core contains its own exceptions).
         self.broken = False
+        #: Set to let this many readings succeed and fail every one after (a failure mid-step).
+        self.readings_left: int | None = None
 
     def __call__(self) -> float:
         if self.broken:
             raise RuntimeError("clock exploded")
+        if self.readings_left is not None:
+            if self.readings_left <= 0:
+                raise RuntimeError("clock exploded mid-step")
+            self.readings_left -= 1
         return self.now
 
     def advance(self, seconds: float) -> None:
@@ -108,14 +114,25 @@ def latencies(batch: TelemetryBatch) -> list[float]:
     return [r.body.latency_ms for r in batch.records if isinstance(r.body, InferenceRecord)]
 
 
+def pending_records(core: AgentCore) -> list[TelemetryRecord]:
+    """The telemetry records waiting to be batched, oldest first."""
+    return list(core._telemetry.pending())
+
+
 def state_of(core: AgentCore) -> dict[str, Any]:
     """Everything the core holds, in comparable form (to check that a step changed nothing)."""
+    return _comparable(core, skip=("_clock", "_wall_ms", "_config"))
+
+
+def _comparable(obj: object, skip: tuple[str, ...] = ()) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for key, value in vars(core).items():
-        if key in ("_clock", "_wall_ms", "_config"):
+    for key, value in vars(obj).items():
+        if key in skip:
             continue
         if key == "_rng":
             value = value.getstate()
+        elif isinstance(value, Telemetry):
+            value = _comparable(value)
         elif isinstance(value, deque):
             value = tuple(value)
         elif isinstance(value, dict):
@@ -213,7 +230,8 @@ def test_started_with_identity_connects_without_enrolling() -> None:
     h = Harness()
     assert h.start(identity=IDENT) == [act.OpenStream(IDENT)]
     assert h.core.link is Link.CONNECTING
-    assert h.core.next_wakeup() is None
+    # The only deadline: the controller's welcome.
+    assert h.core.next_wakeup() == pytest.approx(h.clock.now + h.config.welcome_timeout_s)
 
 
 def test_no_identity_and_no_bootstrap_token_is_fatal() -> None:
@@ -287,9 +305,26 @@ def test_enroll_retry_after_is_a_floor() -> None:
     h.start(identity=None)
     t0 = h.clock.now
     assert h.step(ev.EnrollFailed(TransientError("busy", retry_after=7.0))) == []
-    assert h.wakeup() == pytest.approx(t0 + 7.0)
-    assert h.tick_at(t0 + 6.9) == []
-    assert h.tick_at(t0 + 7.0) == [act.Enroll()]
+    assert t0 + 7.0 <= h.wakeup() <= t0 + 7.5  # the floor plus at most the first attempt's jitter
+    assert h.tick_at(t0 + 6.99) == []
+    assert h.tick_at(h.wakeup()) == [act.Enroll()]
+
+
+@pytest.mark.parametrize("error", [PermanentError("refused"), Unauthenticated("bad token")])
+def test_only_permanent_enroll_errors_are_fatal(error: PermanentError) -> None:
+    h = Harness()
+    h.start(identity=None)
+    assert of_type(h.step(ev.EnrollFailed(error)), act.Fatal)
+
+
+def test_enroll_failing_with_an_untyped_error_is_retried() -> None:
+    # Neither transient nor permanent (e.g. the controller's INTERNAL before it mapped to transient):
+    # enrollment is idempotent now, so retrying is the safe reading.
+    h = Harness()
+    h.start(identity=None)
+    assert h.step(ev.EnrollFailed(EdgefleetError("internal error"))) == []
+    assert h.core.link is Link.ENROLL_BACKOFF
+    assert h.tick_at(h.wakeup()) == [act.Enroll()]
 
 
 # --- heartbeats ------------------------------------------------------------------------------------
@@ -299,8 +334,8 @@ def test_heartbeat_is_sent_after_the_welcome_interval_and_not_before() -> None:
     h = Harness(heartbeat_interval_s=10.0)
     h.start()
     h.step(ev.StreamOpened())
-    # No heartbeat while waiting for the welcome, however long that takes.
-    assert h.tick(100.0) == []
+    # No heartbeat while waiting for the welcome (up to the welcome timeout).
+    assert h.tick(14.0) == []
     t0 = h.clock.now
     assert h.recv(Welcome(heartbeat_interval_ms=2_000, telemetry_watermark=0)) == []
     assert h.wakeup() == pytest.approx(t0 + 2.0)
@@ -331,10 +366,10 @@ def test_no_heartbeats_while_disconnected() -> None:
     assert sent(h.tick(1.0), Heartbeat)
     t0 = h.clock.now
     h.step(ev.StreamClosed(TransientError("gone", retry_after=30.0)))
-    assert h.wakeup() == pytest.approx(t0 + 30.0)
+    assert h.wakeup() >= t0 + 30.0
     for _ in range(29):
         assert h.tick(1.0) == []
-    assert h.tick(1.0) == [act.OpenStream(IDENT)]
+    assert h.tick_at(h.wakeup()) == [act.OpenStream(IDENT)]
     h.step(ev.StreamOpened())
     assert h.tick(5.0) == []  # still no heartbeat until welcomed again
 
@@ -353,7 +388,7 @@ def test_stream_closed_reconnects_only_after_the_delay() -> None:
     assert h.tick_at(wake - 1e-4) == []
     assert h.tick_at(wake) == [act.OpenStream(IDENT)]
     assert h.core.link is Link.CONNECTING
-    assert h.core.next_wakeup() is None
+    assert h.core.next_wakeup() == pytest.approx(wake + h.config.welcome_timeout_s)
     # The new stream says hello again, with what the core knows now.
     assert sent(h.step(ev.StreamOpened()), Hello)
 
@@ -375,9 +410,9 @@ def test_stream_retry_after_is_a_floor() -> None:
     h.ready()
     t0 = h.clock.now
     h.step(ev.StreamClosed(TransientError("shedding", retry_after=5.0)))
-    assert h.wakeup() == pytest.approx(t0 + 5.0)
+    assert t0 + 5.0 <= h.wakeup() <= t0 + 5.5
     assert h.tick_at(t0 + 4.99) == []
-    assert h.tick_at(t0 + 5.0) == [act.OpenStream(IDENT)]
+    assert h.tick_at(h.wakeup()) == [act.OpenStream(IDENT)]
 
 
 def test_reconnect_delays_are_jittered_capped_and_grow_with_attempts() -> None:
@@ -572,7 +607,7 @@ def test_model_load_failure_acks_the_failure_and_keeps_serving_last_known_good()
     for _ in range(2):
         assert h.recv(v2) == [act.Send(ack)]
     # The failure was recorded as a device event.
-    events = [r.body for r in h.core._pending if isinstance(r.body, DeviceEvent)]
+    events = [r.body for r in pending_records(h.core) if isinstance(r.body, DeviceEvent)]
     assert any(e.kind == "assignment_failed" and e.assignment_version == 2 for e in events)
 
 
@@ -641,9 +676,9 @@ def test_transient_artifact_failure_honours_retry_after() -> None:
     h.recv(v1)
     t0 = h.clock.now
     h.step(ev.ArtifactFailed(v1, TransientError("rate limited", retry_after=30.0)))
-    assert h.wakeup() == pytest.approx(t0 + 30.0)
+    assert t0 + 30.0 <= h.wakeup() <= t0 + 30.1
     assert h.tick_at(t0 + 29.9) == []
-    assert h.tick_at(t0 + 30.0) == [act.FetchArtifact(v1)]
+    assert h.tick_at(h.wakeup()) == [act.FetchArtifact(v1)]
 
 
 def test_fetch_retries_continue_while_disconnected() -> None:
@@ -874,7 +909,7 @@ def test_pending_bound_holds_after_the_inflight_batch_is_requeued() -> None:
         h.step(ev.InferenceDone(rec(i)))  # pending is now at its bound
     h.step(ev.StreamClosed())
     h.step(ev.InferenceDone(rec(10)))
-    assert len(h.core._pending) <= 6
+    assert h.core._telemetry.waiting <= 6
 
 
 # --- restart ---------------------------------------------------------------------------------------
@@ -914,7 +949,7 @@ def test_restart_without_identity_restores_model_then_enrolls() -> None:
 
 def _max_sequence_used(actions: list[act.Action], core: AgentCore) -> int:
     seqs = [r.sequence for b in sent(actions, TelemetryBatch) for r in b.records]
-    seqs += [r.sequence for r in core._pending] + [r.sequence for r in core._inflight]
+    seqs += [r.sequence for r in pending_records(core)] + [r.sequence for r in core._telemetry.inflight]
     return max(seqs)
 
 
@@ -936,7 +971,7 @@ def test_restart_never_reuses_a_sequence_number() -> None:
     h2.recv(Welcome(heartbeat_interval_ms=QUIET_HEARTBEAT_MS, telemetry_watermark=0))
     for i in range(3):
         h2.step(ev.InferenceDone(rec(10_000 + i)))
-    new = [r.sequence for r in h2.core._pending]
+    new = [r.sequence for r in pending_records(h2.core)]
     assert min(new) > used
     assert new == sorted(new)
 
@@ -956,7 +991,7 @@ def test_restart_never_reuses_a_sequence_taken_by_a_device_event() -> None:
     h2 = Harness()
     h2.start(IDENT, persisted)
     h2.step(ev.InferenceDone(rec(-1)))
-    assert h2.core._pending[0].sequence > used
+    assert pending_records(h2.core)[0].sequence > used
 
 
 def test_restart_keeps_records_dropped_and_failed_version() -> None:
@@ -1190,7 +1225,282 @@ def test_welcome_watermark_above_own_counter_moves_sequences_past_it() -> None:
     h.step(ev.StreamOpened())
     h.recv(Welcome(heartbeat_interval_ms=QUIET_HEARTBEAT_MS, telemetry_watermark=5000))
     h.step(ev.InferenceDone(rec(0)))
-    assert h.core._pending[0].sequence > 5000
+    assert pending_records(h.core)[0].sequence > 5000
+
+
+# --- retry-after keeps its jitter ------------------------------------------------------------------
+
+
+def test_retry_after_is_a_floor_with_jitter_on_top() -> None:
+    # A controller shedding load gives every device the same retry-after: they must not all return
+    # at that very instant.
+    policy = BackoffPolicy(base_s=0.5, cap_s=30.0)
+    for attempt in (0, 3, 10):
+        ceiling = min(policy.cap_s, policy.base_s * 2**attempt)
+        delays = [policy.delay(attempt, random.Random(seed), retry_after=20.0) for seed in range(500)]
+        assert min(delays) >= 20.0
+        assert max(delays) <= 20.0 + ceiling
+        assert len(set(delays)) > 490
+        # Spread over (most of) the jitter window, not bunched at one end.
+        assert max(delays) - min(delays) > 0.8 * ceiling
+        assert statistics.mean(delays) == pytest.approx(20.0 + ceiling / 2, rel=0.05)
+
+
+def test_absurd_retry_after_is_capped() -> None:
+    policy = BackoffPolicy(base_s=0.5, cap_s=30.0)
+    delays = [policy.delay(0, random.Random(seed), retry_after=1e9) for seed in range(50)]
+    assert all(120.0 <= d <= 120.5 for d in delays)
+
+
+def test_shed_devices_reconnect_spread_out() -> None:
+    wakeups = []
+    for seed in range(200):
+        h = Harness(seed=seed, backoff=BackoffPolicy(base_s=1.0, cap_s=30.0))
+        h.ready()
+        for _ in range(3):  # a few failed attempts already: a wider jitter window
+            h.step(ev.StreamClosed())
+            h.tick_at(h.wakeup())
+        t0 = h.clock.now
+        h.step(ev.StreamClosed(TransientError("shedding", retry_after=10.0)))
+        wakeups.append(h.wakeup() - t0)
+    assert min(wakeups) >= 10.0
+    assert max(wakeups) - min(wakeups) > 4.0
+    assert len(set(wakeups)) == len(wakeups)
+
+
+# --- welcome deadline ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("opened", [False, True], ids=["stream-never-opens", "no-welcome"])
+def test_controller_that_never_welcomes_is_given_up_on_and_retried(opened: bool) -> None:
+    h = Harness(seed=4, welcome_timeout_s=15.0, backoff=BackoffPolicy(base_s=2.0, cap_s=30.0))
+    h.start()
+    t0 = h.clock.now
+    if opened:
+        h.step(ev.StreamOpened())
+        assert h.core.link is Link.AWAITING_WELCOME
+    assert h.wakeup() == pytest.approx(t0 + 15.0)
+    assert h.tick_at(t0 + 14.99) == []
+    out = h.tick_at(t0 + 15.0)
+    assert len(out) == 1 and isinstance(out[0], act.CloseStream)
+    assert "welcome" in out[0].reason
+    assert h.core.link is Link.BACKOFF
+    # Backs off exactly as after a lost stream: jittered, then a fresh attempt with a fresh deadline.
+    wake = h.wakeup()
+    assert t0 + 15.0 < wake <= t0 + 15.0 + 2.0
+    assert h.tick_at(wake - 1e-4) == []
+    assert h.tick_at(wake) == [act.OpenStream(IDENT)]
+    assert h.wakeup() == pytest.approx(wake + 15.0)
+    h.connect()
+    assert h.core.link is Link.READY
+
+
+def test_welcome_timeouts_back_off_more_each_time() -> None:
+    policy = BackoffPolicy(base_s=1.0, cap_s=64.0)
+    worst = [0.0] * 5
+    for seed in range(40):
+        h = Harness(seed=seed, welcome_timeout_s=5.0, backoff=policy)
+        h.start()
+        for attempt in range(5):
+            deadline = h.wakeup()
+            assert of_type(h.tick_at(deadline), act.CloseStream)
+            delay = h.wakeup() - deadline
+            assert 0.0 <= delay <= policy.base_s * 2**attempt
+            worst[attempt] = max(worst[attempt], delay)
+            assert h.tick_at(h.wakeup()) == [act.OpenStream(IDENT)]
+    assert worst[4] > policy.base_s * 2**3
+
+
+def test_welcome_clears_the_deadline() -> None:
+    h = Harness(welcome_timeout_s=15.0)
+    h.ready()
+    h.tick(3600.0)
+    assert h.core.link is Link.READY
+    assert not of_type(h.log, act.CloseStream)
+
+
+def test_fetch_retries_run_while_waiting_for_a_welcome() -> None:
+    h = Harness(fetch_backoff=BackoffPolicy(base_s=1.0, cap_s=1.0), backoff=BackoffPolicy(0.1, 0.1))
+    h.ready()
+    v1 = asg(1, SHA_A)
+    h.recv(v1)
+    h.step(ev.ArtifactFailed(v1, TransientError("reset")))
+    h.step(ev.StreamClosed())
+    assert of_type(h.tick_at(h.clock.now + 0.2), act.OpenStream)
+    assert h.core.link is Link.CONNECTING
+    assert h.tick_at(h.clock.now + 1.0) == [act.FetchArtifact(v1)]
+
+
+# --- a credential the controller no longer accepts -------------------------------------------------
+
+
+@pytest.mark.parametrize("welcomed", [True, False])
+def test_unauthenticated_stream_is_fatal_not_retried_forever(welcomed: bool) -> None:
+    h = Harness(identity_file="/var/lib/edgefleet/identity.json")
+    if welcomed:
+        h.ready()
+        h.step(ev.InferenceDone(rec(1)))
+    else:
+        h.start()
+    out = h.step(ev.StreamClosed(Unauthenticated("unknown device or wrong credential")))
+    assert len(out) == 1 and isinstance(out[0], act.Fatal)
+    reason = out[0].reason
+    assert "no longer accepts this device's credential" in reason
+    assert "unknown device or wrong credential" in reason
+    assert "remove /var/lib/edgefleet/identity.json" in reason and "new token" in reason
+    assert h.core.link is Link.FATAL
+    assert h.core.next_wakeup() is None
+    assert h.tick(3600.0) == []
+
+
+@pytest.mark.parametrize("error", [PermanentError("bad hello"), NotFound("x"), None])
+def test_other_stream_errors_reconnect(error: PermanentError | None) -> None:
+    h = Harness()
+    h.ready()
+    assert h.step(ev.StreamClosed(error)) == []
+    assert h.core.link is Link.BACKOFF
+    assert h.tick_at(h.wakeup()) == [act.OpenStream(IDENT)]
+
+
+# --- fetch failure reasons -------------------------------------------------------------------------
+
+
+def test_permanent_fetch_error_without_a_reason_reports_fetch_failed() -> None:
+    h = Harness()
+    h.ready()
+    v1 = asg(1, SHA_A)
+    h.recv(v1)
+    acks = sent(h.step(ev.ArtifactFailed(v1, PermanentError("permission denied"))), AssignmentAck)
+    assert [(a.version, a.failure) for a in acks] == [(1, AssignmentFailure.FETCH_FAILED)]
+
+
+def test_fetch_failure_reason_given_by_the_driver_wins() -> None:
+    h = Harness()
+    h.ready()
+    v1 = asg(1, SHA_A)
+    h.recv(v1)
+    out = h.step(ev.ArtifactFailed(v1, PermanentError("x"), AssignmentFailure.CHECKSUM_MISMATCH))
+    assert [a.failure for a in sent(out, AssignmentAck)] == [AssignmentFailure.CHECKSUM_MISMATCH]
+
+
+# --- artifacts the driver must keep ----------------------------------------------------------------
+
+
+def test_artifacts_in_use_are_active_last_known_good_and_target() -> None:
+    h = Harness()
+    h.ready()
+    assert h.core.artifacts_in_use() == set()
+    h.apply(asg(1, SHA_A))
+    h.apply(asg(2, SHA_B))
+    assert h.core.artifacts_in_use() == {SHA_A, SHA_B}
+    h.recv(asg(3, SHA_C))
+    assert h.core.artifacts_in_use() == {SHA_A, SHA_B, SHA_C}
+    h.recv(Assignment(version=4))  # the model is removed: nothing new to keep
+    assert h.core.artifacts_in_use() == {SHA_A, SHA_B}
+
+
+# --- inference events are cheap and still undoable -------------------------------------------------
+
+
+def _full(h: Harness, n: int) -> None:
+    for i in range(n):
+        h.step(ev.InferenceDone(rec(i)))
+
+
+@pytest.mark.parametrize("ready", [False, True])
+def test_failed_inference_step_leaves_a_full_queue_unchanged(
+    ready: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # At the bound, an append also drops the oldest record; then the step fails (when ready: the
+    # clock, read again by the timer pass after the append; otherwise: right after the trim). Both
+    # changes to the queue, and the dropped-records count, must be undone.
+    h = Harness(max_pending=50, max_batch=100, telemetry_flush_interval_s=1000.0)
+    if ready:
+        h.ready()
+    else:
+        h.start()
+    _full(h, 60)
+    assert h.core.records_dropped == 10
+    before = state_of(h.core)
+    if ready:
+        h.clock.readings_left = 1
+    else:
+        trim = Telemetry._trim
+
+        def trim_then_fail(self: Telemetry) -> None:
+            trim(self)
+            raise RuntimeError("injected after the trim")
+
+        monkeypatch.setattr(Telemetry, "_trim", trim_then_fail)
+    assert h.core.step(ev.InferenceDone(rec(999))) == []
+    h.clock.readings_left = None
+    monkeypatch.undo()
+    assert state_of(h.core) == before
+    # And the core carries on as if the failed step never happened.
+    h.step(ev.InferenceDone(rec(1000)))
+    assert [r.body.latency_ms for r in pending_records(h.core)][-2:] == [59.0, 1000.0]
+    assert h.core.records_dropped == 11
+
+
+def test_failed_inference_step_that_had_cut_a_batch_is_undone(monkeypatch: pytest.MonkeyPatch) -> None:
+    import agent.core.machine as machine
+
+    h = Harness(max_batch=4, telemetry_flush_interval_s=1000.0)
+    h.ready()
+    _full(h, 3)
+    before = state_of(h.core)
+
+    def boom(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("injected")
+
+    # The 4th record fills a batch, which is cut from the queue before the Send fails.
+    monkeypatch.setattr(machine.act, "Send", boom)
+    assert h.core.step(ev.InferenceDone(rec(3))) == []
+    monkeypatch.undo()
+    assert state_of(h.core) == before
+    batches = sent(h.step(ev.InferenceDone(rec(3))), TelemetryBatch)
+    assert [latencies(b) for b in batches] == [[0.0, 1.0, 2.0, 3.0]]
+
+
+def test_failed_step_after_requeue_and_renumber_is_undone(monkeypatch: pytest.MonkeyPatch) -> None:
+    import agent.core.machine as machine
+
+    h = Harness(telemetry_flush_interval_s=1.0, telemetry_ack_timeout_s=60.0)
+    h.ready()
+    _full(h, 3)
+    h.tick(1.0)  # 3 in flight
+    _full(h, 2)
+    h.step(ev.StreamClosed())  # in flight requeued on the left
+    assert of_type(h.tick_at(h.wakeup()), act.OpenStream)
+    h.step(ev.StreamOpened())
+    before = state_of(h.core)
+    monkeypatch.setattr(machine.act, "PersistSnapshot", lambda *a: 1 / 0)
+    # A watermark above our counter renumbers the queue, then persisting fails.
+    assert h.recv(Welcome(heartbeat_interval_ms=QUIET_HEARTBEAT_MS, telemetry_watermark=10_000)) == []
+    monkeypatch.undo()
+    assert state_of(h.core) == before
+    assert [r.sequence for r in pending_records(h.core)] == [1, 2, 3, 4, 5]
+
+
+def test_inference_step_cost_does_not_grow_with_the_queue() -> None:
+    import time
+
+    def cost(queued: int) -> float:
+        h = Harness(max_pending=20_000, telemetry_flush_interval_s=1e9)
+        h.start()  # not connected: records only queue up
+        _full(h, queued)
+        record = ev.InferenceDone(rec(0))
+        best = float("inf")
+        for _ in range(5):
+            started = time.perf_counter()
+            for _ in range(500):
+                h.core.step(record)
+            best = min(best, time.perf_counter() - started)
+        return best
+
+    small, large = cost(10), cost(10_000)
+    # Copying the queue on every step made this ~25x; journaling keeps it flat.
+    assert large < 4 * small, (small, large)
 
 
 # --- random interleavings --------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
@@ -188,6 +189,19 @@ def test_model_cache_rotted_on_disk_is_not_served_after_restart(
             assert cached.read_bytes() == digits_model.model_path.read_bytes()
 
     asyncio.run(restart_and_heal())
+
+
+def test_every_agent_log_line_names_the_device(
+    tmp_path: Path, digits_model: DigitsArtifacts, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Enrollment, download, verification, load and swap: the whole path of a first assignment.
+    with caplog.at_level(logging.DEBUG, logger="agent"):
+        asyncio.run(enrolled_and_serving(tmp_path, digits_model, free_port()))
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("agent")]
+    assert any("downloaded artifact" in line for line in lines)
+    assert any("loaded in" in line for line in lines)
+    unnamed = [line for line in lines if "device=phone-1" not in line]
+    assert not unnamed
 
 
 def _infer(address: str, x: np.ndarray) -> tuple[dict[str, np.ndarray], str, float]:

@@ -127,6 +127,17 @@ def test_retain(cache: ArtifactCache) -> None:
     assert cache.partial_size(wanted_partial) == 4
 
 
+def test_retain_can_keep_partial_downloads(cache: ArtifactCache) -> None:
+    blob = b"complete"
+    sha = hashlib.sha256(blob).hexdigest()
+    cache.append(sha, 0, blob)
+    cache.finalize(sha, len(blob))
+    cache.append(SHA, 0, DATA[:100])
+    assert cache.retain(set(), drop_partials=False) == [sha]
+    assert cache.path_if_complete(sha) is None
+    assert cache.partial_size(SHA) == 100  # may still be resumed
+
+
 @pytest.mark.parametrize("bad", ["", "abc", SHA.upper(), SHA[:-1] + "g", "../" + SHA[3:], SHA + "0"])
 def test_invalid_sha_refused(cache: ArtifactCache, bad: str) -> None:
     for call in (

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import gc
 import hashlib
 import threading
+import weakref
 from pathlib import Path
 from typing import cast
 
@@ -67,6 +69,7 @@ def test_specs_and_metadata(model: LoadedModel, digits_model: DigitsArtifacts) -
     )
     assert model.sha256 == hashlib.sha256(digits_model.model_path.read_bytes()).hexdigest()
     assert (model.model_name, model.variant) == ("digits", "fp32")
+    assert model.load_ms > 0  # for the daemon's "loaded in" line
 
 
 def test_outputs_equal_direct_onnxruntime(
@@ -218,31 +221,40 @@ def three_models(digits_model: DigitsArtifacts) -> tuple[LoadedModel, LoadedMode
     return a, b, c
 
 
-def test_slot_swap_and_rollback(three_models: tuple[LoadedModel, LoadedModel, LoadedModel]) -> None:
+def test_slot_swap_returns_the_previous_model(
+    three_models: tuple[LoadedModel, LoadedModel, LoadedModel],
+) -> None:
     a, b, c = three_models
     slot = ModelSlot()
-    assert slot.active is None and slot.last_known_good is None
-    assert slot.rollback() is None and slot.active is None
-
+    assert slot.active is None
     assert slot.swap(a) is None
-    assert slot.active is a and slot.last_known_good is None
-
+    assert slot.active is a
     assert slot.swap(b) is a
-    assert slot.active is b and slot.last_known_good is a
-
+    assert slot.active is b
     assert slot.swap(c) is b
-    assert slot.active is c and slot.last_known_good is b
+    assert slot.active is c
+    assert slot.swap(c) is c  # swapping in the active model again changes nothing
+    assert slot.active is c
 
-    assert slot.rollback() is b
-    assert slot.active is b and slot.last_known_good is b
 
-    # Swapping in the model that is already active must not lose the last known good.
-    assert slot.swap(b) is b
-    assert slot.last_known_good is b
+def test_slot_lets_a_replaced_model_go() -> None:
+    # The slot must not keep the previous session alive (that doubled model memory): once nobody
+    # holds the replaced model any more, it is freed.
+    class Model:
+        pass
 
-    assert slot.clear() is b
-    assert slot.active is None and slot.last_known_good is b
-    assert slot.rollback() is b and slot.active is b
+    slot = ModelSlot()
+    first = Model()
+    gone = weakref.ref(first)
+    slot.swap(cast(LoadedModel, first))
+    held_by_a_request = slot.active
+    slot.swap(cast(LoadedModel, Model()))
+    del first
+    gc.collect()
+    assert gone() is not None, "a request still using the old model keeps it"
+    del held_by_a_request
+    gc.collect()
+    assert gone() is None
 
 
 def test_in_flight_request_keeps_its_model(
@@ -279,4 +291,3 @@ def test_concurrent_swaps_lose_no_model() -> None:
     assert slot.active is not None
     swapped_in.remove(id(slot.active))
     assert sorted(handed_back) == sorted(swapped_in)
-    assert slot.last_known_good is not None and slot.last_known_good is not slot.active
