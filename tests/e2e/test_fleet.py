@@ -351,9 +351,12 @@ def test_bad_inference_input_is_refused_and_the_agent_stays_healthy(
     request = serde.infer_request_to_pb(
         InferRequest(inputs=(to_tensor("input", np.zeros((300_000, 64), np.float32)),))
     )  # 76.8 MB
-    with grpc.insecure_channel(
-        fleet.agents["cloud-1"][1], options=[("grpc.max_send_message_length", -1)]
-    ) as channel, pytest.raises(grpc.RpcError) as refused:
+    with (
+        grpc.insecure_channel(
+            fleet.agents["cloud-1"][1], options=[("grpc.max_send_message_length", -1)]
+        ) as channel,
+        pytest.raises(grpc.RpcError) as refused,
+    ):
         serde.AgentServiceStub(channel).Infer(request, timeout=60)
     assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     with fleet.agent_client("cloud-1") as client:
