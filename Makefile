@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint typecheck contracts protos protos-check ci bench clean
+.PHONY: venv demo test lint typecheck contracts protos protos-check ci bench minilm clean
 
 venv: $(STAMP)
 
@@ -41,6 +41,12 @@ ci: lint typecheck contracts protos-check test
 
 bench: venv
 	$(PY) bench/infer_overhead.py
+
+# Export all-MiniLM-L6-v2 to ONNX once (cached in .cache/models/minilm); torch first, as a CPU build.
+minilm: venv
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[export]'
+	$(PY) scripts/export_minilm.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .demo
