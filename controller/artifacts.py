@@ -6,7 +6,9 @@ Layout under ``root``::
     sha256/<h>  complete artifacts; written once via fsync + atomic rename, never modified
 
 Because a name is the hash of the content, storing the same model twice is a no-op and readers
-never see a partially written file.
+never see a partially written file. An upload is hashed while it is written (``Upload``) and then
+renamed into place (``adopt``), so a model is written once and never read back to be hashed or copied.
+None of this is async: callers on an event loop run it with ``asyncio.to_thread``.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import re
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from common.errors import InvalidArgument, NotFound
 from common.limits import ARTIFACT_CHUNK_BYTES
@@ -41,6 +44,48 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+class Upload:
+    """A file being written under ``tmp/``, hashed and counted as it goes; one writer at a time.
+
+    ``write`` the chunks, ``finish`` (fsync; returns sha256 and size), then either hand it to
+    ``ArtifactStore.adopt`` or ``discard`` it. ``discard`` is safe at any point, also after ``adopt``.
+    """
+
+    def __init__(self, path: Path, file: BinaryIO, *, max_bytes: int) -> None:
+        self.path = path
+        self._file = file
+        self._max_bytes = max_bytes
+        self._digest = hashlib.sha256()
+        self.size = 0
+        self._result: tuple[str, int] | None = None
+        self._settled = False  # adopted into the store or discarded: the temporary file is gone
+
+    def write(self, chunk: bytes) -> None:
+        if self._result is not None:
+            raise RuntimeError("upload already finished")
+        if self.size + len(chunk) > self._max_bytes:
+            raise InvalidArgument(f"model is larger than the {self._max_bytes}-byte limit")
+        self._digest.update(chunk)
+        self._file.write(chunk)
+        self.size += len(chunk)
+
+    def finish(self) -> tuple[str, int]:
+        """Make the bytes durable and close the file; returns (sha256, size). Idempotent."""
+        if self._result is None:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            self._result = (self._digest.hexdigest(), self.size)
+        return self._result
+
+    def discard(self) -> None:
+        """Remove the temporary file (nothing to do once adopted)."""
+        self._file.close()
+        if not self._settled:
+            self.path.unlink(missing_ok=True)
+            self._settled = True  # never unlink a later upload that happens to get the same name
+
+
 class ArtifactStore:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
@@ -53,6 +98,37 @@ class ArtifactStore:
             if stale.is_file():
                 stale.unlink(missing_ok=True)
 
+    def open_upload(self, *, max_bytes: int) -> Upload:
+        """A new temporary file to write an artifact into (see ``Upload``)."""
+        fd, tmp_name = tempfile.mkstemp(dir=self.tmp_dir, prefix="upload-", suffix=".tmp")
+        try:
+            file = os.fdopen(fd, "wb")
+        except BaseException:
+            os.close(fd)
+            Path(tmp_name).unlink(missing_ok=True)
+            raise
+        return Upload(Path(tmp_name), file, max_bytes=max_bytes)
+
+    def adopt(self, upload: Upload) -> tuple[str, int]:
+        """Move a finished upload into the store under its hash, without copying; returns (sha256, size).
+
+        If the artifact is already stored, the upload is dropped instead (same name, same bytes).
+        """
+        if upload.path.parent != self.tmp_dir:
+            raise ValueError(f"{upload.path} is not an upload of this store")
+        if upload._settled:
+            raise RuntimeError("upload already adopted or discarded")
+        sha, size = upload.finish()
+        final = self._dir / sha
+        if final.exists():
+            upload.path.unlink()  # same content already stored: content addressing makes this a no-op
+        else:
+            upload.path.replace(final)
+            _fsync_dir(self._dir)
+        upload._settled = True
+        logger.info("stored artifact %s (%d bytes)", sha[:12], size)
+        return sha, size
+
     def put_stream(self, chunks: Iterable[bytes], *, max_bytes: int) -> tuple[str, int]:
         """Store the concatenated ``chunks``; returns (sha256, size).
 
@@ -60,32 +136,13 @@ class ArtifactStore:
         refused with InvalidArgument; on any failure (including the iterator raising because the
         client went away) the temporary file is removed.
         """
-        fd, tmp_name = tempfile.mkstemp(dir=self.tmp_dir, prefix="upload-", suffix=".tmp")
-        tmp = Path(tmp_name)
+        upload = self.open_upload(max_bytes=max_bytes)
         try:
-            digest = hashlib.sha256()
-            size = 0
-            with os.fdopen(fd, "wb") as f:
-                for chunk in chunks:
-                    size += len(chunk)
-                    if size > max_bytes:
-                        raise InvalidArgument(f"model is larger than the {max_bytes}-byte limit")
-                    digest.update(chunk)
-                    f.write(chunk)
-                f.flush()
-                os.fsync(f.fileno())
-            sha = digest.hexdigest()
-            final = self._dir / sha
-            if final.exists():
-                tmp.unlink()  # same content already stored: content addressing makes this a no-op
-            else:
-                tmp.replace(final)
-                _fsync_dir(self._dir)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        logger.info("stored artifact %s (%d bytes)", sha[:12], size)
-        return sha, size
+            for chunk in chunks:
+                upload.write(chunk)
+            return self.adopt(upload)
+        finally:
+            upload.discard()
 
     def put_file(self, path: Path, *, max_bytes: int) -> tuple[str, int]:
         """Store a copy of the file at ``path``; returns (sha256, size)."""

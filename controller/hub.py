@@ -2,19 +2,26 @@
 
 Transport-neutral: a transport (gRPC today, the MQTT bridge later) opens a ``Session`` per
 connected device, feeds agent messages to ``Hub.handle`` and writes out what ``Session.next``
-yields. The store is called through ``Db``, one worker thread, so SQLite never blocks the loop.
+yields. The store is called through ``Db``, one worker thread, so SQLite never blocks the loop;
+only store calls belong on that thread (file I/O and CPU work go to ``asyncio.to_thread``), since
+every hello, ack and heartbeat of the fleet queues behind whatever runs there.
+
+Shutting down (``Controller.stop``): ``Hub.stop`` makes reconcile and kick no-ops and refuses new
+streams, ``close_all`` ends the open ones, ``drain`` waits for a reconcile or kick already running,
+and only then is ``Db`` closed; a straggler calling ``Db.run`` after that gets ``ShuttingDown``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from common import limits
-from common.errors import InvalidArgument, ResourceExhausted
+from common.errors import InvalidArgument, ResourceExhausted, TransientError
 from common.types import (
     AgentMessage,
     Assignment,
@@ -33,20 +40,40 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+class ShuttingDown(TransientError):
+    """The controller is stopping: try again later (against the restarted controller). gRPC: UNAVAILABLE."""
+
+    code = "shutting_down"
+
+    def __init__(self, message: str = "the controller is shutting down", *, retry_after: float = 1.0) -> None:
+        super().__init__(message, retry_after=retry_after)
+
+
 class Db:
     """Runs store calls on one dedicated thread (SQLite serialises writers anyway)."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+        self._closed = False
 
     async def run(self, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
+        """``fn(*args, **kwargs)`` on the store thread. ShuttingDown once ``close`` has begun."""
+        if self._closed:
+            raise ShuttingDown()
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
 
     def close(self) -> None:
+        """Finish the calls already submitted, then close the store. Idempotent; blocks until done."""
+        self._closed = True
         self._pool.shutdown(wait=True)
         self.store.close()
+
+    async def aclose(self) -> None:
+        """``close`` without blocking the event loop while the last store calls finish."""
+        self._closed = True  # from now on run() refuses, before the pool is even told
+        await asyncio.to_thread(self.close)
 
 
 class Session:
@@ -58,6 +85,8 @@ class Session:
         self.closed = False
         self.close_reason: Exception | None = None
         self.hello_seen = False
+        #: A kick arrived while the hello was being handled: re-check once the hello has been answered.
+        self.kick_deferred = False
         self.last_heard = now
         self.sent_version = 0
         self.sent_at = 0.0
@@ -93,12 +122,43 @@ class Hub:
         self._clock = clock
         self.policy = policy
         self._sessions: dict[str, Session] = {}
+        self._stopping = False
+        #: Reconcile passes, kicks and disconnect records in progress, which ``drain`` waits for.
+        self._busy = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     @property
     def connected_count(self) -> int:
         return len(self._sessions)
 
+    def session(self, device_id: str) -> Session | None:
+        """The device's current stream, if it has one."""
+        return self._sessions.get(device_id)
+
+    def stop(self) -> None:
+        """From now on reconcile and kick do nothing and no stream opens; ``close_all`` ends the open ones."""
+        self._stopping = True
+
+    async def drain(self) -> None:
+        """Wait for the reconcile passes, kicks and disconnect records already running (call after ``stop``:
+        no new reconcile or kick starts, and ``close_all`` has ended every stream)."""
+        await self._idle.wait()
+
+    @contextlib.asynccontextmanager
+    async def _tracked(self) -> AsyncIterator[None]:
+        self._busy += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._busy -= 1
+            if self._busy == 0:
+                self._idle.set()
+
     def open(self, device_id: str) -> Session:
+        if self._stopping:
+            raise ShuttingDown()
         previous = self._sessions.get(device_id)
         if previous is not None:
             # The device came back on a new stream (e.g. after a half-open TCP connection).
@@ -108,27 +168,35 @@ class Hub:
         self._sessions[device_id] = session
         return session
 
-    async def close(self, session: Session) -> None:
-        session.close()
+    async def close(self, session: Session, reason: Exception | None = None) -> None:
+        session.close(reason)
         if self._sessions.get(session.device_id) is session:
             # The device's current stream ended, whichever stream said hello: it is not connected now.
             del self._sessions[session.device_id]
-            await self._db.run(
-                self._db.store.device_disconnected, session.device_id, now_ms=self._clock.now_ms()
-            )
-            log.info("device=%s disconnected", session.device_id)
+            # Shielded: a stream handler is often cancelled (the client went away) while it is here, and
+            # cancelling a store call still queued would drop it, leaving the device "connected" for good.
+            await asyncio.shield(self._record_disconnect(session.device_id, self._clock.now_ms()))
+
+    async def _record_disconnect(self, device_id: str, now_ms: int) -> None:
+        async with self._tracked():  # Controller.stop waits for it before closing the store
+            try:
+                await self._db.run(self._db.store.device_disconnected, device_id, now_ms=now_ms)
+            except ShuttingDown:
+                # A stream torn down after the store closed: the next start clears the flag
+                # (mark_all_disconnected), so there is nothing to lose here.
+                log.info("device=%s disconnected during shutdown (not recorded)", device_id)
+                return
+            except Exception:
+                log.exception("device=%s disconnect could not be recorded", device_id)
+                return
+            log.info("device=%s disconnected", device_id)
 
     async def handle(self, session: Session, message: AgentMessage) -> None:
         """Apply one agent message; replies go to the session's queue. Raises typed errors."""
         store, now_ms = self._db.store, self._clock.now_ms()
         session.last_heard = self._clock.monotonic()
         if isinstance(message, Hello):
-            replies = await self._db.run(
-                sync.on_hello, store, session.device_id, message, now_ms=now_ms, policy=self.policy
-            )
-            session.hello_seen = True
-            for reply in replies:
-                self._send(session, reply)
+            await self._on_hello(session, message, now_ms)
             return
         if not session.hello_seen:
             raise InvalidArgument("the first message on the control stream must be a hello")
@@ -144,6 +212,23 @@ class Hub:
                 sync.on_assignment_ack, store, session.device_id, message, now_ms=now_ms
             )
             # An ack may reveal the device is still behind (e.g. it acked an older version).
+            self._push_if_pending(session, device)
+
+    async def _on_hello(self, session: Session, hello: Hello, now_ms: int) -> None:
+        store = self._db.store
+        # A kick before this point is covered: on_hello reads the device after that assignment was stored.
+        session.kick_deferred = False
+        replies = await self._db.run(
+            sync.on_hello, store, session.device_id, hello, now_ms=now_ms, policy=self.policy
+        )
+        session.hello_seen = True
+        for reply in replies:
+            self._send(session, reply)
+        if session.kick_deferred:
+            # An assignment changed while on_hello ran; its kick found no hello yet and left it to us.
+            # Whether on_hello read it or not, read again: _push_if_pending sends a version only once.
+            session.kick_deferred = False
+            device = await self._db.run(store.get_device, session.device_id)
             self._push_if_pending(session, device)
 
     def _send(self, session: Session, message: ControllerMessage) -> None:
@@ -163,30 +248,50 @@ class Hub:
 
     async def kick(self, device_id: str) -> None:
         """Push a device's desired state now (called right after an assignment changes)."""
-        session = self._sessions.get(device_id)
-        if session is None or not session.hello_seen:
+        if self._stopping:
             return
-        device = await self._db.run(self._db.store.get_device, device_id)
-        self._push_if_pending(session, device)
-
-    async def reconcile(self) -> None:
-        """One pass: resend unacknowledged assignments, close streams that went silent."""
-        now = self._clock.monotonic()
-        silent_after = self.policy.liveness_intervals * self.policy.heartbeat_interval_ms / 1000.0
-        for session in list(self._sessions.values()):
-            if now - session.last_heard > silent_after:
-                log.warning(
-                    "device=%s silent for %.0fs; closing its stream",
-                    session.device_id,
-                    now - session.last_heard,
-                )
-                session.close()
-                await self.close(session)
-                continue
-            if session.hello_seen:
-                device = await self._db.run(self._db.store.get_device, session.device_id)
+        session = self._sessions.get(device_id)
+        if session is None:
+            return  # it gets its assignment with the welcome when it connects
+        if not session.hello_seen:
+            session.kick_deferred = True  # its hello is being handled: _on_hello looks again
+            return
+        async with self._tracked():
+            device = await self._db.run(self._db.store.get_device, device_id)
+            if self._sessions.get(device_id) is session:
                 self._push_if_pending(session, device)
 
-    async def close_all(self) -> None:
+    async def reconcile(self) -> None:
+        """One pass: resend unacknowledged assignments, close streams that went silent.
+
+        One store call for the whole fleet (``list_unacked`` of the connected devices), plus one per
+        stream closed for silence.
+        """
+        if self._stopping:
+            return
+        async with self._tracked():
+            now = self._clock.monotonic()
+            silent_after = self.policy.liveness_intervals * self.policy.heartbeat_interval_ms / 1000.0
+            live: list[str] = []
+            for session in list(self._sessions.values()):
+                if now - session.last_heard > silent_after:
+                    log.warning(
+                        "device=%s silent for %.0fs; closing its stream",
+                        session.device_id,
+                        now - session.last_heard,
+                    )
+                    await self.close(session)
+                elif session.hello_seen:
+                    live.append(session.device_id)
+            if not live or self._stopping:
+                return
+            for device in await self._db.run(self._db.store.list_unacked, live):
+                current = self._sessions.get(device.id)
+                # The stream may have ended or been superseded (by one not yet past its hello) meanwhile.
+                if current is not None and current.hello_seen:
+                    self._push_if_pending(current, device)
+
+    async def close_all(self, reason: Exception | None = None) -> None:
+        """End every open stream (with ``reason``, if given) and record the devices as disconnected."""
         for session in list(self._sessions.values()):
-            await self.close(session)
+            await self.close(session, reason)

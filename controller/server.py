@@ -15,7 +15,7 @@ from common import limits, serde
 from controller.api.admin_api import AdminApi
 from controller.api.device_api import DeviceApi
 from controller.artifacts import ArtifactStore
-from controller.hub import Db, Hub
+from controller.hub import Db, Hub, ShuttingDown
 from controller.service.clock import Clock, SystemClock
 from controller.service.sync import SyncPolicy
 from controller.store.sqlite import SqliteStore
@@ -98,14 +98,32 @@ class Controller:
         return f"{host}:{self.port}"
 
     async def stop(self) -> None:
-        if self._scheduler is not None:
-            self._scheduler.shutdown(wait=False)
-            self._scheduler = None
-        if self._server is not None:
-            await self.hub.close_all()
-            await self._server.stop(self.config.grace_s)
-            self._server = None
-        self.db.close()
+        """Shut down in dependency order, so nothing touches the store after it closes:
+
+        1. the hub stops: scheduled reconciles and kicks become no-ops, no new stream opens, and the
+           scheduler starts no further job;
+        2. the server stops accepting calls while the open streams are ended (told UNAVAILABLE, so agents
+           back off and reconnect to the restarted controller) and in-flight calls get ``grace_s``;
+        3. a reconcile pass or kick already running finishes; then the scheduler shuts down (with nothing
+           left to cancel);
+        4. the store closes; a call that straggles in after that gets ``ShuttingDown`` (UNAVAILABLE).
+        """
+        self.hub.stop()
+        scheduler, self._scheduler = self._scheduler, None
+        if scheduler is not None:
+            scheduler.pause()
+        server, self._server = self._server, None
+        if server is not None:
+            ended = await asyncio.gather(
+                server.stop(self.config.grace_s), self.hub.close_all(ShuttingDown()), return_exceptions=True
+            )
+            for error in ended:  # not expected; still close the store below
+                if isinstance(error, BaseException):
+                    log.error("error while stopping the server: %s", error, exc_info=error)
+        await self.hub.drain()
+        if scheduler is not None:
+            scheduler.shutdown(wait=False)
+        await self.db.aclose()
         log.info("controller stopped")
 
 

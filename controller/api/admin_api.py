@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import os
-import tempfile
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 from common import serde
 from common.errors import InvalidArgument
 from common.types import ImportModelHeader, ModelVariant, validate_name
 from controller.api.errors import Context, unary
-from controller.artifacts import ArtifactStore
+from controller.artifacts import ArtifactStore, Upload
 from controller.hub import Db, Hub
 from controller.onnx_check import inspect_onnx
 from controller.service import enrollment, fleet
@@ -31,6 +29,9 @@ class AdminApi(serde.AdminServiceServicer):
         self._artifacts = artifacts
         self._clock = clock
         self._max_model_bytes = max_model_bytes
+        # Held from storing an import's bytes to registering them (or discarding them on failure), so a
+        # failed import cannot discard bytes that a concurrent import of the same content is registering.
+        self._import_lock = asyncio.Lock()
 
     @unary
     async def CreateToken(self, request: Any, context: Context) -> Any:
@@ -72,47 +73,47 @@ class AdminApi(serde.AdminServiceServicer):
             await self._hub.kick(device_id)
         return serde.assign_response_to_pb(result)
 
-    def _discard_if_unreferenced(self, sha256: str) -> None:
-        referenced = any(v.sha256 == sha256 for m in self._db.store.list_models() for v in m.variants)
-        if not referenced:
-            self._artifacts.discard(sha256)
+    async def _discard_if_unreferenced(self, sha256: str) -> None:
+        models = await self._db.run(self._db.store.list_models)
+        if not any(v.sha256 == sha256 for m in models for v in m.variants):
+            await asyncio.to_thread(self._artifacts.discard, sha256)
 
     @unary
     async def ImportModel(self, request_iterator: AsyncIterator[Any], context: Context) -> Any:
-        """Spool the upload to a temporary file, validate it, and only then add it to the stores."""
+        """Spool the upload to a temporary file (hashing it on the way), validate it, and only then add it
+        to the stores. File I/O, hashing and ONNX checks run in worker threads: neither the event loop nor
+        the store thread (every device's hello, ack and heartbeat) waits for a 1 GiB import."""
         header: ImportModelHeader | None = None
-        fd, tmp_name = tempfile.mkstemp(dir=self._artifacts.tmp_dir, suffix=".upload")
-        tmp = Path(tmp_name)
+        upload: Upload | None = None
         try:
-            received = 0
-            with os.fdopen(fd, "wb") as spool:
-                async for pb in request_iterator:
-                    part = serde.import_model_request_from_pb(pb)
-                    if isinstance(part, ImportModelHeader):
-                        if header is not None:
-                            raise InvalidArgument("import: the header was sent twice")
-                        validate_name("model name", part.name)
-                        validate_name("variant", part.variant or "fp32")
-                        header = part
-                        continue
-                    if header is None:
+            async for pb in request_iterator:
+                part = serde.import_model_request_from_pb(pb)
+                if isinstance(part, ImportModelHeader):
+                    if header is not None:
+                        raise InvalidArgument("import: the header was sent twice")
+                    validate_name("model name", part.name)
+                    validate_name("variant", part.variant or "fp32")
+                    if part.size_bytes > self._max_model_bytes:
                         raise InvalidArgument(
-                            "import: the first message must be the header (name, variant, size)"
+                            f"model of {part.size_bytes} bytes is larger than the "
+                            f"{self._max_model_bytes}-byte import limit"
                         )
-                    received += len(part)
-                    if received > self._max_model_bytes:
-                        raise InvalidArgument(
-                            f"model is larger than the {self._max_model_bytes}-byte import limit"
-                        )
-                    spool.write(part)
-            if header is None:
+                    header = part
+                    upload = self._artifacts.open_upload(max_bytes=self._max_model_bytes)
+                    continue
+                if upload is None:
+                    raise InvalidArgument(
+                        "import: the first message must be the header (name, variant, size)"
+                    )
+                await asyncio.to_thread(upload.write, part)
+            if header is None or upload is None:
                 raise InvalidArgument("import: no header received")
-            if header.size_bytes and received != header.size_bytes:
+            if header.size_bytes and upload.size != header.size_bytes:
                 raise InvalidArgument(
-                    f"import: header announced {header.size_bytes} bytes but {received} arrived"
+                    f"import: header announced {header.size_bytes} bytes but {upload.size} arrived"
                 )
-            inputs, outputs = await self._db.run(inspect_onnx, tmp)
-            sha256, size = await self._db.run(self._artifacts.put_file, tmp, max_bytes=self._max_model_bytes)
+            sha256, size = await asyncio.to_thread(upload.finish)
+            inputs, outputs = await asyncio.to_thread(inspect_onnx, upload.path)
             variant = ModelVariant(
                 variant=header.variant or "fp32",
                 sha256=sha256,
@@ -121,13 +122,20 @@ class AdminApi(serde.AdminServiceServicer):
                 outputs=outputs,
                 created_at_ms=self._clock.now_ms(),
             )
-            try:
-                model = await self._db.run(
-                    fleet.register_variant, self._db.store, header.name, variant, now_ms=self._clock.now_ms()
-                )
-            except Exception:
-                await self._db.run(self._discard_if_unreferenced, sha256)
-                raise
+            async with self._import_lock:
+                await asyncio.to_thread(self._artifacts.adopt, upload)
+                try:
+                    model = await self._db.run(
+                        fleet.register_variant,
+                        self._db.store,
+                        header.name,
+                        variant,
+                        now_ms=self._clock.now_ms(),
+                    )
+                except BaseException:  # also a cancelled call: only the store decides what is referenced
+                    await self._discard_if_unreferenced(sha256)
+                    raise
             return serde.model_to_pb(model)
         finally:
-            tmp.unlink(missing_ok=True)  # noqa: ASYNC240 - one unlink of a local temp file
+            if upload is not None:
+                upload.discard()  # close + unlink of a local temp file: quick, and it must run when cancelled

@@ -13,9 +13,9 @@ import grpc
 from common import limits, serde
 from common.errors import EdgefleetError, InvalidArgument, NotFound, Unauthenticated
 from common.types import ArtifactChunk, ArtifactManifest, Device
-from controller.api.errors import Context, abort_with, streaming, unary
+from controller.api.errors import Context, streaming, unary
 from controller.artifacts import ArtifactStore
-from controller.hub import Db, Hub, Session
+from controller.hub import Db, Hub, Session, ShuttingDown
 from controller.service import enrollment
 from controller.service.clock import Clock
 
@@ -60,10 +60,9 @@ class DeviceApi(serde.ControllerServiceServicer):
     async def Connect(self, request_iterator: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
         try:
             device = await self._authenticate(context)
+            session = self._hub.open(device.id)
         except EdgefleetError as exc:
-            await abort_with(context, exc)
-            return
-        session = self._hub.open(device.id)
+            await serde.abort_with_error_async(context, exc)
         reader = asyncio.create_task(self._read(request_iterator, session), name=f"read-{device.id}")
         try:
             while (message := await session.next()) is not None:
@@ -74,13 +73,15 @@ class DeviceApi(serde.ControllerServiceServicer):
                 await reader
             await self._hub.close(session)
         if isinstance(session.close_reason, EdgefleetError):
-            await abort_with(context, session.close_reason)
+            await serde.abort_with_error_async(context, session.close_reason)
 
     async def _read(self, request_iterator: AsyncIterator[Any], session: Session) -> None:
         try:
             async for pb in request_iterator:
                 await self._hub.handle(session, serde.agent_message_from_pb(pb))
             session.close()  # the agent half-closed its side
+        except ShuttingDown as exc:
+            session.close(exc)
         except EdgefleetError as exc:
             log.warning("device=%s stream refused: %s", session.device_id, exc)
             session.close(exc)

@@ -1,4 +1,8 @@
-"""Turning typed errors into gRPC status (with machine-readable code and retry-after trailers)."""
+"""Turning typed errors into gRPC status (with machine-readable code and retry-after trailers).
+
+The mapping itself is ``common.grpc_errors`` (``serde.abort_with_error_async``), shared with the agent;
+these decorators only make every handler use it and keep tracebacks out of responses.
+"""
 
 from __future__ import annotations
 
@@ -18,10 +22,6 @@ R = TypeVar("R")
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
-async def abort_with(context: Context, exc: EdgefleetError) -> None:
-    await context.abort(serde.error_to_status(exc), exc.message, trailing_metadata=serde.error_trailers(exc))
-
-
 def unary(fn: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]]:
     """Map typed errors of a unary (or stream-request) handler to status codes; never leak tracebacks."""
 
@@ -30,13 +30,12 @@ def unary(fn: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]]:
         try:
             return await fn(self, request, context)
         except EdgefleetError as exc:
-            await abort_with(context, exc)
+            await serde.abort_with_error_async(context, exc)
         except (grpc.aio.AbortError, grpc.RpcError):
             raise
-        except Exception:
+        except Exception as exc:
             log.exception("%s failed", fn.__name__)
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error (see controller log)")
-        raise AssertionError("unreachable: abort raises")
+            await serde.abort_with_error_async(context, exc)  # INTERNAL, without the exception's text
 
     return wrapper
 
@@ -50,11 +49,11 @@ def streaming(fn: Callable[..., AsyncIterator[R]]) -> Callable[..., AsyncIterato
             async for item in fn(self, request, context):
                 yield item
         except EdgefleetError as exc:
-            await abort_with(context, exc)
+            await serde.abort_with_error_async(context, exc)
         except (grpc.aio.AbortError, grpc.RpcError):
             raise
-        except Exception:
+        except Exception as exc:
             log.exception("%s failed", fn.__name__)
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error (see controller log)")
+            await serde.abort_with_error_async(context, exc)
 
     return wrapper

@@ -50,7 +50,13 @@ def enroll(
     now_ms: int,
     device_credential: str = "",
 ) -> DeviceIdentity:
-    """Spend one use of ``token`` and register a device; nothing changes if anything is wrong."""
+    """Spend one use of ``token`` and register a device; nothing changes if anything is wrong.
+
+    Safe to repeat: an agent that asked for ``requested_device_id`` with its own ``device_credential``
+    and never saw the answer (a lost reply, a crash) may ask again with the same pair and gets the same
+    identity, spending no token use and needing no longer valid token (the first call may have spent its
+    last use); a non-empty token is still required. The same id with another credential is AlreadyExists.
+    """
     if not token:
         raise Unauthenticated("enrollment needs a bootstrap token", code="token_unknown")
     validate_hardware_class(hardware.hardware_class)
@@ -58,14 +64,20 @@ def enroll(
         validate_name("device id", requested_device_id) if requested_device_id else f"dev-{secrets.new_id()}"
     )
     credential = device_credential or secrets.new_secret("efd")
-    store.enroll_device(
+    _, created = store.enroll_device(
         device_id,
         hardware,
         credential_hash=secrets.hash_secret(credential),
         token_hash=secrets.hash_secret(token),
         now_ms=now_ms,
     )
-    log.info("device=%s enrolled (hardware=%s)", device_id, hardware.hardware_class)
+    if created:
+        log.info("device=%s enrolled (hardware=%s)", device_id, hardware.hardware_class)
+    else:
+        log.info(
+            "device=%s enrollment repeated with its own credential: same identity, no token use spent",
+            device_id,
+        )
     return DeviceIdentity(device_id=device_id, credential=credential)
 
 

@@ -26,7 +26,8 @@ def register_variant(store: Store, name: str, variant: ModelVariant, *, now_ms: 
 
 
 def assign(store: Store, *, device_id: str, model_name: str, variant: str) -> AssignResult:
-    """Set the desired model of a device. Repeating the same assignment changes nothing."""
+    """Set the desired model of a device. Repeating the same assignment changes nothing, unless the device
+    reported that its current version failed: then it is sent again as a new version (a retry)."""
     store.get_device(device_id)  # NotFound names the device before the model is looked at
     model = store.get_model(model_name)
     chosen = model.variant(variant)

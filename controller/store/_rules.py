@@ -6,6 +6,7 @@ so the rules in ``base.Store``'s docstrings are decided in exactly one place.
 
 from __future__ import annotations
 
+import hmac
 from dataclasses import replace
 from datetime import UTC, datetime
 
@@ -42,6 +43,13 @@ def check_token(token: BootstrapToken | None, *, now_ms: int) -> BootstrapToken:
     return token
 
 
+def is_repeat_enrollment(stored_credential_hash: str | None, credential_hash: str) -> bool:
+    """True when the device is already enrolled with the presented credential (a retried enrollment)."""
+    if not stored_credential_hash or not credential_hash:
+        return False
+    return hmac.compare_digest(stored_credential_hash, credential_hash)
+
+
 def new_device(device_id: str, hardware: HardwareProfile, *, now_ms: int) -> Device:
     # Enrolling is contact with the device, so it counts as being seen.
     return Device(id=device_id, hardware=hardware, enrolled_at_ms=now_ms, last_seen_ms=now_ms)
@@ -73,8 +81,9 @@ def apply_assignment(
     current_target = (
         (current.model_name, current.variant, current.artifact_sha256) if current else ("", "", "")
     )
-    # An empty target on a never-assigned device is not a change: both mean "run nothing".
-    if current_target == (model_name, variant, artifact_sha256):
+    # An empty target on a never-assigned device is not a change: both mean "run nothing". The same target
+    # again is a no-op unless the device said the current version failed: then it is a retry, a new version.
+    if current_target == (model_name, variant, artifact_sha256) and not current_version_failed(device):
         return device, False
     version = device.desired_version + 1
     assignment = Assignment(
@@ -85,6 +94,14 @@ def apply_assignment(
         artifact_size_bytes=artifact_size_bytes,
     )
     return replace(device, desired_version=version, assignment=assignment), True
+
+
+def current_version_failed(device: Device) -> bool:
+    return device.last_failure is not None and device.failed_version == device.desired_version > 0
+
+
+def is_unacked(device: Device) -> bool:
+    return device.desired_version > device.acked_version
 
 
 def apply_ack(device: Device, ack: AssignmentAck, *, now_ms: int) -> Device:

@@ -10,7 +10,7 @@ that says why — never ``False`` or ``None`` for a failure.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from common.types import (
     AssignmentAck,
@@ -47,11 +47,17 @@ class Store(ABC):
     @abstractmethod
     def enroll_device(
         self, device_id: str, hardware: HardwareProfile, *, credential_hash: str, token_hash: str, now_ms: int
-    ) -> Device:
-        """Atomically spend one use of the token and register the device.
+    ) -> tuple[Device, bool]:
+        """Atomically spend one use of the token and register the device. Returns (device, created).
 
-        Raises Unauthenticated (code TOKEN_UNKNOWN / TOKEN_EXPIRED / TOKEN_EXHAUSTED) for a bad
-        token, AlreadyExists if the device id is taken; in both cases nothing changes.
+        Safe to repeat: if ``device_id`` is already enrolled with this very ``credential_hash`` (the agent
+        retrying an enrollment whose answer it never received), the stored device is returned unchanged
+        with created=False, and the token is neither checked nor spent (the first call may have used its
+        last use, or it may have expired since).
+
+        Otherwise raises Unauthenticated (code TOKEN_UNKNOWN / TOKEN_EXPIRED / TOKEN_EXHAUSTED) for a bad
+        token, then AlreadyExists if the device id is taken (with another credential); in both cases
+        nothing changes.
         """
 
     @abstractmethod
@@ -61,6 +67,13 @@ class Store(ABC):
     @abstractmethod
     def list_devices(self) -> list[Device]:
         """All devices ordered by id."""
+
+    @abstractmethod
+    def list_unacked(self, device_ids: Collection[str] | None = None) -> list[Device]:
+        """Devices whose ``desired_version`` is above their ``acked_version`` (an assignment still to be
+        acknowledged), ordered by id; only those among ``device_ids`` when it is given (unknown ids are
+        ignored). One call, however many ids: the reconcile loop asks this once per pass.
+        """
 
     @abstractmethod
     def get_credential_hash(self, device_id: str) -> str:
@@ -99,8 +112,12 @@ class Store(ABC):
     def set_assignment(
         self, device_id: str, *, model_name: str, variant: str, artifact_sha256: str, artifact_size_bytes: int
     ) -> tuple[Device, bool]:
-        """Set the desired assignment. Bumps ``desired_version`` by one and returns changed=True only if
-        the target (model, variant, sha256) differs from the current one; repeating it changes nothing.
+        """Set the desired assignment. Returns (device, changed).
+
+        Bumps ``desired_version`` by one and returns changed=True if the target (model, variant, sha256)
+        differs from the current one, or if it is the same target but the device reported the current
+        version failed (``last_failure`` set and ``failed_version == desired_version``): assigning it
+        again is how an operator retries. Otherwise repeating it changes nothing.
         NotFound for an unknown device.
         """
 

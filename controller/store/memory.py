@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bisect
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
@@ -73,18 +73,23 @@ class InMemoryStore(Store):
 
     def enroll_device(
         self, device_id: str, hardware: HardwareProfile, *, credential_hash: str, token_hash: str, now_ms: int
-    ) -> Device:
+    ) -> tuple[Device, bool]:
         with self._locked():
+            existing = self._devices.get(device_id)
+            if existing is not None and _rules.is_repeat_enrollment(
+                self._credentials.get(device_id), credential_hash
+            ):
+                return existing, False
             token_id = self._token_hashes.get(token_hash)
             token = _rules.check_token(self._tokens.get(token_id) if token_id else None, now_ms=now_ms)
-            if device_id in self._devices:
+            if existing is not None:
                 raise AlreadyExists(f"device {device_id!r} already exists")
             device = _rules.new_device(device_id, _copy_hardware(hardware), now_ms=now_ms)
             self._tokens[token.token_id] = replace(token, uses_left=token.uses_left - 1)
             self._devices[device_id] = device
             self._credentials[device_id] = credential_hash
             self._telemetry[device_id] = _Telemetry()
-            return device
+            return device, True
 
     def get_device(self, device_id: str) -> Device:
         with self._locked():
@@ -93,6 +98,15 @@ class InMemoryStore(Store):
     def list_devices(self) -> list[Device]:
         with self._locked():
             return [self._devices[k] for k in sorted(self._devices)]
+
+    def list_unacked(self, device_ids: Collection[str] | None = None) -> list[Device]:
+        with self._locked():
+            if device_ids is None:
+                candidates = list(self._devices)
+            else:
+                wanted = set(device_ids)
+                candidates = [k for k in wanted if k in self._devices]
+            return [self._devices[k] for k in sorted(candidates) if _rules.is_unacked(self._devices[k])]
 
     def get_credential_hash(self, device_id: str) -> str:
         with self._locked():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -31,6 +31,8 @@ from controller.store.migrations import apply_migrations
 logger = logging.getLogger(__name__)
 
 _Row = dict[str, Any]
+#: Ids bound per ``IN (...)`` list: well below SQLITE_MAX_VARIABLE_NUMBER of any SQLite build (999 before 3.32).
+_IDS_PER_QUERY = 500
 
 
 class SqliteStore(Store):
@@ -64,7 +66,6 @@ class SqliteStore(Store):
         self._conn = conn
         self._devices = self._db.table("devices")
         self._tokens = self._db.table("tokens")
-        self._telemetry = self._db.table("telemetry")
         self._models = self._db.table("models")
         self._variants = self._db.table("model_variants")
 
@@ -109,11 +110,16 @@ class SqliteStore(Store):
 
     def enroll_device(
         self, device_id: str, hardware: HardwareProfile, *, credential_hash: str, token_hash: str, now_ms: int
-    ) -> Device:
+    ) -> tuple[Device, bool]:
         with self._tx(write=True):
+            existing = self._one("SELECT * FROM devices WHERE id = ?", device_id)
+            if existing is not None and _rules.is_repeat_enrollment(
+                existing["credential_hash"], credential_hash
+            ):
+                return _codec.device_from_row(existing), False
             row = self._one("SELECT * FROM tokens WHERE token_hash = ?", token_hash)
             token = _rules.check_token(_codec.token_from_row(row) if row else None, now_ms=now_ms)
-            if self._one("SELECT 1 FROM devices WHERE id = ?", device_id):
+            if existing is not None:
                 raise AlreadyExists(f"device {device_id!r} already exists")
             device = _rules.new_device(device_id, hardware, now_ms=now_ms)
             self._db.execute(
@@ -128,7 +134,7 @@ class SqliteStore(Store):
                     **_codec.device_state_columns(device),
                 }
             )
-            return device
+            return device, True
 
     def get_device(self, device_id: str) -> Device:
         with self._tx(write=False):
@@ -137,6 +143,21 @@ class SqliteStore(Store):
     def list_devices(self) -> list[Device]:
         with self._tx(write=False):
             return [_codec.device_from_row(r) for r in self._db.query("SELECT * FROM devices ORDER BY id")]
+
+    def list_unacked(self, device_ids: Collection[str] | None = None) -> list[Device]:
+        unacked = "SELECT * FROM devices WHERE desired_version > acked_version"
+        with self._tx(write=False):
+            if device_ids is None:
+                rows = list(self._db.query(f"{unacked} ORDER BY id"))
+            else:
+                # Bound the parameters per statement (SQLite caps them); one read transaction for all.
+                ids = sorted(set(device_ids))
+                rows = []
+                for start in range(0, len(ids), _IDS_PER_QUERY):
+                    batch = ids[start : start + _IDS_PER_QUERY]
+                    marks = ", ".join("?" * len(batch))
+                    rows.extend(self._db.query(f"{unacked} AND id IN ({marks}) ORDER BY id", batch))
+            return [_codec.device_from_row(r) for r in rows]
 
     def get_credential_hash(self, device_id: str) -> str:
         with self._tx(write=False):
@@ -199,8 +220,9 @@ class SqliteStore(Store):
         with self._tx(write=True):
             self._load_device(device_id)
             before = self._conn.total_changes
-            if records:
-                self._telemetry.insert_all((_telemetry_row(device_id, r) for r in records), ignore=True)
+            # Plain executemany, not sqlite-utils' insert_all: after a one-row INSERT OR IGNORE that ignored
+            # its row, insert_all looks the row up by rowid, which a WITHOUT ROWID table does not have.
+            self._conn.executemany(_INSERT_TELEMETRY, [_telemetry_row(device_id, r) for r in records])
             # INSERT OR IGNORE counts only the rows it really inserted: that is the number of new records.
             new = self._conn.total_changes - before
             last = max((r.sequence for r in records), default=0)
@@ -326,6 +348,12 @@ class SqliteStore(Store):
             variants=tuple(_codec.variant_from_row(r) for r in rows),
             created_at_ms=row["created_at_ms"],
         )
+
+
+_INSERT_TELEMETRY = (
+    "INSERT OR IGNORE INTO telemetry (device_id, sequence, timestamp_ms, kind, body_json)"
+    " VALUES (:device_id, :sequence, :timestamp_ms, :kind, :body_json)"
+)
 
 
 def _telemetry_row(device_id: str, record: TelemetryRecord) -> _Row:

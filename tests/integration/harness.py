@@ -3,7 +3,8 @@ fake agents that speak the real protocol (serde + generated stubs) over real cha
 
 Every test runs its scenario with ``run(...)`` (``asyncio.run`` with an overall deadline), starts the
 controller with ``running_controller(...)`` (always stopped, every channel closed), and reads with a
-timeout on every read, so nothing can hang.
+timeout on every read, so nothing can hang. "Nothing more was sent" is checked with a barrier
+(``Stream.expect_nothing_else``), never by waiting a while and seeing nothing.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from common.types import (
     InferenceRecord,
     Outcome,
     ReportedState,
+    TelemetryAck,
     TelemetryBatch,
     TelemetryRecord,
     Welcome,
@@ -49,8 +51,8 @@ T = TypeVar("T")
 EPOCH_MS = 1_700_000_000_000
 #: Every read from the controller waits at most this long.
 READ_TIMEOUT_S = 10.0
-#: How long "nothing more arrives" is watched for.
-QUIET_S = 0.3
+#: The telemetry sequence number ``Stream.expect_nothing_else`` sends (far above what tests use).
+BARRIER_SEQUENCE = 1_000_000_000
 #: Liveness is 3 x 10 s of *fake* time, so only tests that move the clock that far see it.
 POLICY = SyncPolicy(heartbeat_interval_ms=10_000, resend_after_s=5.0)
 #: The scheduled reconcile job stays out of the way unless a test asks for it.
@@ -127,7 +129,8 @@ async def wait_until(predicate: Callable[[], Awaitable[T]], *, what: str, wait_s
 
 class Stream:
     """One Connect call. A pump task moves everything the controller sends into an inbox, so a test can
-    wait for a message, for the end of the stream, or for silence, each with a timeout."""
+    wait for a message or for the end of the stream, each with a timeout, or check that nothing else
+    was sent (``expect_nothing_else``)."""
 
     def __init__(self, call: Any) -> None:
         self.call = call
@@ -178,10 +181,20 @@ class Stream:
         assert isinstance(item, Ended), f"expected the stream to end, got {item!r}"
         return item
 
-    async def expect_quiet(self, seconds: float = QUIET_S) -> None:
-        with contextlib.suppress(TimeoutError):
-            item = await asyncio.wait_for(self._inbox.get(), seconds)
-            raise AssertionError(f"expected nothing from the controller, got {item!r}")
+    async def expect_nothing_else(self) -> None:
+        """Assert the controller has queued nothing for this stream beyond what the test already read.
+
+        A positive barrier, not a silence window: the controller handles a stream's messages one after
+        the other and queues its replies in order, so when the ack of a telemetry batch sent now is the
+        next message, nothing was queued before it (by this stream's earlier messages, or by a kick or
+        reconcile pass that has returned). It stores one record (``BARRIER_SEQUENCE``, only once per
+        device), refreshes the stream's liveness and needs the hello to have been answered.
+        """
+        await self.send(telemetry(BARRIER_SEQUENCE, BARRIER_SEQUENCE))
+        message = await self.recv()
+        assert message == TelemetryAck(up_to_sequence=BARRIER_SEQUENCE), (
+            f"expected nothing from the controller before the barrier's ack, got {message!r}"
+        )
 
     async def close(self) -> None:
         self.call.cancel()
@@ -267,9 +280,11 @@ class Fleet:
     async def token(self, *, ttl_s: int = 600, uses: int = 1) -> str:
         return (await self.call_admin(self.admin.create_token, ttl_s=ttl_s, uses=uses)).token
 
-    async def enroll_call(self, token: str, device_id: str = "") -> DeviceIdentity:
+    async def enroll_call(self, token: str, device_id: str = "", credential: str = "") -> DeviceIdentity:
         stub = serde.ControllerServiceStub(self.channel())
-        pb = await stub.Enroll(serde.enroll_request_to_pb(token, HW, device_id), timeout=READ_TIMEOUT_S)
+        pb = await stub.Enroll(
+            serde.enroll_request_to_pb(token, HW, device_id, credential), timeout=READ_TIMEOUT_S
+        )
         return serde.enroll_response_from_pb(pb)
 
     async def enroll(self, device_id: str = "") -> FakeAgent:

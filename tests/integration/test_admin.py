@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import grpc
 import pytest
 
 from common import limits, serde
 from common.errors import AlreadyExists, InvalidArgument, NotFound, ResourceExhausted
+from common.grpc_errors import ERROR_CODE_KEY
+from common.types import Heartbeat
+from controller.api import admin_api
 from controller.toolchain.digits import DigitsArtifacts
 from tests.integration.harness import (
     READ_TIMEOUT_S,
@@ -21,6 +28,10 @@ from tests.integration.harness import (
 )
 
 pytestmark = pytest.mark.timeout(60)
+
+T = TypeVar("T")
+#: A call that does not wait behind a model import is answered well within this.
+SERVED_WITHIN_S = 3.0
 
 
 async def _import(fleet: Fleet, path: Path, name: str = "digits", variant: str = "fp32") -> str:
@@ -200,3 +211,115 @@ def test_create_token_refuses_bad_bounds(tmp_path: Path, ttl_s: int, uses: int) 
             assert await fleet.enroll("phone-1")  # the service is fine afterwards
 
     run(scenario())
+
+
+@pytest.mark.parametrize("stage", ["onnx check", "storing"])
+def test_import_does_not_stall_the_control_plane(
+    tmp_path: Path, digits_model: DigitsArtifacts, monkeypatch: pytest.MonkeyPatch, stage: str
+) -> None:
+    """While an import is checked or stored (seconds for a 1 GiB model), devices and fleetctl are served:
+    that work must not sit on the store thread every hello, ack and heartbeat queues behind."""
+    entered, release = threading.Event(), threading.Event()
+
+    def held(real: Callable[..., T]) -> Callable[..., T]:
+        def wrapper(*args: Any, **kwargs: Any) -> T:
+            entered.set()
+            release.wait(READ_TIMEOUT_S)
+            return real(*args, **kwargs)
+
+        return wrapper
+
+    async def scenario() -> None:
+        async with running_controller(tmp_path / "controller") as fleet:
+            agent = await fleet.enroll("phone-1")
+            if stage == "onnx check":
+                monkeypatch.setattr(admin_api, "inspect_onnx", held(admin_api.inspect_onnx))
+            else:
+                artifacts = fleet.controller.artifacts
+                monkeypatch.setattr(artifacts, "adopt", held(artifacts.adopt))
+            importing = asyncio.create_task(_import(fleet, digits_model.model_path))
+            try:
+                assert await asyncio.to_thread(entered.wait, READ_TIMEOUT_S), (
+                    f"the import never reached {stage}"
+                )
+                # The import is parked inside that stage: the rest of the controller carries on.
+                stream, _ = await asyncio.wait_for(agent.online(), SERVED_WITHIN_S)
+                await asyncio.wait_for(stream.send(Heartbeat(sent_at_ms=1)), SERVED_WITHIN_S)
+                await asyncio.wait_for(stream.expect_nothing_else(), SERVED_WITHIN_S)
+                device = await asyncio.wait_for(fleet.device("phone-1"), SERVED_WITHIN_S)
+                assert device.connected
+                assert not importing.done()
+            finally:
+                release.set()
+            sha = await importing
+            assert fleet.artifact_files() == [f"sha256/{sha}"]
+
+    run(scenario())
+
+
+def test_concurrent_imports_of_the_same_bytes_both_succeed(
+    tmp_path: Path, digits_model: DigitsArtifacts
+) -> None:
+    async def scenario() -> None:
+        async with running_controller(tmp_path / "controller") as fleet:
+            path = digits_model.model_path
+            same = await asyncio.gather(*(_import(fleet, path) for _ in range(3)))
+            other_names = await asyncio.gather(*(_import(fleet, path, name=f"copy-{i}") for i in range(3)))
+            assert len(set(same + other_names)) == 1
+            sha = same[0]
+            assert fleet.artifact_files() == [f"sha256/{sha}"]
+            models = await fleet.call_admin(fleet.admin.list_models)
+            assert sorted(m.name for m in models) == ["copy-0", "copy-1", "copy-2", "digits"]
+
+    run(scenario())
+
+
+def test_failed_import_never_discards_bytes_a_concurrent_import_registers(tmp_path: Path) -> None:
+    """Import A of some bytes is refused (its name is taken by other bytes) and discards what it stored,
+    while import B of the same bytes under a free name succeeds: B's artifact must survive."""
+    taken = write_add_model(tmp_path / "taken.onnx", 100)
+    rounds = [write_add_model(tmp_path / f"new-{i}.onnx", 30_000, offset=float(i + 1)) for i in range(6)]
+
+    async def scenario() -> None:
+        async with running_controller(tmp_path / "controller") as fleet:
+            await _import(fleet, taken, name="adder")
+            agent = await fleet.enroll("phone-1")
+            for i, path in enumerate(rounds):
+                refused, registered = await asyncio.gather(
+                    fleet.admin_error(fleet.admin.import_model, path, name="adder"),
+                    _import(fleet, path, name=f"fresh-{i}"),
+                )
+                assert isinstance(refused, AlreadyExists)
+                chunks = await agent.fetch(registered)
+                assert b"".join(c.data for c in chunks) == path.read_bytes(), f"round {i}: bytes gone"
+            assert len(fleet.artifact_files()) == 1 + len(rounds)
+
+    run(scenario())
+
+
+def test_unexpected_error_is_internal_with_the_error_code_trailer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("secret internals")
+
+    async def scenario() -> None:
+        async with running_controller(tmp_path) as fleet:
+            await fleet.enroll("phone-1")
+            monkeypatch.setattr(admin_api.fleet, "assign", broken)
+            stub = serde.AdminServiceStub(fleet.channel())
+            call = stub.Assign(
+                serde.assign_request_to_pb("phone-1", "digits", "fp32"), timeout=READ_TIMEOUT_S
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await call
+            assert err.value.code() == grpc.StatusCode.INTERNAL
+            assert "secret" not in (err.value.details() or "")
+            trailers = dict(err.value.trailing_metadata() or ())
+            assert trailers.get(ERROR_CODE_KEY) == "internal"
+            # The server answers on; the traceback went to the log, not to the client.
+            assert (await fleet.device("phone-1")).id == "phone-1"
+
+    run(scenario())
+    logged = [r.exc_info[1] for r in caplog.records if r.levelname == "ERROR" and r.exc_info]
+    assert any(isinstance(e, RuntimeError) and "secret internals" in str(e) for e in logged), caplog.records

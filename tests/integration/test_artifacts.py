@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import grpc
@@ -12,6 +13,7 @@ from common import limits
 from common.errors import InvalidArgument, NotFound, Unauthenticated
 from common.types import ArtifactChunk
 from controller.api.device_api import AUTHORIZATION_KEY, DEVICE_ID_KEY
+from controller.artifacts import ArtifactStore
 from tests.integration.harness import FakeAgent, Fleet, rpc_error, run, running_controller, write_add_model
 
 pytestmark = pytest.mark.timeout(60)
@@ -112,3 +114,50 @@ def test_fetch_refusals(tmp_path: Path) -> None:
             assert _joined(await agent.fetch(sha), 0) == data
 
     run(scenario())
+
+
+# --- ArtifactStore uploads, as ImportModel uses them (no gRPC) ------------------------------------
+
+
+def test_upload_is_hashed_while_written_and_adopted_without_a_copy(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path / "artifacts")
+    data = os.urandom(300_000)
+    upload = store.open_upload(max_bytes=len(data))
+    for i in range(0, len(data), 65_536):
+        upload.write(data[i : i + 65_536])
+    sha, size = upload.finish()
+    assert (sha, size) == (hashlib.sha256(data).hexdigest(), len(data))
+    inode = upload.path.stat().st_ino
+    assert store.adopt(upload) == (sha, size)
+    assert store.path(sha).stat().st_ino == inode  # renamed into place, not copied
+    assert store.path(sha).read_bytes() == data
+    upload.discard()  # harmless after adopt
+    assert store.exists(sha)
+    assert list(store.tmp_dir.iterdir()) == []
+
+
+def test_adopting_bytes_already_stored_keeps_the_stored_file(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path / "artifacts")
+    sha, _ = store.put_stream([b"same bytes"], max_bytes=100)
+    before = store.path(sha).stat().st_ino
+    upload = store.open_upload(max_bytes=100)
+    upload.write(b"same bytes")
+    assert store.adopt(upload) == (sha, 10)
+    assert store.path(sha).stat().st_ino == before
+    assert list(store.tmp_dir.iterdir()) == []
+    with pytest.raises(RuntimeError):
+        store.adopt(upload)
+
+
+def test_refused_or_abandoned_upload_leaves_nothing(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path / "artifacts")
+    upload = store.open_upload(max_bytes=10)
+    upload.write(b"12345")
+    with pytest.raises(InvalidArgument, match="10-byte limit"):
+        upload.write(b"123456")
+    upload.discard()
+    abandoned = store.open_upload(max_bytes=10)
+    abandoned.write(b"123")
+    abandoned.discard()
+    assert list(store.tmp_dir.iterdir()) == []
+    assert list((store.root / "sha256").iterdir()) == []

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -13,15 +17,18 @@ from common.types import (
     Assignment,
     AssignmentAck,
     AssignmentFailure,
+    ControllerMessage,
     Heartbeat,
     ReportedState,
     TelemetryAck,
     Welcome,
 )
+from controller.service import sync
 from controller.service.sync import SyncPolicy
 from controller.toolchain.digits import DigitsArtifacts
 from tests.integration.harness import (
     POLICY,
+    SHA_X,
     FakeAgent,
     Fleet,
     Stream,
@@ -102,7 +109,7 @@ def test_hello_is_welcomed_and_connection_is_tracked(tmp_path: Path) -> None:
             device = (await fleet.devices())["phone-1"]
             assert device.connected
             assert device.last_seen_ms == enrolled_at + 7000
-            await stream.expect_quiet()  # nothing assigned: nothing else to say
+            await stream.expect_nothing_else()  # nothing assigned: nothing else to say
 
             await stream.send(Heartbeat(sent_at_ms=0))
             fleet.clock.advance(3)
@@ -148,13 +155,13 @@ def test_assignment_is_pushed_on_assign_and_resent_until_acked(
             # Not acked, but not yet overdue: a reconcile pass sends nothing.
             fleet.clock.advance(POLICY.resend_after_s - 0.5)
             await hub.reconcile()
-            await stream.expect_quiet()
+            await stream.expect_nothing_else()
             # Overdue: the same assignment again.
             fleet.clock.advance(1.0)
             await hub.reconcile()
             assert await stream.expect(Assignment) == assignment
             await hub.reconcile()  # just resent: not again right away
-            await stream.expect_quiet()
+            await stream.expect_nothing_else()
 
             await stream.send(AssignmentAck(version=1, reported=_reported(1, sha)))
             device = await fleet.wait_device("phone-1", lambda d: d.acked_version == 1, "acked v1")
@@ -163,13 +170,13 @@ def test_assignment_is_pushed_on_assign_and_resent_until_acked(
             fleet.clock.advance(POLICY.resend_after_s * 3)
             await stream.send(Heartbeat(sent_at_ms=0))  # keep the stream alive in fake time
             await hub.reconcile()
-            await stream.expect_quiet()
+            await stream.expect_nothing_else()
 
             # Assigning the same thing again changes nothing and pushes nothing.
             again = await fleet.call_admin(fleet.admin.assign, "phone-1", "digits")
             assert not again.changed
             assert again.device.desired_version == 1
-            await stream.expect_quiet()
+            await stream.expect_nothing_else()
             assert agent.device_id == "phone-1"
 
     run(scenario())
@@ -210,7 +217,7 @@ def test_failed_ack_is_recorded_and_not_resent(tmp_path: Path, digits_model: Dig
             assert device.failed_version == 1
             fleet.clock.advance(POLICY.resend_after_s * 2)
             await fleet.controller.hub.reconcile()
-            await stream.expect_quiet()
+            await stream.expect_nothing_else()
 
     run(scenario())
 
@@ -239,10 +246,10 @@ def test_reconnect_resends_only_what_the_device_lacks(tmp_path: Path, digits_mod
 
             # Reconnects having applied v1: nothing to send, not even after a resend period.
             stream, _ = await agent.online(reported=_reported(1, sha))
-            await stream.expect_quiet()
+            await stream.expect_nothing_else()
             fleet.clock.advance(POLICY.resend_after_s + 1)
             await fleet.controller.hub.reconcile()
-            await stream.expect_quiet()
+            await stream.expect_nothing_else()
             await stream.close()
 
             # Reconnects wiped (acked 0): the assignment comes right behind the welcome.
@@ -359,14 +366,126 @@ def test_silent_stream_is_closed_by_reconcile(tmp_path: Path) -> None:
             agent = await fleet.enroll("phone-1")
             stream, welcome = await agent.online()
             assert welcome.heartbeat_interval_ms == 1_000
+            hub = fleet.controller.hub
+            session = hub.session("phone-1")
+            assert session is not None
             fleet.clock.advance(2.5)
-            await fleet.controller.hub.reconcile()
-            await stream.expect_quiet()
+            await hub.reconcile()
+            assert not session.closed  # a reconcile pass that returned has closed whatever it closes
             assert (await fleet.device("phone-1")).connected
-            fleet.clock.advance(1.0)  # 3.5 s without a word > 3 intervals
-            await fleet.controller.hub.reconcile()
+            await stream.expect_nothing_else()  # the stream works (and the device was just heard from)
+            fleet.clock.advance(2.9)
+            await hub.reconcile()
+            assert not session.closed
+            fleet.clock.advance(0.2)  # 3.1 s without a word > 3 intervals
+            await hub.reconcile()
+            assert session.closed
             await stream.expect_end()
             await fleet.wait_device("phone-1", lambda d: not d.connected, "disconnected")
             assert fleet.controller.hub.connected_count == 0
+
+    run(scenario())
+
+
+def test_assignment_landing_while_the_hello_is_handled_is_pushed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Assign commits and kicks while the store is still answering the device's hello: the kick finds no
+    hello yet, so the hub must look again once it has answered, not wait for the next reconcile tick."""
+
+    async def scenario() -> None:
+        async with running_controller(tmp_path) as fleet:
+            agent = await fleet.enroll("phone-1")
+            hub, store = fleet.controller.hub, fleet.controller.db.store
+            loop = asyncio.get_running_loop()
+            real_on_hello = sync.on_hello
+
+            def on_hello_then_assign(*args: Any, **kwargs: Any) -> list[ControllerMessage]:
+                # On the store thread, right after on_hello read the device: what AdminApi.Assign does
+                # (store the assignment, then kick the hub), landing before the hello's answer is sent.
+                replies = real_on_hello(*args, **kwargs)
+                store.set_assignment(
+                    "phone-1",
+                    model_name="digits",
+                    variant="fp32",
+                    artifact_sha256=SHA_X,
+                    artifact_size_bytes=9,
+                )
+                loop.call_soon_threadsafe(lambda: loop.create_task(hub.kick("phone-1")))
+                return replies
+
+            monkeypatch.setattr(sync, "on_hello", on_hello_then_assign)
+            stream, _ = await agent.online()
+            assignment = await stream.expect(
+                Assignment, wait_s=PROMPT_S
+            )  # the reconcile tick is an hour away
+            assert (assignment.version, assignment.artifact_sha256) == (1, SHA_X)
+            await stream.expect_nothing_else()  # and only once
+
+    run(scenario())
+
+
+def test_failed_version_is_retried_by_assigning_it_again(
+    tmp_path: Path, digits_model: DigitsArtifacts
+) -> None:
+    async def scenario() -> None:
+        async with running_controller(tmp_path) as fleet:
+            _, stream, first = await _assigned(fleet, digits_model)
+            failed = ReportedState(acked_version=1)
+            await stream.send(
+                AssignmentAck(version=1, reported=failed, failure=AssignmentFailure.FETCH_FAILED)
+            )
+            await fleet.wait_device("phone-1", lambda d: d.last_failure is not None, "failure recorded")
+
+            retry = await fleet.call_admin(fleet.admin.assign, "phone-1", "digits")
+            assert retry.changed
+            assert retry.device.desired_version == 2
+            pushed = await stream.expect(Assignment, wait_s=PROMPT_S)
+            assert pushed == replace(first, version=2)
+            # Asking again before the device answered is the same retry.
+            again = await fleet.call_admin(fleet.admin.assign, "phone-1", "digits")
+            assert (again.changed, again.device.desired_version) == (False, 2)
+            await stream.expect_nothing_else()
+
+            await stream.send(AssignmentAck(version=2, reported=_reported(2, first.artifact_sha256)))
+            device = await fleet.wait_device("phone-1", lambda d: d.acked_version == 2, "acked v2")
+            assert device.last_failure is None
+
+    run(scenario())
+
+
+def test_reconcile_pass_is_one_store_call(
+    tmp_path: Path, digits_model: DigitsArtifacts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def scenario() -> None:
+        async with running_controller(tmp_path) as fleet:
+            sha = await _digits(fleet, digits_model)
+            streams: dict[str, Stream] = {}
+            for i in range(6):
+                agent = await fleet.enroll(f"phone-{i}")
+                streams[agent.device_id], _ = await agent.online()
+            for device_id in ("phone-1", "phone-4"):
+                await fleet.call_admin(fleet.admin.assign, device_id, "digits")
+                assert (await streams[device_id].expect(Assignment)).version == 1
+            await streams["phone-4"].send(AssignmentAck(version=1, reported=_reported(1, sha)))
+            await fleet.wait_device("phone-4", lambda d: d.converged, "acked v1")
+
+            db = fleet.controller.db
+            calls: list[str] = []
+            real_run = db.run
+
+            async def counting_run(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+                calls.append(getattr(fn, "__name__", repr(fn)))
+                return await real_run(fn, *args, **kwargs)
+
+            monkeypatch.setattr(db, "run", counting_run)
+            fleet.clock.advance(POLICY.resend_after_s + 1)
+            await fleet.controller.hub.reconcile()
+            assert calls == ["list_unacked"]
+            # ... and that one call found the one device still owing an ack.
+            assert (await streams["phone-1"].expect(Assignment)).version == 1
+            monkeypatch.undo()
+            for stream in streams.values():
+                await stream.expect_nothing_else()
 
     run(scenario())

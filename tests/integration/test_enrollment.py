@@ -8,8 +8,9 @@ import grpc
 import pytest
 
 from common.errors import Unauthenticated
+from common.types import DeviceIdentity
 from controller.api.device_api import AUTHORIZATION_KEY, DEVICE_ID_KEY
-from tests.integration.harness import Fleet, rpc_error, run, running_controller
+from tests.integration.harness import FakeAgent, Fleet, rpc_error, run, running_controller
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -150,5 +151,45 @@ def test_connect_needs_the_device_credential(tmp_path: Path, case: str) -> None:
             # The right credential still works on the same channel.
             _, welcome = await agent.online()
             assert welcome.heartbeat_interval_ms > 0
+
+    run(scenario())
+
+
+def test_enrollment_is_safe_to_repeat_with_the_same_credential(tmp_path: Path) -> None:
+    """An agent whose Enroll reply was lost asks again with the credential it chose: same identity."""
+
+    async def scenario() -> None:
+        async with running_controller(tmp_path) as fleet:
+            token = await fleet.token(uses=1)
+            credential = "efd_" + "k" * 40
+            first = await fleet.enroll_call(token, "phone-1", credential)
+            assert first == DeviceIdentity(device_id="phone-1", credential=credential)
+            devices = await fleet.devices()
+            # The only use is spent, yet the repeat succeeds, and spends nothing.
+            assert await fleet.enroll_call(token, "phone-1", credential) == first
+            assert await fleet.devices() == devices
+            store = fleet.controller.db.store
+            (stored,) = await fleet.controller.db.run(store.list_tokens)
+            assert stored.uses_left == 0
+
+            # The identity works.
+            _, welcome = await FakeAgent(fleet, first).online()
+            assert welcome.heartbeat_interval_ms > 0
+
+            # The same id with another credential is someone else: refused, as before.
+            other = "efd_" + "x" * 40
+            fresh = await fleet.token(uses=1)
+            error = await rpc_error(
+                fleet.enroll_call(fresh, "phone-1", other), grpc.StatusCode.ALREADY_EXISTS
+            )
+            assert "phone-1" in error.message
+            assert list(await fleet.devices()) == ["phone-1"]
+            assert (await fleet.enroll_call(fresh, "phone-2", other)).device_id == "phone-2"  # fresh unspent
+
+            # A token is still required, even for a repeat.
+            error = await rpc_error(
+                fleet.enroll_call("", "phone-1", credential), grpc.StatusCode.INVALID_ARGUMENT
+            )
+            assert "bootstrap_token" in error.message
 
     run(scenario())

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from common.errors import AlreadyExists, NotFound, PermanentError, Unauthenticated
-from common.types import AssignmentAck, BootstrapToken, Device, ReportedState
+from common.types import AssignmentAck, AssignmentFailure, BootstrapToken, Device, ReportedState
 from controller.store.base import TOKEN_EXHAUSTED, TOKEN_EXPIRED, TOKEN_UNKNOWN, Store
 from tests.store.conformance_acks import AckRules
 from tests.store.conformance_data import DataRules
@@ -23,9 +23,11 @@ from tests.store.helpers import (
     EXPIRES,
     HW,
     T0,
+    ack,
     add_token,
     assign,
     enroll,
+    enroll_result,
     enrolled,
     hello,
     inference,
@@ -76,7 +78,8 @@ class StoreConformance(AckRules, DataRules, ABC):
 
     def test_enroll_registers_device_and_spends_one_use(self, store: Store) -> None:
         add_token(store, uses=2)
-        device = enroll(store, "dev-1", credential_hash="cred-1", now_ms=T0 + 5)
+        device, created = enroll_result(store, "dev-1", credential_hash="cred-1", now_ms=T0 + 5)
+        assert created
         assert device.id == "dev-1"
         assert device.hardware == HW
         assert device.enrolled_at_ms == T0 + 5
@@ -141,6 +144,71 @@ class StoreConformance(AckRules, DataRules, ABC):
         assert store.list_tokens() == tokens_before
         assert store.list_devices() == [existing]
         assert store.get_credential_hash("dev-1") == "cred-1"
+
+    # --- repeated enrollment (an agent retrying with the credential it chose) ---------------------
+
+    def test_repeated_enrollment_returns_the_device_and_spends_nothing(self, store: Store) -> None:
+        add_token(store, uses=3)
+        first = enroll(store, "dev-1", credential_hash="cred-1", now_ms=T0 + 1)
+        tokens = store.list_tokens()
+        assert tokens[0].uses_left == 2
+        other_hw = replace(HW, cpu_cores=64)
+        again, created = enroll_result(
+            store, "dev-1", credential_hash="cred-1", hardware=other_hw, now_ms=T0 + 9
+        )
+        assert not created
+        # The stored device, unchanged: a retry is not news about the device (its hello will be).
+        assert again == first
+        assert store.list_devices() == [first]
+        assert store.list_tokens() == tokens
+        assert store.get_credential_hash("dev-1") == "cred-1"
+
+    @pytest.mark.parametrize("token_state", ["exhausted", "expired", "unknown"])
+    def test_repeated_enrollment_needs_no_valid_token(self, store: Store, token_state: str) -> None:
+        # The first call may have spent the last use (and its reply was lost); the token may expire since.
+        add_token(store, uses=1)
+        first = enroll(store, "dev-1", credential_hash="cred-1")
+        token_hash, now_ms = {
+            "exhausted": ("hash-1", T0 + 2),
+            "expired": ("hash-1", EXPIRES),
+            "unknown": ("no-such-hash", T0 + 2),
+        }[token_state]
+        assert enroll_result(
+            store, "dev-1", credential_hash="cred-1", token_hash=token_hash, now_ms=now_ms
+        ) == (
+            first,
+            False,
+        )
+        assert store.list_tokens()[0].uses_left == 0
+
+    def test_same_id_with_another_credential_is_refused_without_spending(self, store: Store) -> None:
+        add_token(store, uses=2)
+        first = enroll(store, "dev-1", credential_hash="cred-1")
+        with pytest.raises(AlreadyExists, match="dev-1"):
+            enroll(store, "dev-1", credential_hash="cred-2")
+        assert store.list_tokens()[0].uses_left == 1
+        assert store.list_devices() == [first]
+        assert store.get_credential_hash("dev-1") == "cred-1"
+
+    def test_taken_id_is_not_revealed_without_a_valid_token(self, store: Store) -> None:
+        add_token(store, uses=1)
+        enroll(store, "dev-1", credential_hash="cred-1")
+        with pytest.raises(Unauthenticated) as err:
+            enroll(store, "dev-1", credential_hash="cred-2")  # the token's only use is spent
+        assert err.value.code == TOKEN_EXHAUSTED
+        with pytest.raises(Unauthenticated) as err:
+            enroll(store, "dev-1", credential_hash="cred-2", token_hash="no-such-hash")
+        assert err.value.code == TOKEN_UNKNOWN
+
+    def test_concurrent_repeats_of_one_enrollment_create_it_once(self, store: Store) -> None:
+        add_token(store, uses=1)
+        outcomes = run_concurrently(8, lambda i: enroll_result(store, "dev-1", credential_hash="cred-1"))
+        results = [o for o in outcomes if isinstance(o, tuple)]
+        assert len(results) == 8, outcomes
+        device = store.get_device("dev-1")
+        assert all(d == device for d, _ in results)
+        assert sorted(created for _, created in results) == [False] * 7 + [True]
+        assert store.list_tokens()[0].uses_left == 0
 
     def test_concurrent_enrollment_spends_each_use_once(self, store: Store) -> None:
         add_token(store, uses=3)
@@ -290,6 +358,38 @@ class StoreConformance(AckRules, DataRules, ABC):
         assert device.assignment.is_empty
         assert device.assignment.version == device.desired_version == 2
         assert store.get_device("dev-1") == device
+
+    def test_reassigning_the_failed_version_is_a_retry(self, store: Store) -> None:
+        enrolled(store, "dev-1")
+        first, _ = assign(store, "dev-1", "aa", variant="int8", size=123)
+        store.record_ack("dev-1", ack(1, AssignmentFailure.LOAD_FAILED, "oom"), now_ms=T0 + 1)
+        retry, changed = assign(store, "dev-1", "aa", variant="int8", size=123)
+        assert changed
+        assert (retry.desired_version, retry.acked_version) == (2, 1)
+        assert first.assignment is not None
+        assert retry.assignment == replace(first.assignment, version=2)
+        # The failure stays on record until the retry is answered.
+        assert (retry.last_failure, retry.failed_version) == (AssignmentFailure.LOAD_FAILED, 1)
+        assert store.get_device("dev-1") == retry
+        # Until the device answers for v2, asking again is the same retry: no new version.
+        assert assign(store, "dev-1", "aa", variant="int8", size=123) == (retry, False)
+
+    def test_reassigning_after_the_retry_succeeded_changes_nothing(self, store: Store) -> None:
+        enrolled(store, "dev-1")
+        assign(store, "dev-1", "aa")
+        store.record_ack("dev-1", ack(1, AssignmentFailure.SMOKE_TEST_FAILED, "nan"), now_ms=T0 + 1)
+        assign(store, "dev-1", "aa")
+        done = store.record_ack("dev-1", ack(2), now_ms=T0 + 2)
+        assert done.last_failure is None
+        assert assign(store, "dev-1", "aa") == (done, False)
+
+    def test_failure_of_an_older_version_does_not_make_a_repeat_a_retry(self, store: Store) -> None:
+        enrolled(store, "dev-1")
+        assign(store, "dev-1", "aa")
+        store.record_ack("dev-1", ack(1, AssignmentFailure.LOAD_FAILED, "oom"), now_ms=T0 + 1)
+        current, _ = assign(store, "dev-1", "bb")
+        assert assign(store, "dev-1", "bb") == (current, False)
+        assert current.desired_version == 2
 
     # --- lifecycle ------------------------------------------------------------------------------
 

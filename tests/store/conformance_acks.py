@@ -1,4 +1,5 @@
-"""Assignment-ack rules of the conformance suite (mixed into ``StoreConformance``)."""
+"""Assignment-ack rules of the conformance suite (mixed into ``StoreConformance``), and what is still
+unacknowledged (``list_unacked``)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from hypothesis import strategies as st
 
 from common.types import AssignmentFailure
 from controller.store.base import Store
-from tests.store.helpers import T0, ack, assign, enrolled
+from tests.store.helpers import T0, ack, assign, enrolled, hello
 
 _device_ids = itertools.count()
 
@@ -123,3 +124,48 @@ class AckRules:
             failed_version=max((v for v, f in outcome.items() if f), default=0),
         )
         assert device == expected
+
+    # --- list_unacked ---------------------------------------------------------------------------
+
+    def _fleet_in_every_state(self, store: Store) -> None:
+        """pending: assigned, not acked; done: acked; failed: failed ack (answered); idle: never assigned;
+        wiped: acked, then said hello having lost it; behind: acked v1 of v2."""
+        enrolled(store, "pending", "done", "failed", "idle", "wiped", "behind")
+        for device_id in ("pending", "done", "failed", "wiped", "behind"):
+            assign(store, device_id, "sha-1")
+        store.record_ack("done", ack(1), now_ms=T0)
+        store.record_ack("failed", ack(1, AssignmentFailure.LOAD_FAILED, "oom"), now_ms=T0)
+        store.record_ack("wiped", ack(1), now_ms=T0)
+        hello(store, "wiped", acked_version=0)
+        store.record_ack("behind", ack(1), now_ms=T0)
+        assign(store, "behind", "sha-2")
+
+    def test_list_unacked_lists_devices_behind_their_desired_version(self, store: Store) -> None:
+        assert store.list_unacked() == []
+        self._fleet_in_every_state(store)
+        unacked = store.list_unacked()
+        assert [d.id for d in unacked] == ["behind", "pending", "wiped"]
+        assert unacked == [store.get_device(d.id) for d in unacked]
+        assert all(d.assignment is not None and d.desired_version > d.acked_version for d in unacked)
+
+    def test_list_unacked_of_given_ids(self, store: Store) -> None:
+        self._fleet_in_every_state(store)
+        assert [d.id for d in store.list_unacked(["wiped", "done", "ghost", "pending"])] == [
+            "pending",
+            "wiped",
+        ]
+        assert [d.id for d in store.list_unacked({"failed", "idle"})] == []
+        assert store.list_unacked([]) == []
+        assert [d.id for d in store.list_unacked(("pending", "pending"))] == ["pending"]
+
+    def test_list_unacked_of_many_ids_is_one_call(self, store: Store) -> None:
+        # A controller with thousands of connected devices asks about all of them at once.
+        self._fleet_in_every_state(store)
+        ids = [f"ghost-{i:05d}" for i in range(5_000)] + ["wiped", "done", "pending"]
+        assert [d.id for d in store.list_unacked(ids[::-1])] == ["pending", "wiped"]
+
+    def test_acking_takes_a_device_off_the_unacked_list(self, store: Store) -> None:
+        self._fleet_in_every_state(store)
+        store.record_ack("pending", ack(1), now_ms=T0 + 1)
+        store.record_ack("behind", ack(2, AssignmentFailure.CHECKSUM_MISMATCH, "bad"), now_ms=T0 + 1)
+        assert [d.id for d in store.list_unacked()] == ["wiped"]

@@ -36,6 +36,17 @@ class DataRules:
         # The first copy stays: a resend is the same record, never an update.
         assert store.list_telemetry("dev-1") == original
 
+    def test_resending_a_single_record_stores_nothing_new(self, store: Store) -> None:
+        # The commonest resend: one record the agent never saw acked, sent again after a reconnect.
+        enrolled(store, "dev-1")
+        assert _append(store, [1], now_ms=T0 + 1) == 1
+        assert _append(store, [1], now_ms=T0 + 2) == 0
+        assert _append(store, [2], now_ms=T0 + 3) == 1
+        assert _append(store, [2], now_ms=T0 + 4) == 0
+        device = store.get_device("dev-1")
+        assert (device.records_received, device.last_sequence, device.last_seen_ms) == (2, 2, T0 + 4)
+        assert [r.sequence for r in store.list_telemetry("dev-1")] == [1, 2]
+
     def test_mixed_batch_counts_only_new_records(self, store: Store) -> None:
         enrolled(store, "dev-1")
         _append(store, [1, 2, 3])

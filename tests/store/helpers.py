@@ -54,6 +54,20 @@ def add_token(
     )
 
 
+def enroll_result(
+    store: Store,
+    device_id: str,
+    *,
+    token_hash: str = "hash-1",
+    hardware: HardwareProfile = HW,
+    credential_hash: str = "cred",
+    now_ms: int = T0 + 1,
+) -> tuple[Device, bool]:
+    return store.enroll_device(
+        device_id, hardware, credential_hash=credential_hash, token_hash=token_hash, now_ms=now_ms
+    )
+
+
 def enroll(
     store: Store,
     device_id: str,
@@ -63,9 +77,17 @@ def enroll(
     credential_hash: str = "cred",
     now_ms: int = T0 + 1,
 ) -> Device:
-    return store.enroll_device(
-        device_id, hardware, credential_hash=credential_hash, token_hash=token_hash, now_ms=now_ms
+    """Enroll a new device (the caller expects it to be created)."""
+    device, created = enroll_result(
+        store,
+        device_id,
+        token_hash=token_hash,
+        hardware=hardware,
+        credential_hash=credential_hash,
+        now_ms=now_ms,
     )
+    assert created, f"{device_id} was already enrolled"
+    return device
 
 
 def enrolled(store: Store, *device_ids: str) -> list[Device]:
