@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 from collections.abc import Iterable
 from pathlib import Path
 
-from common.errors import InvalidArgument, NotFound, PermanentError, TransientError
+from common.errors import NotFound, PermanentError, TransientError
+from common.files import SHA256_RE, check_sha256, fsync_dir
 
-SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _HASH_BLOCK = 1024 * 1024
 
 
@@ -37,12 +36,6 @@ class ChecksumMismatch(PermanentError):
         self.actual = actual
 
 
-def check_sha256(value: str) -> str:
-    if not SHA256_RE.match(value):
-        raise InvalidArgument(f"invalid sha256 {value!r}: expected 64 lowercase hex digits")
-    return value
-
-
 def sha256_file(path: Path) -> str:
     """Hash a file in blocks, so multi-gigabyte models never sit in memory."""
     digest = hashlib.sha256()
@@ -50,15 +43,6 @@ def sha256_file(path: Path) -> str:
         while block := f.read(_HASH_BLOCK):
             digest.update(block)
     return digest.hexdigest()
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename/unlink in ``path`` durable (the directory entry lives in the directory)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class ArtifactCache:

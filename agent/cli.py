@@ -11,17 +11,12 @@ import numpy as np
 import typer
 from rich.console import Console
 
-from common.errors import EdgefleetError, InvalidArgument, TransientError
+from common.cli_errors import exit_for
+from common.errors import EdgefleetError, InvalidArgument
 from common.logs import configure_logging
 
 app = typer.Typer(help="The edgefleet device agent.", no_args_is_help=True, pretty_exceptions_enable=False)
 err = Console(stderr=True)
-
-
-def _fail(exc: EdgefleetError) -> typer.Exit:
-    kind = "unavailable" if isinstance(exc, TransientError) else exc.code
-    err.print(f"[red]error[/red] ({kind}): {exc.message}", highlight=False)
-    return typer.Exit(2 if isinstance(exc, InvalidArgument) else 1)
 
 
 def _labels(pairs: list[str]) -> dict[str, str]:
@@ -68,7 +63,7 @@ def run(
         )
         code = asyncio.run(run_agent(config))
     except EdgefleetError as exc:
-        raise _fail(exc) from None
+        raise exit_for(exc) from None
     except OSError as exc:
         err.print(f"[red]error[/red]: {exc}")
         raise typer.Exit(1) from None
@@ -112,7 +107,7 @@ def infer(
                 first = status.inputs[0].name
             outputs, sha, latency_ms = client.infer(_load_inputs(input, first))
     except EdgefleetError as exc:
-        raise _fail(exc) from None
+        raise exit_for(exc) from None
     if output == "json":
         print(
             json.dumps(
@@ -140,7 +135,7 @@ def status(
         with AgentClient(agent) as client:
             s = client.status()
     except EdgefleetError as exc:
-        raise _fail(exc) from None
+        raise exit_for(exc) from None
     print(
         json.dumps(
             {

@@ -35,8 +35,7 @@ from common.types import AgentMessage, Assignment, AssignmentFailure, DeviceIden
 log = logging.getLogger(__name__)
 
 CHANNEL_OPTIONS = [
-    ("grpc.max_send_message_length", limits.MAX_GRPC_MESSAGE_BYTES),
-    ("grpc.max_receive_message_length", limits.MAX_GRPC_MESSAGE_BYTES),
+    *limits.GRPC_MESSAGE_OPTIONS,
     ("grpc.keepalive_time_ms", 20_000),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
@@ -148,10 +147,7 @@ class AgentDaemon:
             self._channel = grpc.aio.insecure_channel(self.config.controller, options=CHANNEL_OPTIONS)
             self._stub = serde.ControllerServiceStub(self._channel)
         server = grpc.aio.server(
-            options=[
-                ("grpc.max_send_message_length", limits.MAX_GRPC_MESSAGE_BYTES),
-                ("grpc.max_receive_message_length", limits.MAX_GRPC_MESSAGE_BYTES),
-            ],
+            options=limits.GRPC_MESSAGE_OPTIONS,
             maximum_concurrent_rpcs=MAX_CONCURRENT_INFER_RPCS,
         )
         self._infer_api = InferApi(self)

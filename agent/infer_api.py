@@ -64,10 +64,7 @@ class InferApi(serde.AgentServiceServicer):
                 else (Outcome.INVALID_INPUT if isinstance(exc, InvalidArgument) else Outcome.ERROR)
             )
             self._record(sha, started, outcome, exc.message)
-            await context.abort(
-                serde.error_to_status(exc), exc.message, trailing_metadata=serde.error_trailers(exc)
-            )
-            raise AssertionError("unreachable") from exc
+            await serde.abort_with_error_async(context, exc)
         self._record(sha, started, Outcome.OK, "")
         return serde.infer_response_to_pb(response)
 

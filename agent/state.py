@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import secrets
 from dataclasses import asdict
 from pathlib import Path
@@ -21,34 +20,12 @@ from typing import Any
 
 from agent.core.snapshot import AgentSnapshot, FailedVersion
 from common.errors import PermanentError
+from common.files import atomic_write
 from common.types import Assignment, AssignmentFailure, DeviceIdentity, ReportedState
 
 log = logging.getLogger(__name__)
 
 STATE_FORMAT = 1
-
-
-def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Replace ``path`` with ``data``: readers (and a crash) see the old file or the new one, whole."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]  # a write may be short (signals, some filesystems)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # the rename itself must survive a power cut
-    finally:
-        os.close(dir_fd)
 
 
 class DataDir:

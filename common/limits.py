@@ -6,6 +6,11 @@ MIB = 1024 * 1024
 
 #: gRPC max send/receive message size on every channel and server (controller, admin, agent).
 MAX_GRPC_MESSAGE_BYTES = 64 * MIB
+#: Channel/server options that apply MAX_GRPC_MESSAGE_BYTES both ways (every gRPC endpoint uses them).
+GRPC_MESSAGE_OPTIONS: list[tuple[str, int]] = [
+    ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_BYTES),
+]
 #: Largest tensor payload accepted by Infer (sum of input bytes).
 MAX_INFER_INPUT_BYTES = 32 * MIB
 #: Artifact download chunk size.

@@ -16,32 +16,16 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import re
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 from common.errors import InvalidArgument, NotFound
+from common.files import check_sha256, fsync_dir
 from common.limits import ARTIFACT_CHUNK_BYTES
 
 logger = logging.getLogger(__name__)
-
-SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-
-
-def check_sha256(value: str) -> str:
-    if not SHA256_RE.match(value):
-        raise InvalidArgument(f"invalid sha256 {value!r}: expected 64 lowercase hex digits")
-    return value
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Upload:
@@ -124,7 +108,7 @@ class ArtifactStore:
             upload.path.unlink()  # same content already stored: content addressing makes this a no-op
         else:
             upload.path.replace(final)
-            _fsync_dir(self._dir)
+            fsync_dir(self._dir)
         upload._settled = True
         logger.info("stored artifact %s (%d bytes)", sha[:12], size)
         return sha, size

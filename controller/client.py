@@ -21,10 +21,7 @@ class AdminClient:
         self._timeout = timeout_s
         self._channel = grpc.insecure_channel(
             address,
-            options=[
-                ("grpc.max_send_message_length", limits.MAX_GRPC_MESSAGE_BYTES),
-                ("grpc.max_receive_message_length", limits.MAX_GRPC_MESSAGE_BYTES),
-            ],
+            options=limits.GRPC_MESSAGE_OPTIONS,
         )
         self._stub = serde.AdminServiceStub(self._channel)
 

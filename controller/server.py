@@ -23,8 +23,7 @@ from controller.store.sqlite import SqliteStore
 log = logging.getLogger(__name__)
 
 GRPC_OPTIONS = [
-    ("grpc.max_send_message_length", limits.MAX_GRPC_MESSAGE_BYTES),
-    ("grpc.max_receive_message_length", limits.MAX_GRPC_MESSAGE_BYTES),
+    *limits.GRPC_MESSAGE_OPTIONS,
     # Detect dead agents' TCP connections even when their streams are idle.
     ("grpc.keepalive_time_ms", 20_000),
     ("grpc.keepalive_timeout_ms", 10_000),

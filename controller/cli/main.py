@@ -16,8 +16,9 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
+from common.cli_errors import exit_for
 from common.durations import parse_duration
-from common.errors import EdgefleetError, InvalidArgument, TransientError
+from common.errors import EdgefleetError
 from common.logs import configure_logging
 from controller.cli import render
 from controller.client import AdminClient
@@ -51,12 +52,6 @@ class Output(StrEnum):
 OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="Output format.")]
 
 
-def _fail(exc: EdgefleetError) -> typer.Exit:
-    kind = "unavailable" if isinstance(exc, TransientError) else exc.code
-    err.print(f"[red]error[/red] ({kind}): {exc.message}", highlight=False)
-    return typer.Exit(2 if isinstance(exc, InvalidArgument) else 1)
-
-
 def _client(controller: str) -> AdminClient:
     return AdminClient(controller or DEFAULT_CONTROLLER)
 
@@ -86,7 +81,7 @@ def serve(
         )
         asyncio.run(run_server(config))
     except EdgefleetError as exc:
-        raise _fail(exc) from None
+        raise exit_for(exc) from None
     except OSError as exc:
         err.print(f"[red]error[/red]: {exc}")
         raise typer.Exit(1) from None
@@ -105,7 +100,7 @@ def token_create(
         with _client(controller) as client:
             created = client.create_token(ttl_s=parse_duration(ttl), uses=uses, description=description)
     except EdgefleetError as exc:
-        raise _fail(exc) from None
+        raise exit_for(exc) from None
     doc = render.token_doc(created)
     _show(
         doc,
@@ -146,7 +141,7 @@ def models_import(
                 path, name=name, variant=variant, progress=lambda n: progress.advance(task, n)
             )
     except EdgefleetError as exc:
-        raise _fail(exc) from None
+        raise exit_for(exc) from None
     _show([render.model_doc(model)], output, lambda: out.print(render.models_table([model])))
 
 
@@ -189,7 +184,7 @@ def get(
                     lambda: out.print(render.models_table(models)),
                 )
     except EdgefleetError as exc:
-        raise _fail(exc) from None
+        raise exit_for(exc) from None
 
 
 @describe_app.command("device")
@@ -203,7 +198,7 @@ def describe_device(
         with _client(controller) as client:
             device = client.get_device(device_id)
     except EdgefleetError as exc:
-        raise _fail(exc) from None
+        raise exit_for(exc) from None
     _show(render.device_doc(device), output, lambda: render.device_detail(device, out))
 
 
@@ -220,7 +215,7 @@ def assign(
         with _client(controller) as client:
             result = client.assign(device_id, model, variant)
     except EdgefleetError as exc:
-        raise _fail(exc) from None
+        raise exit_for(exc) from None
     d = result.device
     if output is Output.table:
         verb = "assigned" if result.changed else "unchanged (already assigned)"

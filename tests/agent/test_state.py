@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-import agent.state as state
+import common.files as files
 from agent.core.snapshot import AgentSnapshot
-from agent.state import DataDir, atomic_write
+from agent.state import DataDir
 from common.errors import PermanentError
+from common.files import atomic_write
 from common.types import DeviceIdentity, ReportedState
 
 IDENT = DeviceIdentity("phone-1", "efd_" + "c" * 40)
@@ -31,7 +32,7 @@ def test_atomic_write_finishes_short_writes(tmp_path: Path, monkeypatch: pytest.
         calls += 1
         return real_write(fd, bytes(data[:7]))  # never more than 7 bytes at a time
 
-    monkeypatch.setattr(state.os, "write", short_write)
+    monkeypatch.setattr(files.os, "write", short_write)
     payload = bytes(range(256)) * 4
     atomic_write(tmp_path / "f", payload)
     assert (tmp_path / "f").read_bytes() == payload
@@ -47,7 +48,7 @@ def test_atomic_write_failure_leaves_no_temp_file_and_the_old_content(
     def no_space(fd: int) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(state.os, "fsync", no_space)
+    monkeypatch.setattr(files.os, "fsync", no_space)
     with pytest.raises(OSError, match="No space"):
         atomic_write(target, b"new")
     assert target.read_bytes() == b"old"
