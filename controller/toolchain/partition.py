@@ -42,6 +42,7 @@ import onnx
 
 from common.errors import InvalidArgument
 from common.types import DataType
+from controller.toolchain.quantize import fold_constants
 
 logger = logging.getLogger(__name__)
 
@@ -240,30 +241,6 @@ def select_cut_points(cuts: Sequence[CutPoint], limit: int, node_count: int) -> 
         if all(abs(cut.index - other.index) >= gap for other in chosen):
             chosen.append(cut)
     return sorted(chosen, key=lambda c: c.index)
-
-
-def fold_constants(model: onnx.ModelProto) -> None:
-    """Turn top-level ``Constant`` nodes with a tensor value into initializers, in place.
-
-    The same rule as ``quantize.prepare_source``, without writing a file: an initializer is what the
-    weight-derived analysis (and every onnxruntime quantizer) recognises as a weight.
-    """
-    graph = model.graph
-    if model.ir_version < 4:  # before IR 4 an initializer also had to be a graph input
-        return
-    kept = []
-    for node in graph.node:
-        value = next((a.t for a in node.attribute if a.name == "value" and a.type == a.TENSOR), None)
-        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and value is not None:
-            tensor = onnx.TensorProto()
-            tensor.CopyFrom(value)
-            tensor.name = node.output[0]
-            graph.initializer.append(tensor)
-        else:
-            kept.append(node)
-    if len(kept) != len(graph.node):
-        del graph.node[:]
-        graph.node.extend(kept)
 
 
 def consumed(node: onnx.NodeProto) -> list[str]:

@@ -34,25 +34,31 @@ class NotApplicable(Exception):
     """The method cannot apply to this model; the message is the reason recorded for the rejection."""
 
 
-def prepare_source(model: onnx.ModelProto, path: Path) -> None:
-    """Write the model the quantizers read: ``Constant`` nodes folded into initializers first, because
-    every onnxruntime quantizer only quantizes weights that are initializers."""
+def fold_constants(model: onnx.ModelProto) -> None:
+    """Turn top-level ``Constant`` nodes with a tensor value into initializers, in place: an initializer
+    is what every onnxruntime quantizer (and the cut-point analysis) recognises as a weight."""
     graph = model.graph
-    if model.ir_version >= 4:  # before IR 4 an initializer also had to be a graph input
-        kept = []
-        for node in graph.node:
-            value = next((a.t for a in node.attribute if a.name == "value" and a.type == a.TENSOR), None)
-            if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and value is not None:
-                tensor = onnx.TensorProto()
-                tensor.CopyFrom(value)
-                tensor.name = node.output[0]
-                graph.initializer.append(tensor)
-            else:
-                kept.append(node)
-        if len(kept) != len(graph.node):
-            logger.debug("folded %d Constant nodes into initializers", len(graph.node) - len(kept))
-            del graph.node[:]
-            graph.node.extend(kept)
+    if model.ir_version < 4:  # before IR 4 an initializer also had to be a graph input
+        return
+    kept = []
+    for node in graph.node:
+        value = next((a.t for a in node.attribute if a.name == "value" and a.type == a.TENSOR), None)
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and value is not None:
+            tensor = onnx.TensorProto()
+            tensor.CopyFrom(value)
+            tensor.name = node.output[0]
+            graph.initializer.append(tensor)
+        else:
+            kept.append(node)
+    if len(kept) != len(graph.node):
+        logger.debug("folded %d Constant nodes into initializers", len(graph.node) - len(kept))
+        del graph.node[:]
+        graph.node.extend(kept)
+
+
+def prepare_source(model: onnx.ModelProto, path: Path) -> None:
+    """Write the model the quantizers read, its ``Constant`` nodes folded into initializers first."""
+    fold_constants(model)
     onnx.save_model(model, str(path))
 
 
