@@ -1,0 +1,136 @@
+"""admin.proto: tokens, devices, model import and assignment."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from edgefleet.v1 import admin_pb2 as admin_pb
+
+from common.errors import InvalidArgument
+from common.limits import MAX_MODEL_BYTES
+from common.serde._types import device_from_pb, device_to_pb, model_from_pb, model_to_pb
+from common.serde._validate import _at, _fail, _name, _nonempty, _required_message, _text
+from common.types import DEFAULT_VARIANT, AssignResult, CreatedToken, Device, ImportModelHeader, Model
+
+# --- admin.proto -------------------------------------------------------------------------------
+
+
+def create_token_request_to_pb(
+    ttl_seconds: int, uses: int, description: str = ""
+) -> admin_pb.CreateTokenRequest:
+    return admin_pb.CreateTokenRequest(ttl_seconds=ttl_seconds, uses=uses, description=description)
+
+
+def create_token_request_from_pb(pb: admin_pb.CreateTokenRequest) -> tuple[int, int, str]:
+    """``(ttl_seconds, uses, description)``; zeros are passed through (the service picks defaults)."""
+    return pb.ttl_seconds, pb.uses, _text(pb.description)
+
+
+def create_token_response_to_pb(t: CreatedToken) -> admin_pb.CreateTokenResponse:
+    return admin_pb.CreateTokenResponse(
+        token_id=t.token_id, token=t.token, expires_at_ms=t.expires_at_ms, uses=t.uses
+    )
+
+
+def create_token_response_from_pb(pb: admin_pb.CreateTokenResponse) -> CreatedToken:
+    return CreatedToken(
+        token_id=_nonempty("token_id", pb.token_id),
+        token=_nonempty("token", pb.token),
+        expires_at_ms=pb.expires_at_ms,
+        uses=pb.uses,
+    )
+
+
+def list_devices_request_to_pb() -> admin_pb.ListDevicesRequest:
+    return admin_pb.ListDevicesRequest()
+
+
+def list_devices_response_to_pb(devices: Iterable[Device]) -> admin_pb.ListDevicesResponse:
+    return admin_pb.ListDevicesResponse(devices=[device_to_pb(d) for d in devices])
+
+
+def list_devices_response_from_pb(pb: admin_pb.ListDevicesResponse) -> tuple[Device, ...]:
+    return tuple(device_from_pb(d, path=f"devices[{i}]") for i, d in enumerate(pb.devices))
+
+
+def get_device_request_to_pb(device_id: str) -> admin_pb.GetDeviceRequest:
+    return admin_pb.GetDeviceRequest(device_id=device_id)
+
+
+def get_device_request_from_pb(pb: admin_pb.GetDeviceRequest) -> str:
+    return _name("device_id", pb.device_id)
+
+
+def import_model_header_to_pb(h: ImportModelHeader) -> admin_pb.ImportModelHeader:
+    return admin_pb.ImportModelHeader(name=h.name, variant=h.variant, size_bytes=h.size_bytes)
+
+
+def import_model_header_from_pb(pb: admin_pb.ImportModelHeader, *, path: str = "header") -> ImportModelHeader:
+    """An empty variant means ``DEFAULT_VARIANT``; size_bytes 0 means "not announced"."""
+    if pb.size_bytes > MAX_MODEL_BYTES:
+        _fail(_at(path, "size_bytes"), f"{pb.size_bytes} bytes, at most {MAX_MODEL_BYTES}")
+    return ImportModelHeader(
+        name=_name(_at(path, "name"), pb.name),
+        variant=_name(_at(path, "variant"), pb.variant) if pb.variant else DEFAULT_VARIANT,
+        size_bytes=pb.size_bytes,
+    )
+
+
+def import_model_request_to_pb(item: ImportModelHeader | bytes) -> admin_pb.ImportModelRequest:
+    """The first message of the upload carries the header, later ones the bytes."""
+    if isinstance(item, ImportModelHeader):
+        return admin_pb.ImportModelRequest(header=import_model_header_to_pb(item))
+    return admin_pb.ImportModelRequest(data=bytes(item))
+
+
+def import_model_request_from_pb(pb: admin_pb.ImportModelRequest) -> ImportModelHeader | bytes:
+    which = pb.WhichOneof("body")
+    if which == "header":
+        return import_model_header_from_pb(pb.header, path="header")
+    if which == "data":
+        return pb.data
+    raise InvalidArgument("import model request: empty (no body set)")
+
+
+def list_models_request_to_pb() -> admin_pb.ListModelsRequest:
+    return admin_pb.ListModelsRequest()
+
+
+def list_models_response_to_pb(models: Iterable[Model]) -> admin_pb.ListModelsResponse:
+    return admin_pb.ListModelsResponse(models=[model_to_pb(m) for m in models])
+
+
+def list_models_response_from_pb(pb: admin_pb.ListModelsResponse) -> tuple[Model, ...]:
+    return tuple(model_from_pb(m, path=f"models[{i}]") for i, m in enumerate(pb.models))
+
+
+def assign_request_to_pb(
+    device_id: str, model_name: str, variant: str = DEFAULT_VARIANT
+) -> admin_pb.AssignRequest:
+    return admin_pb.AssignRequest(device_id=device_id, model_name=model_name, variant=variant)
+
+
+def assign_request_from_pb(pb: admin_pb.AssignRequest) -> tuple[str, str, str]:
+    """``(device_id, model_name, variant)``; an empty variant means ``DEFAULT_VARIANT``."""
+    return (
+        _name("device_id", pb.device_id),
+        _name("model_name", pb.model_name),
+        _name("variant", pb.variant) if pb.variant else DEFAULT_VARIANT,
+    )
+
+
+def assign_response_to_pb(r: AssignResult) -> admin_pb.AssignResponse:
+    return admin_pb.AssignResponse(device=device_to_pb(r.device), changed=r.changed)
+
+
+def assign_response_from_pb(pb: admin_pb.AssignResponse) -> AssignResult:
+    _required_message(pb, "device", "")
+    return AssignResult(device=device_from_pb(pb.device, path="device"), changed=pb.changed)
+
+
+# --- aliases named after the domain type -------------------------------------------------------
+
+created_token_to_pb = create_token_response_to_pb
+created_token_from_pb = create_token_response_from_pb
+assign_result_to_pb = assign_response_to_pb
+assign_result_from_pb = assign_response_from_pb

@@ -1,0 +1,295 @@
+"""types.proto: enums shared by every service and the messages built on them (tensors, hardware,
+assignments, reported state, models, devices)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Final
+
+from edgefleet.v1 import types_pb2 as types_pb
+
+from common.serde._validate import (
+    _at,
+    _enum,
+    _fail,
+    _hardware_class,
+    _name,
+    _nonempty,
+    _required_message,
+    _sha256,
+    _show,
+    _text,
+)
+from common.types import (
+    Assignment,
+    AssignmentFailure,
+    DataType,
+    Device,
+    HardwareProfile,
+    Model,
+    ModelVariant,
+    ReportedState,
+    Tensor,
+    TensorSpec,
+)
+
+#: Most dimensions a tensor or tensor spec may have.
+MAX_TENSOR_RANK: Final = 64
+
+
+# --- enums -------------------------------------------------------------------------------------
+
+_DTYPE_TO_PB: Final[dict[DataType, types_pb.DataType]] = {
+    DataType.FLOAT32: types_pb.DATA_TYPE_FLOAT32,
+    DataType.FLOAT16: types_pb.DATA_TYPE_FLOAT16,
+    DataType.FLOAT64: types_pb.DATA_TYPE_FLOAT64,
+    DataType.INT8: types_pb.DATA_TYPE_INT8,
+    DataType.UINT8: types_pb.DATA_TYPE_UINT8,
+    DataType.INT16: types_pb.DATA_TYPE_INT16,
+    DataType.INT32: types_pb.DATA_TYPE_INT32,
+    DataType.INT64: types_pb.DATA_TYPE_INT64,
+    DataType.BOOL: types_pb.DATA_TYPE_BOOL,
+}
+_DTYPE_FROM_PB: Final[dict[int, DataType]] = {int(v): k for k, v in _DTYPE_TO_PB.items()}
+
+_FAILURE_TO_PB: Final[dict[AssignmentFailure, types_pb.AssignmentFailure]] = {
+    AssignmentFailure.CHECKSUM_MISMATCH: types_pb.ASSIGNMENT_FAILURE_CHECKSUM_MISMATCH,
+    AssignmentFailure.LOAD_FAILED: types_pb.ASSIGNMENT_FAILURE_LOAD_FAILED,
+    AssignmentFailure.SMOKE_TEST_FAILED: types_pb.ASSIGNMENT_FAILURE_SMOKE_TEST_FAILED,
+    AssignmentFailure.ARTIFACT_NOT_FOUND: types_pb.ASSIGNMENT_FAILURE_ARTIFACT_NOT_FOUND,
+    AssignmentFailure.FETCH_FAILED: types_pb.ASSIGNMENT_FAILURE_FETCH_FAILED,
+}
+_FAILURE_FROM_PB: Final[dict[int, AssignmentFailure]] = {int(v): k for k, v in _FAILURE_TO_PB.items()}
+
+
+def data_type_to_pb(dtype: DataType) -> types_pb.DataType:
+    return _DTYPE_TO_PB[dtype]
+
+
+def data_type_from_pb(value: int, *, path: str = "dtype") -> DataType:
+    return _enum(path, value, _DTYPE_FROM_PB)
+
+
+def assignment_failure_to_pb(failure: AssignmentFailure | None) -> types_pb.AssignmentFailure:
+    return types_pb.ASSIGNMENT_FAILURE_UNSPECIFIED if failure is None else _FAILURE_TO_PB[failure]
+
+
+def assignment_failure_from_pb(value: int, *, path: str = "failure") -> AssignmentFailure | None:
+    """UNSPECIFIED means "no failure" (None); unknown numbers are errors."""
+    return None if value == 0 else _enum(path, value, _FAILURE_FROM_PB)
+
+
+# --- types.proto -------------------------------------------------------------------------------
+
+
+def _shape(label: str, dims: Iterable[int], *, lowest: int) -> tuple[int, ...]:
+    shape = tuple(dims)
+    if len(shape) > MAX_TENSOR_RANK:
+        _fail(label, f"shape has {len(shape)} dimensions, at most {MAX_TENSOR_RANK}")
+    for i, dim in enumerate(shape):
+        if dim < lowest:
+            _fail(label, f"shape[{i}] is {dim}, must be >= {lowest}")
+    return shape
+
+
+def tensor_to_pb(tensor: Tensor) -> types_pb.Tensor:
+    return types_pb.Tensor(
+        name=tensor.name, dtype=_DTYPE_TO_PB[tensor.dtype], shape=tensor.shape, data=tensor.data
+    )
+
+
+def tensor_from_pb(pb: types_pb.Tensor, *, path: str = "tensor") -> Tensor:
+    """Errors name the tensor (``tensor 'input': dtype unspecified``); a nameless one is ``<path>.name: empty``."""
+    name = _nonempty(_at(path, "name"), pb.name)
+    label = f"tensor {_show(name)}"
+    if pb.dtype == 0:
+        _fail(label, "dtype unspecified")
+    dtype = _DTYPE_FROM_PB.get(pb.dtype)
+    if dtype is None:
+        _fail(label, f"dtype {pb.dtype} unknown")
+    shape = _shape(label, pb.shape, lowest=0)
+    expected = math.prod(shape) * dtype.itemsize
+    if len(pb.data) != expected:
+        _fail(
+            label, f"data is {len(pb.data)} bytes but shape {list(shape)} of {dtype.value} needs {expected}"
+        )
+    return Tensor(name=name, dtype=dtype, shape=shape, data=pb.data)
+
+
+def tensor_spec_to_pb(spec: TensorSpec) -> types_pb.TensorSpec:
+    return types_pb.TensorSpec(name=spec.name, dtype=_DTYPE_TO_PB[spec.dtype], shape=spec.shape)
+
+
+def tensor_spec_from_pb(pb: types_pb.TensorSpec, *, path: str = "tensor_spec") -> TensorSpec:
+    name = _nonempty(_at(path, "name"), pb.name)
+    label = f"{path} (tensor {_show(name)})"
+    if pb.dtype == 0:
+        _fail(label, "dtype unspecified")
+    dtype = _DTYPE_FROM_PB.get(pb.dtype)
+    if dtype is None:
+        _fail(label, f"dtype {pb.dtype} unknown")
+    return TensorSpec(name=name, dtype=dtype, shape=_shape(label, pb.shape, lowest=-1))
+
+
+def _specs(path: str, pbs: Iterable[types_pb.TensorSpec]) -> tuple[TensorSpec, ...]:
+    return tuple(tensor_spec_from_pb(s, path=f"{path}[{i}]") for i, s in enumerate(pbs))
+
+
+def hardware_profile_to_pb(hw: HardwareProfile) -> types_pb.HardwareProfile:
+    return types_pb.HardwareProfile(
+        hardware_class=hw.hardware_class,
+        cpu_cores=hw.cpu_cores,
+        memory_bytes=hw.memory_bytes,
+        execution_providers=hw.execution_providers,
+        os=hw.os,
+        onnxruntime_version=hw.onnxruntime_version,
+        agent_version=hw.agent_version,
+        labels=dict(hw.labels),
+    )
+
+
+def hardware_profile_from_pb(pb: types_pb.HardwareProfile, *, path: str = "hardware") -> HardwareProfile:
+    return HardwareProfile(
+        hardware_class=_hardware_class(_at(path, "hardware_class"), pb.hardware_class),
+        cpu_cores=pb.cpu_cores,
+        memory_bytes=pb.memory_bytes,
+        execution_providers=tuple(_text(p) for p in pb.execution_providers),
+        os=_text(pb.os),
+        onnxruntime_version=_text(pb.onnxruntime_version),
+        agent_version=_text(pb.agent_version),
+        labels={_text(k): _text(v) for k, v in pb.labels.items()},
+    )
+
+
+def assignment_to_pb(a: Assignment) -> types_pb.Assignment:
+    return types_pb.Assignment(
+        version=a.version,
+        model_name=a.model_name,
+        variant=a.variant,
+        artifact_sha256=a.artifact_sha256,
+        artifact_size_bytes=a.artifact_size_bytes,
+    )
+
+
+def assignment_from_pb(pb: types_pb.Assignment, *, path: str = "assignment") -> Assignment:
+    """An empty model_name means "run nothing"; otherwise variant and artifact_sha256 are required."""
+    runs_model = bool(pb.model_name)
+    return Assignment(
+        version=pb.version,
+        model_name=_name(_at(path, "model_name"), pb.model_name, required=False),
+        variant=_name(_at(path, "variant"), pb.variant, required=runs_model),
+        artifact_sha256=_sha256(_at(path, "artifact_sha256"), pb.artifact_sha256, required=runs_model),
+        artifact_size_bytes=pb.artifact_size_bytes,
+    )
+
+
+def reported_state_to_pb(r: ReportedState) -> types_pb.ReportedState:
+    return types_pb.ReportedState(
+        acked_version=r.acked_version,
+        active_sha256=r.active_sha256,
+        last_known_good_sha256=r.last_known_good_sha256,
+        active_model_name=r.active_model_name,
+        active_variant=r.active_variant,
+    )
+
+
+def reported_state_from_pb(pb: types_pb.ReportedState, *, path: str = "reported") -> ReportedState:
+    """An unset ReportedState submessage reads as the all-defaults state (nothing running yet)."""
+    return ReportedState(
+        acked_version=pb.acked_version,
+        active_sha256=_sha256(_at(path, "active_sha256"), pb.active_sha256, required=False),
+        last_known_good_sha256=_sha256(
+            _at(path, "last_known_good_sha256"), pb.last_known_good_sha256, required=False
+        ),
+        active_model_name=_name(_at(path, "active_model_name"), pb.active_model_name, required=False),
+        active_variant=_name(_at(path, "active_variant"), pb.active_variant, required=False),
+    )
+
+
+def model_variant_to_pb(v: ModelVariant) -> types_pb.ModelVariant:
+    return types_pb.ModelVariant(
+        variant=v.variant,
+        sha256=v.sha256,
+        size_bytes=v.size_bytes,
+        inputs=[tensor_spec_to_pb(s) for s in v.inputs],
+        outputs=[tensor_spec_to_pb(s) for s in v.outputs],
+        created_at_ms=v.created_at_ms,
+    )
+
+
+def model_variant_from_pb(pb: types_pb.ModelVariant, *, path: str = "variant") -> ModelVariant:
+    return ModelVariant(
+        variant=_name(_at(path, "variant"), pb.variant),
+        sha256=_sha256(_at(path, "sha256"), pb.sha256),
+        size_bytes=pb.size_bytes,
+        inputs=_specs(_at(path, "inputs"), pb.inputs),
+        outputs=_specs(_at(path, "outputs"), pb.outputs),
+        created_at_ms=pb.created_at_ms,
+    )
+
+
+def model_to_pb(m: Model) -> types_pb.Model:
+    return types_pb.Model(
+        name=m.name, variants=[model_variant_to_pb(v) for v in m.variants], created_at_ms=m.created_at_ms
+    )
+
+
+def model_from_pb(pb: types_pb.Model, *, path: str = "model") -> Model:
+    variants: list[ModelVariant] = []
+    for i, v in enumerate(pb.variants):
+        vpath = _at(path, f"variants[{i}]")
+        variant = model_variant_from_pb(v, path=vpath)
+        if any(seen.variant == variant.variant for seen in variants):
+            _fail(_at(vpath, "variant"), f"duplicate {_show(variant.variant)}")
+        variants.append(variant)
+    return Model(
+        name=_name(_at(path, "name"), pb.name), variants=tuple(variants), created_at_ms=pb.created_at_ms
+    )
+
+
+def device_to_pb(d: Device) -> types_pb.Device:
+    pb = types_pb.Device(
+        id=d.id,
+        hardware=hardware_profile_to_pb(d.hardware),
+        connected=d.connected,
+        last_seen_ms=d.last_seen_ms,
+        desired_version=d.desired_version,
+        acked_version=d.acked_version,
+        reported=reported_state_to_pb(d.reported),
+        enrolled_at_ms=d.enrolled_at_ms,
+        last_failure=assignment_failure_to_pb(d.last_failure),
+        last_failure_message=d.last_failure_message,
+        failed_version=d.failed_version,
+        records_received=d.records_received,
+        last_sequence=d.last_sequence,
+        records_dropped=d.records_dropped,
+    )
+    if d.assignment is not None:
+        pb.assignment.CopyFrom(assignment_to_pb(d.assignment))
+        pb.assignment.SetInParent()  # presence even when every field is default
+    return pb
+
+
+def device_from_pb(pb: types_pb.Device, *, path: str = "device") -> Device:
+    """An unset ``assignment`` reads as None (the device was never assigned anything)."""
+    _required_message(pb, "hardware", path)
+    return Device(
+        id=_name(_at(path, "id"), pb.id),
+        hardware=hardware_profile_from_pb(pb.hardware, path=_at(path, "hardware")),
+        enrolled_at_ms=pb.enrolled_at_ms,
+        connected=pb.connected,
+        last_seen_ms=pb.last_seen_ms,
+        desired_version=pb.desired_version,
+        acked_version=pb.acked_version,
+        assignment=assignment_from_pb(pb.assignment, path=_at(path, "assignment"))
+        if pb.HasField("assignment")
+        else None,
+        reported=reported_state_from_pb(pb.reported, path=_at(path, "reported")),
+        last_failure=assignment_failure_from_pb(pb.last_failure, path=_at(path, "last_failure")),
+        last_failure_message=_text(pb.last_failure_message),
+        failed_version=pb.failed_version,
+        records_received=pb.records_received,
+        last_sequence=pb.last_sequence,
+        records_dropped=pb.records_dropped,
+    )

@@ -1,0 +1,101 @@
+"""Field checks shared by the decoders: each raises ``InvalidArgument`` whose message starts with
+the field path (``_fail``); over-long peer text is cut to ``MAX_TEXT_CHARS`` (``_text``)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import NoReturn, TypeVar
+
+from google.protobuf.message import Message as _PbMessage
+
+from common.errors import InvalidArgument
+from common.limits import MAX_TEXT_CHARS
+from common.types import HARDWARE_CLASS_RE, NAME_RE
+
+_HEX = frozenset("0123456789abcdef")
+
+_E = TypeVar("_E")
+
+
+# --- validation helpers ------------------------------------------------------------------------
+
+
+def _fail(path: str, problem: str) -> NoReturn:
+    raise InvalidArgument(f"{path}: {problem}")
+
+
+def _at(path: str, field: str) -> str:
+    return f"{path}.{field}" if path else field
+
+
+def _text(value: str) -> str:
+    return value[:MAX_TEXT_CHARS]
+
+
+def _show(value: str) -> str:
+    return repr(value if len(value) <= 80 else value[:80] + "...")
+
+
+def _nonempty(path: str, value: str) -> str:
+    if not value:
+        _fail(path, "empty")
+    if len(value) > MAX_TEXT_CHARS:
+        _fail(path, f"too long ({len(value)} characters, at most {MAX_TEXT_CHARS})")
+    return value
+
+
+def _name(path: str, value: str, *, required: bool = True) -> str:
+    """A device id, model name or variant (``NAME_RE``); ``required=False`` also accepts ''."""
+    if not value:
+        if required:
+            _fail(path, "empty")
+        return value
+    if not NAME_RE.fullmatch(value):
+        _fail(
+            path,
+            f"invalid name {_show(value)}: use 1-128 lowercase letters, digits, '.', '_' or '-', "
+            "starting and ending with a letter or digit",
+        )
+    return value
+
+
+def _hardware_class(path: str, value: str, *, required: bool = True) -> str:
+    if not value:
+        if required:
+            _fail(path, "empty")
+        return value
+    if not HARDWARE_CLASS_RE.fullmatch(value):
+        _fail(path, f"invalid hardware class {_show(value)}: use a lowercase DNS label")
+    return value
+
+
+def _sha256(path: str, value: str, *, required: bool = True) -> str:
+    if not value:
+        if required:
+            _fail(path, "empty")
+        return value
+    if len(value) != 64 or not _HEX.issuperset(value):
+        _fail(path, f"{_show(value)} is not a lowercase hex sha256")
+    return value
+
+
+def _latency(path: str, value: float) -> float:
+    if not math.isfinite(value) or value < 0:
+        _fail(path, f"{value!r} is not a finite non-negative number")
+    return value
+
+
+def _enum(path: str, value: int, table: Mapping[int, _E]) -> _E:
+    """A required enum: UNSPECIFIED (0) and numbers this version does not know are errors."""
+    if value == 0:
+        _fail(path, "unspecified")
+    found = table.get(value)
+    if found is None:
+        _fail(path, f"unknown value {value}")
+    return found
+
+
+def _required_message(pb: _PbMessage, field: str, path: str) -> None:
+    if not pb.HasField(field):
+        _fail(_at(path, field), "missing")
