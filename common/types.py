@@ -136,6 +136,24 @@ class ModelVariant:
     inputs: tuple[TensorSpec, ...] = ()
     outputs: tuple[TensorSpec, ...] = ()
     created_at_ms: int = 0
+    # How the toolchain built it ('' for a plain upload) and what it measured against fp32
+    # (None: not measured, e.g. accuracy without labels).
+    precision: str = ""
+    method: str = ""
+    latency_b1_ms: float = 0.0
+    latency_b32_ms: float = 0.0
+    accuracy: float | None = None
+    agreement: float | None = None
+    cosine: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedVariant:
+    """A precision candidate the toolchain built and measured but did not accept."""
+
+    precision: str
+    method: str
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +161,7 @@ class Model:
     name: str
     variants: tuple[ModelVariant, ...] = ()
     created_at_ms: int = 0
+    rejected: tuple[RejectedVariant, ...] = ()
 
     def variant(self, name: str) -> ModelVariant | None:
         return next((v for v in self.variants if v.variant == name), None)
@@ -299,6 +318,17 @@ class ImportModelHeader:
     name: str
     variant: str = DEFAULT_VARIANT
     size_bytes: int = 0
+    precisions: tuple[str, ...] = ()  # precisions to build; empty: register the upload as is
+    eval_data_size_bytes: int = 0  # eval data (.npz) sent after the model bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ImportProgress:
+    """One step of a model import's variant build, streamed to the client."""
+
+    step: int
+    total: int
+    message: str = ""
 
 
 @dataclass(frozen=True, slots=True)

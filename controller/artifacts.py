@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -72,14 +73,16 @@ class Upload:
 
 class ArtifactStore:
     def __init__(self, root: Path) -> None:
-        self.root = Path(root)
+        self.root = Path(root).absolute()  # mkstemp names files absolutely; adopt compares parents
         self.tmp_dir = self.root / "tmp"
         self._dir = self.root / "sha256"
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         self._dir.mkdir(parents=True, exist_ok=True)
         # Leftovers of uploads interrupted by a crash; one controller process owns this directory.
         for stale in self.tmp_dir.iterdir():
-            if stale.is_file():
+            if stale.is_dir() and not stale.is_symlink():  # a variant build's work dir
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
                 stale.unlink(missing_ok=True)
 
     def open_upload(self, *, max_bytes: int) -> Upload:

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
 
 from common import limits, serde
-from common.types import AssignResult, CreatedToken, Device, ImportModelHeader, Model
+from common.errors import TransientError
+from common.types import AssignResult, CreatedToken, Device, ImportModelHeader, ImportProgress, Model
 
 T = TypeVar("T")
 IMPORT_CHUNK_BYTES = 1 * limits.MIB
@@ -81,21 +82,59 @@ class AdminClient:
             serde.assign_response_from_pb,
         )
 
+    def get_model(self, name: str) -> Model:
+        return self._call(self._stub.GetModel, serde.get_model_request_to_pb(name), serde.model_from_pb)
+
     def import_model(
-        self, path: Path, *, name: str, variant: str = "fp32", progress: Callable[[int], None] | None = None
+        self,
+        path: Path,
+        *,
+        name: str,
+        variant: str = "fp32",
+        progress: Callable[[int], None] | None = None,
+        eval_data: Path | None = None,
+        precisions: Sequence[str] = (),
+        on_event: Callable[[ImportProgress], None] | None = None,
     ) -> Model:
+        """Upload a model (and the eval data for building ``precisions``); returns the registered model.
+
+        ``progress`` is called with the size of every chunk sent (model and eval data), ``on_event``
+        with every build step the controller streams back.
+        """
         size = path.stat().st_size
+        eval_size = eval_data.stat().st_size if eval_data is not None else 0
 
         def requests() -> Iterator[Any]:
             yield serde.import_model_request_to_pb(
-                ImportModelHeader(name=name, variant=variant, size_bytes=size)
+                ImportModelHeader(
+                    name=name,
+                    variant=variant,
+                    size_bytes=size,
+                    precisions=tuple(precisions),
+                    eval_data_size_bytes=eval_size,
+                )
             )
             with path.open("rb") as f:
                 while chunk := f.read(IMPORT_CHUNK_BYTES):
                     yield serde.import_model_request_to_pb(chunk)
                     if progress is not None:
                         progress(len(chunk))
+            if eval_data is not None:
+                with eval_data.open("rb") as f:
+                    while chunk := f.read(IMPORT_CHUNK_BYTES):
+                        yield serde.import_model_request_to_pb(serde.EvalDataChunk(chunk))
+                        if progress is not None:
+                            progress(len(chunk))
 
-        return self._call(
-            self._stub.ImportModel, requests(), serde.model_from_pb, timeout=max(self._timeout, 600.0)
-        )
+        # Building variants measures every candidate: allow far longer than a plain upload.
+        timeout = max(self._timeout, 3600.0 if precisions else 600.0)
+        try:
+            for pb in self._stub.ImportModel(requests(), timeout=timeout):
+                event = serde.import_model_event_from_pb(pb)
+                if isinstance(event, Model):
+                    return event
+                if on_event is not None:
+                    on_event(event)
+        except grpc.RpcError as exc:
+            raise serde.error_from_rpc_error(exc) from None
+        raise TransientError("import: the controller ended the stream without the model")

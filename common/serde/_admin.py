@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from edgefleet.v1 import admin_pb2 as admin_pb
 
@@ -10,7 +11,18 @@ from common.errors import InvalidArgument
 from common.limits import MAX_MODEL_BYTES
 from common.serde._types import device_from_pb, device_to_pb, model_from_pb, model_to_pb
 from common.serde._validate import _at, _fail, _name, _nonempty, _required_message, _text
-from common.types import DEFAULT_VARIANT, AssignResult, CreatedToken, Device, ImportModelHeader, Model
+from common.types import (
+    DEFAULT_VARIANT,
+    AssignResult,
+    CreatedToken,
+    Device,
+    ImportModelHeader,
+    ImportProgress,
+    Model,
+)
+
+#: Most precisions one import may ask for (there are four; repeats are dropped by the toolchain).
+_MAX_PRECISIONS = 16
 
 # --- admin.proto -------------------------------------------------------------------------------
 
@@ -62,34 +74,97 @@ def get_device_request_from_pb(pb: admin_pb.GetDeviceRequest) -> str:
 
 
 def import_model_header_to_pb(h: ImportModelHeader) -> admin_pb.ImportModelHeader:
-    return admin_pb.ImportModelHeader(name=h.name, variant=h.variant, size_bytes=h.size_bytes)
+    return admin_pb.ImportModelHeader(
+        name=h.name,
+        variant=h.variant,
+        size_bytes=h.size_bytes,
+        precisions=list(h.precisions),
+        eval_data_size_bytes=h.eval_data_size_bytes,
+    )
 
 
 def import_model_header_from_pb(pb: admin_pb.ImportModelHeader, *, path: str = "header") -> ImportModelHeader:
-    """An empty variant means ``DEFAULT_VARIANT``; size_bytes 0 means "not announced"."""
+    """An empty variant means ``DEFAULT_VARIANT``; size_bytes 0 means "not announced".
+
+    Precisions are checked as names here; which precisions exist is the toolchain's business."""
     if pb.size_bytes > MAX_MODEL_BYTES:
         _fail(_at(path, "size_bytes"), f"{pb.size_bytes} bytes, at most {MAX_MODEL_BYTES}")
+    if pb.eval_data_size_bytes > MAX_MODEL_BYTES:
+        _fail(
+            _at(path, "eval_data_size_bytes"), f"{pb.eval_data_size_bytes} bytes, at most {MAX_MODEL_BYTES}"
+        )
+    if len(pb.precisions) > _MAX_PRECISIONS:
+        _fail(_at(path, "precisions"), f"{len(pb.precisions)} entries, at most {_MAX_PRECISIONS}")
     return ImportModelHeader(
         name=_name(_at(path, "name"), pb.name),
         variant=_name(_at(path, "variant"), pb.variant) if pb.variant else DEFAULT_VARIANT,
         size_bytes=pb.size_bytes,
+        precisions=tuple(_name(_at(path, f"precisions[{i}]"), p) for i, p in enumerate(pb.precisions)),
+        eval_data_size_bytes=pb.eval_data_size_bytes,
     )
 
 
-def import_model_request_to_pb(item: ImportModelHeader | bytes) -> admin_pb.ImportModelRequest:
-    """The first message of the upload carries the header, later ones the bytes."""
+@dataclass(frozen=True, slots=True)
+class EvalDataChunk:
+    """A chunk of an import's eval data (.npz), sent after all of the model's bytes."""
+
+    data: bytes
+
+
+def import_model_request_to_pb(
+    item: ImportModelHeader | bytes | EvalDataChunk,
+) -> admin_pb.ImportModelRequest:
+    """The first message of the upload carries the header, later ones the model bytes, then the eval data."""
     if isinstance(item, ImportModelHeader):
         return admin_pb.ImportModelRequest(header=import_model_header_to_pb(item))
+    if isinstance(item, EvalDataChunk):
+        return admin_pb.ImportModelRequest(eval_data=bytes(item.data))
     return admin_pb.ImportModelRequest(data=bytes(item))
 
 
-def import_model_request_from_pb(pb: admin_pb.ImportModelRequest) -> ImportModelHeader | bytes:
+def import_model_request_from_pb(
+    pb: admin_pb.ImportModelRequest,
+) -> ImportModelHeader | bytes | EvalDataChunk:
     which = pb.WhichOneof("body")
     if which == "header":
         return import_model_header_from_pb(pb.header, path="header")
     if which == "data":
         return pb.data
+    if which == "eval_data":
+        return EvalDataChunk(pb.eval_data)
     raise InvalidArgument("import model request: empty (no body set)")
+
+
+def import_progress_to_pb(p: ImportProgress) -> admin_pb.ImportProgress:
+    return admin_pb.ImportProgress(step=p.step, total=p.total, message=p.message)
+
+
+def import_progress_from_pb(pb: admin_pb.ImportProgress) -> ImportProgress:
+    return ImportProgress(step=pb.step, total=pb.total, message=_text(pb.message))
+
+
+def import_model_event_to_pb(item: ImportProgress | Model) -> admin_pb.ImportModelEvent:
+    """Progress while the variants are built; the last event carries the registered model."""
+    if isinstance(item, ImportProgress):
+        return admin_pb.ImportModelEvent(progress=import_progress_to_pb(item))
+    return admin_pb.ImportModelEvent(model=model_to_pb(item))
+
+
+def import_model_event_from_pb(pb: admin_pb.ImportModelEvent) -> ImportProgress | Model:
+    which = pb.WhichOneof("body")
+    if which == "progress":
+        return import_progress_from_pb(pb.progress)
+    if which == "model":
+        return model_from_pb(pb.model, path="model")
+    raise InvalidArgument("import model event: empty (no body set)")
+
+
+def get_model_request_to_pb(name: str) -> admin_pb.GetModelRequest:
+    return admin_pb.GetModelRequest(name=name)
+
+
+def get_model_request_from_pb(pb: admin_pb.GetModelRequest) -> str:
+    return _name("name", pb.name)
 
 
 def list_models_request_to_pb() -> admin_pb.ListModelsRequest:

@@ -13,7 +13,9 @@ from common.serde._validate import (
     _at,
     _enum,
     _fail,
+    _finite,
     _hardware_class,
+    _latency,
     _name,
     _nonempty,
     _required_message,
@@ -29,6 +31,7 @@ from common.types import (
     HardwareProfile,
     Model,
     ModelVariant,
+    RejectedVariant,
     ReportedState,
     Tensor,
     TensorSpec,
@@ -215,6 +218,13 @@ def model_variant_to_pb(v: ModelVariant) -> types_pb.ModelVariant:
         inputs=[tensor_spec_to_pb(s) for s in v.inputs],
         outputs=[tensor_spec_to_pb(s) for s in v.outputs],
         created_at_ms=v.created_at_ms,
+        precision=v.precision,
+        method=v.method,
+        latency_b1_ms=v.latency_b1_ms,
+        latency_b32_ms=v.latency_b32_ms,
+        accuracy=v.accuracy,
+        agreement=v.agreement,
+        cosine=v.cosine,
     )
 
 
@@ -226,12 +236,34 @@ def model_variant_from_pb(pb: types_pb.ModelVariant, *, path: str = "variant") -
         inputs=_specs(_at(path, "inputs"), pb.inputs),
         outputs=_specs(_at(path, "outputs"), pb.outputs),
         created_at_ms=pb.created_at_ms,
+        precision=_name(_at(path, "precision"), pb.precision, required=False),
+        method=_text(pb.method),
+        latency_b1_ms=_latency(_at(path, "latency_b1_ms"), pb.latency_b1_ms),
+        latency_b32_ms=_latency(_at(path, "latency_b32_ms"), pb.latency_b32_ms),
+        accuracy=_finite(_at(path, "accuracy"), pb.accuracy) if pb.HasField("accuracy") else None,
+        agreement=_finite(_at(path, "agreement"), pb.agreement) if pb.HasField("agreement") else None,
+        cosine=_finite(_at(path, "cosine"), pb.cosine) if pb.HasField("cosine") else None,
+    )
+
+
+def rejected_variant_to_pb(r: RejectedVariant) -> types_pb.RejectedVariant:
+    return types_pb.RejectedVariant(precision=r.precision, method=r.method, reason=r.reason)
+
+
+def rejected_variant_from_pb(pb: types_pb.RejectedVariant, *, path: str = "rejected") -> RejectedVariant:
+    return RejectedVariant(
+        precision=_name(_at(path, "precision"), pb.precision),
+        method=_text(pb.method),
+        reason=_text(pb.reason),
     )
 
 
 def model_to_pb(m: Model) -> types_pb.Model:
     return types_pb.Model(
-        name=m.name, variants=[model_variant_to_pb(v) for v in m.variants], created_at_ms=m.created_at_ms
+        name=m.name,
+        variants=[model_variant_to_pb(v) for v in m.variants],
+        created_at_ms=m.created_at_ms,
+        rejected=[rejected_variant_to_pb(r) for r in m.rejected],
     )
 
 
@@ -244,7 +276,12 @@ def model_from_pb(pb: types_pb.Model, *, path: str = "model") -> Model:
             _fail(_at(vpath, "variant"), f"duplicate {_show(variant.variant)}")
         variants.append(variant)
     return Model(
-        name=_name(_at(path, "name"), pb.name), variants=tuple(variants), created_at_ms=pb.created_at_ms
+        name=_name(_at(path, "name"), pb.name),
+        variants=tuple(variants),
+        created_at_ms=pb.created_at_ms,
+        rejected=tuple(
+            rejected_variant_from_pb(r, path=_at(path, f"rejected[{i}]")) for i, r in enumerate(pb.rejected)
+        ),
     )
 
 

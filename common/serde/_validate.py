@@ -86,6 +86,12 @@ def _latency(path: str, value: float) -> float:
     return value
 
 
+def _finite(path: str, value: float) -> float:
+    if not math.isfinite(value):
+        _fail(path, f"{value} is not a finite number")
+    return value
+
+
 def _enum(path: str, value: int, table: Mapping[int, _E]) -> _E:
     """A required enum: UNSPECIFIED (0) and numbers this version does not know are errors."""
     if value == 0:

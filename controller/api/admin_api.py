@@ -3,19 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 from common import serde
 from common.errors import InvalidArgument
-from common.types import ImportModelHeader, ModelVariant, validate_name
-from controller.api.errors import Context, unary
+from common.types import (
+    ImportModelHeader,
+    ImportProgress,
+    Model,
+    ModelVariant,
+    RejectedVariant,
+    validate_name,
+)
+from controller.api.errors import Context, streaming, unary
 from controller.artifacts import ArtifactStore, Upload
 from controller.hub import Db, Hub
 from controller.onnx_check import inspect_onnx
 from controller.service import enrollment, fleet
 from controller.service.clock import Clock
+from controller.toolchain.evaldata import EvalData, load_eval_data
+from controller.toolchain.variants import VariantResult, build_variants, check_precisions
 
 log = logging.getLogger(__name__)
 
@@ -79,25 +89,27 @@ class AdminApi(serde.AdminServiceServicer):
             await asyncio.to_thread(self._artifacts.discard, sha256)
 
     @unary
-    async def ImportModel(self, request_iterator: AsyncIterator[Any], context: Context) -> Any:
+    async def GetModel(self, request: Any, context: Context) -> Any:
+        name = serde.get_model_request_from_pb(request)
+        return serde.model_to_pb(await self._db.run(self._db.store.get_model, name))
+
+    @streaming
+    async def ImportModel(self, request_iterator: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
         """Spool the upload to a temporary file (hashing it on the way), validate it, and only then add it
-        to the stores. File I/O, hashing and ONNX checks run in worker threads: neither the event loop nor
-        the store thread (every device's hello, ack and heartbeat) waits for a 1 GiB import."""
+        to the stores. File I/O, hashing, ONNX checks and variant builds run in worker threads: neither
+        the event loop nor the store thread (every device's hello, ack and heartbeat) waits for a 1 GiB
+        import. With precisions beyond fp32, streams the build's progress and registers every accepted
+        variant (named after its precision) in one store transaction; the last event is the model."""
         header: ImportModelHeader | None = None
         upload: Upload | None = None
+        eval_upload: Upload | None = None
         try:
             async for pb in request_iterator:
                 part = serde.import_model_request_from_pb(pb)
                 if isinstance(part, ImportModelHeader):
                     if header is not None:
                         raise InvalidArgument("import: the header was sent twice")
-                    validate_name("model name", part.name)
-                    validate_name("variant", part.variant or "fp32")
-                    if part.size_bytes > self._max_model_bytes:
-                        raise InvalidArgument(
-                            f"model of {part.size_bytes} bytes is larger than the "
-                            f"{self._max_model_bytes}-byte import limit"
-                        )
+                    self._check_header(part)
                     header = part
                     upload = self._artifacts.open_upload(max_bytes=self._max_model_bytes)
                     continue
@@ -105,6 +117,15 @@ class AdminApi(serde.AdminServiceServicer):
                     raise InvalidArgument(
                         "import: the first message must be the header (name, variant, size)"
                     )
+                if isinstance(part, serde.EvalDataChunk):
+                    if not _builds(header):
+                        raise InvalidArgument("import: eval data was sent but no precision to build")
+                    if eval_upload is None:
+                        eval_upload = self._artifacts.open_upload(max_bytes=self._max_model_bytes)
+                    await asyncio.to_thread(eval_upload.write, part.data)
+                    continue
+                if eval_upload is not None:
+                    raise InvalidArgument("import: model bytes arrived after the eval data")
                 await asyncio.to_thread(upload.write, part)
             if header is None or upload is None:
                 raise InvalidArgument("import: no header received")
@@ -114,6 +135,20 @@ class AdminApi(serde.AdminServiceServicer):
                 )
             sha256, size = await asyncio.to_thread(upload.finish)
             inputs, outputs = await asyncio.to_thread(inspect_onnx, upload.path)
+            eval_data: EvalData | None = None
+            if _builds(header):
+                if eval_upload is None:
+                    raise InvalidArgument("import: building precisions needs eval data, but none arrived")
+                if eval_upload.size != header.eval_data_size_bytes:
+                    raise InvalidArgument(
+                        f"import: header announced {header.eval_data_size_bytes} bytes of eval data "
+                        f"but {eval_upload.size} arrived"
+                    )
+                await asyncio.to_thread(eval_upload.finish)
+                eval_data = await asyncio.to_thread(
+                    load_eval_data, eval_upload.path, inputs, outputs, where="eval data"
+                )
+                eval_upload.discard()
             variant = ModelVariant(
                 variant=header.variant or "fp32",
                 sha256=sha256,
@@ -135,7 +170,148 @@ class AdminApi(serde.AdminServiceServicer):
                 except BaseException:  # also a cancelled call: only the store decides what is referenced
                     await self._discard_if_unreferenced(sha256)
                     raise
-            return serde.model_to_pb(model)
+                if eval_data is not None:
+                    async for item in self._build(header, sha256, eval_data):
+                        if isinstance(item, Model):
+                            model = item
+                        else:
+                            yield serde.import_model_event_to_pb(item)
+            yield serde.import_model_event_to_pb(model)
         finally:
+            # close + unlink of local temp files: quick, and it must run when cancelled
             if upload is not None:
-                upload.discard()  # close + unlink of a local temp file: quick, and it must run when cancelled
+                upload.discard()
+            if eval_upload is not None:
+                eval_upload.discard()
+
+    def _check_header(self, header: ImportModelHeader) -> None:
+        validate_name("model name", header.name)
+        validate_name("variant", header.variant or "fp32")
+        for what, value in (("model", header.size_bytes), ("eval data", header.eval_data_size_bytes)):
+            if value > self._max_model_bytes:
+                raise InvalidArgument(
+                    f"{what} of {value} bytes is larger than the {self._max_model_bytes}-byte import limit"
+                )
+        if header.precisions:
+            check_precisions(header.precisions)
+        if _builds(header):
+            if (header.variant or "fp32") != "fp32":
+                raise InvalidArgument(
+                    f"import: variant {header.variant!r} cannot be combined with precisions: built "
+                    "variants are named after their precision and the upload is registered as fp32"
+                )
+            if not header.eval_data_size_bytes:
+                raise InvalidArgument(
+                    "import: building precisions "
+                    f"{', '.join(p for p in header.precisions if p != 'fp32')} needs eval data "
+                    "(an .npz with one array per model input, plus optional 'labels')"
+                )
+
+    async def _build(
+        self, header: ImportModelHeader, sha256: str, eval_data: EvalData
+    ) -> AsyncIterator[ImportProgress | Model]:
+        """Build the variants of the stored fp32 artifact (progress as it comes), store the accepted ones
+        and register them with the rejections in one transaction; the last item is the model. On any
+        failure no built artifact or registration is left (the fp32 registration stays: it is valid).
+        Runs under the import lock."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[ImportProgress] = asyncio.Queue(maxsize=_PROGRESS_QUEUE)
+
+        def offer(event: ImportProgress) -> None:  # on the loop
+            if queue.full():
+                queue.get_nowait()  # progress is advisory: a slow client sees the newest steps
+            queue.put_nowait(event)
+
+        def progress(step: int, total: int, message: str) -> None:  # in the worker thread
+            loop.call_soon_threadsafe(offer, ImportProgress(step, total, message))
+
+        precisions = ["fp32", *(p for p in check_precisions(header.precisions) if p != "fp32")]
+        build = asyncio.ensure_future(
+            asyncio.to_thread(
+                build_variants,
+                self._artifacts.path(sha256),
+                eval_data,
+                precisions,
+                self._artifacts.tmp_dir,
+                progress=progress,
+            )
+        )
+        stored: list[str] = []
+        try:
+            while not build.done():
+                getter = asyncio.ensure_future(queue.get())
+                try:
+                    await asyncio.wait({getter, build}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    if not getter.done():
+                        getter.cancel()
+                if getter.done() and not getter.cancelled():
+                    yield getter.result()
+            while not queue.empty():  # progress posted before the build returned
+                yield queue.get_nowait()
+            results = build.result()
+            variants: list[ModelVariant] = []
+            for r in results:
+                if not r.accepted or r.onnx_bytes is None:
+                    continue
+                if r.precision == "fp32":
+                    built = await asyncio.to_thread(self._describe_artifact, sha256)
+                else:
+                    built_sha, _ = await asyncio.to_thread(
+                        self._artifacts.put_stream, [r.onnx_bytes], max_bytes=self._max_model_bytes
+                    )
+                    stored.append(built_sha)
+                    built = await asyncio.to_thread(self._describe_artifact, built_sha)
+                variants.append(_measured(built, r, now_ms=self._clock.now_ms()))
+            rejected = [RejectedVariant(r.precision, r.method, r.reason) for r in results if not r.accepted]
+            model = await self._db.run(
+                self._db.store.add_built_variants,
+                header.name,
+                variants,
+                rejected,
+                now_ms=self._clock.now_ms(),
+            )
+            log.info(
+                "model=%s built %s; rejected %s",
+                header.name,
+                ", ".join(v.variant for v in variants) or "nothing",
+                ", ".join(f"{r.precision}/{r.method}" for r in rejected) or "nothing",
+            )
+            stored.clear()  # registered: referenced from now on
+            yield model
+        finally:
+            if not build.done():  # cancelled: the thread cannot be stopped, but its work dir must go
+                await asyncio.wait({build})
+            for built_sha in stored:
+                await self._discard_if_unreferenced(built_sha)
+
+    def _describe_artifact(self, sha256: str) -> ModelVariant:
+        path = self._artifacts.path(sha256)
+        inputs, outputs = inspect_onnx(path)
+        return ModelVariant(
+            variant="", sha256=sha256, size_bytes=path.stat().st_size, inputs=inputs, outputs=outputs
+        )
+
+
+#: Progress events waiting for a slow client; older ones are dropped beyond this.
+_PROGRESS_QUEUE = 64
+
+
+def _builds(header: ImportModelHeader | None) -> bool:
+    """Whether the import asks for precisions beyond the uploaded fp32."""
+    return header is not None and any(p != "fp32" for p in header.precisions)
+
+
+def _measured(artifact: ModelVariant, r: VariantResult, *, now_ms: int) -> ModelVariant:
+    return dataclasses.replace(
+        artifact,
+        variant=r.precision,
+        created_at_ms=now_ms,
+        precision=r.precision,
+        method=r.method,
+        latency_b1_ms=r.latency_ms.get(1, 0.0),
+        latency_b32_ms=r.latency_ms.get(32, 0.0),
+        accuracy=r.metrics.accuracy,
+        agreement=r.metrics.agreement,
+        cosine=r.metrics.cosine,
+    )

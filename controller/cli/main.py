@@ -14,12 +14,13 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+from rich.progress import BarColumn, Progress, TaskID, TaskProgressColumn, TextColumn
 
 from common.cli_errors import exit_for
 from common.durations import parse_duration
 from common.errors import EdgefleetError
 from common.logs import configure_logging
+from common.types import ImportProgress
 from controller.cli import render
 from controller.client import AdminClient
 
@@ -117,32 +118,75 @@ def token_create(
 def models_import(
     path: Annotated[Path, typer.Argument(help="The .onnx file.", exists=True, dir_okay=False, readable=True)],
     name: Annotated[str, typer.Option(help="Model name (lowercase letters, digits, '.', '_', '-').")],
-    variant: Annotated[str, typer.Option(help="Variant name.")] = "fp32",
+    variant: Annotated[str, typer.Option(help="Variant name (of a plain upload).")] = "fp32",
+    eval_data: Annotated[
+        Path | None,
+        typer.Option(
+            help="Eval data (.npz: one array per model input, optional 'labels') to build and judge variants.",
+            exists=True,
+            dir_okay=False,
+            readable=True,
+        ),
+    ] = None,
+    precisions: Annotated[
+        str, typer.Option(help="Comma-separated precisions to build, e.g. fp32,fp16,int8,int4.")
+    ] = "",
     controller: ControllerOpt = "",
     output: OutputOpt = Output.table,
 ) -> None:
-    """Upload an ONNX model; the controller validates it before storing anything."""
-    size = path.stat().st_size
+    """Upload an ONNX model; the controller validates it before storing anything, and with --precisions
+    builds, measures and registers each precision that meets the acceptance floor on --eval-data."""
+    wanted = tuple(p.strip() for p in precisions.split(",") if p.strip())
+    size = path.stat().st_size + (eval_data.stat().st_size if eval_data is not None else 0)
     try:
         with (
             _client(controller) as client,
             Progress(
-                TextColumn("uploading {task.description}"),
+                TextColumn("{task.description}"),
                 BarColumn(),
-                DownloadColumn(),
-                TransferSpeedColumn(),
+                TaskProgressColumn(),
+                TextColumn("{task.fields[detail]}"),
                 console=err,
                 transient=True,
                 disable=not err.is_terminal,
             ) as progress,
         ):
-            task = progress.add_task(path.name, total=size)
+            upload = progress.add_task(f"uploading {path.name}", total=size, detail="")
+            build: list[TaskID] = []
+
+            def on_event(event: ImportProgress) -> None:
+                if not build:
+                    progress.update(upload, completed=size)
+                    build.append(progress.add_task("building variants", total=event.total, detail=""))
+                progress.update(build[0], completed=event.step, total=event.total, detail=event.message)
+
             model = client.import_model(
-                path, name=name, variant=variant, progress=lambda n: progress.advance(task, n)
+                path,
+                name=name,
+                variant=variant,
+                progress=lambda n: progress.advance(upload, n),
+                eval_data=eval_data,
+                precisions=wanted,
+                on_event=on_event,
             )
     except EdgefleetError as exc:
         raise exit_for(exc) from None
-    _show([render.model_doc(model)], output, lambda: out.print(render.models_table([model])))
+    _show(render.model_doc(model), output, lambda: out.print(render.variants_table(model)))
+
+
+@models_app.command("describe")
+def models_describe(
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    controller: ControllerOpt = "",
+    output: OutputOpt = Output.table,
+) -> None:
+    """One model: every variant with its measurements, and the rejected precisions with their reasons."""
+    try:
+        with _client(controller) as client:
+            model = client.get_model(name)
+    except EdgefleetError as exc:
+        raise exit_for(exc) from None
+    _show(render.model_doc(model), output, lambda: out.print(render.variants_table(model)))
 
 
 def _show(doc: object, output: Output, table: object) -> None:

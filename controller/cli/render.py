@@ -69,6 +69,7 @@ def device_doc(d: Device) -> dict[str, Any]:
 
 
 def model_doc(m: Model) -> dict[str, Any]:
+    """The stable JSON shape of a model (``fleetctl get models -o json``, ``fleetctl models describe``)."""
     return {
         "name": m.name,
         "created_at": _iso(m.created_at_ms),
@@ -83,10 +84,52 @@ def model_doc(m: Model) -> dict[str, Any]:
                 "outputs": [
                     {"name": s.name, "dtype": s.dtype.value, "shape": list(s.shape)} for s in v.outputs
                 ],
+                "precision": v.precision or None,
+                "method": v.method or None,
+                "latency_ms": {"1": v.latency_b1_ms or None, "32": v.latency_b32_ms or None},
+                "accuracy": v.accuracy,
+                "agreement": v.agreement,
+                "cosine": v.cosine,
+                "created_at": _iso(v.created_at_ms),
             }
             for v in m.variants
         ],
+        "rejected": [{"precision": r.precision, "method": r.method, "reason": r.reason} for r in m.rejected],
     }
+
+
+def _ms(value: float) -> str:
+    return f"{value:.3f}" if value else "-"
+
+
+def _score(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+_PRECISION_ORDER = {p: i for i, p in enumerate(("fp32", "fp16", "int8", "int4"))}
+
+
+def variants_table(m: Model) -> Table:
+    """Every variant of one model with its measurements, then every rejected candidate with the reason."""
+    table = Table(box=None, header_style="bold", title=f"model {m.name}", title_justify="left")
+    for col in ("VARIANT", "METHOD", "SIZE", "B1 MS", "B32 MS", "ACCURACY", "COSINE", "STATUS"):
+        table.add_column(col, overflow="fold")
+    for v in sorted(
+        m.variants, key=lambda v: (_PRECISION_ORDER.get(v.variant, len(_PRECISION_ORDER)), v.variant)
+    ):
+        table.add_row(
+            v.variant,
+            v.method or "-",
+            f"{v.size_bytes / 1024:.1f} KiB",
+            _ms(v.latency_b1_ms),
+            _ms(v.latency_b32_ms),
+            _score(v.accuracy),
+            _score(v.cosine),
+            "accepted",
+        )
+    for r in m.rejected:
+        table.add_row(r.precision, r.method or "-", "-", "-", "-", "-", "-", f"rejected: {r.reason}")
+    return table
 
 
 def token_doc(t: CreatedToken) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from common.types import (
     InferenceRecord,
     ModelVariant,
     Outcome,
+    RejectedVariant,
     ReportedState,
     TelemetryRecord,
     TensorSpec,
@@ -114,7 +115,37 @@ def variant_from_row(row: Row) -> ModelVariant:
         inputs=specs_from_json(row["inputs_json"]),
         outputs=specs_from_json(row["outputs_json"]),
         created_at_ms=row["created_at_ms"],
+        precision=row["precision"],
+        method=row["method"],
+        latency_b1_ms=row["latency_b1_ms"],
+        latency_b32_ms=row["latency_b32_ms"],
+        accuracy=row["accuracy"],
+        agreement=row["agreement"],
+        cosine=row["cosine"],
     )
+
+
+def variant_row(name: str, variant: ModelVariant, *, now_ms: int) -> dict[str, Any]:
+    return {
+        "model_name": name,
+        "variant": variant.variant,
+        "sha256": variant.sha256,
+        "size_bytes": variant.size_bytes,
+        "inputs_json": specs_to_json(variant.inputs),
+        "outputs_json": specs_to_json(variant.outputs),
+        "created_at_ms": now_ms,
+        "precision": variant.precision,
+        "method": variant.method,
+        "latency_b1_ms": variant.latency_b1_ms,
+        "latency_b32_ms": variant.latency_b32_ms,
+        "accuracy": variant.accuracy,
+        "agreement": variant.agreement,
+        "cosine": variant.cosine,
+    }
+
+
+def rejection_from_row(row: Row) -> RejectedVariant:
+    return RejectedVariant(precision=row["precision"], method=row["method"], reason=row["reason"])
 
 
 # --- telemetry ----------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from common.types import (
     HardwareProfile,
     Model,
     ModelVariant,
+    RejectedVariant,
     ReportedState,
     TelemetryRecord,
 )
@@ -157,6 +158,25 @@ class Store(ABC):
 
         Importing identical bytes again (same sha256) is a no-op with created=False. A different sha256
         for an existing (name, variant) raises AlreadyExists naming both hashes.
+        """
+
+    @abstractmethod
+    def add_built_variants(
+        self,
+        name: str,
+        variants: Sequence[ModelVariant],
+        rejected: Sequence[RejectedVariant],
+        *,
+        now_ms: int,
+    ) -> Model:
+        """Record one toolchain build of an existing model, all or nothing; returns the model.
+
+        Each variant is registered by ``add_model_variant``'s rules, except that the same sha256 again
+        updates the stored variant's measurements (precision, method, latencies, metrics; e.g. the
+        fp32 upload measured by the build); a conflicting one raises AlreadyExists and nothing of the
+        call is kept. The model's rejected
+        candidates are replaced by ``rejected`` (the latest build's, in order). NotFound if the model
+        does not exist.
         """
 
     @abstractmethod

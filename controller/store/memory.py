@@ -16,6 +16,7 @@ from common.types import (
     HardwareProfile,
     Model,
     ModelVariant,
+    RejectedVariant,
     ReportedState,
     TelemetryRecord,
 )
@@ -211,6 +212,46 @@ class InMemoryStore(Store):
             model = replace(model, variants=tuple(sorted(variants, key=lambda v: v.variant)))
             self._models[name] = model
             return model, True
+
+    def add_built_variants(
+        self,
+        name: str,
+        variants: Sequence[ModelVariant],
+        rejected: Sequence[RejectedVariant],
+        *,
+        now_ms: int,
+    ) -> Model:
+        with self._locked():
+            model = self._models.get(name)
+            if model is None:
+                raise NotFound(f"model {name!r} not found")
+            added: dict[str, ModelVariant] = {v.variant: v for v in model.variants}
+            for variant in variants:  # built aside and stored only when all are valid: all or nothing
+                existing = added.get(variant.variant)
+                if existing is None:
+                    added[variant.variant] = replace(variant, created_at_ms=now_ms)
+                elif existing.sha256 != variant.sha256:
+                    raise _rules.variant_conflict(
+                        name, variant.variant, stored_sha256=existing.sha256, new_sha256=variant.sha256
+                    )
+                else:  # the same bytes: only the measurements are new
+                    added[variant.variant] = replace(
+                        existing,
+                        precision=variant.precision,
+                        method=variant.method,
+                        latency_b1_ms=variant.latency_b1_ms,
+                        latency_b32_ms=variant.latency_b32_ms,
+                        accuracy=variant.accuracy,
+                        agreement=variant.agreement,
+                        cosine=variant.cosine,
+                    )
+            model = replace(
+                model,
+                variants=tuple(sorted(added.values(), key=lambda v: v.variant)),
+                rejected=tuple(rejected),
+            )
+            self._models[name] = model
+            return model
 
     def get_model(self, name: str) -> Model:
         with self._locked():

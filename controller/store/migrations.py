@@ -88,8 +88,32 @@ CREATE TABLE model_variants (
 ) STRICT;
 """
 
+# Variants built by the model toolchain: how, and what they measured against fp32 (NULL: not measured).
+# Candidates the toolchain rejected are kept per model with the measured reason.
+_VARIANT_BUILDS = """
+ALTER TABLE model_variants ADD COLUMN precision TEXT NOT NULL DEFAULT '';
+ALTER TABLE model_variants ADD COLUMN method TEXT NOT NULL DEFAULT '';
+ALTER TABLE model_variants ADD COLUMN latency_b1_ms REAL NOT NULL DEFAULT 0;
+ALTER TABLE model_variants ADD COLUMN latency_b32_ms REAL NOT NULL DEFAULT 0;
+ALTER TABLE model_variants ADD COLUMN accuracy REAL;
+ALTER TABLE model_variants ADD COLUMN agreement REAL;
+ALTER TABLE model_variants ADD COLUMN cosine REAL;
+
+CREATE TABLE model_rejections (
+    model_name TEXT NOT NULL REFERENCES models(name),
+    position INTEGER NOT NULL,
+    precision TEXT NOT NULL,
+    method TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    PRIMARY KEY (model_name, position)
+) STRICT;
+"""
+
 #: Ordered by version, starting at 1, without gaps.
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "initial schema", _INITIAL_SCHEMA),)
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "initial schema", _INITIAL_SCHEMA),
+    Migration(2, "variant builds and rejections", _VARIANT_BUILDS),
+)
 
 _CREATE_VERSION_TABLE = """
 CREATE TABLE IF NOT EXISTS schema_migrations (

@@ -21,6 +21,7 @@ from common.types import (
     HardwareProfile,
     Model,
     ModelVariant,
+    RejectedVariant,
     ReportedState,
     TelemetryRecord,
 )
@@ -68,6 +69,7 @@ class SqliteStore(Store):
         self._tokens = self._db.table("tokens")
         self._models = self._db.table("models")
         self._variants = self._db.table("model_variants")
+        self._rejections = self._db.table("model_rejections")
 
     # --- bootstrap tokens -----------------------------------------------------------------------
 
@@ -262,18 +264,60 @@ class SqliteStore(Store):
                 )
             if self._one("SELECT 1 FROM models WHERE name = ?", name) is None:
                 self._models.insert({"name": name, "created_at_ms": now_ms})
-            self._variants.insert(
+            self._variants.insert(_codec.variant_row(name, variant, now_ms=now_ms))
+            return self._load_model(name), True
+
+    def add_built_variants(
+        self,
+        name: str,
+        variants: Sequence[ModelVariant],
+        rejected: Sequence[RejectedVariant],
+        *,
+        now_ms: int,
+    ) -> Model:
+        with self._tx(write=True):
+            self._load_model(name)  # NotFound before anything is written
+            for variant in variants:
+                existing = self._one(
+                    "SELECT sha256 FROM model_variants WHERE model_name = ? AND variant = ?",
+                    name,
+                    variant.variant,
+                )
+                if existing is None:
+                    self._variants.insert(_codec.variant_row(name, variant, now_ms=now_ms))
+                elif existing["sha256"] != variant.sha256:  # the transaction rolls back what came before
+                    raise _rules.variant_conflict(
+                        name, variant.variant, stored_sha256=existing["sha256"], new_sha256=variant.sha256
+                    )
+                else:  # the same bytes: only the measurements are new
+                    self._conn.execute(
+                        "UPDATE model_variants SET precision = ?, method = ?, latency_b1_ms = ?,"
+                        " latency_b32_ms = ?, accuracy = ?, agreement = ?, cosine = ?"
+                        " WHERE model_name = ? AND variant = ?",
+                        (
+                            variant.precision,
+                            variant.method,
+                            variant.latency_b1_ms,
+                            variant.latency_b32_ms,
+                            variant.accuracy,
+                            variant.agreement,
+                            variant.cosine,
+                            name,
+                            variant.variant,
+                        ),
+                    )
+            self._conn.execute("DELETE FROM model_rejections WHERE model_name = ?", (name,))
+            self._rejections.insert_all(
                 {
                     "model_name": name,
-                    "variant": variant.variant,
-                    "sha256": variant.sha256,
-                    "size_bytes": variant.size_bytes,
-                    "inputs_json": _codec.specs_to_json(variant.inputs),
-                    "outputs_json": _codec.specs_to_json(variant.outputs),
-                    "created_at_ms": now_ms,
+                    "position": i,
+                    "precision": r.precision,
+                    "method": r.method,
+                    "reason": r.reason,
                 }
+                for i, r in enumerate(rejected)
             )
-            return self._load_model(name), True
+            return self._load_model(name)
 
     def get_model(self, name: str) -> Model:
         with self._tx(write=False):
@@ -284,11 +328,15 @@ class SqliteStore(Store):
             variants: dict[str, list[ModelVariant]] = {}
             for row in self._db.query("SELECT * FROM model_variants ORDER BY model_name, variant"):
                 variants.setdefault(row["model_name"], []).append(_codec.variant_from_row(row))
+            rejected: dict[str, list[RejectedVariant]] = {}
+            for row in self._db.query("SELECT * FROM model_rejections ORDER BY model_name, position"):
+                rejected.setdefault(row["model_name"], []).append(_codec.rejection_from_row(row))
             return [
                 Model(
                     name=r["name"],
                     variants=tuple(variants.get(r["name"], ())),
                     created_at_ms=r["created_at_ms"],
+                    rejected=tuple(rejected.get(r["name"], ())),
                 )
                 for r in self._db.query("SELECT * FROM models ORDER BY name")
             ]
@@ -343,10 +391,14 @@ class SqliteStore(Store):
         if row is None:
             raise NotFound(f"model {name!r} not found")
         rows = self._db.query("SELECT * FROM model_variants WHERE model_name = ? ORDER BY variant", [name])
+        rejections = self._db.query(
+            "SELECT * FROM model_rejections WHERE model_name = ? ORDER BY position", [name]
+        )
         return Model(
             name=name,
             variants=tuple(_codec.variant_from_row(r) for r in rows),
             created_at_ms=row["created_at_ms"],
+            rejected=tuple(_codec.rejection_from_row(r) for r in rejections),
         )
 
 

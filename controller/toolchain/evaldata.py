@@ -73,12 +73,17 @@ def class_output(outputs: Sequence[TensorSpec]) -> TensorSpec | None:
 
 
 def load_eval_data(
-    path: str | Path, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec] = ()
+    path: str | Path,
+    inputs: Sequence[TensorSpec],
+    outputs: Sequence[TensorSpec] = (),
+    *,
+    where: str | None = None,
 ) -> EvalData:
     """Load ``path`` (an ``.npz``) and validate it against the model's ``inputs`` (and ``outputs``,
-    which decide whether ``labels`` can be scored). Raises InvalidArgument naming the problem."""
+    which decide whether ``labels`` can be scored). Raises InvalidArgument naming the problem,
+    prefixed with ``where`` (default: "eval data <file name>"; an upload's temp name means nothing)."""
     path = Path(path)
-    where = f"eval data {path.name}"
+    where = where or f"eval data {path.name}"
     if not path.is_file():
         raise InvalidArgument(f"{where}: no such file: {path}")
     try:

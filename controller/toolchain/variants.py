@@ -189,6 +189,11 @@ def toolchain_versions() -> dict[str, str]:
     return {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "numpy": numpy.__version__}
 
 
+def check_precisions(precisions: Sequence[str]) -> list[str]:
+    """The requested precisions, de-duplicated in order; InvalidArgument for unknown ones or none."""
+    return _check_precisions(precisions)
+
+
 def _check_precisions(precisions: Sequence[str]) -> list[str]:
     if isinstance(precisions, str):
         precisions = [p.strip() for p in precisions.split(",")]

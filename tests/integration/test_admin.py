@@ -41,6 +41,11 @@ async def _import(fleet: Fleet, path: Path, name: str = "digits", variant: str =
     return found.sha256
 
 
+async def _events(call: Any) -> list[Any]:
+    """Every event of a server-streaming call (ImportModel streams progress, then the model)."""
+    return [event async for event in call]
+
+
 def test_assign_names_what_is_missing(tmp_path: Path, digits_model: DigitsArtifacts) -> None:
     async def scenario() -> None:
         async with running_controller(tmp_path / "controller") as fleet:
@@ -174,7 +179,8 @@ def test_import_must_start_with_a_header(tmp_path: Path, digits_model: DigitsArt
                 yield serde.import_model_request_to_pb(data)
 
             error = await rpc_error(
-                stub.ImportModel(no_header(), timeout=READ_TIMEOUT_S), grpc.StatusCode.INVALID_ARGUMENT
+                _events(stub.ImportModel(no_header(), timeout=READ_TIMEOUT_S)),
+                grpc.StatusCode.INVALID_ARGUMENT,
             )
             assert "header" in error.message
             assert fleet.artifact_files() == []

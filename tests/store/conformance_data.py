@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 
 from common.errors import AlreadyExists, InvalidArgument, NotFound
-from common.types import DeviceEvent, InferenceRecord, Outcome, TelemetryRecord
+from common.types import DeviceEvent, InferenceRecord, ModelVariant, Outcome, RejectedVariant, TelemetryRecord
 from controller.store.base import Store
 from tests.store.helpers import T0, enrolled, event, inference, variant
 
@@ -160,3 +160,66 @@ class DataRules:
     def test_unknown_model_is_not_found(self, store: Store) -> None:
         with pytest.raises(NotFound, match="ghost"):
             store.get_model("ghost")
+
+    # --- toolchain builds -----------------------------------------------------------------------
+
+    def test_built_variants_keep_their_measurements_and_rejections(self, store: Store) -> None:
+        store.add_model_variant("mnist", variant("fp32", "aa"), now_ms=T0)
+        int8 = built("int8", "bb", accuracy=0.97, agreement=None)
+        rejected = (
+            RejectedVariant("int4", "matmulnbits", "not applicable: no MatMul"),
+            RejectedVariant("fp16", "float16", "cosine 0.5 below 0.99"),
+        )
+        model = store.add_built_variants("mnist", [int8], rejected, now_ms=T0 + 7)
+        assert model.variant("int8") == replace(int8, created_at_ms=T0 + 7)
+        assert model.rejected == rejected  # in the order given
+        assert store.get_model("mnist") == model
+        assert store.list_models() == [model]
+
+    def test_a_new_build_replaces_the_rejections(self, store: Store) -> None:
+        store.add_model_variant("mnist", variant("fp32", "aa"), now_ms=T0)
+        store.add_built_variants("mnist", [], [RejectedVariant("int4", "m", "why")], now_ms=T0)
+        model = store.add_built_variants("mnist", [built("int8", "bb")], [], now_ms=T0 + 1)
+        assert model.rejected == ()
+        assert [v.variant for v in model.variants] == ["fp32", "int8"]
+        again = store.add_built_variants("mnist", [built("int8", "bb")], [], now_ms=T0 + 2)
+        assert again == model  # the same bytes again change nothing
+
+    def test_a_conflicting_build_stores_nothing(self, store: Store) -> None:
+        store.add_model_variant("mnist", variant("fp32", "aa"), now_ms=T0)
+        store.add_model_variant("mnist", variant("int8", "bb"), now_ms=T0)
+        before = store.get_model("mnist")
+        with pytest.raises(AlreadyExists, match="int8"):
+            store.add_built_variants(
+                "mnist",
+                [built("fp16", "cc"), built("int8", "dd")],
+                [RejectedVariant("int4", "m", "why")],
+                now_ms=T0 + 1,
+            )
+        assert store.get_model("mnist") == before
+
+    def test_a_build_measures_an_uploaded_variant(self, store: Store) -> None:
+        store.add_model_variant("mnist", variant("fp32", "aa"), now_ms=T0)
+        model = store.add_built_variants("mnist", [built("fp32", "aa")], [], now_ms=T0 + 9)
+        assert model.variants == (replace(built("fp32", "aa"), size_bytes=1_000, created_at_ms=T0),)
+        assert store.get_model("mnist") == model
+
+    def test_a_build_needs_the_model(self, store: Store) -> None:
+        with pytest.raises(NotFound, match="ghost"):
+            store.add_built_variants("ghost", [built("int8", "bb")], [], now_ms=T0)
+        assert store.list_models() == []
+
+
+def built(
+    name: str, sha: str, *, accuracy: float | None = 0.9, agreement: float | None = 0.95
+) -> ModelVariant:
+    return replace(
+        variant(name, sha, size=300),
+        precision=name,
+        method=f"{name}-method",
+        latency_b1_ms=0.25,
+        latency_b32_ms=1.5,
+        accuracy=accuracy,
+        agreement=agreement,
+        cosine=0.999,
+    )

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from common.errors import PermanentError, Unauthenticated
 from common.types import AssignmentFailure
-from controller.store import migrations
+from controller.store import _codec, migrations
 from controller.store.base import TOKEN_EXHAUSTED, Store
 from controller.store.migrations import MIGRATIONS, Migration
 from controller.store.sqlite import SqliteStore
@@ -146,9 +147,30 @@ def test_a_database_from_newer_code_is_refused(db_path: Path) -> None:
     with conn:
         conn.execute("INSERT INTO schema_migrations VALUES (99, 'from the future', 0)")
     conn.close()
-    with pytest.raises(PermanentError, match=r"schema version 99 is newer .* \(up to 1\)"):
+    with pytest.raises(PermanentError, match=rf"schema version 99 is newer .* \(up to {len(MIGRATIONS)}\)"):
         SqliteStore(db_path)
     assert _rows(db_path, "SELECT MAX(version) FROM schema_migrations") == [(99,)]
+
+
+def test_variants_from_schema_1_survive_migration_2(db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(migrations, "MIGRATIONS", MIGRATIONS[:1])
+    SqliteStore(db_path).close()
+    conn = sqlite3.connect(db_path)
+    with conn:  # as code of schema 1 wrote it
+        conn.execute("INSERT INTO models VALUES ('mnist', ?)", (T0,))
+        conn.execute(
+            "INSERT INTO model_variants VALUES ('mnist', 'fp32', 'aa', 1000, ?, ?, ?)",
+            (_codec.specs_to_json(variant().inputs), _codec.specs_to_json(variant().outputs), T0),
+        )
+    conn.close()
+    monkeypatch.setattr(migrations, "MIGRATIONS", MIGRATIONS)
+    store = SqliteStore(db_path)
+    try:
+        model = store.get_model("mnist")
+        assert model.variants == (replace(variant(), created_at_ms=T0),)  # precision '' and no metrics
+        assert model.rejected == ()
+    finally:
+        store.close()
 
 
 def test_migrations_must_be_numbered_in_order(db_path: Path) -> None:

@@ -136,3 +136,18 @@ def test_stale_temp_files_swept_on_open(tmp_path: Path) -> None:
     (store.tmp_dir / "upload-crashed.tmp").write_bytes(b"half")
     ArtifactStore(tmp_path)
     assert _tmp_files(store) == []
+
+
+def test_stale_build_work_dirs_swept_on_open(tmp_path: Path) -> None:
+    work = tmp_path / "artifacts" / "tmp" / "edgefleet-variants-x"
+    work.mkdir(parents=True)
+    (work / "model.onnx").write_bytes(b"half written")
+    store = ArtifactStore(tmp_path / "artifacts")
+    assert _tmp_files(store) == []
+
+
+def test_a_relative_root_adopts_uploads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    store = ArtifactStore(Path("relative") / "artifacts")  # e.g. fleetctl serve --data-dir ./ctl
+    assert store.put_stream(_chunks(DATA), max_bytes=len(DATA)) == (SHA, len(DATA))
+    assert store.path(SHA).read_bytes() == DATA

@@ -47,12 +47,14 @@ from common.types import (
     Heartbeat,
     Hello,
     ImportModelHeader,
+    ImportProgress,
     InferenceRecord,
     InferRequest,
     InferResponse,
     Model,
     ModelVariant,
     Outcome,
+    RejectedVariant,
     ReportedState,
     TelemetryAck,
     TelemetryBatch,
@@ -192,6 +194,8 @@ welcomes = st.builds(Welcome, heartbeat_interval_ms=st.integers(1, 2**32 - 1), t
 telemetry_acks = st.builds(TelemetryAck, up_to_sequence=u64)
 controller_messages = st.one_of(welcomes, assignments, telemetry_acks)
 
+durations_ms = st.floats(0, 1e6, allow_nan=False, allow_infinity=False)
+scores = st.floats(-1.0, 1.0, allow_nan=False, allow_infinity=False)
 model_variants = st.builds(
     ModelVariant,
     variant=names,
@@ -200,13 +204,23 @@ model_variants = st.builds(
     inputs=spec_tuples,
     outputs=spec_tuples,
     created_at_ms=i64,
+    precision=st.sampled_from(["", "fp32", "fp16", "int8", "int4"]),
+    method=text,
+    latency_b1_ms=durations_ms,
+    latency_b32_ms=durations_ms,
+    accuracy=st.none() | scores,
+    agreement=st.none() | scores,
+    cosine=st.none() | scores,
 )
+rejected_variants = st.builds(RejectedVariant, precision=names, method=text, reason=text)
 models = st.builds(
     Model,
     name=names,
     variants=st.lists(model_variants, max_size=3, unique_by=lambda v: v.variant).map(tuple),
     created_at_ms=i64,
+    rejected=st.lists(rejected_variants, max_size=3).map(tuple),
 )
+import_progress = st.builds(ImportProgress, step=u32, total=u32, message=text)
 
 
 # --- round trips -------------------------------------------------------------------------------
@@ -356,6 +370,42 @@ def test_admin_and_enroll_roundtrips(
     assert serde.enroll_request_from_pb(wire(serde.enroll_request_to_pb("tok", hw))) == ("tok", hw, "", "")
     with pytest.raises(InvalidArgument, match="device_credential"):
         serde.enroll_request_from_pb(wire(serde.enroll_request_to_pb("tok", hw, name, "short")))
+
+
+@settings(PROPERTY, max_examples=25)
+@given(models, import_progress, names, st.lists(names, max_size=4), u64)
+def test_import_event_roundtrips(
+    model: Model, progress: ImportProgress, name: str, precisions: list[str], size: int
+) -> None:
+    roundtrip(model, serde.import_model_event_to_pb, serde.import_model_event_from_pb)
+    roundtrip(progress, serde.import_model_event_to_pb, serde.import_model_event_from_pb)
+    roundtrip(progress, serde.import_progress_to_pb, serde.import_progress_from_pb)
+    for r in model.rejected:
+        roundtrip(r, serde.rejected_variant_to_pb, serde.rejected_variant_from_pb)
+    header = ImportModelHeader(
+        name=name, precisions=tuple(precisions), size_bytes=size % 1000, eval_data_size_bytes=size % 999
+    )
+    roundtrip(header, serde.import_model_request_to_pb, serde.import_model_request_from_pb)
+    roundtrip(header, serde.import_model_header_to_pb, serde.import_model_header_from_pb)
+    chunk = serde.EvalDataChunk(name.encode())
+    roundtrip(chunk, serde.import_model_request_to_pb, serde.import_model_request_from_pb)
+    assert serde.get_model_request_from_pb(wire(serde.get_model_request_to_pb(name))) == name
+
+
+def test_import_messages_refuse_what_a_peer_could_get_wrong() -> None:
+    with pytest.raises(InvalidArgument, match=r"header.precisions\[1\]"):
+        serde.import_model_header_from_pb(admin_pb.ImportModelHeader(name="m", precisions=["int8", "INT 4"]))
+    with pytest.raises(InvalidArgument, match="import model event: empty"):
+        serde.import_model_event_from_pb(admin_pb.ImportModelEvent())
+    bad = types_pb.ModelVariant(variant="fp32", sha256=SHA_A, latency_b1_ms=-1.0)
+    with pytest.raises(InvalidArgument, match=r"variant\.latency_b1_ms"):
+        serde.model_variant_from_pb(bad)
+    with pytest.raises(InvalidArgument, match=r"variant\.cosine"):
+        serde.model_variant_from_pb(types_pb.ModelVariant(variant="fp32", sha256=SHA_A, cosine=math.nan))
+    unset = serde.model_variant_from_pb(types_pb.ModelVariant(variant="fp32", sha256=SHA_A))
+    assert (unset.accuracy, unset.agreement, unset.cosine) == (None, None, None)
+    with pytest.raises(InvalidArgument, match=r"model.rejected\[0\].precision"):
+        serde.model_from_pb(types_pb.Model(name="m", rejected=[types_pb.RejectedVariant(reason="x")]))
 
 
 def test_small_request_roundtrips() -> None:
@@ -819,6 +869,8 @@ DECODERS: list[tuple[Any, Callable[[Any], Any]]] = [
     (admin_pb.ListDevicesResponse, serde.list_devices_response_from_pb),
     (admin_pb.GetDeviceRequest, serde.get_device_request_from_pb),
     (admin_pb.ImportModelRequest, serde.import_model_request_from_pb),
+    (admin_pb.ImportModelEvent, serde.import_model_event_from_pb),
+    (admin_pb.GetModelRequest, serde.get_model_request_from_pb),
     (admin_pb.ListModelsResponse, serde.list_models_response_from_pb),
     (admin_pb.AssignRequest, serde.assign_request_from_pb),
     (admin_pb.AssignResponse, serde.assign_response_from_pb),

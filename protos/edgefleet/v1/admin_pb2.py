@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from edgefleet.v1 import types_pb2 as edgefleet_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x65\x64gefleet/v1/admin.proto\x12\x0c\x65\x64gefleet.v1\x1a\x18\x65\x64gefleet/v1/types.proto\"L\n\x12\x43reateTokenRequest\x12\x13\n\x0bttl_seconds\x18\x01 \x01(\x04\x12\x0c\n\x04uses\x18\x02 \x01(\r\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\"[\n\x13\x43reateTokenResponse\x12\x10\n\x08token_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12\x15\n\rexpires_at_ms\x18\x03 \x01(\x03\x12\x0c\n\x04uses\x18\x04 \x01(\r\"\x14\n\x12ListDevicesRequest\"<\n\x13ListDevicesResponse\x12%\n\x07\x64\x65vices\x18\x01 \x03(\x0b\x32\x14.edgefleet.v1.Device\"%\n\x10GetDeviceRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\"F\n\x11ImportModelHeader\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07variant\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x04\"_\n\x12ImportModelRequest\x12\x31\n\x06header\x18\x01 \x01(\x0b\x32\x1f.edgefleet.v1.ImportModelHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04\x62ody\"\x13\n\x11ListModelsRequest\"9\n\x12ListModelsResponse\x12#\n\x06models\x18\x01 \x03(\x0b\x32\x13.edgefleet.v1.Model\"G\n\rAssignRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x0f\n\x07variant\x18\x03 \x01(\t\"G\n\x0e\x41ssignResponse\x12$\n\x06\x64\x65vice\x18\x01 \x01(\x0b\x32\x14.edgefleet.v1.Device\x12\x0f\n\x07\x63hanged\x18\x02 \x01(\x08\x32\xd7\x03\n\x0c\x41\x64minService\x12R\n\x0b\x43reateToken\x12 .edgefleet.v1.CreateTokenRequest\x1a!.edgefleet.v1.CreateTokenResponse\x12R\n\x0bListDevices\x12 .edgefleet.v1.ListDevicesRequest\x1a!.edgefleet.v1.ListDevicesResponse\x12\x41\n\tGetDevice\x12\x1e.edgefleet.v1.GetDeviceRequest\x1a\x14.edgefleet.v1.Device\x12\x46\n\x0bImportModel\x12 .edgefleet.v1.ImportModelRequest\x1a\x13.edgefleet.v1.Model(\x01\x12O\n\nListModels\x12\x1f.edgefleet.v1.ListModelsRequest\x1a .edgefleet.v1.ListModelsResponse\x12\x43\n\x06\x41ssign\x12\x1b.edgefleet.v1.AssignRequest\x1a\x1c.edgefleet.v1.AssignResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x65\x64gefleet/v1/admin.proto\x12\x0c\x65\x64gefleet.v1\x1a\x18\x65\x64gefleet/v1/types.proto\"L\n\x12\x43reateTokenRequest\x12\x13\n\x0bttl_seconds\x18\x01 \x01(\x04\x12\x0c\n\x04uses\x18\x02 \x01(\r\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\"[\n\x13\x43reateTokenResponse\x12\x10\n\x08token_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12\x15\n\rexpires_at_ms\x18\x03 \x01(\x03\x12\x0c\n\x04uses\x18\x04 \x01(\r\"\x14\n\x12ListDevicesRequest\"<\n\x13ListDevicesResponse\x12%\n\x07\x64\x65vices\x18\x01 \x03(\x0b\x32\x14.edgefleet.v1.Device\"%\n\x10GetDeviceRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\"x\n\x11ImportModelHeader\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07variant\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x04\x12\x12\n\nprecisions\x18\x04 \x03(\t\x12\x1c\n\x14\x65val_data_size_bytes\x18\x05 \x01(\x04\"t\n\x12ImportModelRequest\x12\x31\n\x06header\x18\x01 \x01(\x0b\x32\x1f.edgefleet.v1.ImportModelHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x12\x13\n\teval_data\x18\x03 \x01(\x0cH\x00\x42\x06\n\x04\x62ody\">\n\x0eImportProgress\x12\x0c\n\x04step\x18\x01 \x01(\r\x12\r\n\x05total\x18\x02 \x01(\r\x12\x0f\n\x07message\x18\x03 \x01(\t\"r\n\x10ImportModelEvent\x12\x30\n\x08progress\x18\x01 \x01(\x0b\x32\x1c.edgefleet.v1.ImportProgressH\x00\x12$\n\x05model\x18\x02 \x01(\x0b\x32\x13.edgefleet.v1.ModelH\x00\x42\x06\n\x04\x62ody\"\x1f\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x13\n\x11ListModelsRequest\"9\n\x12ListModelsResponse\x12#\n\x06models\x18\x01 \x03(\x0b\x32\x13.edgefleet.v1.Model\"G\n\rAssignRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x0f\n\x07variant\x18\x03 \x01(\t\"G\n\x0e\x41ssignResponse\x12$\n\x06\x64\x65vice\x18\x01 \x01(\x0b\x32\x14.edgefleet.v1.Device\x12\x0f\n\x07\x63hanged\x18\x02 \x01(\x08\x32\xa4\x04\n\x0c\x41\x64minService\x12R\n\x0b\x43reateToken\x12 .edgefleet.v1.CreateTokenRequest\x1a!.edgefleet.v1.CreateTokenResponse\x12R\n\x0bListDevices\x12 .edgefleet.v1.ListDevicesRequest\x1a!.edgefleet.v1.ListDevicesResponse\x12\x41\n\tGetDevice\x12\x1e.edgefleet.v1.GetDeviceRequest\x1a\x14.edgefleet.v1.Device\x12S\n\x0bImportModel\x12 .edgefleet.v1.ImportModelRequest\x1a\x1e.edgefleet.v1.ImportModelEvent(\x01\x30\x01\x12>\n\x08GetModel\x12\x1d.edgefleet.v1.GetModelRequest\x1a\x13.edgefleet.v1.Model\x12O\n\nListModels\x12\x1f.edgefleet.v1.ListModelsRequest\x1a .edgefleet.v1.ListModelsResponse\x12\x43\n\x06\x41ssign\x12\x1b.edgefleet.v1.AssignRequest\x1a\x1c.edgefleet.v1.AssignResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,17 +43,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETDEVICEREQUEST']._serialized_start=323
   _globals['_GETDEVICEREQUEST']._serialized_end=360
   _globals['_IMPORTMODELHEADER']._serialized_start=362
-  _globals['_IMPORTMODELHEADER']._serialized_end=432
-  _globals['_IMPORTMODELREQUEST']._serialized_start=434
-  _globals['_IMPORTMODELREQUEST']._serialized_end=529
-  _globals['_LISTMODELSREQUEST']._serialized_start=531
-  _globals['_LISTMODELSREQUEST']._serialized_end=550
-  _globals['_LISTMODELSRESPONSE']._serialized_start=552
-  _globals['_LISTMODELSRESPONSE']._serialized_end=609
-  _globals['_ASSIGNREQUEST']._serialized_start=611
-  _globals['_ASSIGNREQUEST']._serialized_end=682
-  _globals['_ASSIGNRESPONSE']._serialized_start=684
-  _globals['_ASSIGNRESPONSE']._serialized_end=755
-  _globals['_ADMINSERVICE']._serialized_start=758
-  _globals['_ADMINSERVICE']._serialized_end=1229
+  _globals['_IMPORTMODELHEADER']._serialized_end=482
+  _globals['_IMPORTMODELREQUEST']._serialized_start=484
+  _globals['_IMPORTMODELREQUEST']._serialized_end=600
+  _globals['_IMPORTPROGRESS']._serialized_start=602
+  _globals['_IMPORTPROGRESS']._serialized_end=664
+  _globals['_IMPORTMODELEVENT']._serialized_start=666
+  _globals['_IMPORTMODELEVENT']._serialized_end=780
+  _globals['_GETMODELREQUEST']._serialized_start=782
+  _globals['_GETMODELREQUEST']._serialized_end=813
+  _globals['_LISTMODELSREQUEST']._serialized_start=815
+  _globals['_LISTMODELSREQUEST']._serialized_end=834
+  _globals['_LISTMODELSRESPONSE']._serialized_start=836
+  _globals['_LISTMODELSRESPONSE']._serialized_end=893
+  _globals['_ASSIGNREQUEST']._serialized_start=895
+  _globals['_ASSIGNREQUEST']._serialized_end=966
+  _globals['_ASSIGNRESPONSE']._serialized_start=968
+  _globals['_ASSIGNRESPONSE']._serialized_end=1039
+  _globals['_ADMINSERVICE']._serialized_start=1042
+  _globals['_ADMINSERVICE']._serialized_end=1590
 # @@protoc_insertion_point(module_scope)

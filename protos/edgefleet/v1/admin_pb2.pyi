@@ -46,22 +46,52 @@ class GetDeviceRequest(_message.Message):
     def __init__(self, device_id: _Optional[str] = ...) -> None: ...
 
 class ImportModelHeader(_message.Message):
-    __slots__ = ("name", "variant", "size_bytes")
+    __slots__ = ("name", "variant", "size_bytes", "precisions", "eval_data_size_bytes")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VARIANT_FIELD_NUMBER: _ClassVar[int]
     SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PRECISIONS_FIELD_NUMBER: _ClassVar[int]
+    EVAL_DATA_SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     name: str
     variant: str
     size_bytes: int
-    def __init__(self, name: _Optional[str] = ..., variant: _Optional[str] = ..., size_bytes: _Optional[int] = ...) -> None: ...
+    precisions: _containers.RepeatedScalarFieldContainer[str]
+    eval_data_size_bytes: int
+    def __init__(self, name: _Optional[str] = ..., variant: _Optional[str] = ..., size_bytes: _Optional[int] = ..., precisions: _Optional[_Iterable[str]] = ..., eval_data_size_bytes: _Optional[int] = ...) -> None: ...
 
 class ImportModelRequest(_message.Message):
-    __slots__ = ("header", "data")
+    __slots__ = ("header", "data", "eval_data")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
+    EVAL_DATA_FIELD_NUMBER: _ClassVar[int]
     header: ImportModelHeader
     data: bytes
-    def __init__(self, header: _Optional[_Union[ImportModelHeader, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
+    eval_data: bytes
+    def __init__(self, header: _Optional[_Union[ImportModelHeader, _Mapping]] = ..., data: _Optional[bytes] = ..., eval_data: _Optional[bytes] = ...) -> None: ...
+
+class ImportProgress(_message.Message):
+    __slots__ = ("step", "total", "message")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    step: int
+    total: int
+    message: str
+    def __init__(self, step: _Optional[int] = ..., total: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+
+class ImportModelEvent(_message.Message):
+    __slots__ = ("progress", "model")
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    progress: ImportProgress
+    model: _types_pb2.Model
+    def __init__(self, progress: _Optional[_Union[ImportProgress, _Mapping]] = ..., model: _Optional[_Union[_types_pb2.Model, _Mapping]] = ...) -> None: ...
+
+class GetModelRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()

@@ -50,9 +50,14 @@ class AdminServiceStub:
                 request_serializer=edgefleet_dot_v1_dot_admin__pb2.GetDeviceRequest.SerializeToString,
                 response_deserializer=edgefleet_dot_v1_dot_types__pb2.Device.FromString,
                 _registered_method=True)
-        self.ImportModel = channel.stream_unary(
+        self.ImportModel = channel.stream_stream(
                 '/edgefleet.v1.AdminService/ImportModel',
                 request_serializer=edgefleet_dot_v1_dot_admin__pb2.ImportModelRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_admin__pb2.ImportModelEvent.FromString,
+                _registered_method=True)
+        self.GetModel = channel.unary_unary(
+                '/edgefleet.v1.AdminService/GetModel',
+                request_serializer=edgefleet_dot_v1_dot_admin__pb2.GetModelRequest.SerializeToString,
                 response_deserializer=edgefleet_dot_v1_dot_types__pb2.Model.FromString,
                 _registered_method=True)
         self.ListModels = channel.unary_unary(
@@ -89,8 +94,15 @@ class AdminServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ImportModel(self, request_iterator, context):
-        """Client-streaming upload: the first message carries the header, later ones the bytes.
+        """Upload: the first message carries the header, then the model bytes, then the eval data bytes.
+        Streams build progress and ends with the registered model.
         """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetModel(self, request, context):
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -125,9 +137,14 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     request_deserializer=edgefleet_dot_v1_dot_admin__pb2.GetDeviceRequest.FromString,
                     response_serializer=edgefleet_dot_v1_dot_types__pb2.Device.SerializeToString,
             ),
-            'ImportModel': grpc.stream_unary_rpc_method_handler(
+            'ImportModel': grpc.stream_stream_rpc_method_handler(
                     servicer.ImportModel,
                     request_deserializer=edgefleet_dot_v1_dot_admin__pb2.ImportModelRequest.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_admin__pb2.ImportModelEvent.SerializeToString,
+            ),
+            'GetModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetModel,
+                    request_deserializer=edgefleet_dot_v1_dot_admin__pb2.GetModelRequest.FromString,
                     response_serializer=edgefleet_dot_v1_dot_types__pb2.Model.SerializeToString,
             ),
             'ListModels': grpc.unary_unary_rpc_method_handler(
@@ -243,11 +260,38 @@ class AdminService:
             wait_for_ready=None,
             timeout=None,
             metadata=None):
-        return grpc.experimental.stream_unary(
+        return grpc.experimental.stream_stream(
             request_iterator,
             target,
             '/edgefleet.v1.AdminService/ImportModel',
             edgefleet_dot_v1_dot_admin__pb2.ImportModelRequest.SerializeToString,
+            edgefleet_dot_v1_dot_admin__pb2.ImportModelEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.AdminService/GetModel',
+            edgefleet_dot_v1_dot_admin__pb2.GetModelRequest.SerializeToString,
             edgefleet_dot_v1_dot_types__pb2.Model.FromString,
             options,
             channel_credentials,

@@ -123,30 +123,56 @@ class ReportedState(_message.Message):
     def __init__(self, acked_version: _Optional[int] = ..., active_sha256: _Optional[str] = ..., last_known_good_sha256: _Optional[str] = ..., active_model_name: _Optional[str] = ..., active_variant: _Optional[str] = ...) -> None: ...
 
 class ModelVariant(_message.Message):
-    __slots__ = ("variant", "sha256", "size_bytes", "inputs", "outputs", "created_at_ms")
+    __slots__ = ("variant", "sha256", "size_bytes", "inputs", "outputs", "created_at_ms", "precision", "method", "latency_b1_ms", "latency_b32_ms", "accuracy", "agreement", "cosine")
     VARIANT_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
     SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_B1_MS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_B32_MS_FIELD_NUMBER: _ClassVar[int]
+    ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    AGREEMENT_FIELD_NUMBER: _ClassVar[int]
+    COSINE_FIELD_NUMBER: _ClassVar[int]
     variant: str
     sha256: str
     size_bytes: int
     inputs: _containers.RepeatedCompositeFieldContainer[TensorSpec]
     outputs: _containers.RepeatedCompositeFieldContainer[TensorSpec]
     created_at_ms: int
-    def __init__(self, variant: _Optional[str] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., created_at_ms: _Optional[int] = ...) -> None: ...
+    precision: str
+    method: str
+    latency_b1_ms: float
+    latency_b32_ms: float
+    accuracy: float
+    agreement: float
+    cosine: float
+    def __init__(self, variant: _Optional[str] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., created_at_ms: _Optional[int] = ..., precision: _Optional[str] = ..., method: _Optional[str] = ..., latency_b1_ms: _Optional[float] = ..., latency_b32_ms: _Optional[float] = ..., accuracy: _Optional[float] = ..., agreement: _Optional[float] = ..., cosine: _Optional[float] = ...) -> None: ...
+
+class RejectedVariant(_message.Message):
+    __slots__ = ("precision", "method", "reason")
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    precision: str
+    method: str
+    reason: str
+    def __init__(self, precision: _Optional[str] = ..., method: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class Model(_message.Message):
-    __slots__ = ("name", "variants", "created_at_ms")
+    __slots__ = ("name", "variants", "created_at_ms", "rejected")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VARIANTS_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_FIELD_NUMBER: _ClassVar[int]
     name: str
     variants: _containers.RepeatedCompositeFieldContainer[ModelVariant]
     created_at_ms: int
-    def __init__(self, name: _Optional[str] = ..., variants: _Optional[_Iterable[_Union[ModelVariant, _Mapping]]] = ..., created_at_ms: _Optional[int] = ...) -> None: ...
+    rejected: _containers.RepeatedCompositeFieldContainer[RejectedVariant]
+    def __init__(self, name: _Optional[str] = ..., variants: _Optional[_Iterable[_Union[ModelVariant, _Mapping]]] = ..., created_at_ms: _Optional[int] = ..., rejected: _Optional[_Iterable[_Union[RejectedVariant, _Mapping]]] = ...) -> None: ...
 
 class Device(_message.Message):
     __slots__ = ("id", "hardware", "connected", "last_seen_ms", "desired_version", "acked_version", "assignment", "reported", "enrolled_at_ms", "last_failure", "last_failure_message", "failed_version", "records_received", "last_sequence", "records_dropped")
