@@ -157,11 +157,39 @@ class RejectedVariant:
 
 
 @dataclass(frozen=True, slots=True)
+class CutPoint:
+    """Where a model can be split: the head is the first ``index`` nodes of its topological order.
+
+    ``tensors`` cross from head to tail (-1 marks a dynamic or unknown dimension);
+    ``bytes_per_sample`` is their size per sample, -1 when a non-batch dimension is unknown."""
+
+    index: int
+    tensors: tuple[TensorSpec, ...] = ()
+    bytes_per_sample: int = -1
+
+
+@dataclass(frozen=True, slots=True)
+class BlockProfile:
+    """Measured latency of the block between two consecutive profiled cut points on the controller
+    host. ``start_cut`` 0 is the model inputs and ``end_cut`` 0 the model outputs. A block that failed
+    to build or run has latency 0 and the reason in ``error``."""
+
+    start_cut: int
+    end_cut: int
+    precision: str
+    batch_size: int
+    latency_ms: float
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Model:
     name: str
     variants: tuple[ModelVariant, ...] = ()
     created_at_ms: int = 0
     rejected: tuple[RejectedVariant, ...] = ()
+    cut_points: tuple[CutPoint, ...] = ()
+    block_profiles: tuple[BlockProfile, ...] = ()
 
     def variant(self, name: str) -> ModelVariant | None:
         return next((v for v in self.variants if v.variant == name), None)

@@ -26,6 +26,8 @@ from common.serde._validate import (
 from common.types import (
     Assignment,
     AssignmentFailure,
+    BlockProfile,
+    CutPoint,
     DataType,
     Device,
     HardwareProfile,
@@ -258,12 +260,60 @@ def rejected_variant_from_pb(pb: types_pb.RejectedVariant, *, path: str = "rejec
     )
 
 
+def cut_point_to_pb(c: CutPoint) -> types_pb.CutPoint:
+    return types_pb.CutPoint(
+        index=c.index,
+        tensors=[tensor_spec_to_pb(t) for t in c.tensors],
+        bytes_per_sample=c.bytes_per_sample,
+    )
+
+
+def cut_point_from_pb(pb: types_pb.CutPoint, *, path: str = "cut_point") -> CutPoint:
+    if pb.index == 0:
+        _fail(_at(path, "index"), "must be positive")
+    if pb.bytes_per_sample < -1:
+        _fail(_at(path, "bytes_per_sample"), f"must be >= 0, or -1 for unknown; got {pb.bytes_per_sample}")
+    return CutPoint(
+        index=pb.index,
+        tensors=_specs(_at(path, "tensors"), pb.tensors),
+        bytes_per_sample=pb.bytes_per_sample,
+    )
+
+
+def block_profile_to_pb(b: BlockProfile) -> types_pb.BlockProfile:
+    return types_pb.BlockProfile(
+        start_cut=b.start_cut,
+        end_cut=b.end_cut,
+        precision=b.precision,
+        batch_size=b.batch_size,
+        latency_ms=b.latency_ms,
+        error=b.error,
+    )
+
+
+def block_profile_from_pb(pb: types_pb.BlockProfile, *, path: str = "block_profile") -> BlockProfile:
+    if pb.end_cut and pb.end_cut <= pb.start_cut:
+        _fail(path, f"end_cut {pb.end_cut} is not after start_cut {pb.start_cut}")
+    if pb.batch_size == 0:
+        _fail(_at(path, "batch_size"), "must be positive")
+    return BlockProfile(
+        start_cut=pb.start_cut,
+        end_cut=pb.end_cut,
+        precision=_name(_at(path, "precision"), pb.precision),
+        batch_size=pb.batch_size,
+        latency_ms=_latency(_at(path, "latency_ms"), pb.latency_ms),
+        error=_text(pb.error),
+    )
+
+
 def model_to_pb(m: Model) -> types_pb.Model:
     return types_pb.Model(
         name=m.name,
         variants=[model_variant_to_pb(v) for v in m.variants],
         created_at_ms=m.created_at_ms,
         rejected=[rejected_variant_to_pb(r) for r in m.rejected],
+        cut_points=[cut_point_to_pb(c) for c in m.cut_points],
+        block_profiles=[block_profile_to_pb(b) for b in m.block_profiles],
     )
 
 
@@ -281,6 +331,13 @@ def model_from_pb(pb: types_pb.Model, *, path: str = "model") -> Model:
         created_at_ms=pb.created_at_ms,
         rejected=tuple(
             rejected_variant_from_pb(r, path=_at(path, f"rejected[{i}]")) for i, r in enumerate(pb.rejected)
+        ),
+        cut_points=tuple(
+            cut_point_from_pb(c, path=_at(path, f"cut_points[{i}]")) for i, c in enumerate(pb.cut_points)
+        ),
+        block_profiles=tuple(
+            block_profile_from_pb(b, path=_at(path, f"block_profiles[{i}]"))
+            for i, b in enumerate(pb.block_profiles)
         ),
     )
 

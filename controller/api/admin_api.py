@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 from common import serde
@@ -25,6 +26,7 @@ from controller.onnx_check import inspect_onnx
 from controller.service import enrollment, fleet
 from controller.service.clock import Clock
 from controller.toolchain.evaldata import EvalData, load_eval_data
+from controller.toolchain.model_profile import ModelProfile, profile_model
 from controller.toolchain.variants import VariantResult, build_variants, check_precisions
 
 log = logging.getLogger(__name__)
@@ -228,12 +230,12 @@ class AdminApi(serde.AdminServiceServicer):
         precisions = ["fp32", *(p for p in check_precisions(header.precisions) if p != "fp32")]
         build = asyncio.ensure_future(
             asyncio.to_thread(
-                build_variants,
+                _build_and_profile,
                 self._artifacts.path(sha256),
                 eval_data,
                 precisions,
                 self._artifacts.tmp_dir,
-                progress=progress,
+                progress,
             )
         )
         stored: list[str] = []
@@ -249,7 +251,7 @@ class AdminApi(serde.AdminServiceServicer):
                     yield getter.result()
             while not queue.empty():  # progress posted before the build returned
                 yield queue.get_nowait()
-            results = build.result()
+            results, profile = build.result()
             variants: list[ModelVariant] = []
             for r in results:
                 if not r.accepted or r.onnx_bytes is None:
@@ -270,12 +272,16 @@ class AdminApi(serde.AdminServiceServicer):
                 variants,
                 rejected,
                 now_ms=self._clock.now_ms(),
+                cut_points=profile.cut_points,
+                block_profiles=profile.block_profiles,
             )
             log.info(
-                "model=%s built %s; rejected %s",
+                "model=%s built %s; rejected %s; %d cut points, %d block profiles",
                 header.name,
                 ", ".join(v.variant for v in variants) or "nothing",
                 ", ".join(f"{r.precision}/{r.method}" for r in rejected) or "nothing",
+                len(profile.cut_points),
+                len(profile.block_profiles),
             )
             stored.clear()  # registered: referenced from now on
             yield model
@@ -295,6 +301,45 @@ class AdminApi(serde.AdminServiceServicer):
 
 #: Progress events waiting for a slow client; older ones are dropped beyond this.
 _PROGRESS_QUEUE = 64
+
+
+def _build_and_profile(
+    model_path: Path,
+    eval_data: EvalData,
+    precisions: list[str],
+    workdir: Path,
+    progress: Callable[[int, int, str], None],
+) -> tuple[list[VariantResult], ModelProfile]:
+    """The variant build, then the cut points and block profiles of every accepted precision (in a
+    worker thread). Progress runs over both with one fixed total: the build's steps, one for the cut
+    points, one per requested precision (a rejected one is reported as not profiled)."""
+    extra = 1 + len(precisions)
+    base = 0
+
+    def build_progress(step: int, total: int, message: str) -> None:
+        nonlocal base
+        base = total
+        progress(step, total + extra, message)
+
+    results = build_variants(model_path, eval_data, precisions, workdir, progress=build_progress)
+    methods: dict[str, str] = {}
+    for r in results:
+        if r.accepted and r.onnx_bytes is not None:
+            methods.setdefault(r.precision, r.method)
+    done = 0
+
+    def profile_progress(step: int, total: int, message: str) -> None:
+        nonlocal done
+        done = step
+        progress(base + step, base + extra, message)
+
+    profile = profile_model(
+        model_path.read_bytes(), eval_data, methods, workdir=workdir, progress=profile_progress
+    )
+    for precision in (p for p in precisions if p not in methods):
+        done += 1
+        progress(base + done, base + extra, f"{precision}: no block profile (no accepted variant)")
+    return results, profile
 
 
 def _builds(header: ImportModelHeader | None) -> bool:

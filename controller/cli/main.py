@@ -20,7 +20,7 @@ from common.cli_errors import exit_for
 from common.durations import parse_duration
 from common.errors import EdgefleetError
 from common.logs import configure_logging
-from common.types import ImportProgress
+from common.types import ImportProgress, Model
 from controller.cli import render
 from controller.client import AdminClient
 
@@ -157,7 +157,7 @@ def models_import(
             def on_event(event: ImportProgress) -> None:
                 if not build:
                     progress.update(upload, completed=size)
-                    build.append(progress.add_task("building variants", total=event.total, detail=""))
+                    build.append(progress.add_task("building and profiling", total=event.total, detail=""))
                 progress.update(build[0], completed=event.step, total=event.total, detail=event.message)
 
             model = client.import_model(
@@ -171,7 +171,17 @@ def models_import(
             )
     except EdgefleetError as exc:
         raise exit_for(exc) from None
-    _show(render.model_doc(model), output, lambda: out.print(render.variants_table(model)))
+    _show(render.model_doc(model), output, lambda: _print_model(model))
+
+
+def _print_model(model: Model) -> None:
+    out.print(render.variants_table(model))
+    if model.cut_points:
+        out.print()
+        out.print(render.cut_points_table(model))
+    if model.block_profiles:
+        out.print()
+        out.print(render.block_profiles_table(model))
 
 
 @models_app.command("describe")
@@ -180,13 +190,14 @@ def models_describe(
     controller: ControllerOpt = "",
     output: OutputOpt = Output.table,
 ) -> None:
-    """One model: every variant with its measurements, and the rejected precisions with their reasons."""
+    """One model: every variant with its measurements, the rejected precisions with their reasons,
+    every cut point and the block profiles."""
     try:
         with _client(controller) as client:
             model = client.get_model(name)
     except EdgefleetError as exc:
         raise exit_for(exc) from None
-    _show(render.model_doc(model), output, lambda: out.print(render.variants_table(model)))
+    _show(render.model_doc(model), output, lambda: _print_model(model))
 
 
 def _show(doc: object, output: Output, table: object) -> None:

@@ -95,6 +95,27 @@ def model_doc(m: Model) -> dict[str, Any]:
             for v in m.variants
         ],
         "rejected": [{"precision": r.precision, "method": r.method, "reason": r.reason} for r in m.rejected],
+        "cut_points": [
+            {
+                "index": c.index,
+                "tensors": [
+                    {"name": t.name, "dtype": t.dtype.value, "shape": list(t.shape)} for t in c.tensors
+                ],
+                "bytes_per_sample": None if c.bytes_per_sample < 0 else c.bytes_per_sample,
+            }
+            for c in m.cut_points
+        ],
+        "block_profiles": [
+            {
+                "start_cut": b.start_cut or None,
+                "end_cut": b.end_cut or None,
+                "precision": b.precision,
+                "batch_size": b.batch_size,
+                "latency_ms": b.latency_ms if not b.error else None,
+                "error": b.error or None,
+            }
+            for b in m.block_profiles
+        ],
     }
 
 
@@ -129,6 +150,52 @@ def variants_table(m: Model) -> Table:
         )
     for r in m.rejected:
         table.add_row(r.precision, r.method or "-", "-", "-", "-", "-", "-", f"rejected: {r.reason}")
+    return table
+
+
+def _shape(shape: Sequence[int]) -> str:
+    return "[" + ",".join("N" if d < 0 else str(d) for d in shape) + "]"
+
+
+def cut_points_table(m: Model) -> Table:
+    """Every cut point: where it is, which tensors cross it, and how many bytes per sample."""
+    table = Table(
+        box=None, header_style="bold", title=f"cut points ({len(m.cut_points)})", title_justify="left"
+    )
+    for col in ("INDEX", "CROSSING TENSORS", "BYTES/SAMPLE"):
+        table.add_column(col, overflow="fold")
+    for c in m.cut_points:
+        table.add_row(
+            str(c.index),
+            ", ".join(f"{t.name} {t.dtype.value}{_shape(t.shape)}" for t in c.tensors),
+            "?" if c.bytes_per_sample < 0 else str(c.bytes_per_sample),
+        )
+    return table
+
+
+def block_profiles_table(m: Model) -> Table:
+    """Block x (precision, batch) grid of measured latency in ms (``input``/``output``: model ends)."""
+    table = Table(
+        box=None, header_style="bold", title="block profiles (ms per call, host)", title_justify="left"
+    )
+    columns = sorted(
+        {(b.precision, b.batch_size) for b in m.block_profiles},
+        key=lambda k: (_PRECISION_ORDER.get(k[0], len(_PRECISION_ORDER)), k[0], k[1]),
+    )
+    blocks = sorted(
+        {(b.start_cut, b.end_cut) for b in m.block_profiles},
+        key=lambda k: (k[0], k[1] == 0, k[1]),
+    )
+    cells = {(b.start_cut, b.end_cut, b.precision, b.batch_size): b for b in m.block_profiles}
+    table.add_column("BLOCK")
+    for precision, batch in columns:
+        table.add_column(f"{precision.upper()} B{batch}", justify="right")
+    for start, end in blocks:
+        row = [f"{start or 'input'}..{end or 'output'}"]
+        for precision, batch in columns:
+            b = cells.get((start, end, precision, batch))
+            row.append("-" if b is None else ("failed" if b.error else f"{b.latency_ms:.4f}"))
+        table.add_row(*row)
     return table
 
 

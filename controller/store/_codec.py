@@ -7,13 +7,15 @@ objects with stable keys so a database stays readable by later code versions.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from common.types import (
     Assignment,
     AssignmentFailure,
+    BlockProfile,
     BootstrapToken,
+    CutPoint,
     DataType,
     Device,
     DeviceEvent,
@@ -146,6 +148,65 @@ def variant_row(name: str, variant: ModelVariant, *, now_ms: int) -> dict[str, A
 
 def rejection_from_row(row: Row) -> RejectedVariant:
     return RejectedVariant(precision=row["precision"], method=row["method"], reason=row["reason"])
+
+
+def cut_points_to_json(cuts: Sequence[CutPoint]) -> str:
+    return _dumps(
+        [
+            {
+                "index": c.index,
+                "tensors": [
+                    {"name": t.name, "dtype": t.dtype.value, "shape": list(t.shape)} for t in c.tensors
+                ],
+                "bytes_per_sample": c.bytes_per_sample,
+            }
+            for c in cuts
+        ]
+    )
+
+
+def cut_points_from_json(text: str) -> tuple[CutPoint, ...]:
+    return tuple(
+        CutPoint(
+            index=c["index"],
+            tensors=tuple(
+                TensorSpec(name=t["name"], dtype=DataType(t["dtype"]), shape=tuple(t["shape"]))
+                for t in c["tensors"]
+            ),
+            bytes_per_sample=c["bytes_per_sample"],
+        )
+        for c in json.loads(text)
+    )
+
+
+def block_profiles_to_json(blocks: Sequence[BlockProfile]) -> str:
+    return _dumps(
+        [
+            {
+                "start_cut": b.start_cut,
+                "end_cut": b.end_cut,
+                "precision": b.precision,
+                "batch_size": b.batch_size,
+                "latency_ms": b.latency_ms,
+                "error": b.error,
+            }
+            for b in blocks
+        ]
+    )
+
+
+def block_profiles_from_json(text: str) -> tuple[BlockProfile, ...]:
+    return tuple(
+        BlockProfile(
+            start_cut=b["start_cut"],
+            end_cut=b["end_cut"],
+            precision=b["precision"],
+            batch_size=b["batch_size"],
+            latency_ms=b["latency_ms"],
+            error=b.get("error", ""),
+        )
+        for b in json.loads(text)
+    )
 
 
 # --- telemetry ----------------------------------------------------------------------------------

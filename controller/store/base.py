@@ -14,7 +14,9 @@ from collections.abc import Collection, Sequence
 
 from common.types import (
     AssignmentAck,
+    BlockProfile,
     BootstrapToken,
+    CutPoint,
     Device,
     HardwareProfile,
     Model,
@@ -168,6 +170,8 @@ class Store(ABC):
         rejected: Sequence[RejectedVariant],
         *,
         now_ms: int,
+        cut_points: Sequence[CutPoint] | None = None,
+        block_profiles: Sequence[BlockProfile] | None = None,
     ) -> Model:
         """Record one toolchain build of an existing model, all or nothing; returns the model.
 
@@ -176,7 +180,8 @@ class Store(ABC):
         fp32 upload measured by the build); a conflicting one raises AlreadyExists and nothing of the
         call is kept. The model's rejected
         candidates are replaced by ``rejected`` (the latest build's, in order). NotFound if the model
-        does not exist.
+        does not exist. ``cut_points`` and ``block_profiles``, where given (not None), replace the
+        model's stored ones (the latest build's); None keeps what is stored.
         """
 
     @abstractmethod

@@ -11,7 +11,9 @@ from dataclasses import dataclass, field, replace
 from common.errors import AlreadyExists, NotFound, PermanentError
 from common.types import (
     AssignmentAck,
+    BlockProfile,
     BootstrapToken,
+    CutPoint,
     Device,
     HardwareProfile,
     Model,
@@ -220,6 +222,8 @@ class InMemoryStore(Store):
         rejected: Sequence[RejectedVariant],
         *,
         now_ms: int,
+        cut_points: Sequence[CutPoint] | None = None,
+        block_profiles: Sequence[BlockProfile] | None = None,
     ) -> Model:
         with self._locked():
             model = self._models.get(name)
@@ -249,6 +253,8 @@ class InMemoryStore(Store):
                 model,
                 variants=tuple(sorted(added.values(), key=lambda v: v.variant)),
                 rejected=tuple(rejected),
+                cut_points=model.cut_points if cut_points is None else tuple(cut_points),
+                block_profiles=model.block_profiles if block_profiles is None else tuple(block_profiles),
             )
             self._models[name] = model
             return model

@@ -109,10 +109,21 @@ CREATE TABLE model_rejections (
 ) STRICT;
 """
 
+# Cut points and block profiles from a model's latest variant build, as JSON (one row per model):
+# they are read and replaced whole, never queried by field.
+_MODEL_PROFILES = """
+CREATE TABLE model_profiles (
+    model_name TEXT PRIMARY KEY REFERENCES models(name),
+    cut_points_json TEXT NOT NULL,
+    block_profiles_json TEXT NOT NULL
+) STRICT;
+"""
+
 #: Ordered by version, starting at 1, without gaps.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", _INITIAL_SCHEMA),
     Migration(2, "variant builds and rejections", _VARIANT_BUILDS),
+    Migration(3, "model cut points and block profiles", _MODEL_PROFILES),
 )
 
 _CREATE_VERSION_TABLE = """

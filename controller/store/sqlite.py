@@ -16,7 +16,9 @@ from sqlite_utils import Database
 from common.errors import AlreadyExists, NotFound, PermanentError
 from common.types import (
     AssignmentAck,
+    BlockProfile,
     BootstrapToken,
+    CutPoint,
     Device,
     HardwareProfile,
     Model,
@@ -274,6 +276,8 @@ class SqliteStore(Store):
         rejected: Sequence[RejectedVariant],
         *,
         now_ms: int,
+        cut_points: Sequence[CutPoint] | None = None,
+        block_profiles: Sequence[BlockProfile] | None = None,
     ) -> Model:
         with self._tx(write=True):
             self._load_model(name)  # NotFound before anything is written
@@ -317,6 +321,21 @@ class SqliteStore(Store):
                 }
                 for i, r in enumerate(rejected)
             )
+            if cut_points is not None or block_profiles is not None:
+                stored = self._one("SELECT * FROM model_profiles WHERE model_name = ?", name)
+                self._conn.execute(
+                    "INSERT OR REPLACE INTO model_profiles (model_name, cut_points_json, block_profiles_json)"
+                    " VALUES (?, ?, ?)",
+                    (
+                        name,
+                        _codec.cut_points_to_json(cut_points)
+                        if cut_points is not None
+                        else (stored["cut_points_json"] if stored else "[]"),
+                        _codec.block_profiles_to_json(block_profiles)
+                        if block_profiles is not None
+                        else (stored["block_profiles_json"] if stored else "[]"),
+                    ),
+                )
             return self._load_model(name)
 
     def get_model(self, name: str) -> Model:
@@ -331,12 +350,14 @@ class SqliteStore(Store):
             rejected: dict[str, list[RejectedVariant]] = {}
             for row in self._db.query("SELECT * FROM model_rejections ORDER BY model_name, position"):
                 rejected.setdefault(row["model_name"], []).append(_codec.rejection_from_row(row))
+            profiles = {row["model_name"]: row for row in self._db.query("SELECT * FROM model_profiles")}
             return [
                 Model(
                     name=r["name"],
                     variants=tuple(variants.get(r["name"], ())),
                     created_at_ms=r["created_at_ms"],
                     rejected=tuple(rejected.get(r["name"], ())),
+                    **_profile_fields(profiles.get(r["name"])),
                 )
                 for r in self._db.query("SELECT * FROM models ORDER BY name")
             ]
@@ -399,7 +420,18 @@ class SqliteStore(Store):
             variants=tuple(_codec.variant_from_row(r) for r in rows),
             created_at_ms=row["created_at_ms"],
             rejected=tuple(_codec.rejection_from_row(r) for r in rejections),
+            **_profile_fields(self._one("SELECT * FROM model_profiles WHERE model_name = ?", name)),
         )
+
+
+def _profile_fields(row: _Row | None) -> dict[str, Any]:
+    """``Model``'s cut_points and block_profiles from its model_profiles row (none stored: empty)."""
+    if row is None:
+        return {}
+    return {
+        "cut_points": _codec.cut_points_from_json(row["cut_points_json"]),
+        "block_profiles": _codec.block_profiles_from_json(row["block_profiles_json"]),
+    }
 
 
 _INSERT_TELEMETRY = (

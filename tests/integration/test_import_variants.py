@@ -55,7 +55,8 @@ def test_import_builds_measures_and_registers_variants(
             requested = ("fp32", "fp16", "int8", "int4")
             model, events = await _import(fleet, digits_model.model_path, eval_npz, requested)
 
-            # Progress arrived in order, one event per built candidate, ending at the total.
+            # Progress arrived in order (one event per built candidate, one for the cut points, one per
+            # requested precision's block profiles), ending at the total.
             assert events, "no progress was streamed"
             assert [e.step for e in events] == list(range(1, len(events) + 1))
             assert {e.total for e in events} == {len(events)}
@@ -84,6 +85,23 @@ def test_import_builds_measures_and_registers_variants(
             assert set(requested) <= set(variants) | rejected
             assert all(r.reason and r.method for r in model.rejected)
             _no_temp_files(fleet)
+
+            # Every cut point with what crosses it, and block profiles between the selected ones for
+            # every accepted precision at batch 1 and 32.
+            assert model.cut_points
+            assert all(c.bytes_per_sample > 0 and c.tensors for c in model.cut_points)
+            assert [c.index for c in model.cut_points] == sorted({c.index for c in model.cut_points})
+            assert any(e.message.endswith("cut points; profiling blocks between 8") for e in events)
+            cut_indices = {c.index for c in model.cut_points}
+            starts = sorted({b.start_cut for b in model.block_profiles})
+            assert starts[0] == 0 and set(starts[1:]) <= cut_indices
+            assert 2 <= len(starts) <= 9  # at most 8 selected cut points
+            blocks = [(s, e) for s, e in zip(starts, [*starts[1:], 0], strict=True)]
+            grid = {(b.start_cut, b.end_cut, b.precision, b.batch_size): b for b in model.block_profiles}
+            assert len(grid) == len(model.block_profiles)
+            expected = {(s, e, p, n) for s, e in blocks for p in variants for n in (1, 32)}
+            assert set(grid) == expected
+            assert all(b.latency_ms > 0 and not b.error for b in model.block_profiles)
 
             # describe (GetModel) returns the same model, rejections included.
             assert await fleet.call_admin(fleet.admin.get_model, "digits") == model
@@ -238,6 +256,24 @@ def test_fleetctl_imports_with_precisions_and_describes(
             assert doc["variants"][1]["precision"] == "int8"
             assert doc["variants"][1]["latency_ms"]["1"] > 0
             assert all(r["precision"] == "int8" and r["reason"] for r in doc["rejected"])
+            assert doc["cut_points"]
+            assert all(c["bytes_per_sample"] > 0 and c["tensors"] for c in doc["cut_points"])
+            assert {(b["precision"], b["batch_size"]) for b in doc["block_profiles"]} == {
+                (p, n) for p in ("fp32", "int8") for n in (1, 32)
+            }
+            assert all(b["latency_ms"] > 0 for b in doc["block_profiles"])
+
+            table = await asyncio.to_thread(runner.invoke, app, ["models", "describe", "digits", *ctl])
+            assert table.exit_code == 0, table.output
+            for heading in (
+                "cut points",
+                "CROSSING TENSORS",
+                "BYTES/SAMPLE",
+                "block profiles",
+                "FP32 B1",
+                "INT8 B32",
+            ):
+                assert heading in table.output
 
             missing = await asyncio.to_thread(runner.invoke, app, ["models", "describe", "ghost", *ctl])
             assert missing.exit_code != 0

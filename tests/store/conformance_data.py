@@ -7,7 +7,18 @@ from dataclasses import replace
 import pytest
 
 from common.errors import AlreadyExists, InvalidArgument, NotFound
-from common.types import DeviceEvent, InferenceRecord, ModelVariant, Outcome, RejectedVariant, TelemetryRecord
+from common.types import (
+    BlockProfile,
+    CutPoint,
+    DataType,
+    DeviceEvent,
+    InferenceRecord,
+    ModelVariant,
+    Outcome,
+    RejectedVariant,
+    TelemetryRecord,
+    TensorSpec,
+)
 from controller.store.base import Store
 from tests.store.helpers import T0, enrolled, event, inference, variant
 
@@ -203,6 +214,54 @@ class DataRules:
         model = store.add_built_variants("mnist", [built("fp32", "aa")], [], now_ms=T0 + 9)
         assert model.variants == (replace(built("fp32", "aa"), size_bytes=1_000, created_at_ms=T0),)
         assert store.get_model("mnist") == model
+
+    def test_a_build_keeps_cut_points_and_block_profiles(self, store: Store) -> None:
+        store.add_model_variant("mnist", variant("fp32", "aa"), now_ms=T0)
+        cuts = (
+            CutPoint(3, (TensorSpec("h", DataType.FLOAT32, (-1, 64)),), 256),
+            CutPoint(
+                7, (TensorSpec("a", DataType.INT64, (-1,)), TensorSpec("b", DataType.FLOAT16, (-1, -1))), -1
+            ),
+        )
+        blocks = (
+            BlockProfile(0, 3, "fp32", 1, 0.25),
+            BlockProfile(3, 0, "fp32", 32, 1.5),
+            BlockProfile(0, 3, "int8", 1, 0.0, "failed to run: boom"),
+        )
+        model = store.add_built_variants(
+            "mnist", [built("int8", "bb")], [], now_ms=T0 + 1, cut_points=cuts, block_profiles=blocks
+        )
+        assert (model.cut_points, model.block_profiles) == (cuts, blocks)  # in the order given
+        assert store.get_model("mnist") == model
+        assert store.list_models() == [model]
+        # A build that says nothing about them keeps them; a new profile replaces them whole.
+        kept = store.add_built_variants("mnist", [], [], now_ms=T0 + 2)
+        assert (kept.cut_points, kept.block_profiles) == (cuts, blocks)
+        replaced = store.add_built_variants(
+            "mnist", [], [], now_ms=T0 + 3, cut_points=cuts[:1], block_profiles=()
+        )
+        assert (replaced.cut_points, replaced.block_profiles) == (cuts[:1], ())
+        assert store.get_model("mnist") == replaced
+        # Other models have none.
+        store.add_model_variant("other", variant("fp32", "cc"), now_ms=T0)
+        assert (store.get_model("other").cut_points, store.get_model("other").block_profiles) == ((), ())
+
+    def test_a_conflicting_build_keeps_the_old_profiles(self, store: Store) -> None:
+        store.add_model_variant("mnist", variant("fp32", "aa"), now_ms=T0)
+        store.add_model_variant("mnist", variant("int8", "bb"), now_ms=T0)
+        cuts = (CutPoint(3, (TensorSpec("h", DataType.FLOAT32, (-1, 8)),), 32),)
+        store.add_built_variants("mnist", [], [], now_ms=T0, cut_points=cuts, block_profiles=())
+        before = store.get_model("mnist")
+        with pytest.raises(AlreadyExists, match="int8"):
+            store.add_built_variants(
+                "mnist",
+                [built("int8", "dd")],
+                [],
+                now_ms=T0 + 1,
+                cut_points=(),
+                block_profiles=(BlockProfile(0, 0, "fp32", 1, 1.0),),
+            )
+        assert store.get_model("mnist") == before
 
     def test_a_build_needs_the_model(self, store: Store) -> None:
         with pytest.raises(NotFound, match="ghost"):

@@ -38,7 +38,9 @@ from common.types import (
     AssignmentAck,
     AssignmentFailure,
     AssignResult,
+    BlockProfile,
     CreatedToken,
+    CutPoint,
     DataType,
     Device,
     DeviceEvent,
@@ -213,12 +215,29 @@ model_variants = st.builds(
     cosine=st.none() | scores,
 )
 rejected_variants = st.builds(RejectedVariant, precision=names, method=text, reason=text)
+cut_points = st.builds(
+    CutPoint,
+    index=st.integers(min_value=1, max_value=2**32 - 1),
+    tensors=st.lists(tensor_specs, max_size=3).map(tuple),
+    bytes_per_sample=st.integers(min_value=-1, max_value=2**63 - 1),
+)
+block_profiles = st.builds(
+    lambda start, end, precision, batch, ms, error: BlockProfile(start, end, precision, batch, ms, error),
+    st.integers(min_value=0, max_value=1000),
+    st.integers(min_value=0, max_value=1000),
+    names,
+    st.integers(min_value=1, max_value=2**32 - 1),
+    st.floats(min_value=0, max_value=1e9, allow_nan=False, allow_infinity=False),
+    text,
+).filter(lambda b: b.end_cut == 0 or b.end_cut > b.start_cut)
 models = st.builds(
     Model,
     name=names,
     variants=st.lists(model_variants, max_size=3, unique_by=lambda v: v.variant).map(tuple),
     created_at_ms=i64,
     rejected=st.lists(rejected_variants, max_size=3).map(tuple),
+    cut_points=st.lists(cut_points, max_size=3).map(tuple),
+    block_profiles=st.lists(block_profiles, max_size=4).map(tuple),
 )
 import_progress = st.builds(ImportProgress, step=u32, total=u32, message=text)
 
@@ -406,6 +425,36 @@ def test_import_messages_refuse_what_a_peer_could_get_wrong() -> None:
     assert (unset.accuracy, unset.agreement, unset.cosine) == (None, None, None)
     with pytest.raises(InvalidArgument, match=r"model.rejected\[0\].precision"):
         serde.model_from_pb(types_pb.Model(name="m", rejected=[types_pb.RejectedVariant(reason="x")]))
+
+
+def test_cut_points_and_block_profiles_roundtrip_and_are_checked() -> None:
+    cut = CutPoint(9, (TensorSpec("h", DataType.FLOAT32, (-1, 64)),), 256)
+    unknown = CutPoint(12, (TensorSpec("s", DataType.INT64, (-1, -1)),), -1)
+    blocks = (
+        BlockProfile(0, 9, "fp32", 1, 0.02),
+        BlockProfile(9, 0, "int8", 32, 0.0, "failed to run: x"),
+    )
+    m = Model("digits", cut_points=(cut, unknown), block_profiles=blocks)
+    roundtrip(m, serde.model_to_pb, serde.model_from_pb)
+    roundtrip(cut, serde.cut_point_to_pb, serde.cut_point_from_pb)
+    roundtrip(blocks[1], serde.block_profile_to_pb, serde.block_profile_from_pb)
+    with pytest.raises(InvalidArgument, match=r"model.cut_points\[0\].index"):
+        serde.model_from_pb(types_pb.Model(name="m", cut_points=[types_pb.CutPoint(index=0)]))
+    with pytest.raises(InvalidArgument, match=r"cut_point.bytes_per_sample"):
+        serde.cut_point_from_pb(types_pb.CutPoint(index=1, bytes_per_sample=-2))
+    with pytest.raises(InvalidArgument, match=r"model.block_profiles\[0\]: end_cut 3 is not after"):
+        serde.model_from_pb(
+            types_pb.Model(
+                name="m",
+                block_profiles=[
+                    types_pb.BlockProfile(start_cut=5, end_cut=3, precision="fp32", batch_size=1)
+                ],
+            )
+        )
+    with pytest.raises(InvalidArgument, match=r"block_profile.latency_ms"):
+        serde.block_profile_from_pb(types_pb.BlockProfile(precision="fp32", batch_size=1, latency_ms=-1.0))
+    with pytest.raises(InvalidArgument, match=r"block_profile.batch_size"):
+        serde.block_profile_from_pb(types_pb.BlockProfile(precision="fp32"))
 
 
 def test_small_request_roundtrips() -> None:

@@ -162,17 +162,47 @@ class RejectedVariant(_message.Message):
     reason: str
     def __init__(self, precision: _Optional[str] = ..., method: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
+class CutPoint(_message.Message):
+    __slots__ = ("index", "tensors", "bytes_per_sample")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    TENSORS_FIELD_NUMBER: _ClassVar[int]
+    BYTES_PER_SAMPLE_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    tensors: _containers.RepeatedCompositeFieldContainer[TensorSpec]
+    bytes_per_sample: int
+    def __init__(self, index: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., bytes_per_sample: _Optional[int] = ...) -> None: ...
+
+class BlockProfile(_message.Message):
+    __slots__ = ("start_cut", "end_cut", "precision", "batch_size", "latency_ms", "error")
+    START_CUT_FIELD_NUMBER: _ClassVar[int]
+    END_CUT_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    start_cut: int
+    end_cut: int
+    precision: str
+    batch_size: int
+    latency_ms: float
+    error: str
+    def __init__(self, start_cut: _Optional[int] = ..., end_cut: _Optional[int] = ..., precision: _Optional[str] = ..., batch_size: _Optional[int] = ..., latency_ms: _Optional[float] = ..., error: _Optional[str] = ...) -> None: ...
+
 class Model(_message.Message):
-    __slots__ = ("name", "variants", "created_at_ms", "rejected")
+    __slots__ = ("name", "variants", "created_at_ms", "rejected", "cut_points", "block_profiles")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VARIANTS_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     REJECTED_FIELD_NUMBER: _ClassVar[int]
+    CUT_POINTS_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_PROFILES_FIELD_NUMBER: _ClassVar[int]
     name: str
     variants: _containers.RepeatedCompositeFieldContainer[ModelVariant]
     created_at_ms: int
     rejected: _containers.RepeatedCompositeFieldContainer[RejectedVariant]
-    def __init__(self, name: _Optional[str] = ..., variants: _Optional[_Iterable[_Union[ModelVariant, _Mapping]]] = ..., created_at_ms: _Optional[int] = ..., rejected: _Optional[_Iterable[_Union[RejectedVariant, _Mapping]]] = ...) -> None: ...
+    cut_points: _containers.RepeatedCompositeFieldContainer[CutPoint]
+    block_profiles: _containers.RepeatedCompositeFieldContainer[BlockProfile]
+    def __init__(self, name: _Optional[str] = ..., variants: _Optional[_Iterable[_Union[ModelVariant, _Mapping]]] = ..., created_at_ms: _Optional[int] = ..., rejected: _Optional[_Iterable[_Union[RejectedVariant, _Mapping]]] = ..., cut_points: _Optional[_Iterable[_Union[CutPoint, _Mapping]]] = ..., block_profiles: _Optional[_Iterable[_Union[BlockProfile, _Mapping]]] = ...) -> None: ...
 
 class Device(_message.Message):
     __slots__ = ("id", "hardware", "connected", "last_seen_ms", "desired_version", "acked_version", "assignment", "reported", "enrolled_at_ms", "last_failure", "last_failure_message", "failed_version", "records_received", "last_sequence", "records_dropped")
