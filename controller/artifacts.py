@@ -4,6 +4,8 @@ Layout under ``root``::
 
     tmp/        uploads in progress (deleted on failure, and swept when the store opens)
     sha256/<h>  complete artifacts; written once via fsync + atomic rename, never modified
+    manifests/<h>.json  what artifact <h> is and where it is registered (``controller.manifests``);
+                written atomically, removed with the artifact
 
 Because a name is the hash of the content, storing the same model twice is a no-op and readers
 never see a partially written file. An upload is hashed while it is written (``Upload``) and then
@@ -14,16 +16,17 @@ None of this is async: callers on an event loop run it with ``asyncio.to_thread`
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from common.errors import InvalidArgument, NotFound
-from common.files import check_sha256, fsync_dir
+from common.files import atomic_write, check_sha256, fsync_dir
 from common.limits import ARTIFACT_CHUNK_BYTES
 
 logger = logging.getLogger(__name__)
@@ -76,8 +79,9 @@ class ArtifactStore:
         self.root = Path(root).absolute()  # mkstemp names files absolutely; adopt compares parents
         self.tmp_dir = self.root / "tmp"
         self._dir = self.root / "sha256"
-        self.tmp_dir.mkdir(parents=True, exist_ok=True)
-        self._dir.mkdir(parents=True, exist_ok=True)
+        self._manifests = self.root / "manifests"
+        for d in (self.tmp_dir, self._dir, self._manifests):
+            d.mkdir(parents=True, exist_ok=True)
         # Leftovers of uploads interrupted by a crash; one controller process owns this directory.
         for stale in self.tmp_dir.iterdir():
             if stale.is_dir() and not stale.is_symlink():  # a variant build's work dir
@@ -182,3 +186,39 @@ class ArtifactStore:
 
     def discard(self, sha256: str) -> None:
         (self._dir / check_sha256(sha256)).unlink(missing_ok=True)
+        self._manifest_path(sha256).unlink(missing_ok=True)
+
+    def _manifest_path(self, sha256: str) -> Path:
+        return self._manifests / f"{check_sha256(sha256)}.json"
+
+    def manifest_bytes(self, sha256: str) -> bytes | None:
+        """The manifest of an artifact as stored (None: it has none)."""
+        try:
+            return self._manifest_path(sha256).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def read_manifest(self, sha256: str) -> dict[str, Any] | None:
+        """The manifest of an artifact (None: it has none, or it is not a JSON object)."""
+        data = self.manifest_bytes(sha256)
+        if data is None:
+            return None
+        try:
+            doc = json.loads(data)
+        except ValueError:
+            logger.warning("manifest of %s is not JSON; it will be rewritten", sha256[:12])
+            return None
+        return doc if isinstance(doc, dict) else None
+
+    def write_manifest(self, sha256: str, doc: dict[str, Any]) -> None:
+        """Replace the manifest of a stored artifact, atomically."""
+        self.path(sha256)  # NotFound: no manifest without its artifact
+        data = json.dumps(doc, indent=2, sort_keys=True).encode() + b"\n"
+        atomic_write(self._manifest_path(sha256), data)
+
+    def restore_manifest(self, sha256: str, previous: bytes | None) -> None:
+        """Put back a manifest as ``manifest_bytes`` returned it (None: remove it)."""
+        if previous is None:
+            self._manifest_path(sha256).unlink(missing_ok=True)
+        else:
+            atomic_write(self._manifest_path(sha256), previous)

@@ -85,6 +85,13 @@ class AdminClient:
     def get_model(self, name: str) -> Model:
         return self._call(self._stub.GetModel, serde.get_model_request_to_pb(name), serde.model_from_pb)
 
+    def get_artifact_manifest(self, sha256: str) -> dict[str, Any]:
+        return self._call(
+            self._stub.GetArtifactManifest,
+            serde.get_artifact_manifest_request_to_pb(sha256),
+            serde.artifact_manifest_doc_from_pb,
+        )
+
     def import_model(
         self,
         path: Path,

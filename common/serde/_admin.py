@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from edgefleet.v1 import admin_pb2 as admin_pb
 
 from common.errors import InvalidArgument
 from common.limits import MAX_MODEL_BYTES
 from common.serde._types import device_from_pb, device_to_pb, model_from_pb, model_to_pb
-from common.serde._validate import _at, _fail, _name, _nonempty, _required_message, _text
+from common.serde._validate import _at, _fail, _name, _nonempty, _required_message, _sha256, _text
 from common.types import (
     DEFAULT_VARIANT,
     AssignResult,
@@ -209,3 +211,25 @@ created_token_to_pb = create_token_response_to_pb
 created_token_from_pb = create_token_response_from_pb
 assign_result_to_pb = assign_response_to_pb
 assign_result_from_pb = assign_response_from_pb
+
+
+def get_artifact_manifest_request_to_pb(sha256: str) -> admin_pb.GetArtifactManifestRequest:
+    return admin_pb.GetArtifactManifestRequest(sha256=sha256)
+
+
+def get_artifact_manifest_request_from_pb(pb: admin_pb.GetArtifactManifestRequest) -> str:
+    return _sha256("sha256", pb.sha256)
+
+
+def artifact_manifest_doc_to_pb(manifest: dict[str, Any]) -> admin_pb.ArtifactManifestDoc:
+    return admin_pb.ArtifactManifestDoc(json=json.dumps(manifest, sort_keys=True))
+
+
+def artifact_manifest_doc_from_pb(pb: admin_pb.ArtifactManifestDoc) -> dict[str, Any]:
+    try:
+        manifest = json.loads(pb.json)
+    except ValueError as exc:
+        _fail("json", f"not JSON: {exc}")
+    if not isinstance(manifest, dict):
+        _fail("json", f"expected a JSON object, got {type(manifest).__name__}")
+    return manifest

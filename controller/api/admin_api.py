@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from common import serde
-from common.errors import InvalidArgument
+from common.errors import InvalidArgument, NotFound
 from common.types import (
     ImportModelHeader,
     ImportProgress,
@@ -19,6 +19,7 @@ from common.types import (
     RejectedVariant,
     validate_name,
 )
+from controller import manifests
 from controller.api.errors import Context, streaming, unary
 from controller.artifacts import ArtifactStore, Upload
 from controller.hub import Db, Hub
@@ -91,6 +92,14 @@ class AdminApi(serde.AdminServiceServicer):
             await asyncio.to_thread(self._artifacts.discard, sha256)
 
     @unary
+    async def GetArtifactManifest(self, request: Any, context: Context) -> Any:
+        sha256 = serde.get_artifact_manifest_request_from_pb(request)
+        manifest = await asyncio.to_thread(self._artifacts.read_manifest, sha256)
+        if manifest is None:
+            raise NotFound(f"artifact {sha256} has no manifest")
+        return serde.artifact_manifest_doc_to_pb(manifest)
+
+    @unary
     async def GetModel(self, request: Any, context: Context) -> Any:
         name = serde.get_model_request_from_pb(request)
         return serde.model_to_pb(await self._db.run(self._db.store.get_model, name))
@@ -161,7 +170,9 @@ class AdminApi(serde.AdminServiceServicer):
             )
             async with self._import_lock:
                 await asyncio.to_thread(self._artifacts.adopt, upload)
+                recorded: list[tuple[str, bytes | None]] = []
                 try:
+                    await self._record_manifest(header.name, variant, recorded)
                     model = await self._db.run(
                         fleet.register_variant,
                         self._db.store,
@@ -170,6 +181,7 @@ class AdminApi(serde.AdminServiceServicer):
                         now_ms=self._clock.now_ms(),
                     )
                 except BaseException:  # also a cancelled call: only the store decides what is referenced
+                    await self._restore_manifests(recorded)
                     await self._discard_if_unreferenced(sha256)
                     raise
                 if eval_data is not None:
@@ -239,6 +251,7 @@ class AdminApi(serde.AdminServiceServicer):
             )
         )
         stored: list[str] = []
+        recorded: list[tuple[str, bytes | None]] = []
         try:
             while not build.done():
                 getter = asyncio.ensure_future(queue.get())
@@ -266,6 +279,8 @@ class AdminApi(serde.AdminServiceServicer):
                     built = await asyncio.to_thread(self._describe_artifact, built_sha)
                 variants.append(_measured(built, r, now_ms=self._clock.now_ms()))
             rejected = [RejectedVariant(r.precision, r.method, r.reason) for r in results if not r.accepted]
+            for v in variants:  # manifests first: a registered variant always has one
+                await self._record_manifest(header.name, v, recorded)
             model = await self._db.run(
                 self._db.store.add_built_variants,
                 header.name,
@@ -284,12 +299,34 @@ class AdminApi(serde.AdminServiceServicer):
                 len(profile.block_profiles),
             )
             stored.clear()  # registered: referenced from now on
+            recorded.clear()
             yield model
         finally:
             if not build.done():  # cancelled: the thread cannot be stopped, but its work dir must go
                 await asyncio.wait({build})
+            await self._restore_manifests(recorded)
             for built_sha in stored:
                 await self._discard_if_unreferenced(built_sha)
+
+    async def _record_manifest(
+        self, model: str, variant: ModelVariant, recorded: list[tuple[str, bytes | None]]
+    ) -> None:
+        """Write the manifest recording this registration (before registering it); appends what it
+        replaced to ``recorded`` for ``_restore_manifests``. Runs under the import lock."""
+        previous = await asyncio.to_thread(
+            manifests.record_registration, self._artifacts, model, variant, now_ms=self._clock.now_ms()
+        )
+        recorded.append((variant.sha256, previous))
+
+    async def _restore_manifests(self, recorded: list[tuple[str, bytes | None]]) -> None:
+        """Undo ``_record_manifest`` after a failed registration, newest first (best effort: a
+        manifest that records a registration the store lacks is harmless)."""
+        for sha256, previous in reversed(recorded):
+            try:
+                await asyncio.to_thread(self._artifacts.restore_manifest, sha256, previous)
+            except OSError:
+                log.warning("could not restore the manifest of %s", sha256[:12], exc_info=True)
+        recorded.clear()
 
     def _describe_artifact(self, sha256: str) -> ModelVariant:
         path = self._artifacts.path(sha256)

@@ -10,7 +10,7 @@ import asyncio
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -18,7 +18,7 @@ from rich.progress import BarColumn, Progress, TaskID, TaskProgressColumn, TextC
 
 from common.cli_errors import exit_for
 from common.durations import parse_duration
-from common.errors import EdgefleetError
+from common.errors import EdgefleetError, NotFound
 from common.logs import configure_logging
 from common.types import ImportProgress, Model
 from controller.cli import render
@@ -192,12 +192,19 @@ def models_describe(
 ) -> None:
     """One model: every variant with its measurements, the rejected precisions with their reasons,
     every cut point and the block profiles."""
+    manifests: dict[str, dict[str, Any] | None] = {}
     try:
         with _client(controller) as client:
             model = client.get_model(name)
+            if output is not Output.table:
+                for sha256 in {v.sha256 for v in model.variants}:
+                    try:
+                        manifests[sha256] = client.get_artifact_manifest(sha256)
+                    except NotFound:  # stored before manifests existed
+                        manifests[sha256] = None
     except EdgefleetError as exc:
         raise exit_for(exc) from None
-    _show(render.model_doc(model), output, lambda: _print_model(model))
+    _show(render.model_doc(model, manifests), output, lambda: _print_model(model))
 
 
 def _show(doc: object, output: Output, table: object) -> None:

@@ -68,9 +68,12 @@ def device_doc(d: Device) -> dict[str, Any]:
     }
 
 
-def model_doc(m: Model) -> dict[str, Any]:
-    """The stable JSON shape of a model (``fleetctl get models -o json``, ``fleetctl models describe``)."""
-    return {
+def model_doc(m: Model, manifests: dict[str, dict[str, Any] | None] | None = None) -> dict[str, Any]:
+    """The stable JSON shape of a model (``fleetctl get models -o json``, ``fleetctl models describe``).
+
+    With ``manifests`` (by sha256; ``models describe``), each variant also carries its artifact's
+    manifest (null: the artifact has none)."""
+    doc: dict[str, Any] = {
         "name": m.name,
         "created_at": _iso(m.created_at_ms),
         "variants": [
@@ -117,6 +120,10 @@ def model_doc(m: Model) -> dict[str, Any]:
             for b in m.block_profiles
         ],
     }
+    if manifests is not None:
+        for variant_doc in doc["variants"]:
+            variant_doc["manifest"] = manifests.get(variant_doc["sha256"])
+    return doc
 
 
 def _ms(value: float) -> str:

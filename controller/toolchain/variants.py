@@ -183,10 +183,23 @@ def accepted_variants(results: Iterable[VariantResult]) -> dict[str, VariantResu
 
 def toolchain_versions() -> dict[str, str]:
     """Versions of the tools that built the variants, for artifact manifests."""
+    import platform
+    from importlib import metadata
+
     import numpy
     import onnxruntime
 
-    return {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "numpy": numpy.__version__}
+    try:
+        edgefleet = metadata.version("edgefleet")
+    except metadata.PackageNotFoundError:  # running from a checkout that was never installed
+        edgefleet = "unknown"
+    return {
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "numpy": numpy.__version__,
+        "edgefleet": edgefleet,
+        "python": platform.python_version(),
+    }
 
 
 def check_precisions(precisions: Sequence[str]) -> list[str]:

@@ -306,9 +306,14 @@ class Fleet:
         return await wait_until(check, what=f"device {device_id}: {what}", wait_s=wait_s)
 
     def artifact_files(self) -> list[str]:
-        return sorted(
+        """Every stored file but the manifests, which must each belong to a stored artifact."""
+        files = sorted(
             str(p.relative_to(self.artifacts_root)) for p in self.artifacts_root.rglob("*") if p.is_file()
         )
+        manifests = [f for f in files if f.startswith("manifests/")]
+        orphans = {Path(f).name.removesuffix(".json") for f in manifests} - {Path(f).name for f in files}
+        assert not orphans, f"manifests without their artifact: {sorted(orphans)}"
+        return [f for f in files if not f.startswith("manifests/")]
 
     async def aclose(self) -> None:
         for stream in self.streams:

@@ -6,12 +6,14 @@ import asyncio
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
+from unittest.mock import ANY
 
 import numpy as np
 import pytest
 
-from common.errors import AlreadyExists, InvalidArgument
-from common.types import Assignment, ImportProgress, Model
+from common.errors import AlreadyExists, InvalidArgument, NotFound
+from common.types import Assignment, ImportProgress, Model, ModelVariant
 from controller.toolchain.digits import DigitsArtifacts
 from tests.integration.harness import Fleet, run, running_controller
 
@@ -45,6 +47,30 @@ async def _import(
 
 def _no_temp_files(fleet: Fleet) -> None:
     assert list((fleet.artifacts_root / "tmp").iterdir()) == []
+
+
+async def _manifest(fleet: Fleet, sha256: str) -> dict[str, Any]:
+    return await fleet.call_admin(fleet.admin.get_artifact_manifest, sha256)
+
+
+def _check_manifest(fleet: Fleet, manifest: dict[str, Any], v: ModelVariant) -> None:
+    """The manifest describes exactly the stored artifact of ``v``."""
+    data = (fleet.artifacts_root / "sha256" / v.sha256).read_bytes()
+    on_disk = json.loads((fleet.artifacts_root / "manifests" / f"{v.sha256}.json").read_bytes())
+    assert manifest == on_disk
+    assert manifest["schema"] == 1
+    assert manifest["sha256"] == hashlib.sha256(data).hexdigest() == v.sha256
+    assert manifest["size_bytes"] == len(data) == v.size_bytes
+    specs = [{"name": s.name, "dtype": s.dtype.value, "shape": list(s.shape)} for s in v.inputs]
+    assert manifest["inputs"] == specs
+    specs = [{"name": s.name, "dtype": s.dtype.value, "shape": list(s.shape)} for s in v.outputs]
+    assert manifest["outputs"] == specs
+    assert manifest["segment"] is None
+    assert manifest["opset_imports"]["ai.onnx"] > 0
+    assert manifest["ir_version"] > 0
+    assert {"onnx", "onnxruntime", "edgefleet", "python"} <= set(manifest["toolchain"])
+    assert all(manifest["toolchain"].values())
+    assert manifest["created_at"]
 
 
 def test_import_builds_measures_and_registers_variants(
@@ -105,6 +131,19 @@ def test_import_builds_measures_and_registers_variants(
 
             # describe (GetModel) returns the same model, rejections included.
             assert await fleet.call_admin(fleet.admin.get_model, "digits") == model
+
+            # Every variant's artifact has its manifest: the bytes, the signature, how it was built.
+            for v in model.variants:
+                _check_manifest(fleet, await _manifest(fleet, v.sha256), v)
+                assert (await _manifest(fleet, v.sha256))["registrations"] == [
+                    {
+                        "model": "digits",
+                        "variant": v.variant,
+                        "precision": v.precision,
+                        "method": v.method,
+                        "registered_at": ANY,
+                    }
+                ]
 
             # A built variant is assignable like any other, and the device fetches exactly its bytes.
             agent = await fleet.enroll("phone-1")
@@ -223,6 +262,11 @@ def test_a_failed_build_keeps_the_valid_upload_and_nothing_else(
             assert [v.variant for v in model.variants] == ["fp32"]
             assert fleet.artifact_files() == [f"sha256/{model.variants[0].sha256}"]
             _no_temp_files(fleet)
+            # The fp32 manifest is back to the plain upload's (the failed build's update was undone).
+            manifest = await _manifest(fleet, model.variants[0].sha256)
+            _check_manifest(fleet, manifest, model.variants[0])
+            assert (manifest["precision"], manifest["method"]) == (None, None)
+            assert [r["precision"] for r in manifest["registrations"]] == [None]
 
     run(scenario())
 
@@ -255,6 +299,10 @@ def test_fleetctl_imports_with_precisions_and_describes(
             assert [v["variant"] for v in doc["variants"]] == ["fp32", "int8"]
             assert doc["variants"][1]["precision"] == "int8"
             assert doc["variants"][1]["latency_ms"]["1"] > 0
+            assert [v["manifest"]["sha256"] for v in doc["variants"]] == [
+                v["sha256"] for v in doc["variants"]
+            ]
+            assert doc["variants"][1]["manifest"]["precision"] == "int8"
             assert all(r["precision"] == "int8" and r["reason"] for r in doc["rejected"])
             assert doc["cut_points"]
             assert all(c["bytes_per_sample"] > 0 and c["tensors"] for c in doc["cut_points"])
@@ -278,5 +326,43 @@ def test_fleetctl_imports_with_precisions_and_describes(
             missing = await asyncio.to_thread(runner.invoke, app, ["models", "describe", "ghost", *ctl])
             assert missing.exit_code != 0
             assert "ghost" in missing.output
+
+    run(scenario())
+
+
+def test_a_plain_upload_gets_a_manifest_and_each_name_of_its_bytes_a_registration(
+    tmp_path: Path, digits_model: DigitsArtifacts
+) -> None:
+    async def scenario() -> None:
+        async with running_controller(tmp_path) as fleet:
+            first = await fleet.call_admin(fleet.admin.import_model, digits_model.model_path, name="digits")
+            (v,) = first.variants
+            manifest = await _manifest(fleet, v.sha256)
+            _check_manifest(fleet, manifest, v)
+            assert (manifest["model"], manifest["variant"], manifest["precision"]) == ("digits", "fp32", None)
+            assert [(r["model"], r["variant"]) for r in manifest["registrations"]] == [("digits", "fp32")]
+
+            # The same bytes under a second name: one manifest (content-addressed), two registrations.
+            await fleet.call_admin(
+                fleet.admin.import_model, digits_model.model_path, name="digits-copy", variant="base"
+            )
+            again = await _manifest(fleet, v.sha256)
+            assert (again["model"], again["variant"]) == ("digits", "fp32")  # the first stays first
+            assert [(r["model"], r["variant"]) for r in again["registrations"]] == [
+                ("digits", "fp32"),
+                ("digits-copy", "base"),
+            ]
+            assert fleet.artifact_files() == [f"sha256/{v.sha256}"]
+            assert len(list((fleet.artifacts_root / "manifests").iterdir())) == 1
+
+            # Importing it again under a name it already has adds nothing.
+            await fleet.call_admin(fleet.admin.import_model, digits_model.model_path, name="digits")
+            assert len((await _manifest(fleet, v.sha256))["registrations"]) == 2
+
+            # An artifact without a manifest is NotFound, and a malformed sha256 is refused.
+            error = await fleet.admin_error(fleet.admin.get_artifact_manifest, "0" * 64)
+            assert isinstance(error, NotFound)
+            error = await fleet.admin_error(fleet.admin.get_artifact_manifest, "not-a-sha")
+            assert isinstance(error, InvalidArgument)
 
     run(scenario())

@@ -920,6 +920,8 @@ DECODERS: list[tuple[Any, Callable[[Any], Any]]] = [
     (admin_pb.ImportModelRequest, serde.import_model_request_from_pb),
     (admin_pb.ImportModelEvent, serde.import_model_event_from_pb),
     (admin_pb.GetModelRequest, serde.get_model_request_from_pb),
+    (admin_pb.GetArtifactManifestRequest, serde.get_artifact_manifest_request_from_pb),
+    (admin_pb.ArtifactManifestDoc, serde.artifact_manifest_doc_from_pb),
     (admin_pb.ListModelsResponse, serde.list_models_response_from_pb),
     (admin_pb.AssignRequest, serde.assign_request_from_pb),
     (admin_pb.AssignResponse, serde.assign_response_from_pb),

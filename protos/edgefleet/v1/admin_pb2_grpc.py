@@ -65,6 +65,11 @@ class AdminServiceStub:
                 request_serializer=edgefleet_dot_v1_dot_admin__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=edgefleet_dot_v1_dot_admin__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.GetArtifactManifest = channel.unary_unary(
+                '/edgefleet.v1.AdminService/GetArtifactManifest',
+                request_serializer=edgefleet_dot_v1_dot_admin__pb2.GetArtifactManifestRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_admin__pb2.ArtifactManifestDoc.FromString,
+                _registered_method=True)
         self.Assign = channel.unary_unary(
                 '/edgefleet.v1.AdminService/Assign',
                 request_serializer=edgefleet_dot_v1_dot_admin__pb2.AssignRequest.SerializeToString,
@@ -113,6 +118,13 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetArtifactManifest(self, request, context):
+        """The manifest of a stored artifact (what it is, how it was built, where it is registered).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Assign(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -151,6 +163,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=edgefleet_dot_v1_dot_admin__pb2.ListModelsRequest.FromString,
                     response_serializer=edgefleet_dot_v1_dot_admin__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'GetArtifactManifest': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetArtifactManifest,
+                    request_deserializer=edgefleet_dot_v1_dot_admin__pb2.GetArtifactManifestRequest.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_admin__pb2.ArtifactManifestDoc.SerializeToString,
             ),
             'Assign': grpc.unary_unary_rpc_method_handler(
                     servicer.Assign,
@@ -320,6 +337,33 @@ class AdminService:
             '/edgefleet.v1.AdminService/ListModels',
             edgefleet_dot_v1_dot_admin__pb2.ListModelsRequest.SerializeToString,
             edgefleet_dot_v1_dot_admin__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetArtifactManifest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.AdminService/GetArtifactManifest',
+            edgefleet_dot_v1_dot_admin__pb2.GetArtifactManifestRequest.SerializeToString,
+            edgefleet_dot_v1_dot_admin__pb2.ArtifactManifestDoc.FromString,
             options,
             channel_credentials,
             insecure,
