@@ -12,7 +12,6 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev,models]'
-	@command -v mosquitto >/dev/null 2>&1 || echo "note: mosquitto not found (only the MQTT issue's tests need it)"
 	touch $(STAMP)
 
 demo: venv

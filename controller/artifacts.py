@@ -39,8 +39,9 @@ class Upload:
     ``ArtifactStore.adopt`` or ``discard`` it. ``discard`` is safe at any point, also after ``adopt``.
     """
 
-    def __init__(self, path: Path, file: BinaryIO, *, max_bytes: int) -> None:
+    def __init__(self, path: Path, file: BinaryIO, *, max_bytes: int, what: str = "model") -> None:
         self.path = path
+        self._what = what
         self._file = file
         self._max_bytes = max_bytes
         self._digest = hashlib.sha256()
@@ -52,7 +53,7 @@ class Upload:
         if self._result is not None:
             raise RuntimeError("upload already finished")
         if self.size + len(chunk) > self._max_bytes:
-            raise InvalidArgument(f"model is larger than the {self._max_bytes}-byte limit")
+            raise InvalidArgument(f"{self._what} is larger than the {self._max_bytes}-byte limit")
         self._digest.update(chunk)
         self._file.write(chunk)
         self.size += len(chunk)
@@ -89,7 +90,7 @@ class ArtifactStore:
             else:
                 stale.unlink(missing_ok=True)
 
-    def open_upload(self, *, max_bytes: int) -> Upload:
+    def open_upload(self, *, max_bytes: int, what: str = "model") -> Upload:
         """A new temporary file to write an artifact into (see ``Upload``)."""
         fd, tmp_name = tempfile.mkstemp(dir=self.tmp_dir, prefix="upload-", suffix=".tmp")
         try:
@@ -98,7 +99,7 @@ class ArtifactStore:
             os.close(fd)
             Path(tmp_name).unlink(missing_ok=True)
             raise
-        return Upload(Path(tmp_name), file, max_bytes=max_bytes)
+        return Upload(Path(tmp_name), file, max_bytes=max_bytes, what=what)
 
     def adopt(self, upload: Upload) -> tuple[str, int]:
         """Move a finished upload into the store under its hash, without copying; returns (sha256, size).

@@ -132,7 +132,9 @@ class AdminApi(serde.AdminServiceServicer):
                     if not _builds(header):
                         raise InvalidArgument("import: eval data was sent but no precision to build")
                     if eval_upload is None:
-                        eval_upload = self._artifacts.open_upload(max_bytes=self._max_model_bytes)
+                        eval_upload = self._artifacts.open_upload(
+                            max_bytes=self._max_model_bytes, what="eval data"
+                        )
                     await asyncio.to_thread(eval_upload.write, part.data)
                     continue
                 if eval_upload is not None:

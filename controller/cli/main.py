@@ -18,7 +18,7 @@ from rich.progress import BarColumn, Progress, TaskID, TaskProgressColumn, TextC
 
 from common.cli_errors import exit_for
 from common.durations import parse_duration
-from common.errors import EdgefleetError, NotFound
+from common.errors import EdgefleetError, InvalidArgument, NotFound
 from common.logs import configure_logging
 from common.types import ImportProgress, Model
 from controller.cli import render
@@ -137,6 +137,13 @@ def models_import(
     """Upload an ONNX model; the controller validates it before storing anything, and with --precisions
     builds, measures and registers each precision that meets the acceptance floor on --eval-data."""
     wanted = tuple(p.strip() for p in precisions.split(",") if p.strip())
+    if eval_data is not None and not set(wanted) - {"fp32"}:
+        # Refuse before uploading what the controller would refuse after.
+        raise exit_for(InvalidArgument("--eval-data is only used with --precisions naming one beyond fp32"))
+    if wanted and set(wanted) - {"fp32"} and eval_data is None:
+        raise exit_for(
+            InvalidArgument("--precisions beyond fp32 needs --eval-data to measure them against fp32")
+        )
     size = path.stat().st_size + (eval_data.stat().st_size if eval_data is not None else 0)
     try:
         with (

@@ -258,7 +258,6 @@ def test_int4_without_onnx_ir_is_rejected_with_the_reason(
 
 def test_importing_the_int4_quantizer_leaves_logging_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     """matmul_nbits_quantizer calls logging.basicConfig(level=INFO) on import; that must not stick."""
-    pytest.importorskip("onnx_ir")
     root = logging.getLogger()
     monkeypatch.setattr(root, "handlers", [])
     monkeypatch.setattr(root, "level", logging.WARNING)
