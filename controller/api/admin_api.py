@@ -186,12 +186,14 @@ class AdminApi(serde.AdminServiceServicer):
                     await self._restore_manifests(recorded)
                     await self._discard_if_unreferenced(sha256)
                     raise
-                if eval_data is not None:
-                    async for item in self._build(header, sha256, eval_data):
-                        if isinstance(item, Model):
-                            model = item
-                        else:
-                            yield serde.import_model_event_to_pb(item)
+            # The fp32 artifact is registered (referenced) now, so the long build runs without the lock:
+            # other imports are not held up behind it, and none of them can discard its input.
+            if eval_data is not None:
+                async for item in self._build(header, sha256, eval_data):
+                    if isinstance(item, Model):
+                        model = item
+                    else:
+                        yield serde.import_model_event_to_pb(item)
             yield serde.import_model_event_to_pb(model)
         finally:
             # close + unlink of local temp files: quick, and it must run when cancelled
@@ -229,7 +231,7 @@ class AdminApi(serde.AdminServiceServicer):
         """Build the variants of the stored fp32 artifact (progress as it comes), store the accepted ones
         and register them with the rejections in one transaction; the last item is the model. On any
         failure no built artifact or registration is left (the fp32 registration stays: it is valid).
-        Runs under the import lock."""
+        The build itself runs without the import lock; storing and registering take it."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[ImportProgress] = asyncio.Queue(maxsize=_PROGRESS_QUEUE)
 
@@ -267,48 +269,53 @@ class AdminApi(serde.AdminServiceServicer):
             while not queue.empty():  # progress posted before the build returned
                 yield queue.get_nowait()
             results, profile = build.result()
-            variants: list[ModelVariant] = []
-            for r in results:
-                if not r.accepted or r.onnx_bytes is None:
-                    continue
-                if r.precision == "fp32":
-                    built = await asyncio.to_thread(self._describe_artifact, sha256)
-                else:
-                    built_sha, _ = await asyncio.to_thread(
-                        self._artifacts.put_stream, [r.onnx_bytes], max_bytes=self._max_model_bytes
+            async with self._import_lock:  # storing and registering: short, and exclusive
+                try:
+                    variants: list[ModelVariant] = []
+                    for r in results:
+                        if not r.accepted or r.onnx_bytes is None:
+                            continue
+                        if r.precision == "fp32":
+                            built = await asyncio.to_thread(self._describe_artifact, sha256)
+                        else:
+                            built_sha, _ = await asyncio.to_thread(
+                                self._artifacts.put_stream, [r.onnx_bytes], max_bytes=self._max_model_bytes
+                            )
+                            stored.append(built_sha)
+                            built = await asyncio.to_thread(self._describe_artifact, built_sha)
+                        variants.append(_measured(built, r, now_ms=self._clock.now_ms()))
+                    rejected = [
+                        RejectedVariant(r.precision, r.method, r.reason) for r in results if not r.accepted
+                    ]
+                    for v in variants:  # manifests first: a registered variant always has one
+                        await self._record_manifest(header.name, v, recorded)
+                    model = await self._db.run(
+                        self._db.store.add_built_variants,
+                        header.name,
+                        variants,
+                        rejected,
+                        now_ms=self._clock.now_ms(),
+                        cut_points=profile.cut_points,
+                        block_profiles=profile.block_profiles,
                     )
-                    stored.append(built_sha)
-                    built = await asyncio.to_thread(self._describe_artifact, built_sha)
-                variants.append(_measured(built, r, now_ms=self._clock.now_ms()))
-            rejected = [RejectedVariant(r.precision, r.method, r.reason) for r in results if not r.accepted]
-            for v in variants:  # manifests first: a registered variant always has one
-                await self._record_manifest(header.name, v, recorded)
-            model = await self._db.run(
-                self._db.store.add_built_variants,
-                header.name,
-                variants,
-                rejected,
-                now_ms=self._clock.now_ms(),
-                cut_points=profile.cut_points,
-                block_profiles=profile.block_profiles,
-            )
-            log.info(
-                "model=%s built %s; rejected %s; %d cut points, %d block profiles",
-                header.name,
-                ", ".join(v.variant for v in variants) or "nothing",
-                ", ".join(f"{r.precision}/{r.method}" for r in rejected) or "nothing",
-                len(profile.cut_points),
-                len(profile.block_profiles),
-            )
-            stored.clear()  # registered: referenced from now on
-            recorded.clear()
+                    log.info(
+                        "model=%s built %s; rejected %s; %d cut points, %d block profiles",
+                        header.name,
+                        ", ".join(v.variant for v in variants) or "nothing",
+                        ", ".join(f"{r.precision}/{r.method}" for r in rejected) or "nothing",
+                        len(profile.cut_points),
+                        len(profile.block_profiles),
+                    )
+                    stored.clear()  # registered: referenced from now on
+                    recorded.clear()
+                finally:
+                    await self._restore_manifests(recorded)
+                    for built_sha in stored:
+                        await self._discard_if_unreferenced(built_sha)
             yield model
         finally:
             if not build.done():  # cancelled: the thread cannot be stopped, but its work dir must go
                 await asyncio.wait({build})
-            await self._restore_manifests(recorded)
-            for built_sha in stored:
-                await self._discard_if_unreferenced(built_sha)
 
     async def _record_manifest(
         self, model: str, variant: ModelVariant, recorded: list[tuple[str, bytes | None]]

@@ -366,3 +366,41 @@ def test_a_plain_upload_gets_a_manifest_and_each_name_of_its_bytes_a_registratio
             assert isinstance(error, InvalidArgument)
 
     run(scenario())
+
+
+def test_a_long_build_does_not_hold_up_other_imports(
+    tmp_path: Path, digits_model: DigitsArtifacts, eval_npz: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Building variants takes minutes for a real model; a plain upload meanwhile must not wait for it."""
+    import threading
+
+    from controller.api import admin_api
+
+    entered, release = threading.Event(), threading.Event()
+    real = admin_api._build_and_profile
+
+    def parked(*args: Any, **kwargs: Any) -> Any:
+        entered.set()
+        release.wait(60)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(admin_api, "_build_and_profile", parked)
+
+    async def scenario() -> None:
+        async with running_controller(tmp_path) as fleet:
+            building = asyncio.create_task(_import(fleet, digits_model.model_path, eval_npz, ("fp16",)))
+            try:
+                assert await asyncio.to_thread(entered.wait, 60), "the build never started"
+                other = tmp_path / "other.onnx"
+                other.write_bytes(digits_model.model_path.read_bytes())
+                plain = await asyncio.wait_for(
+                    fleet.call_admin(fleet.admin.import_model, other, name="other"), 30
+                )
+                assert [v.variant for v in plain.variants] == ["fp32"]
+                assert not building.done()
+            finally:
+                release.set()
+            built, _ = await building
+            assert sorted(v.variant for v in built.variants) == ["fp16", "fp32"]
+
+    run(scenario())
