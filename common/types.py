@@ -99,15 +99,6 @@ class Assignment:
     def is_empty(self) -> bool:
         return not self.model_name
 
-    def same_target(self, other: Assignment | None) -> bool:
-        """True when ``other`` asks for the same model bytes (version aside)."""
-        return (
-            other is not None
-            and self.model_name == other.model_name
-            and self.variant == other.variant
-            and self.artifact_sha256 == other.artifact_sha256
-        )
-
 
 class AssignmentFailure(enum.Enum):
     """Why an agent could not apply an assignment. All are permanent for that version."""
