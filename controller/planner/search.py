@@ -1,0 +1,237 @@
+"""Each device's best configuration in a table, for thousands of devices at once.
+
+The score of configuration c for device d (see ``types.Weights``) is
+
+    meets:    1 + q(c) - wl * lat(d, c) / slo - (wc + price) . slots(c)
+    misses:   -(max(0, lat/slo - 1) + 10 * max(0, floor - q)) - [c uses shared capacity]
+
+and ``lat(d, c) = base(c) + T(d, head(c))``: everything but the first hop is the same for every
+device of a table, and the first hop depends only on the *head* of c (pattern, device cut, device
+precision — they fix which link is used and how many bytes cross it). So configurations are grouped
+by head; within a group the tails (where the rest runs, at which precisions) that meet the accuracy
+floor are sorted by ``base`` with a running maximum of their device-independent score. A device's
+best meeting tail in a group is then one binary search for its slack ``slo - T(d, head)``, and its
+best configuration the best over groups — ``O(groups x log tails)`` per device instead of a scan of
+every configuration. Devices for which nothing meets are scored exactly over every configuration
+(``best_effort``), so the result always equals exhaustive enumeration.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from controller.planner.configs import NONE, B, ConfigTable, F, I
+from controller.planner.types import Link, Pattern, Weights
+
+#: Link classes of a head: which of the device's links its first hop uses.
+NO_LINK, EDGE_LINK, CLOUD_LINK = 0, 1, 2
+_TOLERANCE = 1e-9
+MISS_ACCURACY_WEIGHT = 10.0
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Devices:
+    """The devices of one table, as columns."""
+
+    ids: tuple[str, ...]
+    usable_bytes: F  # memory the model may use (after the headroom)
+    fallback_bytes: F  # the fallback variant held beside a partitioned model (0: none)
+    edge_rtt: F
+    edge_ms_per_byte: F
+    cloud_rtt: F
+    cloud_ms_per_byte: F
+
+    @staticmethod
+    def of(
+        ids: tuple[str, ...],
+        usable: list[float],
+        fallback: list[float],
+        edge: list[Link | None],
+        cloud: list[Link | None],
+        percentile: float,
+    ) -> Devices:
+        def link_cols(links: list[Link | None]) -> tuple[F, F]:
+            rtt = np.asarray([lk.rtt_at(percentile) if lk else np.inf for lk in links])
+            # No link: an infinite round trip (never a NaN from inf * 0 on a row that sends nothing).
+            per_byte = np.asarray([8.0 / (lk.bandwidth_mbps * 1000.0) if lk else 0.0 for lk in links])
+            return rtt, per_byte
+
+        er, eb = link_cols(edge)
+        cr, cb = link_cols(cloud)
+        return Devices(ids, np.asarray(usable), np.asarray(fallback), er, eb, cr, cb)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def take(self, at: I) -> Devices:
+        """The devices at positions ``at``, in that order."""
+        return Devices(
+            tuple(self.ids[i] for i in at),
+            self.usable_bytes[at],
+            self.fallback_bytes[at],
+            self.edge_rtt[at],
+            self.edge_ms_per_byte[at],
+            self.cloud_rtt[at],
+            self.cloud_ms_per_byte[at],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Prices:
+    """Lagrange prices (score per slot) of the table's edge and cloud pool."""
+
+    edge: float = 0.0
+    cloud: float = 0.0
+
+
+class TableIndex:
+    def __init__(self, table: ConfigTable, weights: Weights) -> None:
+        self.table = table
+        self.weights = weights
+        d = table.deployment
+        self.slo = d.slo_ms
+        self.floor = d.min_quality
+        pattern, a, pd = table.pattern, table.a, table.pd
+        key = (pattern * (table.model.blocks + 1) + a) * (len(table.precisions) + 1) + (pd + 1)
+        heads, first, self.row_group = np.unique(key, return_index=True, return_inverse=True)
+        self.groups = len(heads)
+        self.group_pattern = pattern[first]
+        self.group_link = np.select(
+            [
+                np.isin(self.group_pattern, [int(Pattern.DEVICE_EDGE), int(Pattern.DEVICE_EDGE_CLOUD)]),
+                self.group_pattern == int(Pattern.DEVICE_CLOUD),
+            ],
+            [EDGE_LINK, CLOUD_LINK],
+            NO_LINK,
+        )
+        self.group_hop1 = table.hop1_bytes[first]
+        self.group_local = self.group_pattern == int(Pattern.LOCAL)
+        self.group_head_bytes = table.head_bytes[first]
+        self.base = table.base_ms
+        good = np.flatnonzero(table.quality >= self.floor - _TOLERANCE)
+        order = np.lexsort((self.base[good], self.row_group[good]))
+        self.sorted_rows: I = good[order]
+        self.sorted_group: I = self.row_group[self.sorted_rows]
+        self.sorted_base: F = self.base[self.sorted_rows]
+        self.group_start = np.searchsorted(self.sorted_group, np.arange(self.groups), "left")
+        self.group_stop = np.searchsorted(self.sorted_group, np.arange(self.groups), "right")
+        # Keys that sort by group, then base: one searchsorted serves every (device, group) pair.
+        span = float(np.max(self.sorted_base, initial=0.0)) + 1.0
+        self._span = span
+        self._keys = self.sorted_group * span + self.sorted_base
+
+    # --- scores -----------------------------------------------------------------------------------
+
+    def device_independent(self, rows: I, prices: Prices) -> F:
+        """``1 + q - wl * base / slo - (wc + price) . slots`` of configurations ``rows``."""
+        t, w = self.table, self.weights
+        return (
+            1.0
+            + t.quality[rows]
+            - w.latency_weight * self.base[rows] / self.slo
+            - (w.capacity_weight + prices.edge) * t.edge_slots[rows]
+            - (w.capacity_weight + prices.cloud) * t.cloud_slots[rows]
+        )
+
+    def link_ms(self, devices: Devices, dev: I, groups: I) -> F:
+        """The first hop's time for each (device, head group) pair."""
+        link = self.group_link[groups]
+        hop = self.group_hop1[groups]
+        edge = devices.edge_rtt[dev] + hop * devices.edge_ms_per_byte[dev]
+        cloud = devices.cloud_rtt[dev] + hop * devices.cloud_ms_per_byte[dev]
+        return np.where(link == EDGE_LINK, edge, np.where(link == CLOUD_LINK, cloud, 0.0))
+
+    def fits(self, devices: Devices, dev: I, groups: I) -> B:
+        """Whether the head fits the device's memory (with the fallback beside a partitioned one)."""
+        need = self.group_head_bytes[groups] + np.where(
+            self.group_local[groups], 0.0, devices.fallback_bytes[dev]
+        )
+        return np.asarray(need <= devices.usable_bytes[dev])
+
+    def latency(self, devices: Devices, dev: I, rows: I) -> F:
+        return self.base[rows] + self.link_ms(devices, dev, self.row_group[rows])
+
+    def score(self, devices: Devices, dev: I, rows: I, prices: Prices) -> F:
+        """The exact score of configuration ``rows[i]`` for device ``dev[i]`` (-inf: it may not run it)."""
+        t = self.table
+        groups = self.row_group[rows]
+        lat = self.base[rows] + self.link_ms(devices, dev, groups)
+        q = t.quality[rows]
+        meets = (lat <= self.slo + _TOLERANCE) & (q >= self.floor - _TOLERANCE)
+        ok = (
+            self.device_independent(rows, prices)
+            - self.weights.latency_weight * (lat - self.base[rows]) / self.slo
+        )
+        shared = t.pattern[rows] != int(Pattern.LOCAL)
+        miss = -(
+            np.maximum(0.0, lat / self.slo - 1.0) + MISS_ACCURACY_WEIGHT * np.maximum(0.0, self.floor - q)
+        ) - shared.astype(np.float64)
+        valid = self.fits(devices, dev, groups) & np.isfinite(lat)
+        return np.where(valid, np.where(meets, ok, miss), -np.inf)
+
+    # --- search -----------------------------------------------------------------------------------
+
+    def best_meeting(self, devices: Devices, prices: Prices) -> tuple[I, F]:
+        """Per device: its best configuration that meets the SLO and the floor, and its score;
+        row -1 and score -inf where none does."""
+        n = len(devices)
+        best_row = np.full(n, NONE, dtype=np.int64)
+        best_score = np.full(n, -np.inf)
+        if n == 0 or len(self.sorted_rows) == 0:
+            return best_row, best_score
+        const = self.device_independent(self.sorted_rows, prices)
+        run_value, run_row = _running_max(const, self.sorted_group, self.groups)
+        dev = np.repeat(np.arange(n), self.groups)
+        grp = np.tile(np.arange(self.groups), n)
+        link = self.link_ms(devices, dev, grp)
+        slack = self.slo + _TOLERANCE - link
+        ok = self.fits(devices, dev, grp) & np.isfinite(link) & (slack >= 0.0)
+        pos = (
+            np.searchsorted(self._keys, grp * self._span + np.minimum(slack, self._span - 1e-6), "right") - 1
+        )
+        ok &= (pos >= self.group_start[grp]) & (pos < self.group_stop[grp])
+        pos = np.where(ok, pos, 0)
+        value = np.where(ok, run_value[pos] - self.weights.latency_weight * link / self.slo, -np.inf)
+        rows = np.where(ok, self.sorted_rows[run_row[pos]], NONE)
+        per_device = value.reshape(n, self.groups)
+        pick = np.argmax(per_device, axis=1)
+        best_score = per_device[np.arange(n), pick]
+        best_row = np.where(np.isfinite(best_score), rows.reshape(n, self.groups)[np.arange(n), pick], NONE)
+        return best_row, best_score
+
+    def best_effort(self, devices: Devices, dev: I, prices: Prices) -> tuple[I, F]:
+        """Per device in ``dev``: its best configuration over *every* row (exact, dense), for devices
+        that nothing meets."""
+        rows_all = np.arange(self.table.size)
+        out_rows = np.full(len(dev), NONE, dtype=np.int64)
+        out_score = np.full(len(dev), -np.inf)
+        for i, d in enumerate(dev):
+            scores = self.score(devices, np.full(self.table.size, d), rows_all, prices)
+            j = int(np.argmax(scores))
+            if np.isfinite(scores[j]):
+                out_rows[i], out_score[i] = j, scores[j]
+        return out_rows, out_score
+
+    def best(self, devices: Devices, prices: Prices) -> tuple[I, F]:
+        rows, scores = self.best_meeting(devices, prices)
+        missing = np.flatnonzero(~np.isfinite(scores))
+        if len(missing):
+            r, s = self.best_effort(devices, missing, prices)
+            rows[missing], scores[missing] = r, s
+        return rows, scores
+
+
+def _running_max(values: F, groups: I, ngroups: int) -> tuple[F, I]:
+    """Within each run of equal ``groups`` (sorted), the running maximum of ``values`` and the
+    position where it was reached (ties keep the earlier, i.e. faster, configuration)."""
+    lo = float(np.min(values, initial=0.0))
+    hi = float(np.max(values, initial=0.0))
+    offset = (hi - lo) + 1.0
+    shifted = (values - lo) + groups * offset  # later groups are always larger: runs never mix
+    running = np.maximum.accumulate(shifted)
+    at = np.arange(len(values))
+    is_new = shifted > np.concatenate(([-np.inf], running[:-1]))
+    where = np.maximum.accumulate(np.where(is_new, at, 0))
+    return running - groups * offset + lo, where
