@@ -13,7 +13,7 @@ only the controller's state can confirm (models, hardware classes). Nothing here
 reading the files it is given, so the planner can take a ``PolicySet`` as plain input.
 """
 
-from controller.policy.checks import check_consistency, check_document, check_references
+from controller.policy.checks import Finding, check_consistency, check_document, check_references
 from controller.policy.diff import DocumentChange, FieldChange, PolicyDiff, diff_policy_sets
 from controller.policy.errors import PolicyError, PolicyErrors
 from controller.policy.loader import (
@@ -68,6 +68,7 @@ __all__ = [
     "DocumentChange",
     "DocumentLocation",
     "FieldChange",
+    "Finding",
     "HardwareClass",
     "HardwareClassSpec",
     "LabelSelector",

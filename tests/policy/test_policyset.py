@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import json
+import random
+from pathlib import Path
+from typing import Any
 
-from controller.policy import FieldChange, PolicyKey, diff_policy_sets, load_policy_texts
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from ruamel.yaml import YAML
+
+from controller.policy import FieldChange, PolicyKey, diff_policy_sets, load_policies, load_policy_texts
 from tests.policy.helpers import CLOUD_POOL, DEPLOYMENT, EDGE_POOL, GROUP, docs, valid_files
 
 # The same policies as helpers.valid_files(): other files, key order, flow style, comments, quoting,
@@ -130,3 +138,50 @@ def test_a_default_written_out_is_no_change() -> None:
     assert [(f.path, f.old, f.new) for f in diff_policy_sets(a, c).changed[0].fields] == [
         ("spec.defaultLink.rttMs", 60, 61)
     ]
+
+
+UNORDERED = {
+    "device",
+    "edge",
+    "cloud",
+    "edgePools",
+    "cloudPools",
+    "names",
+    "values",
+    "precisions",
+    "matchExpressions",
+}
+POLICIES = Path(__file__).resolve().parents[2] / "policies"
+
+
+def _shuffled(node: Any, rnd: random.Random, key: str = "") -> Any:
+    if isinstance(node, dict):
+        items = [(k, _shuffled(v, rnd, k)) for k, v in node.items()]
+        rnd.shuffle(items)
+        return dict(items)
+    if isinstance(node, list):
+        items = [_shuffled(v, rnd) for v in node]
+        if key in UNORDERED:
+            rnd.shuffle(items)
+        return items
+    return node
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.randoms(use_true_random=False), st.booleans())
+def test_digest_ignores_key_order_unordered_lists_and_layout(rnd: random.Random, flow: bool) -> None:
+    original = load_policies([POLICIES])
+    yaml = YAML(typ="safe")
+    documents = [d for f in sorted(POLICIES.glob("*.yaml")) for d in yaml.load_all(f.read_text()) if d]
+    rnd.shuffle(documents)
+    out = YAML()
+    out.default_flow_style = flow
+    texts: dict[str, str] = {}
+    for i, doc in enumerate(documents):
+        buf = io.StringIO()
+        out.dump(_shuffled(doc, rnd), buf)
+        texts.setdefault(f"part{i % 3}.yaml", "")
+        texts[f"part{i % 3}.yaml"] += "---\n" + buf.getvalue()
+    rewritten = load_policy_texts(texts)
+    assert rewritten.digest() == original.digest()
+    assert diff_policy_sets(original, rewritten).is_empty
