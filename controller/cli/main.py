@@ -21,7 +21,7 @@ from common.durations import parse_duration
 from common.errors import EdgefleetError, InvalidArgument, NotFound
 from common.logs import configure_logging
 from common.types import ImportProgress, Model
-from controller.cli import render
+from controller.cli import policy_cmds, render
 from controller.client import AdminClient
 
 app = typer.Typer(
@@ -33,6 +33,7 @@ describe_app = typer.Typer(help="Show one resource in detail.", no_args_is_help=
 app.add_typer(token_app, name="token")
 app.add_typer(models_app, name="models")
 app.add_typer(describe_app, name="describe")
+policy_cmds.register(app)
 
 # Pipes and CI logs get wide tables instead of ellipses.
 out = Console(width=None if sys.stdout.isatty() else 200)
