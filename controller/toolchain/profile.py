@@ -20,19 +20,26 @@ is reported next to it so the correction can be judged.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import logging
 import statistics
-import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
 
 from common.errors import InvalidArgument
+from common.timing import (
+    OVERHEAD_INPUT,
+    OVERHEAD_OUTPUT,
+    TimingConfig,
+    first_line,
+    overhead_model,
+    time_round_robin,
+)
 from controller.toolchain.evaldata import Array, EvalData
 from controller.toolchain.measure import MeasureConfig, open_session
 from controller.toolchain.partition import CutPoint
@@ -58,6 +65,7 @@ class BlockProfile:
     size_bytes: int = 0
     note: str = ""  # e.g. "int4 had nothing to convert here; this is the fp32 graph"
     error: str = ""
+    sha256: str = ""  # of the block's ONNX as built ('' when it failed to build)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -68,6 +76,13 @@ class ProfileTable:
     batch_sizes: tuple[int, ...]
     blocks: tuple[BlockProfile, ...]
     overhead_ms: Mapping[int, float]  # batch -> one call to an Identity model
+    #: The built blocks, by (start, end, precision): what was timed, kept so an import can store them
+    #: and measure their accuracy without building them again (not part of ``as_dict``).
+    segments: Mapping[tuple[Bound, Bound, str], Segment] = field(default_factory=dict)
+
+    def segment(self, position: int, precision: str) -> Segment | None:
+        """The built block ``position`` at ``precision`` (None: it failed to build)."""
+        return self.segments.get((self.boundaries[position], self.boundaries[position + 1], precision))
 
     def block(self, position: int, precision: str, batch: int) -> BlockProfile:
         """Block ``position`` (0-based, between boundaries ``position`` and ``position + 1``)."""
@@ -174,8 +189,12 @@ def profile_blocks(
     spans = list(itertools.pairwise(bounds))
     rows: list[BlockProfile] = []
     overheads: dict[int, list[float]] = {b: [] for b in batches}
+    segments: dict[tuple[Bound, Bound, str], Segment] = {}
     for step, (precision, method) in enumerate(methods.items(), start=1):
         built = [_build(segmenter, start, end, method) for start, end in spans]
+        segments.update(
+            ((start, end, precision), seg) for (start, end), (seg, _) in zip(spans, built, strict=True) if seg
+        )
         for batch in batches:
             times, errors = _time_together([_IDENTITY, *(seg for seg, _ in built)], envs[batch], config)
             if times[0] is not None:
@@ -183,9 +202,13 @@ def profile_blocks(
             for (start, end), (seg, error), ms, run_error in zip(
                 spans, built, times[1:], errors[1:], strict=True
             ):
-                size, note = (len(seg.onnx_bytes), seg.note) if seg is not None else (0, "")
+                size, note, sha = (
+                    (len(seg.onnx_bytes), seg.note, seg.sha256) if seg is not None else (0, "", "")
+                )
                 rows.append(
-                    BlockProfile(start, end, precision, method, batch, ms, size, note, error or run_error)
+                    BlockProfile(
+                        start, end, precision, method, batch, ms, size, note, error or run_error, sha
+                    )
                 )
         if progress is not None:
             progress(step, len(methods), f"{len(spans)} blocks at {precision}")
@@ -198,7 +221,7 @@ def profile_blocks(
         {b: round(ms, 4) for b, ms in overhead.items()},
     )
     return ProfileTable(
-        segmenter.graph.source_sha256, tuple(bounds), methods, tuple(batches), tuple(rows), overhead
+        segmenter.graph.source_sha256, tuple(bounds), methods, tuple(batches), tuple(rows), overhead, segments
     )
 
 
@@ -291,64 +314,42 @@ def _build(segmenter: Segmenter, start: Bound, end: Bound, method: str) -> tuple
 def _time_together(
     segments: Sequence[Segment | None], env: Mapping[str, Array], config: MeasureConfig
 ) -> tuple[list[float | None], list[str]]:
-    """Median ms per call of each segment, timed round-robin: one call of each per round.
-
-    Interleaving is what makes the numbers comparable on a shared host: a burst of load from other
-    processes slows every segment of the round alike, instead of whichever one was being timed
-    back to back at that moment (on a 2-core box that made a block's time swing 2-3x). The rounds
-    go in bursts of ``BURST`` calls: one call per visit made tiny models pay a cold cache on every
-    call (a digits block timed 30% slower among 150 segments than among 18). Otherwise as in
-    ``measure``: warm-up first, ``runs`` calls each, fewer (>= ``min_runs``) once the group has
-    taken ``max_seconds`` per member.
-    """
-    calls: list[tuple[int, Any, dict[str, Array]]] = []
+    """Median ms per call of each segment, timed round-robin by ``common.timing`` (the loop the agents
+    use too, so their numbers compare with these): warm-up first, ``runs`` calls each in bursts of
+    ``BURST``, fewer (>= ``min_runs``) once the group has taken ``max_seconds`` per member."""
+    calls: list[Callable[[], object] | None] = []
     errors = ["" if seg is not None else "not built" for seg in segments]
     for k, seg in enumerate(segments):
         if seg is None:
+            calls.append(None)
             continue
         try:
             session = open_session(seg.onnx_bytes)
-            feed = {name: env[name] for name in seg.inputs}
-            for _ in range(max(config.warmup, 1)):  # at least one call, so a failure shows here
-                session.run(None, feed)
         except Exception as exc:  # onnxruntime's errors are untyped
             errors[k] = f"failed to run: {_first_line(exc)}"
+            calls.append(None)
             continue
-        calls.append((k, session, feed))
-    samples: dict[int, list[int]] = {k: [] for k, _, _ in calls}
-    deadline = time.perf_counter() + config.max_seconds * max(len(calls), 1)
-    done = 0
-    while calls and done < config.runs and (done < config.min_runs or time.perf_counter() < deadline):
-        burst = min(BURST, config.runs - done)
-        for k, session, feed in calls:
-            for _ in range(burst):
-                begin = time.perf_counter_ns()
-                session.run(None, feed)
-                samples[k].append(time.perf_counter_ns() - begin)
-        done += burst
-    times: list[float | None] = [None] * len(segments)
-    for k, values in samples.items():
-        times[k] = float(np.median(values)) / 1e6
-    return times, errors
+        feed = {name: env[name] for name in seg.inputs}
+        calls.append(functools.partial(session.run, None, feed))
+    timing = TimingConfig(
+        warmup=config.warmup,
+        runs=config.runs,
+        min_runs=config.min_runs,
+        max_seconds=config.max_seconds,
+        burst=BURST,
+    )
+    times, run_errors = time_round_robin(calls, timing)
+    return times, [error or run_error for error, run_error in zip(errors, run_errors, strict=True)]
 
 
 def _identity_segment() -> Segment:
     """A model that does nothing: its time is the fixed cost of one onnxruntime call."""
-    graph = helper.make_graph(
-        [helper.make_node("Identity", [_IDENTITY_INPUT], ["y"])],
-        "call-overhead",
-        [helper.make_tensor_value_info(_IDENTITY_INPUT, TensorProto.FLOAT, ["N", 1])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8  # readable by every onnxruntime this project supports
-    return Segment("", None, None, "identity", model.SerializeToString(), (_IDENTITY_INPUT,), ("y",))
+    return Segment("", None, None, "identity", overhead_model(), (_IDENTITY_INPUT,), (OVERHEAD_OUTPUT,))
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
+    return first_line(exc)
 
 
-_IDENTITY_INPUT = "edgefleet.call_overhead.x"
+_IDENTITY_INPUT = OVERHEAD_INPUT
 _IDENTITY = _identity_segment()
