@@ -25,3 +25,19 @@ MAX_PENDING_TELEMETRY = 10_000
 MAX_STREAM_OUTBOX = 64
 #: Longest string fields (error messages, descriptions) kept from peers.
 MAX_TEXT_CHARS = 2_000
+#: Most blocks (cut range x precision) one profile request may ask an agent to time.
+MAX_PROFILE_BLOCKS = 256
+#: Most batch sizes per profile request, and the largest batch size an agent is asked to time.
+MAX_PROFILE_BATCH_SIZES = 8
+MAX_PROFILE_BATCH = 1024
+#: Most timed calls per block and batch size a profile request may ask for.
+MAX_PROFILE_RUNS = 1000
+#: Most timings in one profile report (every block at every batch size).
+MAX_PROFILE_TIMINGS = MAX_PROFILE_BLOCKS * MAX_PROFILE_BATCH_SIZES
+#: Profile requests an agent queues behind the one it runs; more are dropped (the controller resends).
+MAX_QUEUED_PROFILES = 4
+#: Finished profile reports an agent keeps to answer a repeated request without profiling again.
+MAX_KEPT_PROFILE_REPORTS = 16
+#: Segments one EvaluateSegments call may name, and devices one RequestProfile call may list.
+MAX_EVALUATED_SEGMENTS = 64
+MAX_PROFILED_DEVICES = 10_000

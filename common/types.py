@@ -171,6 +171,42 @@ class BlockProfile:
     batch_size: int
     latency_ms: float
     error: str = ""
+    #: The block's ONNX at this precision, stored as an artifact (what agents download to profile it,
+    #: and what partitioned inference will run); '' when it could not be built.
+    artifact_sha256: str = ""
+    artifact_size_bytes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class BlockAccuracy:
+    """The model's quality on the eval data when only this block runs at ``precision`` and every
+    other block at fp32, scored as whole variants are (``None``: not measured, e.g. accuracy without
+    labels). The planner predicts a mixed-precision plan additively from these: each block at a lower
+    precision costs what it cost alone. ``error`` says why a block could not be measured."""
+
+    start_cut: int
+    end_cut: int
+    precision: str
+    accuracy: float | None = None
+    cosine: float | None = None
+    agreement: float | None = None
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ClassBlockProfile:
+    """One block at one precision and batch size on one hardware class: the median over the devices
+    of that class of their latest reported latency. ``devices`` counts the devices that measured it;
+    when none could, latency is 0 and ``error`` is one device's reason."""
+
+    hardware_class: str
+    start_cut: int
+    end_cut: int
+    precision: str
+    batch_size: int
+    latency_ms: float
+    devices: int
+    error: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +217,15 @@ class Model:
     rejected: tuple[RejectedVariant, ...] = ()
     cut_points: tuple[CutPoint, ...] = ()
     block_profiles: tuple[BlockProfile, ...] = ()
+    block_accuracy: tuple[BlockAccuracy, ...] = ()
+    #: Model-input rows (an ``.npz``) that agents profile the blocks on; '' before the first build.
+    profile_inputs_sha256: str = ""
+    profile_inputs_size_bytes: int = 0
+    #: The eval data of the latest build, kept so the controller can measure segment mixes exactly.
+    eval_data_sha256: str = ""
+    eval_data_size_bytes: int = 0
+    #: Block latencies per hardware class, from agents' profile reports (computed, never stored).
+    class_profiles: tuple[ClassBlockProfile, ...] = ()
 
     def variant(self, name: str) -> ModelVariant | None:
         return next((v for v in self.variants if v.variant == name), None)
@@ -299,7 +344,41 @@ class AssignmentAck:
     message: str = ""
 
 
-AgentMessage = Hello | Heartbeat | TelemetryBatch | AssignmentAck
+@dataclass(frozen=True, slots=True)
+class BlockTiming:
+    """One block at one precision and batch size as an agent timed it (median ms per call, with the
+    session settings the controller host uses); latency 0 and ``error`` set when it failed."""
+
+    start_cut: int
+    end_cut: int
+    precision: str
+    batch_size: int
+    latency_ms: float
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CallOverhead:
+    """The time of one onnxruntime call to a model that does nothing, at one batch size: the fixed
+    cost every block's time includes once (see ``controller.toolchain.profile``)."""
+
+    batch_size: int
+    latency_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileReport:
+    """An agent's answer to a ProfileRequest: every block it was asked to time, failures included.
+    ``error`` set means the whole profile failed (e.g. an artifact could not be downloaded)."""
+
+    request_id: str
+    model_name: str
+    timings: tuple[BlockTiming, ...] = ()
+    call_overhead: tuple[CallOverhead, ...] = ()
+    error: str = ""
+
+
+AgentMessage = Hello | Heartbeat | TelemetryBatch | AssignmentAck | ProfileReport
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,7 +392,34 @@ class TelemetryAck:
     up_to_sequence: int
 
 
-ControllerMessage = Welcome | Assignment | TelemetryAck
+@dataclass(frozen=True, slots=True)
+class ProfileBlock:
+    """A block for an agent to profile: its cut range, precision and the artifact holding its ONNX."""
+
+    start_cut: int
+    end_cut: int
+    precision: str
+    artifact_sha256: str
+    artifact_size_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileRequest:
+    """Time these blocks on your own hardware. The inputs artifact is an ``.npz`` of model-input rows;
+    a block's inputs are made by running the fp32 blocks in order on them. Safe to repeat: the agent
+    answers a repeated ``request_id`` with the report it already has (or ignores it while running)."""
+
+    request_id: str
+    model_name: str
+    source_sha256: str
+    blocks: tuple[ProfileBlock, ...]
+    inputs_sha256: str
+    inputs_size_bytes: int
+    batch_sizes: tuple[int, ...]
+    runs: int
+
+
+ControllerMessage = Welcome | Assignment | TelemetryAck | ProfileRequest
 
 
 # --- artifacts, admin, inference ---------------------------------------------------------------
@@ -348,6 +454,60 @@ class ImportProgress:
     step: int
     total: int
     message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentSpec:
+    """A segment of a mixed-precision plan: the blocks from ``start_cut`` to ``end_cut`` (0: the
+    model's inputs / outputs) at one precision."""
+
+    start_cut: int
+    end_cut: int
+    precision: str
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentEvaluation:
+    """The measured quality of a segment mix on the stored eval data, next to what the additive
+    block model predicts for it (``None``: not measurable / not predictable)."""
+
+    model_name: str
+    segments: tuple[SegmentSpec, ...]
+    rows: int
+    accuracy: float | None = None
+    cosine: float | None = None
+    agreement: float | None = None
+    predicted_accuracy: float | None = None
+    predicted_cosine: float | None = None
+    predicted_agreement: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileRequestRecord:
+    """A profile request as the controller keeps it: resent to the device until its report arrives
+    (``completed_at_ms`` 0: still pending)."""
+
+    device_id: str
+    model_name: str
+    request_id: str
+    batch_sizes: tuple[int, ...]
+    runs: int
+    requested_at_ms: int
+    completed_at_ms: int = 0
+
+    @property
+    def pending(self) -> bool:
+        return self.completed_at_ms == 0
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceProfileReport:
+    """The latest profile report of one device for one model, with the hardware class it ran on."""
+
+    device_id: str
+    hardware_class: str
+    reported_at_ms: int
+    report: ProfileReport
 
 
 @dataclass(frozen=True, slots=True)

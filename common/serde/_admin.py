@@ -10,9 +10,19 @@ from typing import Any
 from edgefleet.v1 import admin_pb2 as admin_pb
 
 from common.errors import InvalidArgument
-from common.limits import MAX_MODEL_BYTES
+from common.limits import MAX_EVALUATED_SEGMENTS, MAX_MODEL_BYTES, MAX_PROFILE_RUNS, MAX_PROFILED_DEVICES
 from common.serde._types import device_from_pb, device_to_pb, model_from_pb, model_to_pb
-from common.serde._validate import _at, _fail, _name, _nonempty, _required_message, _sha256, _text
+from common.serde._validate import (
+    _at,
+    _fail,
+    _finite,
+    _hardware_class,
+    _name,
+    _nonempty,
+    _required_message,
+    _sha256,
+    _text,
+)
 from common.types import (
     DEFAULT_VARIANT,
     AssignResult,
@@ -21,6 +31,9 @@ from common.types import (
     ImportModelHeader,
     ImportProgress,
     Model,
+    ProfileRequestRecord,
+    SegmentEvaluation,
+    SegmentSpec,
 )
 
 #: Most precisions one import may ask for (there are four; repeats are dropped by the toolchain).
@@ -233,3 +246,132 @@ def artifact_manifest_doc_from_pb(pb: admin_pb.ArtifactManifestDoc) -> dict[str,
     if not isinstance(manifest, dict):
         _fail("json", f"expected a JSON object, got {type(manifest).__name__}")
     return manifest
+
+
+# --- admin.proto: segment evaluation and profile requests --------------------------------------
+
+
+def segment_spec_to_pb(s: SegmentSpec) -> admin_pb.SegmentSpec:
+    return admin_pb.SegmentSpec(start_cut=s.start_cut, end_cut=s.end_cut, precision=s.precision)
+
+
+def segment_spec_from_pb(pb: admin_pb.SegmentSpec, *, path: str = "segment") -> SegmentSpec:
+    """Only the fields are checked here; whether the segments cover the model, in order, on its
+    profiled cut points is the service's check (it names every problem at once)."""
+    return SegmentSpec(
+        start_cut=pb.start_cut, end_cut=pb.end_cut, precision=_name(_at(path, "precision"), pb.precision)
+    )
+
+
+def _segments(path: str, pbs: Iterable[admin_pb.SegmentSpec]) -> tuple[SegmentSpec, ...]:
+    items = list(pbs)
+    if len(items) > MAX_EVALUATED_SEGMENTS:
+        _fail(path, f"{len(items)} entries, at most {MAX_EVALUATED_SEGMENTS}")
+    return tuple(segment_spec_from_pb(s, path=f"{path}[{i}]") for i, s in enumerate(items))
+
+
+def evaluate_segments_request_to_pb(
+    model_name: str, segments: Iterable[SegmentSpec]
+) -> admin_pb.EvaluateSegmentsRequest:
+    return admin_pb.EvaluateSegmentsRequest(
+        model_name=model_name, segments=[segment_spec_to_pb(s) for s in segments]
+    )
+
+
+def evaluate_segments_request_from_pb(
+    pb: admin_pb.EvaluateSegmentsRequest,
+) -> tuple[str, tuple[SegmentSpec, ...]]:
+    """``(model_name, segments)``; at least one segment."""
+    segments = _segments("segments", pb.segments)
+    if not segments:
+        _fail("segments", "empty")
+    return _name("model_name", pb.model_name), segments
+
+
+def _optional(pb: Any, field: str) -> float | None:
+    return _finite(field, getattr(pb, field)) if pb.HasField(field) else None
+
+
+def evaluate_segments_response_to_pb(e: SegmentEvaluation) -> admin_pb.EvaluateSegmentsResponse:
+    return admin_pb.EvaluateSegmentsResponse(
+        model_name=e.model_name,
+        segments=[segment_spec_to_pb(s) for s in e.segments],
+        rows=e.rows,
+        accuracy=e.accuracy,
+        cosine=e.cosine,
+        agreement=e.agreement,
+        predicted_accuracy=e.predicted_accuracy,
+        predicted_cosine=e.predicted_cosine,
+        predicted_agreement=e.predicted_agreement,
+    )
+
+
+def evaluate_segments_response_from_pb(pb: admin_pb.EvaluateSegmentsResponse) -> SegmentEvaluation:
+    return SegmentEvaluation(
+        model_name=_name("model_name", pb.model_name),
+        segments=_segments("segments", pb.segments),
+        rows=pb.rows,
+        accuracy=_optional(pb, "accuracy"),
+        cosine=_optional(pb, "cosine"),
+        agreement=_optional(pb, "agreement"),
+        predicted_accuracy=_optional(pb, "predicted_accuracy"),
+        predicted_cosine=_optional(pb, "predicted_cosine"),
+        predicted_agreement=_optional(pb, "predicted_agreement"),
+    )
+
+
+def request_profile_request_to_pb(
+    model_name: str, device_ids: Iterable[str] = (), hardware_class: str = "", runs: int = 0
+) -> admin_pb.RequestProfileRequest:
+    return admin_pb.RequestProfileRequest(
+        model_name=model_name, device_ids=list(device_ids), hardware_class=hardware_class, runs=runs
+    )
+
+
+def request_profile_request_from_pb(
+    pb: admin_pb.RequestProfileRequest,
+) -> tuple[str, tuple[str, ...], str, int]:
+    """``(model_name, device_ids, hardware_class, runs)``: exactly one of device ids and hardware class;
+    runs 0 means the controller's default."""
+    if len(pb.device_ids) > MAX_PROFILED_DEVICES:
+        _fail("device_ids", f"{len(pb.device_ids)} entries, at most {MAX_PROFILED_DEVICES}")
+    device_ids = tuple(_name(f"device_ids[{i}]", d) for i, d in enumerate(pb.device_ids))
+    hardware_class = _hardware_class("hardware_class", pb.hardware_class, required=False)
+    if bool(device_ids) == bool(hardware_class):
+        _fail("device_ids", "give either device ids or a hardware class (not both, not neither)")
+    if pb.runs > MAX_PROFILE_RUNS:
+        _fail("runs", f"{pb.runs}, at most {MAX_PROFILE_RUNS}")
+    return _name("model_name", pb.model_name), tuple(dict.fromkeys(device_ids)), hardware_class, pb.runs
+
+
+def request_profile_response_to_pb(
+    model_name: str, records: Iterable[ProfileRequestRecord]
+) -> admin_pb.RequestProfileResponse:
+    return admin_pb.RequestProfileResponse(
+        model_name=model_name,
+        requests=[
+            admin_pb.ProfileRequested(
+                device_id=r.device_id,
+                request_id=r.request_id,
+                requested_at_ms=r.requested_at_ms,
+                batch_sizes=list(r.batch_sizes),
+                runs=r.runs,
+            )
+            for r in records
+        ],
+    )
+
+
+def request_profile_response_from_pb(pb: admin_pb.RequestProfileResponse) -> tuple[ProfileRequestRecord, ...]:
+    model_name = _name("model_name", pb.model_name)
+    return tuple(
+        ProfileRequestRecord(
+            device_id=_name(f"requests[{i}].device_id", r.device_id),
+            model_name=model_name,
+            request_id=_name(f"requests[{i}].request_id", r.request_id),
+            batch_sizes=tuple(r.batch_sizes),
+            runs=r.runs,
+            requested_at_ms=r.requested_at_ms,
+        )
+        for i, r in enumerate(pb.requests)
+    )

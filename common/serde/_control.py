@@ -7,12 +7,20 @@ from typing import Final
 from edgefleet.v1 import controller_pb2 as controller_pb
 
 from common.errors import InvalidArgument
-from common.limits import MAX_TELEMETRY_BATCH
+from common.limits import (
+    MAX_PROFILE_BATCH,
+    MAX_PROFILE_BATCH_SIZES,
+    MAX_PROFILE_BLOCKS,
+    MAX_PROFILE_RUNS,
+    MAX_PROFILE_TIMINGS,
+    MAX_TELEMETRY_BATCH,
+)
 from common.serde._types import (
     assignment_failure_from_pb,
     assignment_failure_to_pb,
     assignment_from_pb,
     assignment_to_pb,
+    block_range,
     hardware_profile_from_pb,
     hardware_profile_to_pb,
     reported_state_from_pb,
@@ -35,6 +43,8 @@ from common.types import (
     ArtifactManifest,
     Assignment,
     AssignmentAck,
+    BlockTiming,
+    CallOverhead,
     ControllerMessage,
     DeviceEvent,
     DeviceIdentity,
@@ -43,6 +53,9 @@ from common.types import (
     Hello,
     InferenceRecord,
     Outcome,
+    ProfileBlock,
+    ProfileReport,
+    ProfileRequest,
     TelemetryAck,
     TelemetryBatch,
     TelemetryRecord,
@@ -228,6 +241,90 @@ def assignment_ack_from_pb(pb: controller_pb.AssignmentAck, *, path: str = "assi
     )
 
 
+def block_timing_to_pb(t: BlockTiming) -> controller_pb.BlockTiming:
+    return controller_pb.BlockTiming(
+        start_cut=t.start_cut,
+        end_cut=t.end_cut,
+        precision=t.precision,
+        batch_size=t.batch_size,
+        latency_ms=t.latency_ms,
+        error=t.error,
+    )
+
+
+def block_timing_from_pb(pb: controller_pb.BlockTiming, *, path: str = "timing") -> BlockTiming:
+    block_range(path, pb.start_cut, pb.end_cut)
+    _batch_size(_at(path, "batch_size"), pb.batch_size)
+    return BlockTiming(
+        start_cut=pb.start_cut,
+        end_cut=pb.end_cut,
+        precision=_name(_at(path, "precision"), pb.precision),
+        batch_size=pb.batch_size,
+        latency_ms=_latency(_at(path, "latency_ms"), pb.latency_ms),
+        error=_text(pb.error),
+    )
+
+
+def call_overhead_to_pb(c: CallOverhead) -> controller_pb.CallOverhead:
+    return controller_pb.CallOverhead(batch_size=c.batch_size, latency_ms=c.latency_ms)
+
+
+def call_overhead_from_pb(pb: controller_pb.CallOverhead, *, path: str = "call_overhead") -> CallOverhead:
+    _batch_size(_at(path, "batch_size"), pb.batch_size)
+    return CallOverhead(batch_size=pb.batch_size, latency_ms=_latency(_at(path, "latency_ms"), pb.latency_ms))
+
+
+def profile_report_to_pb(r: ProfileReport) -> controller_pb.ProfileReport:
+    return controller_pb.ProfileReport(
+        request_id=r.request_id,
+        model_name=r.model_name,
+        timings=[block_timing_to_pb(t) for t in r.timings],
+        call_overhead=[call_overhead_to_pb(c) for c in r.call_overhead],
+        error=r.error,
+    )
+
+
+def profile_report_from_pb(pb: controller_pb.ProfileReport, *, path: str = "profile_report") -> ProfileReport:
+    """At most ``MAX_PROFILE_TIMINGS`` timings, each (block, precision, batch) once; at most one call
+    overhead per batch size."""
+    if len(pb.timings) > MAX_PROFILE_TIMINGS:
+        _fail(_at(path, "timings"), f"{len(pb.timings)} entries, at most {MAX_PROFILE_TIMINGS}")
+    if len(pb.call_overhead) > MAX_PROFILE_BATCH_SIZES:
+        _fail(
+            _at(path, "call_overhead"), f"{len(pb.call_overhead)} entries, at most {MAX_PROFILE_BATCH_SIZES}"
+        )
+    timings: list[BlockTiming] = []
+    seen: set[tuple[int, int, str, int]] = set()
+    for i, t in enumerate(pb.timings):
+        tpath = _at(path, f"timings[{i}]")
+        timing = block_timing_from_pb(t, path=tpath)
+        key = (timing.start_cut, timing.end_cut, timing.precision, timing.batch_size)
+        if key in seen:
+            _fail(tpath, f"block {key[0]}..{key[1]} at {key[2]}, batch {key[3]} reported twice")
+        seen.add(key)
+        timings.append(timing)
+    overheads: list[CallOverhead] = []
+    for i, c in enumerate(pb.call_overhead):
+        cpath = _at(path, f"call_overhead[{i}]")
+        overhead = call_overhead_from_pb(c, path=cpath)
+        if any(o.batch_size == overhead.batch_size for o in overheads):
+            _fail(_at(cpath, "batch_size"), f"batch {overhead.batch_size} reported twice")
+        overheads.append(overhead)
+    return ProfileReport(
+        request_id=_name(_at(path, "request_id"), pb.request_id),
+        model_name=_name(_at(path, "model_name"), pb.model_name),
+        timings=tuple(timings),
+        call_overhead=tuple(overheads),
+        error=_text(pb.error),
+    )
+
+
+def _batch_size(path: str, value: int) -> int:
+    if not 1 <= value <= MAX_PROFILE_BATCH:
+        _fail(path, f"{value} is not within 1..{MAX_PROFILE_BATCH}")
+    return value
+
+
 def agent_message_to_pb(msg: AgentMessage) -> controller_pb.AgentMessage:
     if isinstance(msg, Hello):
         return controller_pb.AgentMessage(hello=hello_to_pb(msg))
@@ -235,6 +332,8 @@ def agent_message_to_pb(msg: AgentMessage) -> controller_pb.AgentMessage:
         return controller_pb.AgentMessage(heartbeat=heartbeat_to_pb(msg))
     if isinstance(msg, TelemetryBatch):
         return controller_pb.AgentMessage(telemetry=telemetry_batch_to_pb(msg))
+    if isinstance(msg, ProfileReport):
+        return controller_pb.AgentMessage(profile_report=profile_report_to_pb(msg))
     return controller_pb.AgentMessage(assignment_ack=assignment_ack_to_pb(msg))
 
 
@@ -249,6 +348,8 @@ def agent_message_from_pb(pb: controller_pb.AgentMessage) -> AgentMessage:
         return telemetry_batch_from_pb(pb.telemetry, path="telemetry")
     if which == "assignment_ack":
         return assignment_ack_from_pb(pb.assignment_ack, path="assignment_ack")
+    if which == "profile_report":
+        return profile_report_from_pb(pb.profile_report, path="profile_report")
     raise InvalidArgument("agent message: empty (no body set)")
 
 
@@ -275,11 +376,87 @@ def telemetry_ack_from_pb(pb: controller_pb.TelemetryAck, *, path: str = "teleme
     return TelemetryAck(up_to_sequence=pb.up_to_sequence)
 
 
+def profile_block_to_pb(b: ProfileBlock) -> controller_pb.ProfileBlock:
+    return controller_pb.ProfileBlock(
+        start_cut=b.start_cut,
+        end_cut=b.end_cut,
+        precision=b.precision,
+        artifact_sha256=b.artifact_sha256,
+        artifact_size_bytes=b.artifact_size_bytes,
+    )
+
+
+def profile_block_from_pb(pb: controller_pb.ProfileBlock, *, path: str = "block") -> ProfileBlock:
+    block_range(path, pb.start_cut, pb.end_cut)
+    return ProfileBlock(
+        start_cut=pb.start_cut,
+        end_cut=pb.end_cut,
+        precision=_name(_at(path, "precision"), pb.precision),
+        artifact_sha256=_sha256(_at(path, "artifact_sha256"), pb.artifact_sha256),
+        artifact_size_bytes=pb.artifact_size_bytes,
+    )
+
+
+def profile_request_to_pb(r: ProfileRequest) -> controller_pb.ProfileRequest:
+    return controller_pb.ProfileRequest(
+        request_id=r.request_id,
+        model_name=r.model_name,
+        source_sha256=r.source_sha256,
+        blocks=[profile_block_to_pb(b) for b in r.blocks],
+        inputs_sha256=r.inputs_sha256,
+        inputs_size_bytes=r.inputs_size_bytes,
+        batch_sizes=list(r.batch_sizes),
+        runs=r.runs,
+    )
+
+
+def profile_request_from_pb(
+    pb: controller_pb.ProfileRequest, *, path: str = "profile_request"
+) -> ProfileRequest:
+    """1..``MAX_PROFILE_BLOCKS`` blocks, each (range, precision) once; 1..``MAX_PROFILE_BATCH_SIZES``
+    distinct batch sizes of at most ``MAX_PROFILE_BATCH``; 1..``MAX_PROFILE_RUNS`` runs."""
+    if not pb.blocks:
+        _fail(_at(path, "blocks"), "empty")
+    if len(pb.blocks) > MAX_PROFILE_BLOCKS:
+        _fail(_at(path, "blocks"), f"{len(pb.blocks)} entries, at most {MAX_PROFILE_BLOCKS}")
+    blocks: list[ProfileBlock] = []
+    for i, b in enumerate(pb.blocks):
+        bpath = _at(path, f"blocks[{i}]")
+        block = profile_block_from_pb(b, path=bpath)
+        if any(
+            (o.start_cut, o.end_cut, o.precision) == (b.start_cut, b.end_cut, b.precision) for o in blocks
+        ):
+            _fail(bpath, f"block {b.start_cut}..{b.end_cut} at {b.precision} listed twice")
+        blocks.append(block)
+    if not pb.batch_sizes:
+        _fail(_at(path, "batch_sizes"), "empty")
+    if len(pb.batch_sizes) > MAX_PROFILE_BATCH_SIZES:
+        _fail(_at(path, "batch_sizes"), f"{len(pb.batch_sizes)} entries, at most {MAX_PROFILE_BATCH_SIZES}")
+    for i, batch in enumerate(pb.batch_sizes):
+        _batch_size(_at(path, f"batch_sizes[{i}]"), batch)
+        if batch in pb.batch_sizes[:i]:
+            _fail(_at(path, f"batch_sizes[{i}]"), f"{batch} listed twice")
+    if not 1 <= pb.runs <= MAX_PROFILE_RUNS:
+        _fail(_at(path, "runs"), f"{pb.runs} is not within 1..{MAX_PROFILE_RUNS}")
+    return ProfileRequest(
+        request_id=_name(_at(path, "request_id"), pb.request_id),
+        model_name=_name(_at(path, "model_name"), pb.model_name),
+        source_sha256=_sha256(_at(path, "source_sha256"), pb.source_sha256),
+        blocks=tuple(blocks),
+        inputs_sha256=_sha256(_at(path, "inputs_sha256"), pb.inputs_sha256),
+        inputs_size_bytes=pb.inputs_size_bytes,
+        batch_sizes=tuple(pb.batch_sizes),
+        runs=pb.runs,
+    )
+
+
 def controller_message_to_pb(msg: ControllerMessage) -> controller_pb.ControllerMessage:
     if isinstance(msg, Welcome):
         return controller_pb.ControllerMessage(welcome=welcome_to_pb(msg))
     if isinstance(msg, Assignment):
         return controller_pb.ControllerMessage(assignment=assignment_to_pb(msg))
+    if isinstance(msg, ProfileRequest):
+        return controller_pb.ControllerMessage(profile_request=profile_request_to_pb(msg))
     return controller_pb.ControllerMessage(telemetry_ack=telemetry_ack_to_pb(msg))
 
 
@@ -291,6 +468,8 @@ def controller_message_from_pb(pb: controller_pb.ControllerMessage) -> Controlle
         return assignment_from_pb(pb.assignment, path="assignment")
     if which == "telemetry_ack":
         return telemetry_ack_from_pb(pb.telemetry_ack, path="telemetry_ack")
+    if which == "profile_request":
+        return profile_request_from_pb(pb.profile_request, path="profile_request")
     raise InvalidArgument("controller message: empty (no body set)")
 
 

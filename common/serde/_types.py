@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from typing import Final
 
 from edgefleet.v1 import types_pb2 as types_pb
+from google.protobuf.message import Message as _PbMessage
 
 from common.serde._validate import (
     _at,
@@ -26,7 +27,9 @@ from common.serde._validate import (
 from common.types import (
     Assignment,
     AssignmentFailure,
+    BlockAccuracy,
     BlockProfile,
+    ClassBlockProfile,
     CutPoint,
     DataType,
     Device,
@@ -280,6 +283,12 @@ def cut_point_from_pb(pb: types_pb.CutPoint, *, path: str = "cut_point") -> CutP
     )
 
 
+def block_range(path: str, start_cut: int, end_cut: int) -> None:
+    """A block or segment range: end_cut 0 is the model outputs, anything else must follow start_cut."""
+    if end_cut and end_cut <= start_cut:
+        _fail(path, f"end_cut {end_cut} is not after start_cut {start_cut}")
+
+
 def block_profile_to_pb(b: BlockProfile) -> types_pb.BlockProfile:
     return types_pb.BlockProfile(
         start_cut=b.start_cut,
@@ -288,14 +297,20 @@ def block_profile_to_pb(b: BlockProfile) -> types_pb.BlockProfile:
         batch_size=b.batch_size,
         latency_ms=b.latency_ms,
         error=b.error,
+        artifact_sha256=b.artifact_sha256,
+        artifact_size_bytes=b.artifact_size_bytes,
     )
 
 
 def block_profile_from_pb(pb: types_pb.BlockProfile, *, path: str = "block_profile") -> BlockProfile:
-    if pb.end_cut and pb.end_cut <= pb.start_cut:
-        _fail(path, f"end_cut {pb.end_cut} is not after start_cut {pb.start_cut}")
+    """An empty ``artifact_sha256`` means the block has no artifact (it failed to build, or the model
+    was profiled before block artifacts were stored)."""
+    block_range(path, pb.start_cut, pb.end_cut)
     if pb.batch_size == 0:
         _fail(_at(path, "batch_size"), "must be positive")
+    sha256 = _sha256(_at(path, "artifact_sha256"), pb.artifact_sha256, required=False)
+    if not sha256 and pb.artifact_size_bytes:
+        _fail(_at(path, "artifact_size_bytes"), f"{pb.artifact_size_bytes} without an artifact_sha256")
     return BlockProfile(
         start_cut=pb.start_cut,
         end_cut=pb.end_cut,
@@ -303,7 +318,70 @@ def block_profile_from_pb(pb: types_pb.BlockProfile, *, path: str = "block_profi
         batch_size=pb.batch_size,
         latency_ms=_latency(_at(path, "latency_ms"), pb.latency_ms),
         error=_text(pb.error),
+        artifact_sha256=sha256,
+        artifact_size_bytes=pb.artifact_size_bytes,
     )
+
+
+def block_accuracy_to_pb(b: BlockAccuracy) -> types_pb.BlockAccuracy:
+    return types_pb.BlockAccuracy(
+        start_cut=b.start_cut,
+        end_cut=b.end_cut,
+        precision=b.precision,
+        accuracy=b.accuracy,
+        cosine=b.cosine,
+        agreement=b.agreement,
+        error=b.error,
+    )
+
+
+def block_accuracy_from_pb(pb: types_pb.BlockAccuracy, *, path: str = "block_accuracy") -> BlockAccuracy:
+    block_range(path, pb.start_cut, pb.end_cut)
+    return BlockAccuracy(
+        start_cut=pb.start_cut,
+        end_cut=pb.end_cut,
+        precision=_name(_at(path, "precision"), pb.precision),
+        accuracy=_optional_finite(pb, "accuracy", path),
+        cosine=_optional_finite(pb, "cosine", path),
+        agreement=_optional_finite(pb, "agreement", path),
+        error=_text(pb.error),
+    )
+
+
+def class_block_profile_to_pb(c: ClassBlockProfile) -> types_pb.ClassBlockProfile:
+    return types_pb.ClassBlockProfile(
+        hardware_class=c.hardware_class,
+        start_cut=c.start_cut,
+        end_cut=c.end_cut,
+        precision=c.precision,
+        batch_size=c.batch_size,
+        latency_ms=c.latency_ms,
+        devices=c.devices,
+        error=c.error,
+    )
+
+
+def class_block_profile_from_pb(
+    pb: types_pb.ClassBlockProfile, *, path: str = "class_profile"
+) -> ClassBlockProfile:
+    block_range(path, pb.start_cut, pb.end_cut)
+    if pb.batch_size == 0:
+        _fail(_at(path, "batch_size"), "must be positive")
+    return ClassBlockProfile(
+        hardware_class=_hardware_class(_at(path, "hardware_class"), pb.hardware_class),
+        start_cut=pb.start_cut,
+        end_cut=pb.end_cut,
+        precision=_name(_at(path, "precision"), pb.precision),
+        batch_size=pb.batch_size,
+        latency_ms=_latency(_at(path, "latency_ms"), pb.latency_ms),
+        devices=pb.devices,
+        error=_text(pb.error),
+    )
+
+
+def _optional_finite(pb: _PbMessage, field: str, path: str) -> float | None:
+    """An ``optional double``: None when unset, else a finite number."""
+    return _finite(_at(path, field), getattr(pb, field)) if pb.HasField(field) else None
 
 
 def model_to_pb(m: Model) -> types_pb.Model:
@@ -314,6 +392,12 @@ def model_to_pb(m: Model) -> types_pb.Model:
         rejected=[rejected_variant_to_pb(r) for r in m.rejected],
         cut_points=[cut_point_to_pb(c) for c in m.cut_points],
         block_profiles=[block_profile_to_pb(b) for b in m.block_profiles],
+        block_accuracy=[block_accuracy_to_pb(b) for b in m.block_accuracy],
+        profile_inputs_sha256=m.profile_inputs_sha256,
+        profile_inputs_size_bytes=m.profile_inputs_size_bytes,
+        eval_data_sha256=m.eval_data_sha256,
+        eval_data_size_bytes=m.eval_data_size_bytes,
+        class_profiles=[class_block_profile_to_pb(c) for c in m.class_profiles],
     )
 
 
@@ -338,6 +422,20 @@ def model_from_pb(pb: types_pb.Model, *, path: str = "model") -> Model:
         block_profiles=tuple(
             block_profile_from_pb(b, path=_at(path, f"block_profiles[{i}]"))
             for i, b in enumerate(pb.block_profiles)
+        ),
+        block_accuracy=tuple(
+            block_accuracy_from_pb(b, path=_at(path, f"block_accuracy[{i}]"))
+            for i, b in enumerate(pb.block_accuracy)
+        ),
+        profile_inputs_sha256=_sha256(
+            _at(path, "profile_inputs_sha256"), pb.profile_inputs_sha256, required=False
+        ),
+        profile_inputs_size_bytes=pb.profile_inputs_size_bytes,
+        eval_data_sha256=_sha256(_at(path, "eval_data_sha256"), pb.eval_data_sha256, required=False),
+        eval_data_size_bytes=pb.eval_data_size_bytes,
+        class_profiles=tuple(
+            class_block_profile_from_pb(c, path=_at(path, f"class_profiles[{i}]"))
+            for i, c in enumerate(pb.class_profiles)
         ),
     )
 

@@ -132,3 +132,77 @@ class AssignResponse(_message.Message):
     device: _types_pb2.Device
     changed: bool
     def __init__(self, device: _Optional[_Union[_types_pb2.Device, _Mapping]] = ..., changed: _Optional[bool] = ...) -> None: ...
+
+class SegmentSpec(_message.Message):
+    __slots__ = ("start_cut", "end_cut", "precision")
+    START_CUT_FIELD_NUMBER: _ClassVar[int]
+    END_CUT_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
+    start_cut: int
+    end_cut: int
+    precision: str
+    def __init__(self, start_cut: _Optional[int] = ..., end_cut: _Optional[int] = ..., precision: _Optional[str] = ...) -> None: ...
+
+class EvaluateSegmentsRequest(_message.Message):
+    __slots__ = ("model_name", "segments")
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    model_name: str
+    segments: _containers.RepeatedCompositeFieldContainer[SegmentSpec]
+    def __init__(self, model_name: _Optional[str] = ..., segments: _Optional[_Iterable[_Union[SegmentSpec, _Mapping]]] = ...) -> None: ...
+
+class EvaluateSegmentsResponse(_message.Message):
+    __slots__ = ("model_name", "segments", "rows", "accuracy", "cosine", "agreement", "predicted_accuracy", "predicted_cosine", "predicted_agreement")
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    COSINE_FIELD_NUMBER: _ClassVar[int]
+    AGREEMENT_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_COSINE_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_AGREEMENT_FIELD_NUMBER: _ClassVar[int]
+    model_name: str
+    segments: _containers.RepeatedCompositeFieldContainer[SegmentSpec]
+    rows: int
+    accuracy: float
+    cosine: float
+    agreement: float
+    predicted_accuracy: float
+    predicted_cosine: float
+    predicted_agreement: float
+    def __init__(self, model_name: _Optional[str] = ..., segments: _Optional[_Iterable[_Union[SegmentSpec, _Mapping]]] = ..., rows: _Optional[int] = ..., accuracy: _Optional[float] = ..., cosine: _Optional[float] = ..., agreement: _Optional[float] = ..., predicted_accuracy: _Optional[float] = ..., predicted_cosine: _Optional[float] = ..., predicted_agreement: _Optional[float] = ...) -> None: ...
+
+class RequestProfileRequest(_message.Message):
+    __slots__ = ("model_name", "device_ids", "hardware_class", "runs")
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_IDS_FIELD_NUMBER: _ClassVar[int]
+    HARDWARE_CLASS_FIELD_NUMBER: _ClassVar[int]
+    RUNS_FIELD_NUMBER: _ClassVar[int]
+    model_name: str
+    device_ids: _containers.RepeatedScalarFieldContainer[str]
+    hardware_class: str
+    runs: int
+    def __init__(self, model_name: _Optional[str] = ..., device_ids: _Optional[_Iterable[str]] = ..., hardware_class: _Optional[str] = ..., runs: _Optional[int] = ...) -> None: ...
+
+class ProfileRequested(_message.Message):
+    __slots__ = ("device_id", "request_id", "requested_at_ms", "batch_sizes", "runs")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUESTED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZES_FIELD_NUMBER: _ClassVar[int]
+    RUNS_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    request_id: str
+    requested_at_ms: int
+    batch_sizes: _containers.RepeatedScalarFieldContainer[int]
+    runs: int
+    def __init__(self, device_id: _Optional[str] = ..., request_id: _Optional[str] = ..., requested_at_ms: _Optional[int] = ..., batch_sizes: _Optional[_Iterable[int]] = ..., runs: _Optional[int] = ...) -> None: ...
+
+class RequestProfileResponse(_message.Message):
+    __slots__ = ("model_name", "requests")
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    model_name: str
+    requests: _containers.RepeatedCompositeFieldContainer[ProfileRequested]
+    def __init__(self, model_name: _Optional[str] = ..., requests: _Optional[_Iterable[_Union[ProfileRequested, _Mapping]]] = ...) -> None: ...

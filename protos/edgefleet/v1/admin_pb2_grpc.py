@@ -75,6 +75,16 @@ class AdminServiceStub:
                 request_serializer=edgefleet_dot_v1_dot_admin__pb2.AssignRequest.SerializeToString,
                 response_deserializer=edgefleet_dot_v1_dot_admin__pb2.AssignResponse.FromString,
                 _registered_method=True)
+        self.EvaluateSegments = channel.unary_unary(
+                '/edgefleet.v1.AdminService/EvaluateSegments',
+                request_serializer=edgefleet_dot_v1_dot_admin__pb2.EvaluateSegmentsRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_admin__pb2.EvaluateSegmentsResponse.FromString,
+                _registered_method=True)
+        self.RequestProfile = channel.unary_unary(
+                '/edgefleet.v1.AdminService/RequestProfile',
+                request_serializer=edgefleet_dot_v1_dot_admin__pb2.RequestProfileRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_admin__pb2.RequestProfileResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -131,6 +141,20 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EvaluateSegments(self, request, context):
+        """Measure the exact quality of a mixed-precision segment plan on the model's stored eval data.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RequestProfile(self, request, context):
+        """Ask devices (by id, or every device of a hardware class) to profile the model's blocks.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -173,6 +197,16 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.Assign,
                     request_deserializer=edgefleet_dot_v1_dot_admin__pb2.AssignRequest.FromString,
                     response_serializer=edgefleet_dot_v1_dot_admin__pb2.AssignResponse.SerializeToString,
+            ),
+            'EvaluateSegments': grpc.unary_unary_rpc_method_handler(
+                    servicer.EvaluateSegments,
+                    request_deserializer=edgefleet_dot_v1_dot_admin__pb2.EvaluateSegmentsRequest.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_admin__pb2.EvaluateSegmentsResponse.SerializeToString,
+            ),
+            'RequestProfile': grpc.unary_unary_rpc_method_handler(
+                    servicer.RequestProfile,
+                    request_deserializer=edgefleet_dot_v1_dot_admin__pb2.RequestProfileRequest.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_admin__pb2.RequestProfileResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -391,6 +425,60 @@ class AdminService:
             '/edgefleet.v1.AdminService/Assign',
             edgefleet_dot_v1_dot_admin__pb2.AssignRequest.SerializeToString,
             edgefleet_dot_v1_dot_admin__pb2.AssignResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EvaluateSegments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.AdminService/EvaluateSegments',
+            edgefleet_dot_v1_dot_admin__pb2.EvaluateSegmentsRequest.SerializeToString,
+            edgefleet_dot_v1_dot_admin__pb2.EvaluateSegmentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RequestProfile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.AdminService/RequestProfile',
+            edgefleet_dot_v1_dot_admin__pb2.RequestProfileRequest.SerializeToString,
+            edgefleet_dot_v1_dot_admin__pb2.RequestProfileResponse.FromString,
             options,
             channel_credentials,
             insecure,

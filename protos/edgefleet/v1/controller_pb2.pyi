@@ -42,16 +42,18 @@ class EnrollResponse(_message.Message):
     def __init__(self, device_id: _Optional[str] = ..., device_credential: _Optional[str] = ...) -> None: ...
 
 class AgentMessage(_message.Message):
-    __slots__ = ("hello", "heartbeat", "telemetry", "assignment_ack")
+    __slots__ = ("hello", "heartbeat", "telemetry", "assignment_ack", "profile_report")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     TELEMETRY_FIELD_NUMBER: _ClassVar[int]
     ASSIGNMENT_ACK_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_REPORT_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     heartbeat: Heartbeat
     telemetry: TelemetryBatch
     assignment_ack: AssignmentAck
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., telemetry: _Optional[_Union[TelemetryBatch, _Mapping]] = ..., assignment_ack: _Optional[_Union[AssignmentAck, _Mapping]] = ...) -> None: ...
+    profile_report: ProfileReport
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., telemetry: _Optional[_Union[TelemetryBatch, _Mapping]] = ..., assignment_ack: _Optional[_Union[AssignmentAck, _Mapping]] = ..., profile_report: _Optional[_Union[ProfileReport, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
     __slots__ = ("hardware", "reported", "telemetry_watermark", "records_dropped")
@@ -123,15 +125,89 @@ class AssignmentAck(_message.Message):
     reported: _types_pb2.ReportedState
     def __init__(self, version: _Optional[int] = ..., failure: _Optional[_Union[_types_pb2.AssignmentFailure, str]] = ..., message: _Optional[str] = ..., reported: _Optional[_Union[_types_pb2.ReportedState, _Mapping]] = ...) -> None: ...
 
+class BlockTiming(_message.Message):
+    __slots__ = ("start_cut", "end_cut", "precision", "batch_size", "latency_ms", "error")
+    START_CUT_FIELD_NUMBER: _ClassVar[int]
+    END_CUT_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    start_cut: int
+    end_cut: int
+    precision: str
+    batch_size: int
+    latency_ms: float
+    error: str
+    def __init__(self, start_cut: _Optional[int] = ..., end_cut: _Optional[int] = ..., precision: _Optional[str] = ..., batch_size: _Optional[int] = ..., latency_ms: _Optional[float] = ..., error: _Optional[str] = ...) -> None: ...
+
+class CallOverhead(_message.Message):
+    __slots__ = ("batch_size", "latency_ms")
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    batch_size: int
+    latency_ms: float
+    def __init__(self, batch_size: _Optional[int] = ..., latency_ms: _Optional[float] = ...) -> None: ...
+
+class ProfileReport(_message.Message):
+    __slots__ = ("request_id", "model_name", "timings", "call_overhead", "error")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    CALL_OVERHEAD_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    model_name: str
+    timings: _containers.RepeatedCompositeFieldContainer[BlockTiming]
+    call_overhead: _containers.RepeatedCompositeFieldContainer[CallOverhead]
+    error: str
+    def __init__(self, request_id: _Optional[str] = ..., model_name: _Optional[str] = ..., timings: _Optional[_Iterable[_Union[BlockTiming, _Mapping]]] = ..., call_overhead: _Optional[_Iterable[_Union[CallOverhead, _Mapping]]] = ..., error: _Optional[str] = ...) -> None: ...
+
 class ControllerMessage(_message.Message):
-    __slots__ = ("welcome", "assignment", "telemetry_ack")
+    __slots__ = ("welcome", "assignment", "telemetry_ack", "profile_request")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     ASSIGNMENT_FIELD_NUMBER: _ClassVar[int]
     TELEMETRY_ACK_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_REQUEST_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     assignment: _types_pb2.Assignment
     telemetry_ack: TelemetryAck
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., assignment: _Optional[_Union[_types_pb2.Assignment, _Mapping]] = ..., telemetry_ack: _Optional[_Union[TelemetryAck, _Mapping]] = ...) -> None: ...
+    profile_request: ProfileRequest
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., assignment: _Optional[_Union[_types_pb2.Assignment, _Mapping]] = ..., telemetry_ack: _Optional[_Union[TelemetryAck, _Mapping]] = ..., profile_request: _Optional[_Union[ProfileRequest, _Mapping]] = ...) -> None: ...
+
+class ProfileBlock(_message.Message):
+    __slots__ = ("start_cut", "end_cut", "precision", "artifact_sha256", "artifact_size_bytes")
+    START_CUT_FIELD_NUMBER: _ClassVar[int]
+    END_CUT_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACT_SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    start_cut: int
+    end_cut: int
+    precision: str
+    artifact_sha256: str
+    artifact_size_bytes: int
+    def __init__(self, start_cut: _Optional[int] = ..., end_cut: _Optional[int] = ..., precision: _Optional[str] = ..., artifact_sha256: _Optional[str] = ..., artifact_size_bytes: _Optional[int] = ...) -> None: ...
+
+class ProfileRequest(_message.Message):
+    __slots__ = ("request_id", "model_name", "source_sha256", "blocks", "inputs_sha256", "inputs_size_bytes", "batch_sizes", "runs")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_SHA256_FIELD_NUMBER: _ClassVar[int]
+    BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_SHA256_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZES_FIELD_NUMBER: _ClassVar[int]
+    RUNS_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    model_name: str
+    source_sha256: str
+    blocks: _containers.RepeatedCompositeFieldContainer[ProfileBlock]
+    inputs_sha256: str
+    inputs_size_bytes: int
+    batch_sizes: _containers.RepeatedScalarFieldContainer[int]
+    runs: int
+    def __init__(self, request_id: _Optional[str] = ..., model_name: _Optional[str] = ..., source_sha256: _Optional[str] = ..., blocks: _Optional[_Iterable[_Union[ProfileBlock, _Mapping]]] = ..., inputs_sha256: _Optional[str] = ..., inputs_size_bytes: _Optional[int] = ..., batch_sizes: _Optional[_Iterable[int]] = ..., runs: _Optional[int] = ...) -> None: ...
 
 class Welcome(_message.Message):
     __slots__ = ("heartbeat_interval_ms", "telemetry_watermark")

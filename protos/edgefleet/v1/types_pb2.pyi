@@ -173,36 +173,90 @@ class CutPoint(_message.Message):
     def __init__(self, index: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., bytes_per_sample: _Optional[int] = ...) -> None: ...
 
 class BlockProfile(_message.Message):
-    __slots__ = ("start_cut", "end_cut", "precision", "batch_size", "latency_ms", "error")
+    __slots__ = ("start_cut", "end_cut", "precision", "batch_size", "latency_ms", "error", "artifact_sha256", "artifact_size_bytes")
     START_CUT_FIELD_NUMBER: _ClassVar[int]
     END_CUT_FIELD_NUMBER: _ClassVar[int]
     PRECISION_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACT_SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     start_cut: int
     end_cut: int
     precision: str
     batch_size: int
     latency_ms: float
     error: str
-    def __init__(self, start_cut: _Optional[int] = ..., end_cut: _Optional[int] = ..., precision: _Optional[str] = ..., batch_size: _Optional[int] = ..., latency_ms: _Optional[float] = ..., error: _Optional[str] = ...) -> None: ...
+    artifact_sha256: str
+    artifact_size_bytes: int
+    def __init__(self, start_cut: _Optional[int] = ..., end_cut: _Optional[int] = ..., precision: _Optional[str] = ..., batch_size: _Optional[int] = ..., latency_ms: _Optional[float] = ..., error: _Optional[str] = ..., artifact_sha256: _Optional[str] = ..., artifact_size_bytes: _Optional[int] = ...) -> None: ...
+
+class BlockAccuracy(_message.Message):
+    __slots__ = ("start_cut", "end_cut", "precision", "accuracy", "cosine", "agreement", "error")
+    START_CUT_FIELD_NUMBER: _ClassVar[int]
+    END_CUT_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
+    ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    COSINE_FIELD_NUMBER: _ClassVar[int]
+    AGREEMENT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    start_cut: int
+    end_cut: int
+    precision: str
+    accuracy: float
+    cosine: float
+    agreement: float
+    error: str
+    def __init__(self, start_cut: _Optional[int] = ..., end_cut: _Optional[int] = ..., precision: _Optional[str] = ..., accuracy: _Optional[float] = ..., cosine: _Optional[float] = ..., agreement: _Optional[float] = ..., error: _Optional[str] = ...) -> None: ...
+
+class ClassBlockProfile(_message.Message):
+    __slots__ = ("hardware_class", "start_cut", "end_cut", "precision", "batch_size", "latency_ms", "devices", "error")
+    HARDWARE_CLASS_FIELD_NUMBER: _ClassVar[int]
+    START_CUT_FIELD_NUMBER: _ClassVar[int]
+    END_CUT_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    hardware_class: str
+    start_cut: int
+    end_cut: int
+    precision: str
+    batch_size: int
+    latency_ms: float
+    devices: int
+    error: str
+    def __init__(self, hardware_class: _Optional[str] = ..., start_cut: _Optional[int] = ..., end_cut: _Optional[int] = ..., precision: _Optional[str] = ..., batch_size: _Optional[int] = ..., latency_ms: _Optional[float] = ..., devices: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
 
 class Model(_message.Message):
-    __slots__ = ("name", "variants", "created_at_ms", "rejected", "cut_points", "block_profiles")
+    __slots__ = ("name", "variants", "created_at_ms", "rejected", "cut_points", "block_profiles", "block_accuracy", "profile_inputs_sha256", "profile_inputs_size_bytes", "eval_data_sha256", "eval_data_size_bytes", "class_profiles")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VARIANTS_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     REJECTED_FIELD_NUMBER: _ClassVar[int]
     CUT_POINTS_FIELD_NUMBER: _ClassVar[int]
     BLOCK_PROFILES_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_INPUTS_SHA256_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_INPUTS_SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    EVAL_DATA_SHA256_FIELD_NUMBER: _ClassVar[int]
+    EVAL_DATA_SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CLASS_PROFILES_FIELD_NUMBER: _ClassVar[int]
     name: str
     variants: _containers.RepeatedCompositeFieldContainer[ModelVariant]
     created_at_ms: int
     rejected: _containers.RepeatedCompositeFieldContainer[RejectedVariant]
     cut_points: _containers.RepeatedCompositeFieldContainer[CutPoint]
     block_profiles: _containers.RepeatedCompositeFieldContainer[BlockProfile]
-    def __init__(self, name: _Optional[str] = ..., variants: _Optional[_Iterable[_Union[ModelVariant, _Mapping]]] = ..., created_at_ms: _Optional[int] = ..., rejected: _Optional[_Iterable[_Union[RejectedVariant, _Mapping]]] = ..., cut_points: _Optional[_Iterable[_Union[CutPoint, _Mapping]]] = ..., block_profiles: _Optional[_Iterable[_Union[BlockProfile, _Mapping]]] = ...) -> None: ...
+    block_accuracy: _containers.RepeatedCompositeFieldContainer[BlockAccuracy]
+    profile_inputs_sha256: str
+    profile_inputs_size_bytes: int
+    eval_data_sha256: str
+    eval_data_size_bytes: int
+    class_profiles: _containers.RepeatedCompositeFieldContainer[ClassBlockProfile]
+    def __init__(self, name: _Optional[str] = ..., variants: _Optional[_Iterable[_Union[ModelVariant, _Mapping]]] = ..., created_at_ms: _Optional[int] = ..., rejected: _Optional[_Iterable[_Union[RejectedVariant, _Mapping]]] = ..., cut_points: _Optional[_Iterable[_Union[CutPoint, _Mapping]]] = ..., block_profiles: _Optional[_Iterable[_Union[BlockProfile, _Mapping]]] = ..., block_accuracy: _Optional[_Iterable[_Union[BlockAccuracy, _Mapping]]] = ..., profile_inputs_sha256: _Optional[str] = ..., profile_inputs_size_bytes: _Optional[int] = ..., eval_data_sha256: _Optional[str] = ..., eval_data_size_bytes: _Optional[int] = ..., class_profiles: _Optional[_Iterable[_Union[ClassBlockProfile, _Mapping]]] = ...) -> None: ...
 
 class Device(_message.Message):
     __slots__ = ("id", "hardware", "connected", "last_seen_ms", "desired_version", "acked_version", "assignment", "reported", "enrolled_at_ms", "last_failure", "last_failure_message", "failed_version", "records_received", "last_sequence", "records_dropped")
