@@ -13,8 +13,11 @@ from typing import Any
 from common.types import (
     Assignment,
     AssignmentFailure,
+    BlockAccuracy,
     BlockProfile,
+    BlockTiming,
     BootstrapToken,
+    CallOverhead,
     CutPoint,
     DataType,
     Device,
@@ -23,6 +26,8 @@ from common.types import (
     InferenceRecord,
     ModelVariant,
     Outcome,
+    ProfileReport,
+    ProfileRequestRecord,
     RejectedVariant,
     ReportedState,
     TelemetryRecord,
@@ -189,6 +194,8 @@ def block_profiles_to_json(blocks: Sequence[BlockProfile]) -> str:
                 "batch_size": b.batch_size,
                 "latency_ms": b.latency_ms,
                 "error": b.error,
+                "artifact_sha256": b.artifact_sha256,
+                "artifact_size_bytes": b.artifact_size_bytes,
             }
             for b in blocks
         ]
@@ -196,6 +203,7 @@ def block_profiles_to_json(blocks: Sequence[BlockProfile]) -> str:
 
 
 def block_profiles_from_json(text: str) -> tuple[BlockProfile, ...]:
+    """Rows written before block artifacts were stored have no artifact keys: no artifact."""
     return tuple(
         BlockProfile(
             start_cut=b["start_cut"],
@@ -204,8 +212,108 @@ def block_profiles_from_json(text: str) -> tuple[BlockProfile, ...]:
             batch_size=b["batch_size"],
             latency_ms=b["latency_ms"],
             error=b.get("error", ""),
+            artifact_sha256=b.get("artifact_sha256", ""),
+            artifact_size_bytes=b.get("artifact_size_bytes", 0),
         )
         for b in json.loads(text)
+    )
+
+
+def block_accuracy_to_json(rows: Sequence[BlockAccuracy]) -> str:
+    return _dumps(
+        [
+            {
+                "start_cut": b.start_cut,
+                "end_cut": b.end_cut,
+                "precision": b.precision,
+                "accuracy": b.accuracy,
+                "cosine": b.cosine,
+                "agreement": b.agreement,
+                "error": b.error,
+            }
+            for b in rows
+        ]
+    )
+
+
+def block_accuracy_from_json(text: str) -> tuple[BlockAccuracy, ...]:
+    return tuple(
+        BlockAccuracy(
+            start_cut=b["start_cut"],
+            end_cut=b["end_cut"],
+            precision=b["precision"],
+            accuracy=b.get("accuracy"),
+            cosine=b.get("cosine"),
+            agreement=b.get("agreement"),
+            error=b.get("error", ""),
+        )
+        for b in json.loads(text)
+    )
+
+
+# --- profile requests and reports ---------------------------------------------------------------
+
+
+def batch_sizes_to_json(batch_sizes: Sequence[int]) -> str:
+    return _dumps(list(batch_sizes))
+
+
+def profile_request_from_row(row: Row) -> ProfileRequestRecord:
+    return ProfileRequestRecord(
+        device_id=row["device_id"],
+        model_name=row["model_name"],
+        request_id=row["request_id"],
+        batch_sizes=tuple(int(b) for b in json.loads(row["batch_sizes_json"])),
+        runs=row["runs"],
+        requested_at_ms=row["requested_at_ms"],
+        completed_at_ms=row["completed_at_ms"],
+    )
+
+
+def profile_report_to_json(r: ProfileReport) -> str:
+    """The report's content (its request id and model are columns of their own)."""
+    return _dumps(
+        {
+            "timings": [
+                {
+                    "start_cut": t.start_cut,
+                    "end_cut": t.end_cut,
+                    "precision": t.precision,
+                    "batch_size": t.batch_size,
+                    "latency_ms": t.latency_ms,
+                    "error": t.error,
+                }
+                for t in r.timings
+            ],
+            "call_overhead": [
+                {"batch_size": c.batch_size, "latency_ms": c.latency_ms} for c in r.call_overhead
+            ],
+            "error": r.error,
+        }
+    )
+
+
+def profile_report_from_json(request_id: str, model_name: str, text: str) -> ProfileReport:
+    d = json.loads(text)
+    return ProfileReport(
+        request_id=request_id,
+        model_name=model_name,
+        timings=tuple(
+            BlockTiming(
+                start_cut=t["start_cut"],
+                end_cut=t["end_cut"],
+                precision=t["precision"],
+                batch_size=t["batch_size"],
+                latency_ms=t["latency_ms"],
+                error=t.get("error", ""),
+            )
+            for t in d.get("timings", ())
+        ),
+        call_overhead=tuple(
+            CallOverhead(batch_size=c["batch_size"], latency_ms=c["latency_ms"])
+            for c in d.get("call_overhead", ())
+        ),
+        error=d.get("error", ""),
     )
 
 

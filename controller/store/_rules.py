@@ -7,11 +7,26 @@ so the rules in ``base.Store``'s docstrings are decided in exactly one place.
 from __future__ import annotations
 
 import hmac
+import statistics
+from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import replace
 from datetime import UTC, datetime
 
 from common.errors import AlreadyExists, InvalidArgument, NotFound, Unauthenticated
-from common.types import Assignment, AssignmentAck, BootstrapToken, Device, HardwareProfile, ReportedState
+from common.types import (
+    Assignment,
+    AssignmentAck,
+    BlockProfile,
+    BootstrapToken,
+    ClassBlockProfile,
+    Device,
+    DeviceProfileReport,
+    HardwareProfile,
+    ProfileReport,
+    ProfileRequestRecord,
+    ReportedState,
+)
 from controller.store.base import TOKEN_EXHAUSTED, TOKEN_EXPIRED, TOKEN_UNKNOWN
 
 
@@ -136,3 +151,56 @@ def variant_conflict(name: str, variant: str, *, stored_sha256: str, new_sha256:
         f"model {name!r} variant {variant!r} already exists with sha256 {stored_sha256}; "
         f"refusing to replace it with sha256 {new_sha256}"
     )
+
+
+def check_profile_report(
+    device_id: str, report: ProfileReport, request: ProfileRequestRecord | None
+) -> ProfileRequestRecord:
+    """The request ``report`` answers, else NotFound: a report is stored only for the device's current
+    request for that model (a superseded or unknown request id is stale). A repeat of the report of a
+    completed request is accepted: the agent re-sends it whenever the request reaches it again."""
+    if request is None or request.request_id != report.request_id:
+        current = f"its current request is {request.request_id!r}" if request else "it has no request"
+        raise NotFound(
+            f"device {device_id!r} has no profile request {report.request_id!r} for model "
+            f"{report.model_name!r} ({current}); the report is stale"
+        )
+    return request
+
+
+def class_profiles(
+    reports: Iterable[DeviceProfileReport], blocks: Iterable[BlockProfile]
+) -> tuple[ClassBlockProfile, ...]:
+    """Per hardware class, per (block, precision, batch) of the model's profiled ``blocks``: the median
+    latency over the devices of that class whose latest report timed it. A cell no device of the class
+    could time is kept with latency 0, devices 0 and the first device's error (by device id)."""
+    wanted = {(b.start_cut, b.end_cut, b.precision, b.batch_size) for b in blocks}
+    times: dict[tuple[str, int, int, str, int], list[float]] = defaultdict(list)
+    errors: dict[tuple[str, int, int, str, int], list[str]] = defaultdict(list)
+    for r in sorted(reports, key=lambda r: r.device_id):
+        for t in r.report.timings:
+            cell = (t.start_cut, t.end_cut, t.precision, t.batch_size)
+            if cell not in wanted:
+                continue  # a block of an earlier build's cut points
+            key = (r.hardware_class, *cell)
+            if t.error:
+                errors[key].append(f"{r.device_id}: {t.error}")
+            else:
+                times[key].append(t.latency_ms)
+    keys = sorted(set(times) | set(errors), key=lambda k: (k[0], k[1], k[2] == 0, k[2], k[3], k[4]))
+    out: list[ClassBlockProfile] = []
+    for key in keys:
+        values, failed = times.get(key, []), errors.get(key, [])
+        out.append(
+            ClassBlockProfile(
+                hardware_class=key[0],
+                start_cut=key[1],
+                end_cut=key[2],
+                precision=key[3],
+                batch_size=key[4],
+                latency_ms=statistics.median(values) if values else 0.0,
+                devices=len(values),
+                error="" if values else f"failed on {len(failed)} device(s): {failed[0]}",
+            )
+        )
+    return tuple(out)

@@ -13,14 +13,19 @@ from abc import ABC, abstractmethod
 from collections.abc import Collection, Sequence
 
 from common.types import (
+    ArtifactManifest,
     AssignmentAck,
+    BlockAccuracy,
     BlockProfile,
     BootstrapToken,
     CutPoint,
     Device,
+    DeviceProfileReport,
     HardwareProfile,
     Model,
     ModelVariant,
+    ProfileReport,
+    ProfileRequestRecord,
     RejectedVariant,
     ReportedState,
     TelemetryRecord,
@@ -172,6 +177,9 @@ class Store(ABC):
         now_ms: int,
         cut_points: Sequence[CutPoint] | None = None,
         block_profiles: Sequence[BlockProfile] | None = None,
+        block_accuracy: Sequence[BlockAccuracy] | None = None,
+        profile_inputs: ArtifactManifest | None = None,
+        eval_data: ArtifactManifest | None = None,
     ) -> Model:
         """Record one toolchain build of an existing model, all or nothing; returns the model.
 
@@ -180,17 +188,58 @@ class Store(ABC):
         fp32 upload measured by the build); a conflicting one raises AlreadyExists and nothing of the
         call is kept. The model's rejected
         candidates are replaced by ``rejected`` (the latest build's, in order). NotFound if the model
-        does not exist. ``cut_points`` and ``block_profiles``, where given (not None), replace the
-        model's stored ones (the latest build's); None keeps what is stored.
+        does not exist. ``cut_points``, ``block_profiles``, ``block_accuracy`` and the ``profile_inputs``
+        and ``eval_data`` artifacts, each where given (not None), replace the model's stored one (the
+        latest build's); None keeps what is stored.
         """
 
     @abstractmethod
     def get_model(self, name: str) -> Model:
-        """NotFound if there is no such model."""
+        """NotFound if there is no such model. ``class_profiles`` is computed from the devices' latest
+        profile reports (``_rules.class_profiles``) over the model's current block profiles."""
 
     @abstractmethod
     def list_models(self) -> list[Model]:
-        """All models ordered by name."""
+        """All models ordered by name (each as ``get_model`` returns it)."""
+
+    # --- device profiles ------------------------------------------------------------------------
+
+    @abstractmethod
+    def request_profiles(
+        self,
+        model_name: str,
+        requests: Sequence[tuple[str, str]],
+        *,
+        batch_sizes: Sequence[int],
+        runs: int,
+        now_ms: int,
+    ) -> list[ProfileRequestRecord]:
+        """Record a pending profile request of ``model_name`` for each ``(device_id, request_id)``, in
+        that order, all or nothing. Each replaces the device's earlier request for the model (so a report
+        that still arrives for that one is stale); its latest report stays until the new one arrives.
+        NotFound for an unknown model or device; AlreadyExists for a request id already used."""
+
+    @abstractmethod
+    def list_pending_profile_requests(
+        self, device_ids: Collection[str] | None = None
+    ) -> list[ProfileRequestRecord]:
+        """Requests still waiting for their report, ordered by (device id, model name); only those of
+        ``device_ids`` when it is given (unknown ids are ignored). One call for the whole fleet."""
+
+    @abstractmethod
+    def record_profile_report(
+        self, device_id: str, report: ProfileReport, *, now_ms: int
+    ) -> ProfileRequestRecord:
+        """Store ``report`` as the device's latest for its model, with the device's hardware class now,
+        and complete the request it answers; returns that request. Safe to repeat: the same report
+        again replaces the stored copy and keeps the first completion time. NotFound (nothing stored)
+        when the device or model is unknown, or the request id is not the device's current request for
+        the model (``_rules.check_profile_report``)."""
+
+    @abstractmethod
+    def list_profile_reports(self, model_name: str) -> list[DeviceProfileReport]:
+        """The latest report of every device that profiled ``model_name``, ordered by device id
+        (empty for a model nobody profiled). NotFound for an unknown model."""
 
     # --- lifecycle ------------------------------------------------------------------------------
 

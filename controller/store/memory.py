@@ -10,14 +10,19 @@ from dataclasses import dataclass, field, replace
 
 from common.errors import AlreadyExists, NotFound, PermanentError
 from common.types import (
+    ArtifactManifest,
     AssignmentAck,
+    BlockAccuracy,
     BlockProfile,
     BootstrapToken,
     CutPoint,
     Device,
+    DeviceProfileReport,
     HardwareProfile,
     Model,
     ModelVariant,
+    ProfileReport,
+    ProfileRequestRecord,
     RejectedVariant,
     ReportedState,
     TelemetryRecord,
@@ -43,7 +48,9 @@ class InMemoryStore(Store):
         self._devices: dict[str, Device] = {}
         self._credentials: dict[str, str] = {}
         self._telemetry: dict[str, _Telemetry] = {}
-        self._models: dict[str, Model] = {}
+        self._models: dict[str, Model] = {}  # as stored: class_profiles are computed on read
+        self._profile_requests: dict[tuple[str, str], ProfileRequestRecord] = {}  # (device, model)
+        self._profile_reports: dict[tuple[str, str], DeviceProfileReport] = {}
 
     # --- bootstrap tokens -----------------------------------------------------------------------
 
@@ -206,14 +213,14 @@ class InMemoryStore(Store):
             existing = model.variant(variant.variant)
             if existing is not None:
                 if existing.sha256 == variant.sha256:
-                    return model, False
+                    return self._read_model(name), False
                 raise _rules.variant_conflict(
                     name, variant.variant, stored_sha256=existing.sha256, new_sha256=variant.sha256
                 )
             variants = (*model.variants, replace(variant, created_at_ms=now_ms))
             model = replace(model, variants=tuple(sorted(variants, key=lambda v: v.variant)))
             self._models[name] = model
-            return model, True
+            return self._read_model(name), True
 
     def add_built_variants(
         self,
@@ -224,6 +231,9 @@ class InMemoryStore(Store):
         now_ms: int,
         cut_points: Sequence[CutPoint] | None = None,
         block_profiles: Sequence[BlockProfile] | None = None,
+        block_accuracy: Sequence[BlockAccuracy] | None = None,
+        profile_inputs: ArtifactManifest | None = None,
+        eval_data: ArtifactManifest | None = None,
     ) -> Model:
         with self._locked():
             model = self._models.get(name)
@@ -255,20 +265,89 @@ class InMemoryStore(Store):
                 rejected=tuple(rejected),
                 cut_points=model.cut_points if cut_points is None else tuple(cut_points),
                 block_profiles=model.block_profiles if block_profiles is None else tuple(block_profiles),
+                block_accuracy=model.block_accuracy if block_accuracy is None else tuple(block_accuracy),
             )
+            if profile_inputs is not None:
+                model = replace(
+                    model,
+                    profile_inputs_sha256=profile_inputs.sha256,
+                    profile_inputs_size_bytes=profile_inputs.size_bytes,
+                )
+            if eval_data is not None:
+                model = replace(
+                    model, eval_data_sha256=eval_data.sha256, eval_data_size_bytes=eval_data.size_bytes
+                )
             self._models[name] = model
-            return model
+            return self._read_model(name)
 
     def get_model(self, name: str) -> Model:
         with self._locked():
-            model = self._models.get(name)
-            if model is None:
-                raise NotFound(f"model {name!r} not found")
-            return model
+            return self._read_model(name)
 
     def list_models(self) -> list[Model]:
         with self._locked():
-            return [self._models[k] for k in sorted(self._models)]
+            return [self._read_model(k) for k in sorted(self._models)]
+
+    # --- device profiles ------------------------------------------------------------------------
+
+    def request_profiles(
+        self,
+        model_name: str,
+        requests: Sequence[tuple[str, str]],
+        *,
+        batch_sizes: Sequence[int],
+        runs: int,
+        now_ms: int,
+    ) -> list[ProfileRequestRecord]:
+        with self._locked():
+            self._read_model(model_name)
+            used = {r.request_id for r in self._profile_requests.values()}
+            records: list[ProfileRequestRecord] = []
+            for device_id, request_id in requests:  # checked before anything is stored: all or nothing
+                self._device(device_id)
+                if request_id in used:
+                    raise AlreadyExists(f"profile request id {request_id!r} is already in use")
+                used.add(request_id)
+                records.append(
+                    ProfileRequestRecord(
+                        device_id, model_name, request_id, tuple(batch_sizes), runs, requested_at_ms=now_ms
+                    )
+                )
+            for record in records:
+                self._profile_requests[(record.device_id, model_name)] = record
+            return records
+
+    def list_pending_profile_requests(
+        self, device_ids: Collection[str] | None = None
+    ) -> list[ProfileRequestRecord]:
+        with self._locked():
+            wanted = None if device_ids is None else set(device_ids)
+            return [
+                r
+                for _, r in sorted(self._profile_requests.items())
+                if r.pending and (wanted is None or r.device_id in wanted)
+            ]
+
+    def record_profile_report(
+        self, device_id: str, report: ProfileReport, *, now_ms: int
+    ) -> ProfileRequestRecord:
+        with self._locked():
+            device = self._device(device_id)
+            self._read_model(report.model_name)
+            key = (device_id, report.model_name)
+            request = _rules.check_profile_report(device_id, report, self._profile_requests.get(key))
+            if request.pending:
+                request = replace(request, completed_at_ms=now_ms)
+                self._profile_requests[key] = request
+            self._profile_reports[key] = DeviceProfileReport(
+                device_id, device.hardware.hardware_class, now_ms, report
+            )
+            return request
+
+    def list_profile_reports(self, model_name: str) -> list[DeviceProfileReport]:
+        with self._locked():
+            self._read_model(model_name)
+            return self._reports(model_name)
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -296,6 +375,18 @@ class InMemoryStore(Store):
             updated = change(self._device(device_id))
             self._devices[device_id] = updated
             return updated
+
+    def _read_model(self, name: str) -> Model:
+        model = self._models.get(name)
+        if model is None:
+            raise NotFound(f"model {name!r} not found")
+        reports = self._reports(name)
+        if not reports:
+            return model
+        return replace(model, class_profiles=_rules.class_profiles(reports, model.block_profiles))
+
+    def _reports(self, model_name: str) -> list[DeviceProfileReport]:
+        return [r for (_, model), r in sorted(self._profile_reports.items()) if model == model_name]
 
 
 def _copy_hardware(hardware: HardwareProfile) -> HardwareProfile:

@@ -119,11 +119,51 @@ CREATE TABLE model_profiles (
 ) STRICT;
 """
 
+# What a build keeps besides its variants: the accuracy of each block lowered alone (JSON, like the
+# block profiles, whose rows now also carry each block's artifact), the profile inputs and the eval
+# data artifacts. Profile requests (one per device and model: the latest, resent until its report
+# arrives) and the latest report of each device per model, from which per-class profiles are computed.
+_BLOCK_ARTIFACTS_AND_DEVICE_PROFILES = """
+ALTER TABLE model_profiles ADD COLUMN block_accuracy_json TEXT NOT NULL DEFAULT '[]';
+ALTER TABLE model_profiles ADD COLUMN profile_inputs_sha256 TEXT NOT NULL DEFAULT '';
+ALTER TABLE model_profiles ADD COLUMN profile_inputs_size_bytes INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE model_profiles ADD COLUMN eval_data_sha256 TEXT NOT NULL DEFAULT '';
+ALTER TABLE model_profiles ADD COLUMN eval_data_size_bytes INTEGER NOT NULL DEFAULT 0;
+
+CREATE TABLE profile_requests (
+    device_id TEXT NOT NULL REFERENCES devices(id),
+    model_name TEXT NOT NULL REFERENCES models(name),
+    request_id TEXT NOT NULL UNIQUE,
+    batch_sizes_json TEXT NOT NULL,
+    runs INTEGER NOT NULL,
+    requested_at_ms INTEGER NOT NULL,
+    completed_at_ms INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (device_id, model_name)
+) STRICT;
+
+CREATE TABLE profile_reports (
+    device_id TEXT NOT NULL REFERENCES devices(id),
+    model_name TEXT NOT NULL REFERENCES models(name),
+    request_id TEXT NOT NULL,
+    hardware_class TEXT NOT NULL,
+    reported_at_ms INTEGER NOT NULL,
+    report_json TEXT NOT NULL,
+    PRIMARY KEY (device_id, model_name)
+) STRICT;
+
+CREATE INDEX profile_reports_by_model ON profile_reports (model_name);
+"""
+
 #: Ordered by version, starting at 1, without gaps.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", _INITIAL_SCHEMA),
     Migration(2, "variant builds and rejections", _VARIANT_BUILDS),
     Migration(3, "model cut points and block profiles", _MODEL_PROFILES),
+    Migration(
+        4,
+        "block artifacts, block accuracy, build data and device profiles",
+        _BLOCK_ARTIFACTS_AND_DEVICE_PROFILES,
+    ),
 )
 
 _CREATE_VERSION_TABLE = """

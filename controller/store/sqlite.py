@@ -15,14 +15,19 @@ from sqlite_utils import Database
 
 from common.errors import AlreadyExists, NotFound, PermanentError
 from common.types import (
+    ArtifactManifest,
     AssignmentAck,
+    BlockAccuracy,
     BlockProfile,
     BootstrapToken,
     CutPoint,
     Device,
+    DeviceProfileReport,
     HardwareProfile,
     Model,
     ModelVariant,
+    ProfileReport,
+    ProfileRequestRecord,
     RejectedVariant,
     ReportedState,
     TelemetryRecord,
@@ -278,6 +283,9 @@ class SqliteStore(Store):
         now_ms: int,
         cut_points: Sequence[CutPoint] | None = None,
         block_profiles: Sequence[BlockProfile] | None = None,
+        block_accuracy: Sequence[BlockAccuracy] | None = None,
+        profile_inputs: ArtifactManifest | None = None,
+        eval_data: ArtifactManifest | None = None,
     ) -> Model:
         with self._tx(write=True):
             self._load_model(name)  # NotFound before anything is written
@@ -321,20 +329,27 @@ class SqliteStore(Store):
                 }
                 for i, r in enumerate(rejected)
             )
-            if cut_points is not None or block_profiles is not None:
-                stored = self._one("SELECT * FROM model_profiles WHERE model_name = ?", name)
+            given = {
+                "cut_points_json": None if cut_points is None else _codec.cut_points_to_json(cut_points),
+                "block_profiles_json": None
+                if block_profiles is None
+                else _codec.block_profiles_to_json(block_profiles),
+                "block_accuracy_json": None
+                if block_accuracy is None
+                else _codec.block_accuracy_to_json(block_accuracy),
+                "profile_inputs_sha256": None if profile_inputs is None else profile_inputs.sha256,
+                "profile_inputs_size_bytes": None if profile_inputs is None else profile_inputs.size_bytes,
+                "eval_data_sha256": None if eval_data is None else eval_data.sha256,
+                "eval_data_size_bytes": None if eval_data is None else eval_data.size_bytes,
+            }
+            if any(v is not None for v in given.values()):
+                stored = self._one("SELECT * FROM model_profiles WHERE model_name = ?", name) or _NO_PROFILE
+                row = {k: stored[k] if v is None else v for k, v in given.items()}
+                columns = ", ".join(row)
                 self._conn.execute(
-                    "INSERT OR REPLACE INTO model_profiles (model_name, cut_points_json, block_profiles_json)"
-                    " VALUES (?, ?, ?)",
-                    (
-                        name,
-                        _codec.cut_points_to_json(cut_points)
-                        if cut_points is not None
-                        else (stored["cut_points_json"] if stored else "[]"),
-                        _codec.block_profiles_to_json(block_profiles)
-                        if block_profiles is not None
-                        else (stored["block_profiles_json"] if stored else "[]"),
-                    ),
+                    f"INSERT OR REPLACE INTO model_profiles (model_name, {columns})"
+                    f" VALUES (?, {', '.join('?' * len(row))})",
+                    (name, *row.values()),
                 )
             return self._load_model(name)
 
@@ -351,16 +366,118 @@ class SqliteStore(Store):
             for row in self._db.query("SELECT * FROM model_rejections ORDER BY model_name, position"):
                 rejected.setdefault(row["model_name"], []).append(_codec.rejection_from_row(row))
             profiles = {row["model_name"]: row for row in self._db.query("SELECT * FROM model_profiles")}
+            reports: dict[str, list[DeviceProfileReport]] = {}
+            for row in self._db.query("SELECT * FROM profile_reports ORDER BY model_name, device_id"):
+                reports.setdefault(row["model_name"], []).append(_device_report(row))
             return [
-                Model(
-                    name=r["name"],
-                    variants=tuple(variants.get(r["name"], ())),
-                    created_at_ms=r["created_at_ms"],
-                    rejected=tuple(rejected.get(r["name"], ())),
-                    **_profile_fields(profiles.get(r["name"])),
+                _with_class_profiles(
+                    Model(
+                        name=r["name"],
+                        variants=tuple(variants.get(r["name"], ())),
+                        created_at_ms=r["created_at_ms"],
+                        rejected=tuple(rejected.get(r["name"], ())),
+                        **_profile_fields(profiles.get(r["name"])),
+                    ),
+                    reports.get(r["name"], []),
                 )
                 for r in self._db.query("SELECT * FROM models ORDER BY name")
             ]
+
+    # --- device profiles ------------------------------------------------------------------------
+
+    def request_profiles(
+        self,
+        model_name: str,
+        requests: Sequence[tuple[str, str]],
+        *,
+        batch_sizes: Sequence[int],
+        runs: int,
+        now_ms: int,
+    ) -> list[ProfileRequestRecord]:
+        with self._tx(write=True):
+            if self._one("SELECT 1 FROM models WHERE name = ?", model_name) is None:
+                raise NotFound(f"model {model_name!r} not found")
+            records: list[ProfileRequestRecord] = []
+            for device_id, request_id in requests:
+                self._load_device(device_id)
+                if self._one("SELECT 1 FROM profile_requests WHERE request_id = ?", request_id):
+                    raise AlreadyExists(f"profile request id {request_id!r} is already in use")
+                record = ProfileRequestRecord(
+                    device_id, model_name, request_id, tuple(batch_sizes), runs, requested_at_ms=now_ms
+                )
+                self._conn.execute(
+                    "INSERT OR REPLACE INTO profile_requests (device_id, model_name, request_id,"
+                    " batch_sizes_json, runs, requested_at_ms, completed_at_ms) VALUES (?, ?, ?, ?, ?, ?, 0)",
+                    (
+                        device_id,
+                        model_name,
+                        request_id,
+                        _codec.batch_sizes_to_json(batch_sizes),
+                        runs,
+                        now_ms,
+                    ),
+                )
+                records.append(record)
+            return records
+
+    def list_pending_profile_requests(
+        self, device_ids: Collection[str] | None = None
+    ) -> list[ProfileRequestRecord]:
+        pending = "SELECT * FROM profile_requests WHERE completed_at_ms = 0"
+        order = " ORDER BY device_id, model_name"
+        with self._tx(write=False):
+            if device_ids is None:
+                rows = list(self._db.query(pending + order))
+            else:
+                ids = sorted(set(device_ids))
+                rows = []
+                for start in range(0, len(ids), _IDS_PER_QUERY):
+                    batch = ids[start : start + _IDS_PER_QUERY]
+                    marks = ", ".join("?" * len(batch))
+                    rows.extend(self._db.query(f"{pending} AND device_id IN ({marks}){order}", batch))
+                rows.sort(key=lambda r: (r["device_id"], r["model_name"]))
+            return [_codec.profile_request_from_row(r) for r in rows]
+
+    def record_profile_report(
+        self, device_id: str, report: ProfileReport, *, now_ms: int
+    ) -> ProfileRequestRecord:
+        with self._tx(write=True):
+            device = self._load_device(device_id)
+            if self._one("SELECT 1 FROM models WHERE name = ?", report.model_name) is None:
+                raise NotFound(f"model {report.model_name!r} not found")
+            row = self._one(
+                "SELECT * FROM profile_requests WHERE device_id = ? AND model_name = ?",
+                device_id,
+                report.model_name,
+            )
+            request = _rules.check_profile_report(
+                device_id, report, None if row is None else _codec.profile_request_from_row(row)
+            )
+            if request.pending:
+                request = replace(request, completed_at_ms=now_ms)
+                self._conn.execute(
+                    "UPDATE profile_requests SET completed_at_ms = ? WHERE request_id = ?",
+                    (now_ms, request.request_id),
+                )
+            self._conn.execute(
+                "INSERT OR REPLACE INTO profile_reports (device_id, model_name, request_id, hardware_class,"
+                " reported_at_ms, report_json) VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    device_id,
+                    report.model_name,
+                    report.request_id,
+                    device.hardware.hardware_class,
+                    now_ms,
+                    _codec.profile_report_to_json(report),
+                ),
+            )
+            return request
+
+    def list_profile_reports(self, model_name: str) -> list[DeviceProfileReport]:
+        with self._tx(write=False):
+            if self._one("SELECT 1 FROM models WHERE name = ?", model_name) is None:
+                raise NotFound(f"model {model_name!r} not found")
+            return self._reports(model_name)
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -415,23 +532,62 @@ class SqliteStore(Store):
         rejections = self._db.query(
             "SELECT * FROM model_rejections WHERE model_name = ? ORDER BY position", [name]
         )
-        return Model(
+        model = Model(
             name=name,
             variants=tuple(_codec.variant_from_row(r) for r in rows),
             created_at_ms=row["created_at_ms"],
             rejected=tuple(_codec.rejection_from_row(r) for r in rejections),
             **_profile_fields(self._one("SELECT * FROM model_profiles WHERE model_name = ?", name)),
         )
+        return _with_class_profiles(model, self._reports(name))
+
+    def _reports(self, model_name: str) -> list[DeviceProfileReport]:
+        rows = self._db.query(
+            "SELECT * FROM profile_reports WHERE model_name = ? ORDER BY device_id", [model_name]
+        )
+        return [_device_report(r) for r in rows]
+
+
+#: The model_profiles columns of a model with none stored yet.
+_NO_PROFILE: _Row = {
+    "cut_points_json": "[]",
+    "block_profiles_json": "[]",
+    "block_accuracy_json": "[]",
+    "profile_inputs_sha256": "",
+    "profile_inputs_size_bytes": 0,
+    "eval_data_sha256": "",
+    "eval_data_size_bytes": 0,
+}
 
 
 def _profile_fields(row: _Row | None) -> dict[str, Any]:
-    """``Model``'s cut_points and block_profiles from its model_profiles row (none stored: empty)."""
+    """``Model``'s fields from its model_profiles row (none stored: the defaults)."""
     if row is None:
         return {}
     return {
         "cut_points": _codec.cut_points_from_json(row["cut_points_json"]),
         "block_profiles": _codec.block_profiles_from_json(row["block_profiles_json"]),
+        "block_accuracy": _codec.block_accuracy_from_json(row["block_accuracy_json"]),
+        "profile_inputs_sha256": row["profile_inputs_sha256"],
+        "profile_inputs_size_bytes": row["profile_inputs_size_bytes"],
+        "eval_data_sha256": row["eval_data_sha256"],
+        "eval_data_size_bytes": row["eval_data_size_bytes"],
     }
+
+
+def _device_report(row: _Row) -> DeviceProfileReport:
+    return DeviceProfileReport(
+        device_id=row["device_id"],
+        hardware_class=row["hardware_class"],
+        reported_at_ms=row["reported_at_ms"],
+        report=_codec.profile_report_from_json(row["request_id"], row["model_name"], row["report_json"]),
+    )
+
+
+def _with_class_profiles(model: Model, reports: Sequence[DeviceProfileReport]) -> Model:
+    if not reports:
+        return model
+    return replace(model, class_profiles=_rules.class_profiles(reports, model.block_profiles))
 
 
 _INSERT_TELEMETRY = (
