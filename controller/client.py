@@ -10,10 +10,22 @@ import grpc
 
 from common import limits, serde
 from common.errors import TransientError
-from common.types import AssignResult, CreatedToken, Device, ImportModelHeader, ImportProgress, Model
+from common.types import (
+    AssignResult,
+    CreatedToken,
+    Device,
+    ImportModelHeader,
+    ImportProgress,
+    Model,
+    ProfileRequestRecord,
+    SegmentEvaluation,
+    SegmentSpec,
+)
 
 T = TypeVar("T")
 IMPORT_CHUNK_BYTES = 1 * limits.MIB
+#: Evaluating a mix builds its segments and runs the eval data: seconds for digits, minutes for MiniLM.
+EVALUATE_TIMEOUT_S = 900.0
 
 
 class AdminClient:
@@ -84,6 +96,27 @@ class AdminClient:
 
     def get_model(self, name: str) -> Model:
         return self._call(self._stub.GetModel, serde.get_model_request_to_pb(name), serde.model_from_pb)
+
+    def evaluate_segments(self, model_name: str, segments: Sequence[SegmentSpec]) -> SegmentEvaluation:
+        return self._call(
+            self._stub.EvaluateSegments,
+            serde.evaluate_segments_request_to_pb(model_name, segments),
+            serde.evaluate_segments_response_from_pb,
+            timeout=max(self._timeout, EVALUATE_TIMEOUT_S),
+        )
+
+    def request_profile(
+        self, model_name: str, *, device_ids: Sequence[str] = (), hardware_class: str = "", runs: int = 0
+    ) -> list[ProfileRequestRecord]:
+        """Ask devices (by id, or every device of a hardware class) to profile the model's blocks;
+        returns one request per device asked."""
+        return list(
+            self._call(
+                self._stub.RequestProfile,
+                serde.request_profile_request_to_pb(model_name, device_ids, hardware_class, runs),
+                serde.request_profile_response_from_pb,
+            )
+        )
 
     def get_artifact_manifest(self, sha256: str) -> dict[str, Any]:
         return self._call(

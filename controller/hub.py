@@ -30,9 +30,11 @@ from common.types import (
     Device,
     Heartbeat,
     Hello,
+    ProfileReport,
+    ProfileRequest,
     TelemetryBatch,
 )
-from controller.service import sync
+from controller.service import profiles, sync
 from controller.service.clock import Clock
 from controller.store.base import Store
 
@@ -90,6 +92,8 @@ class Session:
         self.last_heard = now
         self.sent_version = 0
         self.sent_at = 0.0
+        #: Profile requests sent on this stream (by request id) and when: resent after resend_after_s.
+        self.profile_sent: dict[str, float] = {}
 
     def offer(self, message: ControllerMessage) -> None:
         if self.closed:
@@ -213,6 +217,12 @@ class Hub:
             )
             # An ack may reveal the device is still behind (e.g. it acked an older version).
             self._push_if_pending(session, device)
+        elif isinstance(message, ProfileReport):
+            request = await self._db.run(
+                profiles.on_profile_report, store, session.device_id, message, now_ms=now_ms
+            )
+            if request is not None:
+                session.profile_sent.pop(request.request_id, None)
 
     async def _on_hello(self, session: Session, hello: Hello, now_ms: int) -> None:
         store = self._db.store
@@ -235,7 +245,21 @@ class Hub:
         if isinstance(message, Assignment):
             session.sent_version = message.version
             session.sent_at = self._clock.monotonic()
+        elif isinstance(message, ProfileRequest):
+            session.profile_sent[message.request_id] = self._clock.monotonic()
         session.offer(message)
+
+    def _push_profiles(self, session: Session, requests: list[ProfileRequest]) -> None:
+        """Send each request not sent on this stream yet, or not answered within resend_after_s (the
+        agent ignores a request it is running and re-sends the report of one it has finished)."""
+        now = self._clock.monotonic()
+        wanted = {r.request_id for r in requests}
+        for request_id in [k for k in session.profile_sent if k not in wanted]:
+            del session.profile_sent[request_id]  # answered or superseded: forget it
+        for request in requests:
+            sent = session.profile_sent.get(request.request_id)
+            if sent is None or now - sent >= self.policy.resend_after_s:
+                self._send(session, request)
 
     def _push_if_pending(self, session: Session, device: Device) -> None:
         pending = sync.pending_assignment(device)
@@ -261,11 +285,23 @@ class Hub:
             if self._sessions.get(device_id) is session:
                 self._push_if_pending(session, device)
 
+    async def kick_profiles(self, device_id: str) -> None:
+        """Send a device its pending profile requests now (called right after one is made)."""
+        if self._stopping:
+            return
+        session = self._sessions.get(device_id)
+        if session is None or not session.hello_seen:
+            return  # the hello's replies carry every pending request
+        async with self._tracked():
+            pending = await self._db.run(profiles.pending_requests, self._db.store, [device_id])
+            if self._sessions.get(device_id) is session:
+                self._push_profiles(session, [r for _, r in pending])
+
     async def reconcile(self) -> None:
         """One pass: resend unacknowledged assignments, close streams that went silent.
 
-        One store call for the whole fleet (``list_unacked`` of the connected devices), plus one per
-        stream closed for silence.
+        One store call for the whole fleet (``sync.due_for`` the connected devices: unacknowledged
+        assignments and unanswered profile requests), plus one per stream closed for silence.
         """
         if self._stopping:
             return
@@ -285,11 +321,19 @@ class Hub:
                     live.append(session.device_id)
             if not live or self._stopping:
                 return
-            for device in await self._db.run(self._db.store.list_unacked, live):
+            unacked, requests = await self._db.run(sync.due_for, self._db.store, live)
+            for device in unacked:
                 current = self._sessions.get(device.id)
                 # The stream may have ended or been superseded (by one not yet past its hello) meanwhile.
                 if current is not None and current.hello_seen:
                     self._push_if_pending(current, device)
+            by_device: dict[str, list[ProfileRequest]] = {device_id: [] for device_id in live}
+            for device_id, request in requests:
+                by_device.setdefault(device_id, []).append(request)
+            for device_id, pending in by_device.items():
+                current = self._sessions.get(device_id)
+                if current is not None and current.hello_seen:
+                    self._push_profiles(current, pending)
 
     async def close_all(self, reason: Exception | None = None) -> None:
         """End every open stream (with ``reason``, if given) and record the devices as disconnected."""

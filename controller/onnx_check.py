@@ -44,14 +44,21 @@ def inspect_onnx(path: Path) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, 
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InvalidArgument(f"not a valid ONNX model: {reason}") from exc
 
+    inputs, outputs = signature(model)
+    if not outputs:
+        raise InvalidArgument("not a valid ONNX model: the graph declares no outputs")
+    logger.debug("inspected %s: inputs %s, outputs %s", path, inputs, outputs)
+    return inputs, outputs
+
+
+def signature(model: onnx.ModelProto) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    """(inputs, outputs) of a parsed model, without running the checker (for bytes the toolchain
+    built itself). InvalidArgument as ``inspect_onnx`` for inputs or outputs the protocol cannot carry."""
     graph = model.graph
     initializers = {init.name for init in graph.initializer}
     # Older IR versions list weights as graph inputs too; they are not something a caller feeds.
     inputs = tuple(_spec(v, "input") for v in graph.input if v.name not in initializers)
     outputs = tuple(_spec(v, "output") for v in graph.output)
-    if not outputs:
-        raise InvalidArgument("not a valid ONNX model: the graph declares no outputs")
-    logger.debug("inspected %s: inputs %s, outputs %s", path, inputs, outputs)
     return inputs, outputs
 
 

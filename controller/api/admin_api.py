@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import io
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from common import serde
 from common.errors import InvalidArgument, NotFound
 from common.types import (
+    ArtifactManifest,
     ImportModelHeader,
     ImportProgress,
     Model,
     ModelVariant,
     RejectedVariant,
+    TensorSpec,
     validate_name,
 )
 from controller import manifests
@@ -24,9 +29,10 @@ from controller.api.errors import Context, streaming, unary
 from controller.artifacts import ArtifactStore, Upload
 from controller.hub import Db, Hub
 from controller.onnx_check import inspect_onnx
-from controller.service import enrollment, fleet
+from controller.service import enrollment, fleet, profiles
 from controller.service.clock import Clock
-from controller.toolchain.evaldata import EvalData, load_eval_data
+from controller.service.evaluation import SegmentEvaluator
+from controller.toolchain.evaldata import LABELS, EvalData, load_eval_data
 from controller.toolchain.model_profile import ModelProfile, profile_model
 from controller.toolchain.variants import VariantResult, build_variants, check_precisions
 
@@ -45,6 +51,7 @@ class AdminApi(serde.AdminServiceServicer):
         # Held from storing an import's bytes to registering them (or discarding them on failure), so a
         # failed import cannot discard bytes that a concurrent import of the same content is registering.
         self._import_lock = asyncio.Lock()
+        self._evaluator = SegmentEvaluator(artifacts, workdir=artifacts.tmp_dir)
 
     @unary
     async def CreateToken(self, request: Any, context: Context) -> Any:
@@ -88,7 +95,7 @@ class AdminApi(serde.AdminServiceServicer):
 
     async def _discard_if_unreferenced(self, sha256: str) -> None:
         models = await self._db.run(self._db.store.list_models)
-        if not any(v.sha256 == sha256 for m in models for v in m.variants):
+        if sha256 not in _referenced(models):
             await asyncio.to_thread(self._artifacts.discard, sha256)
 
     @unary
@@ -98,6 +105,31 @@ class AdminApi(serde.AdminServiceServicer):
         if manifest is None:
             raise NotFound(f"artifact {sha256} has no manifest")
         return serde.artifact_manifest_doc_to_pb(manifest)
+
+    @unary
+    async def EvaluateSegments(self, request: Any, context: Context) -> Any:
+        """The exact quality of a segment mix, measured in a worker thread (building segments and
+        running the eval data take seconds to minutes; the store thread only reads the model)."""
+        model_name, segments = serde.evaluate_segments_request_from_pb(request)
+        model = await self._db.run(self._db.store.get_model, model_name)
+        result = await asyncio.to_thread(self._evaluator.evaluate, model, segments)
+        return serde.evaluate_segments_response_to_pb(result)
+
+    @unary
+    async def RequestProfile(self, request: Any, context: Context) -> Any:
+        model_name, device_ids, hardware_class, runs = serde.request_profile_request_from_pb(request)
+        records = await self._db.run(
+            profiles.request_profile,
+            self._db.store,
+            model_name,
+            device_ids=device_ids,
+            hardware_class=hardware_class,
+            runs=runs,
+            now_ms=self._clock.now_ms(),
+        )
+        for record in records:  # connected devices get theirs now; the others on hello
+            await self._hub.kick_profiles(record.device_id)
+        return serde.request_profile_response_to_pb(model_name, records)
 
     @unary
     async def GetModel(self, request: Any, context: Context) -> Any:
@@ -161,7 +193,6 @@ class AdminApi(serde.AdminServiceServicer):
                 eval_data = await asyncio.to_thread(
                     load_eval_data, eval_upload.path, inputs, outputs, where="eval data"
                 )
-                eval_upload.discard()
             variant = ModelVariant(
                 variant=header.variant or "fp32",
                 sha256=sha256,
@@ -188,8 +219,10 @@ class AdminApi(serde.AdminServiceServicer):
                     raise
             # The fp32 artifact is registered (referenced) now, so the long build runs without the lock:
             # other imports are not held up behind it, and none of them can discard its input.
-            if eval_data is not None:
-                async for item in self._build(header, sha256, eval_data):
+            if eval_data is not None and eval_upload is not None:
+                # The eval data is kept too (adopted with the build's artifacts, under the lock), so
+                # the controller can later measure segment mixes exactly on the same rows.
+                async for item in self._build(header, sha256, eval_data, eval_upload, outputs):
                     if isinstance(item, Model):
                         model = item
                     else:
@@ -226,12 +259,19 @@ class AdminApi(serde.AdminServiceServicer):
                 )
 
     async def _build(
-        self, header: ImportModelHeader, sha256: str, eval_data: EvalData
+        self,
+        header: ImportModelHeader,
+        sha256: str,
+        eval_data: EvalData,
+        eval_upload: Upload,
+        outputs: tuple[TensorSpec, ...],
     ) -> AsyncIterator[ImportProgress | Model]:
-        """Build the variants of the stored fp32 artifact (progress as it comes), store the accepted ones
-        and register them with the rejections in one transaction; the last item is the model. On any
-        failure no built artifact or registration is left (the fp32 registration stays: it is valid).
-        The build itself runs without the import lock; storing and registering take it."""
+        """Build the variants of the stored fp32 artifact (progress as it comes), store the accepted ones,
+        the block artifacts, the profile inputs and the eval data, and register them with the
+        rejections, cut points, block profiles and block accuracy in one transaction; the last item is
+        the model. On any failure no built artifact or registration is left (the fp32 registration
+        stays: it is valid). The build itself runs without the import lock; storing and registering
+        take it."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[ImportProgress] = asyncio.Queue(maxsize=_PROGRESS_QUEUE)
 
@@ -252,6 +292,7 @@ class AdminApi(serde.AdminServiceServicer):
                 precisions,
                 self._artifacts.tmp_dir,
                 progress,
+                outputs,
             )
         )
         stored: list[str] = []
@@ -289,6 +330,13 @@ class AdminApi(serde.AdminServiceServicer):
                     ]
                     for v in variants:  # manifests first: a registered variant always has one
                         await self._record_manifest(header.name, v, recorded)
+                    await self._store_blocks(header.name, profile, stored, recorded)
+                    inputs_ref = await self._store_data(
+                        header.name, "profile_inputs", profile.profile_inputs, stored, recorded
+                    )
+                    eval_ref = await self._adopt_eval_data(
+                        header.name, eval_upload, eval_data, stored, recorded
+                    )
                     model = await self._db.run(
                         self._db.store.add_built_variants,
                         header.name,
@@ -297,14 +345,20 @@ class AdminApi(serde.AdminServiceServicer):
                         now_ms=self._clock.now_ms(),
                         cut_points=profile.cut_points,
                         block_profiles=profile.block_profiles,
+                        block_accuracy=profile.block_accuracy,
+                        profile_inputs=inputs_ref,
+                        eval_data=eval_ref,
                     )
                     log.info(
-                        "model=%s built %s; rejected %s; %d cut points, %d block profiles",
+                        "model=%s built %s; rejected %s; %d cut points, %d block profiles, %d block "
+                        "artifacts, %d block accuracies",
                         header.name,
                         ", ".join(v.variant for v in variants) or "nothing",
                         ", ".join(f"{r.precision}/{r.method}" for r in rejected) or "nothing",
                         len(profile.cut_points),
                         len(profile.block_profiles),
+                        len({a.sha256 for a in profile.block_artifacts}),
+                        len(profile.block_accuracy),
                     )
                     stored.clear()  # registered: referenced from now on
                     recorded.clear()
@@ -337,6 +391,91 @@ class AdminApi(serde.AdminServiceServicer):
                 log.warning("could not restore the manifest of %s", sha256[:12], exc_info=True)
         recorded.clear()
 
+    async def _store_blocks(
+        self,
+        model: str,
+        profile: ModelProfile,
+        stored: list[str],
+        recorded: list[tuple[str, bytes | None]],
+    ) -> None:
+        """Store every block artifact (each distinct sha256 once) and record each block in the manifest
+        of its bytes. Runs under the import lock; ``stored``/``recorded`` as in ``_build``."""
+        kept: set[str] = set()
+        for block in profile.block_artifacts:
+            if block.sha256 not in kept:
+                sha, _ = await asyncio.to_thread(
+                    self._artifacts.put_stream, [block.onnx_bytes], max_bytes=self._max_model_bytes
+                )
+                if sha != block.sha256:  # content addressing: the bytes are what the profile recorded
+                    raise RuntimeError(f"block artifact stored as {sha}, expected {block.sha256}")
+                stored.append(sha)
+                kept.add(sha)
+            previous = await asyncio.to_thread(
+                manifests.record_segment,
+                self._artifacts,
+                model,
+                sha256=block.sha256,
+                precision=block.precision,
+                method=block.method,
+                start_cut=block.start_cut,
+                end_cut=block.end_cut,
+                source_sha256=profile.source_sha256,
+                now_ms=self._clock.now_ms(),
+            )
+            recorded.append((block.sha256, previous))
+
+    async def _store_data(
+        self,
+        model: str,
+        kind: str,
+        data: bytes,
+        stored: list[str],
+        recorded: list[tuple[str, bytes | None]],
+    ) -> ArtifactManifest:
+        """Store an ``.npz`` the build made (the profile inputs) with its manifest; under the lock."""
+        sha, size = await asyncio.to_thread(
+            self._artifacts.put_stream, [data], max_bytes=self._max_model_bytes
+        )
+        stored.append(sha)
+        await self._record_data(model, kind, sha, _npz_arrays(data), recorded)
+        return ArtifactManifest(sha, size)
+
+    async def _adopt_eval_data(
+        self,
+        model: str,
+        upload: Upload,
+        eval_data: EvalData,
+        stored: list[str],
+        recorded: list[tuple[str, bytes | None]],
+    ) -> ArtifactManifest:
+        """Move the uploaded eval data into the store (no copy) with its manifest; under the lock."""
+        sha, size = await asyncio.to_thread(self._artifacts.adopt, upload)
+        stored.append(sha)
+        arrays = dict(eval_data.inputs)
+        if eval_data.labels is not None:
+            arrays[LABELS] = eval_data.labels
+        await self._record_data(model, "eval_data", sha, arrays, recorded)
+        return ArtifactManifest(sha, size)
+
+    async def _record_data(
+        self,
+        model: str,
+        kind: str,
+        sha256: str,
+        arrays: dict[str, Any],
+        recorded: list[tuple[str, bytes | None]],
+    ) -> None:
+        previous = await asyncio.to_thread(
+            manifests.record_data,
+            self._artifacts,
+            model,
+            sha256=sha256,
+            kind=kind,
+            arrays=arrays,
+            now_ms=self._clock.now_ms(),
+        )
+        recorded.append((sha256, previous))
+
     def _describe_artifact(self, sha256: str) -> ModelVariant:
         path = self._artifacts.path(sha256)
         inputs, outputs = inspect_onnx(path)
@@ -355,11 +494,13 @@ def _build_and_profile(
     precisions: list[str],
     workdir: Path,
     progress: Callable[[int, int, str], None],
+    outputs: tuple[TensorSpec, ...],
 ) -> tuple[list[VariantResult], ModelProfile]:
-    """The variant build, then the cut points and block profiles of every accepted precision (in a
-    worker thread). Progress runs over both with one fixed total: the build's steps, one for the cut
-    points, one per requested precision (a rejected one is reported as not profiled)."""
-    extra = 1 + len(precisions)
+    """The variant build, then the cut points, block profiles and block accuracy of every accepted
+    precision (in a worker thread). Progress runs over both with one fixed total: the build's steps,
+    one for the cut points, one per requested precision (a rejected one is reported as not profiled),
+    one for the block accuracy."""
+    extra = 2 + len(precisions)
     base = 0
 
     def build_progress(step: int, total: int, message: str) -> None:
@@ -380,12 +521,35 @@ def _build_and_profile(
         progress(base + step, base + extra, message)
 
     profile = profile_model(
-        model_path.read_bytes(), eval_data, methods, workdir=workdir, progress=profile_progress
+        model_path.read_bytes(),
+        eval_data,
+        methods,
+        outputs=outputs,
+        workdir=workdir,
+        progress=lambda step, total, message: (
+            profile_progress(step, total, message) if step < total else None
+        ),
     )
     for precision in (p for p in precisions if p not in methods):
         done += 1
         progress(base + done, base + extra, f"{precision}: no block profile (no accepted variant)")
+    progress(base + extra, base + extra, f"block accuracy: {len(profile.block_accuracy)} entries")
     return results, profile
+
+
+def _referenced(models: Iterable[Model]) -> set[str]:
+    """Every artifact some model refers to: variants, block artifacts, profile inputs and eval data."""
+    shas: set[str] = set()
+    for m in models:
+        shas.update(v.sha256 for v in m.variants)
+        shas.update(b.artifact_sha256 for b in m.block_profiles if b.artifact_sha256)
+        shas.update(s for s in (m.profile_inputs_sha256, m.eval_data_sha256) if s)
+    return shas
+
+
+def _npz_arrays(data: bytes) -> dict[str, Any]:
+    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+        return {name: npz[name] for name in npz.files}
 
 
 def _builds(header: ImportModelHeader | None) -> bool:

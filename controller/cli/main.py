@@ -20,7 +20,7 @@ from common.cli_errors import exit_for
 from common.durations import parse_duration
 from common.errors import EdgefleetError, InvalidArgument, NotFound
 from common.logs import configure_logging
-from common.types import ImportProgress, Model
+from common.types import ImportProgress, Model, SegmentSpec
 from controller.cli import policy_cmds, render
 from controller.client import AdminClient
 
@@ -190,6 +190,89 @@ def _print_model(model: Model) -> None:
     if model.block_profiles:
         out.print()
         out.print(render.block_profiles_table(model))
+    for table in render.class_profile_tables(model):
+        out.print()
+        out.print(table)
+    if model.block_accuracy:
+        out.print()
+        out.print(render.block_accuracy_table(model))
+
+
+@models_app.command("evaluate")
+def models_evaluate(
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    segments: Annotated[
+        str,
+        typer.Option(
+            help="The plan: START:END@PRECISION,... covering the model in order on profiled cut points "
+            "(0 as START is the model inputs, 0 as END the outputs), e.g. 0:34@int8,34:0@fp32."
+        ),
+    ],
+    controller: ControllerOpt = "",
+    output: OutputOpt = Output.table,
+) -> None:
+    """Measure the exact quality of a mixed-precision segment plan on the model's stored eval data,
+    each segment built whole as it would be deployed, next to the additive block model's prediction."""
+    try:
+        plan = _parse_segments(segments)
+        with _client(controller) as client:
+            result = client.evaluate_segments(name, plan)
+    except EdgefleetError as exc:
+        raise exit_for(exc) from None
+    _show(render.evaluation_doc(result), output, lambda: out.print(render.evaluation_table(result)))
+
+
+def _parse_segments(text: str) -> tuple[SegmentSpec, ...]:
+    """``0:34@int8,34:0@fp32`` -> segments; InvalidArgument naming every item that is not one."""
+    specs: list[SegmentSpec] = []
+    problems: list[str] = []
+    for i, item in enumerate(part.strip() for part in text.split(",")):
+        span, _, precision = item.partition("@")
+        start, colon, end = span.partition(":")
+        if not (colon and start.strip().isdigit() and end.strip().isdigit() and precision.strip()):
+            problems.append(f"item {i + 1} {item!r} is not START:END@PRECISION (e.g. 0:34@int8)")
+            continue
+        specs.append(SegmentSpec(int(start), int(end), precision.strip()))
+    if problems or not specs:
+        raise InvalidArgument("--segments: " + ("; ".join(problems) or "empty"))
+    return tuple(specs)
+
+
+@models_app.command("profile")
+def models_profile(
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    device: Annotated[
+        list[str] | None, typer.Option("--device", help="A device to profile on (repeatable).")
+    ] = None,
+    hardware_class: Annotated[
+        str, typer.Option("--hardware-class", help="Profile on every device of this hardware class.")
+    ] = "",
+    runs: Annotated[int, typer.Option(help="Timed calls per block and batch size (0: default).")] = 0,
+    controller: ControllerOpt = "",
+    output: OutputOpt = Output.table,
+) -> None:
+    """Ask devices to time the model's blocks on their own hardware. Each reports when done (the
+    controller resends the request until then); `models describe` shows the median per hardware class."""
+    devices = list(device or [])
+    if bool(devices) == bool(hardware_class):
+        raise exit_for(InvalidArgument("give --device ID (one or more) or --hardware-class CLASS, not both"))
+    try:
+        with _client(controller) as client:
+            records = client.request_profile(
+                name, device_ids=devices, hardware_class=hardware_class, runs=runs
+            )
+    except EdgefleetError as exc:
+        raise exit_for(exc) from None
+    _show(
+        render.profile_requests_doc(records),
+        output,
+        lambda: out.print(
+            "\n".join(
+                f"device {r.device_id}: profile of {r.model_name} requested ({r.request_id})" for r in records
+            ),
+            highlight=False,
+        ),
+    )
 
 
 @models_app.command("describe")
@@ -199,7 +282,8 @@ def models_describe(
     output: OutputOpt = Output.table,
 ) -> None:
     """One model: every variant with its measurements, the rejected precisions with their reasons,
-    every cut point and the block profiles."""
+    every cut point, the block profiles (the controller host's and each hardware class's, from agents'
+    reports) and the accuracy of each block lowered alone."""
     manifests: dict[str, dict[str, Any] | None] = {}
     try:
         with _client(controller) as client:

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 from ruamel.yaml import YAML
 
-from common.types import CreatedToken, Device, Model
+from common.types import CreatedToken, Device, Model, ProfileRequestRecord, SegmentEvaluation, SegmentSpec
 
 
 def _iso(ms: int) -> str | None:
@@ -116,14 +116,47 @@ def model_doc(m: Model, manifests: dict[str, dict[str, Any] | None] | None = Non
                 "batch_size": b.batch_size,
                 "latency_ms": b.latency_ms if not b.error else None,
                 "error": b.error or None,
+                "artifact_sha256": b.artifact_sha256 or None,
+                "artifact_size_bytes": b.artifact_size_bytes or None,
             }
             for b in m.block_profiles
+        ],
+        "block_accuracy": [
+            {
+                "start_cut": b.start_cut or None,
+                "end_cut": b.end_cut or None,
+                "precision": b.precision,
+                "accuracy": b.accuracy,
+                "cosine": b.cosine,
+                "agreement": b.agreement,
+                "error": b.error or None,
+            }
+            for b in m.block_accuracy
+        ],
+        "profile_inputs": _artifact(m.profile_inputs_sha256, m.profile_inputs_size_bytes),
+        "eval_data": _artifact(m.eval_data_sha256, m.eval_data_size_bytes),
+        "class_profiles": [
+            {
+                "hardware_class": c.hardware_class,
+                "start_cut": c.start_cut or None,
+                "end_cut": c.end_cut or None,
+                "precision": c.precision,
+                "batch_size": c.batch_size,
+                "latency_ms": c.latency_ms if c.devices else None,
+                "devices": c.devices,
+                "error": c.error or None,
+            }
+            for c in m.class_profiles
         ],
     }
     if manifests is not None:
         for variant_doc in doc["variants"]:
             variant_doc["manifest"] = manifests.get(variant_doc["sha256"])
     return doc
+
+
+def _artifact(sha256: str, size_bytes: int) -> dict[str, Any] | None:
+    return {"sha256": sha256, "size_bytes": size_bytes} if sha256 else None
 
 
 def _ms(value: float) -> str:
@@ -182,28 +215,134 @@ def cut_points_table(m: Model) -> Table:
 
 def block_profiles_table(m: Model) -> Table:
     """Block x (precision, batch) grid of measured latency in ms (``input``/``output``: model ends)."""
-    table = Table(
-        box=None, header_style="bold", title="block profiles (ms per call, host)", title_justify="left"
+    cells = {
+        (b.start_cut, b.end_cut, b.precision, b.batch_size): "failed" if b.error else f"{b.latency_ms:.4f}"
+        for b in m.block_profiles
+    }
+    return _grid("block profiles (ms per call, host)", cells)
+
+
+def class_profile_tables(m: Model) -> list[Table]:
+    """One grid per hardware class: the median over its devices' latest reports (ms per call), each
+    cell with the number of devices behind it when not every device of the class measured it."""
+    tables: list[Table] = []
+    for hardware_class in sorted({c.hardware_class for c in m.class_profiles}):
+        rows = [c for c in m.class_profiles if c.hardware_class == hardware_class]
+        most = max(c.devices for c in rows)
+        cells = {
+            (c.start_cut, c.end_cut, c.precision, c.batch_size): "failed"
+            if not c.devices
+            else f"{c.latency_ms:.4f}" + ("" if c.devices == most else f" ({c.devices})")
+            for c in rows
+        }
+        tables.append(
+            _grid(f"block profiles (ms per call, {hardware_class}, median of {most} device(s))", cells)
+        )
+    return tables
+
+
+def block_accuracy_table(m: Model) -> Table:
+    """Block x precision grid of the model's quality with only that block lowered (the judged metric:
+    accuracy with labels, else cosine to fp32), and the fp32 reference on the same rows."""
+    reference = next(
+        (b for b in m.block_accuracy if (b.start_cut, b.end_cut, b.precision) == (0, 0, "fp32")), None
     )
+    metric = "accuracy" if reference is not None and reference.accuracy is not None else "cosine"
+    shown = f"{metric}; fp32 {_score(getattr(reference, metric))}" if reference is not None else metric
+    table = Table(
+        box=None,
+        header_style="bold",
+        title=f"block accuracy (only this block lowered, {shown})",
+        title_justify="left",
+    )
+    rows = [b for b in m.block_accuracy if b is not reference]
+    precisions = sorted(
+        {b.precision for b in rows}, key=lambda p: (_PRECISION_ORDER.get(p, len(_PRECISION_ORDER)), p)
+    )
+    cells = {(b.start_cut, b.end_cut, b.precision): b for b in rows}
+    table.add_column("BLOCK")
+    for precision in precisions:
+        table.add_column(precision.upper(), justify="right")
+    for start, end in sorted({(b.start_cut, b.end_cut) for b in rows}, key=lambda k: (k[0], k[1] == 0, k[1])):
+        row = [f"{start or 'input'}..{end or 'output'}"]
+        for precision in precisions:
+            b = cells.get((start, end, precision))
+            row.append("-" if b is None else ("failed" if b.error else _score(getattr(b, metric))))
+        table.add_row(*row)
+    return table
+
+
+def _grid(title: str, cells: dict[tuple[int, int, str, int], str]) -> Table:
+    """A block x (precision, batch) table of ``cells`` by (start, end, precision, batch)."""
+    table = Table(box=None, header_style="bold", title=title, title_justify="left")
     columns = sorted(
-        {(b.precision, b.batch_size) for b in m.block_profiles},
+        {(k[2], k[3]) for k in cells},
         key=lambda k: (_PRECISION_ORDER.get(k[0], len(_PRECISION_ORDER)), k[0], k[1]),
     )
-    blocks = sorted(
-        {(b.start_cut, b.end_cut) for b in m.block_profiles},
-        key=lambda k: (k[0], k[1] == 0, k[1]),
-    )
-    cells = {(b.start_cut, b.end_cut, b.precision, b.batch_size): b for b in m.block_profiles}
+    blocks = sorted({(k[0], k[1]) for k in cells}, key=lambda k: (k[0], k[1] == 0, k[1]))
     table.add_column("BLOCK")
     for precision, batch in columns:
         table.add_column(f"{precision.upper()} B{batch}", justify="right")
     for start, end in blocks:
         row = [f"{start or 'input'}..{end or 'output'}"]
-        for precision, batch in columns:
-            b = cells.get((start, end, precision, batch))
-            row.append("-" if b is None else ("failed" if b.error else f"{b.latency_ms:.4f}"))
+        row += [cells.get((start, end, precision, batch), "-") for precision, batch in columns]
         table.add_row(*row)
     return table
+
+
+def evaluation_doc(e: SegmentEvaluation) -> dict[str, Any]:
+    """The stable JSON shape of ``fleetctl models evaluate``."""
+    return {
+        "model": e.model_name,
+        "segments": [
+            {"start_cut": s.start_cut or None, "end_cut": s.end_cut or None, "precision": s.precision}
+            for s in e.segments
+        ],
+        "rows": e.rows,
+        "measured": {"accuracy": e.accuracy, "cosine": e.cosine, "agreement": e.agreement},
+        "predicted": {
+            "accuracy": e.predicted_accuracy,
+            "cosine": e.predicted_cosine,
+            "agreement": e.predicted_agreement,
+        },
+    }
+
+
+def evaluation_table(e: SegmentEvaluation) -> Table:
+    table = Table(
+        box=None,
+        header_style="bold",
+        title=f"model {e.model_name}: {' | '.join(_segment(s) for s in e.segments)} on {e.rows} eval rows",
+        title_justify="left",
+    )
+    for col in ("", "ACCURACY", "COSINE", "AGREEMENT"):
+        table.add_column(col, justify="right" if col else "left")
+    table.add_row("measured", _score(e.accuracy), _score(e.cosine), _score(e.agreement))
+    table.add_row(
+        "predicted (additive)",
+        _score(e.predicted_accuracy),
+        _score(e.predicted_cosine),
+        _score(e.predicted_agreement),
+    )
+    return table
+
+
+def profile_requests_doc(records: Sequence[ProfileRequestRecord]) -> list[dict[str, Any]]:
+    return [
+        {
+            "device": r.device_id,
+            "model": r.model_name,
+            "request_id": r.request_id,
+            "batch_sizes": list(r.batch_sizes),
+            "runs": r.runs,
+            "requested_at": _iso(r.requested_at_ms),
+        }
+        for r in records
+    ]
+
+
+def _segment(s: SegmentSpec) -> str:
+    return f"{s.start_cut or 'input'}..{s.end_cut or 'output'}@{s.precision}"
 
 
 def token_doc(t: CreatedToken) -> dict[str, Any]:

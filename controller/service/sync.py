@@ -8,6 +8,7 @@ handler is safe to repeat — a duplicated hello, ack or telemetry batch changes
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from common import limits
@@ -18,10 +19,12 @@ from common.types import (
     ControllerMessage,
     Device,
     Hello,
+    ProfileRequest,
     TelemetryAck,
     TelemetryBatch,
     Welcome,
 )
+from controller.service import profiles
 from controller.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -69,7 +72,15 @@ def on_hello(
     pending = pending_assignment(device)
     if pending is not None:
         replies.append(pending)
+    # Profile requests still waiting for their report: the device may have restarted and lost them.
+    replies.extend(request for _, request in profiles.pending_requests(store, [device_id]))
     return replies
+
+
+def due_for(store: Store, device_ids: Collection[str]) -> tuple[list[Device], list[tuple[str, ProfileRequest]]]:
+    """What the reconcile pass may have to resend to ``device_ids``, in one store-thread call: the
+    devices with an unacknowledged assignment, and every profile request still waiting for its report."""
+    return store.list_unacked(device_ids), profiles.pending_requests(store, device_ids)
 
 
 def on_telemetry(

@@ -481,7 +481,7 @@ def test_reconcile_pass_is_one_store_call(
             monkeypatch.setattr(db, "run", counting_run)
             fleet.clock.advance(POLICY.resend_after_s + 1)
             await fleet.controller.hub.reconcile()
-            assert calls == ["list_unacked"]
+            assert calls == ["due_for"]  # unacked assignments and unanswered profile requests at once
             # ... and that one call found the one device still owing an ack.
             assert (await streams["phone-1"].expect(Assignment)).version == 1
             monkeypatch.undo()
