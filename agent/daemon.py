@@ -15,24 +15,34 @@ from collections import Counter
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
-from agent import hardware
+from agent import hardware, profiler
 from agent.artifact_cache import ArtifactCache, ChecksumMismatch
 from agent.core import AgentCore, CoreConfig, Link
 from agent.core import actions as act
 from agent.core import events as ev
 from agent.core.backoff import BackoffPolicy
+from agent.core.machine import profile_artifacts
 from agent.infer_api import InferApi
 from agent.runtime import ModelLoadError, ModelSlot, load_model
 from agent.state import DataDir
 from common import limits, serde
 from common.errors import EdgefleetError, InvalidArgument, NotFound, PermanentError, TransientError
-from common.types import AgentMessage, Assignment, AssignmentFailure, DeviceIdentity, InferenceRecord
+from common.types import (
+    AgentMessage,
+    Assignment,
+    AssignmentFailure,
+    DeviceIdentity,
+    InferenceRecord,
+    ProfileReport,
+    ProfileRequest,
+)
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 CHANNEL_OPTIONS = [
     *limits.GRPC_MESSAGE_OPTIONS,
@@ -97,7 +107,12 @@ class _Outbound:
 
 
 class _Abandoned(Exception):
-    """The download is no longer wanted: the core's target moved on to other bytes."""
+    """The download is no longer wanted: the core moved on to other bytes."""
+
+
+#: A fetch's outcome: None (in the cache), or the error and the assignment failure it means (None:
+#: transient, retried by the core).
+_FetchOutcome = tuple[EdgefleetError, AssignmentFailure | None] | None
 
 
 class AgentDaemon:
@@ -130,9 +145,13 @@ class AgentDaemon:
         self._infer_api: InferApi | None = None
         self._outbound: _Outbound | None = None
         self._stream: Any = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        #: Downloads in progress, by sha256, each with the newest assignment that asked for its bytes.
+        self._tasks: set[asyncio.Task[Any]] = set()
+        #: Downloads in progress, by sha256, whoever asked for the bytes (an assignment, a profile).
+        self._downloads: dict[str, asyncio.Task[_FetchOutcome]] = {}
+        #: Assignment fetches in progress, by sha256, each with the newest assignment that asked.
         self._fetching: dict[str, Assignment] = {}
+        #: Profiles are run one at a time, in a worker thread, off the serving path.
+        self._profile_lock = asyncio.Lock()
         #: Loads are performed one at a time, in the order the core asked for them.
         self._load_lock = asyncio.Lock()
         #: sha256s of loads asked for and not finished (their artifacts must stay in the cache).
@@ -233,6 +252,10 @@ class AgentDaemon:
             case act.LoadModel(assignment=assignment, restore=restore):
                 self._loading[assignment.artifact_sha256] += 1
                 self._spawn(self._load(assignment, restore))
+            case act.FetchProfileArtifacts(request=request):
+                self._spawn(self._fetch_profile(request))
+            case act.RunProfile(request=request):
+                self._spawn(self._run_profile(request))
             case act.PersistIdentity(identity=identity):
                 self.data.save_identity(identity)
                 self.identity = identity
@@ -243,10 +266,11 @@ class AgentDaemon:
                 self.exit_reason = reason
                 self.stop()
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     def _metadata(self) -> tuple[tuple[str, str], ...]:
         assert self.identity is not None
@@ -339,8 +363,8 @@ class AgentDaemon:
     # --- artifacts ------------------------------------------------------------------------------
 
     def _start_fetch(self, assignment: Assignment) -> None:
-        """One download per sha256, whatever the versions asking for it; its outcome goes to the
-        newest assignment that asked (the core ignores outcomes for versions it no longer wants)."""
+        """One fetch per sha256, whatever the versions asking for it; its outcome goes to the newest
+        assignment that asked (the core ignores outcomes for versions it no longer wants)."""
         sha256 = assignment.artifact_sha256
         already = sha256 in self._fetching
         self._fetching[sha256] = assignment
@@ -348,12 +372,13 @@ class AgentDaemon:
             self._spawn(self._fetch(sha256))
 
     def _wanted(self, sha256: str) -> bool:
-        target = self.core.target
-        return target is not None and target.artifact_sha256 == sha256
+        """Whether the core may still need these bytes (its assignment target, a model it may load,
+        the profile it is fetching): a download nobody wants is abandoned between chunks."""
+        return sha256 in self.core.artifacts_in_use()
 
     async def _fetch(self, sha256: str) -> None:
         try:
-            failed = await self._try_fetch(sha256)
+            failed = await self._obtain(sha256, self._fetching[sha256].artifact_size_bytes)
         except _Abandoned:
             log.info(
                 "device=%s download of %s abandoned: no longer assigned", self.core.device_id, sha256[:12]
@@ -367,7 +392,24 @@ class AgentDaemon:
             error, failure = failed
             self.dispatch(ev.ArtifactFailed(assignment, error, failure))
 
-    async def _try_fetch(self, sha256: str) -> tuple[EdgefleetError, AssignmentFailure | None] | None:
+    async def _obtain(self, sha256: str, size_bytes: int) -> _FetchOutcome:
+        """Get an artifact into the cache (resuming a partial download, sha256-verified): one download
+        per sha256 whoever asks, its outcome shared. Raises _Abandoned once nothing wants the bytes."""
+        download = self._downloads.get(sha256)
+        if download is None:
+            download = self._spawn(self._try_fetch(sha256, size_bytes))
+            self._downloads[sha256] = download
+            download.add_done_callback(lambda done: self._forget_download(sha256, done))
+        # Shielded: one asker giving up (or being cancelled) does not cancel the others' download.
+        return await asyncio.shield(download)
+
+    def _forget_download(self, sha256: str, done: asyncio.Task[_FetchOutcome]) -> None:
+        if self._downloads.get(sha256) is done:
+            del self._downloads[sha256]
+        if not done.cancelled():
+            done.exception()  # retrieved: an abandoned download nobody awaits any more is not an error
+
+    async def _try_fetch(self, sha256: str, size_bytes: int) -> _FetchOutcome:
         """None once the artifact is in the cache; else the error and the reason to report (None:
         transient, to be retried by the core with backoff)."""
         offset = 0
@@ -375,7 +417,7 @@ class AgentDaemon:
         try:
             if self.cache.path_if_complete(sha256) is None:
                 offset = self.cache.partial_size(sha256)
-                await self._download(sha256, offset)
+                await self._download(sha256, offset, size_bytes)
             return None
         except _Abandoned:
             raise
@@ -397,10 +439,9 @@ class AgentDaemon:
             error = PermanentError(f"fetching failed: {exc!r}")
         return error, _fetch_failure(error)
 
-    async def _download(self, sha256: str, offset: int) -> None:
+    async def _download(self, sha256: str, offset: int, size: int) -> None:
         if offset:
             log.info("device=%s resuming download of %s at byte %d", self.core.device_id, sha256[:12], offset)
-        size = self._fetching[sha256].artifact_size_bytes
         call = self._stub.FetchArtifact(
             serde.fetch_artifact_request_to_pb(sha256, offset), metadata=self._metadata()
         )
@@ -418,9 +459,68 @@ class AgentDaemon:
         await asyncio.to_thread(self.cache.finalize, sha256, size)
         log.info("device=%s downloaded artifact %s (%d bytes)", self.core.device_id, sha256[:12], size)
 
+    # --- block profiles -------------------------------------------------------------------------
+
+    async def _fetch_profile(self, request: ProfileRequest) -> None:
+        """Every block artifact and the inputs of ``request``, one after the other, through the same
+        resumable, verified download as models; the outcome goes back to the core."""
+        for sha256, size in profile_artifacts(request).items():
+            try:
+                failed = await self._obtain(sha256, size)
+            except _Abandoned:
+                log.info(
+                    "device=%s profile %s: download of %s abandoned (no longer wanted)",
+                    self.core.device_id,
+                    request.request_id,
+                    sha256[:12],
+                )
+                return
+            if failed is not None:
+                self.dispatch(ev.ProfileArtifactsFailed(request.request_id, failed[0]))
+                self._prune_cache()  # a profile given up on keeps nothing; one to retry keeps its bytes
+                return
+        self.dispatch(ev.ProfileArtifactsReady(request.request_id))
+
+    async def _run_profile(self, request: ProfileRequest) -> None:
+        """Time the blocks in a worker thread (one profile at a time: serving keeps the other cores),
+        then tell the core and drop the profile's artifacts from the cache."""
+        async with self._profile_lock:
+            paths = {
+                sha: path for sha in profile_artifacts(request) if (path := self.cache.path_if_complete(sha))
+            }
+            inputs = paths.get(request.inputs_sha256)
+            started = time.monotonic()
+            try:
+                if inputs is None:  # verified when fetched, but removed since (e.g. by hand)
+                    report = ProfileReport(
+                        request.request_id,
+                        request.model_name,
+                        error="the profile inputs are not in the local cache",
+                    )
+                else:
+                    report = await asyncio.to_thread(profiler.profile_blocks, request, paths, inputs)
+            except Exception as exc:  # the profiler reports per block; anything else is its bug, reported
+                log.exception(
+                    "device=%s profile %s failed unexpectedly", self.core.device_id, request.request_id
+                )
+                report = ProfileReport(
+                    request.request_id, request.model_name, error=f"profiler failed: {exc!r}"
+                )
+            log.info(
+                "device=%s profiled %s (%s) in %.1f s: %d timings%s",
+                self.core.device_id,
+                request.model_name,
+                request.request_id,
+                time.monotonic() - started,
+                len(report.timings),
+                f", error: {report.error}" if report.error else "",
+            )
+        self.dispatch(ev.ProfileDone(report))
+        self._prune_cache()
+
     def _prune_cache(self, *, drop_partials: bool = True) -> None:
         """Delete cached artifacts nothing refers to any more (the cache would otherwise only grow)."""
-        keep = self.core.artifacts_in_use() | set(self._fetching) | set(self._loading)
+        keep = self.core.artifacts_in_use() | set(self._downloads) | set(self._loading)
         try:
             removed = self.cache.retain(keep, drop_partials=drop_partials)
         except (OSError, EdgefleetError) as exc:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from agent.core.snapshot import AgentSnapshot
-from common.types import AgentMessage, Assignment, DeviceIdentity
+from common.types import AgentMessage, Assignment, DeviceIdentity, ProfileRequest
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +49,22 @@ class LoadModel:
 
 
 @dataclass(frozen=True, slots=True)
+class FetchProfileArtifacts:
+    """Download (resuming, verified) every block artifact and the inputs of ``request`` into the
+    cache; answer with ProfileArtifactsReady/Failed. The same download path as FetchArtifact."""
+
+    request: ProfileRequest
+
+
+@dataclass(frozen=True, slots=True)
+class RunProfile:
+    """Time the request's blocks (its artifacts are in the cache) off the serving path, at most one
+    profile at a time; answer with ProfileDone, whose report carries any failure."""
+
+    request: ProfileRequest
+
+
+@dataclass(frozen=True, slots=True)
 class PersistIdentity:
     identity: DeviceIdentity
 
@@ -72,6 +88,8 @@ Action = (
     | Send
     | FetchArtifact
     | LoadModel
+    | FetchProfileArtifacts
+    | RunProfile
     | PersistIdentity
     | PersistSnapshot
     | Fatal

@@ -6,7 +6,14 @@ from dataclasses import dataclass
 
 from agent.core.snapshot import AgentSnapshot
 from common.errors import EdgefleetError
-from common.types import Assignment, AssignmentFailure, ControllerMessage, DeviceIdentity, InferenceRecord
+from common.types import (
+    Assignment,
+    AssignmentFailure,
+    ControllerMessage,
+    DeviceIdentity,
+    InferenceRecord,
+    ProfileReport,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +89,29 @@ class InferenceDone:
     record: InferenceRecord
 
 
+@dataclass(frozen=True, slots=True)
+class ProfileArtifactsReady:
+    """Every artifact of the profile request (blocks and inputs) is in the local cache, verified."""
+
+    request_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileArtifactsFailed:
+    """Fetching a profile request's artifacts failed: transient errors are retried with backoff;
+    permanent ones end the profile with a report that says why."""
+
+    request_id: str
+    error: EdgefleetError
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileDone:
+    """The profiler finished (its report carries each block's timing or error)."""
+
+    report: ProfileReport
+
+
 Event = (
     Started
     | Tick
@@ -95,4 +125,7 @@ Event = (
     | ModelLoaded
     | ModelLoadFailed
     | InferenceDone
+    | ProfileArtifactsReady
+    | ProfileArtifactsFailed
+    | ProfileDone
 )

@@ -7,7 +7,11 @@ daemon, the simulator and the tests drive the very same code. ``step`` never rai
 exception is logged and turned into no actions, leaving the previous state intact.
 
 The connection lifecycle is a transition table (``_TRANSITIONS``) keyed by (state, event type);
-events that concern the model and telemetry are handled in every state.
+events that concern the model, telemetry and block profiles are handled in every state.
+
+Block profiles (``ProfileRequest`` from the controller): one at a time, behind a bounded queue;
+idempotent by request id (a request already finished is answered with its kept report again, one
+queued or running is ignored); the report is held while the link is down and sent once it is READY.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ from common.types import (
     Heartbeat,
     Hello,
     InferenceRecord,
+    ProfileReport,
+    ProfileRequest,
     ReportedState,
     TelemetryAck,
     Welcome,
@@ -78,6 +84,10 @@ class CoreConfig:
     telemetry_flush_interval_s: float = 1.0
     max_batch: int = limits.MAX_TELEMETRY_BATCH
     max_pending: int = limits.MAX_PENDING_TELEMETRY
+    #: Profile requests queued behind the running one (more are dropped: the controller resends),
+    #: and finished reports kept to answer a repeated request without profiling again.
+    max_queued_profiles: int = limits.MAX_QUEUED_PROFILES
+    max_kept_reports: int = limits.MAX_KEPT_PROFILE_REPORTS
     #: Where the driver keeps the identity; only used to tell an operator what to remove.
     identity_file: str = "identity.json"
 
@@ -114,6 +124,16 @@ class AgentCore:
         self._unsent_acks: dict[int, AssignmentAck] = {}
         #: The last assignment acknowledged as applied: what the device should be serving.
         self._applied_assignment: Assignment | None = None
+        # Block profiles. Tuples, replaced rather than mutated, so step()'s undo log restores them.
+        #: The request being fetched or run, and whether it is running (False: fetching).
+        self._profile: ProfileRequest | None = None
+        self._profile_running = False
+        self._profile_fetch_attempt = 0
+        self._profile_retry_at: float | None = None
+        self._profile_queue: tuple[ProfileRequest, ...] = ()
+        #: Finished reports, oldest first (bounded), and those not yet sent (the link was down).
+        self._profile_reports: tuple[ProfileReport, ...] = ()
+        self._unsent_reports: tuple[ProfileReport, ...] = ()
 
     # --- public surface -------------------------------------------------------------------------
 
@@ -141,7 +161,19 @@ class AgentCore:
         """The sha256s of every model the core may still ask the driver to load: what the driver's
         artifact cache must keep (everything else may be deleted)."""
         candidates = (self._active, self._last_known_good, self.target, self._applied_assignment)
-        return {a.artifact_sha256 for a in candidates if a is not None and a.artifact_sha256}
+        shas = {a.artifact_sha256 for a in candidates if a is not None and a.artifact_sha256}
+        if self._profile is not None:
+            shas.update(profile_artifacts(self._profile))
+        return shas
+
+    @property
+    def profile(self) -> ProfileRequest | None:
+        """The profile request being fetched or run, if any."""
+        return self._profile
+
+    @property
+    def queued_profiles(self) -> tuple[ProfileRequest, ...]:
+        return self._profile_queue
 
     def snapshot(self) -> AgentSnapshot:
         return AgentSnapshot(
@@ -155,7 +187,12 @@ class AgentCore:
 
     def next_wakeup(self) -> float | None:
         """The earliest clock time at which a Tick may produce actions (None: only events will)."""
-        candidates = [self._reconnect_at, self._fetch_retry_at, self._welcome_deadline]
+        candidates = [
+            self._reconnect_at,
+            self._fetch_retry_at,
+            self._welcome_deadline,
+            self._profile_retry_at,
+        ]
         if self.link is Link.READY:
             candidates += [self._next_heartbeat_at, self._telemetry.next_due()]
         times = [t for t in candidates if t is not None]
@@ -318,6 +355,8 @@ class AgentCore:
             self._on_assignment(msg, out)
         elif isinstance(msg, TelemetryAck):
             self._telemetry.ack(msg.up_to_sequence)
+        elif isinstance(msg, ProfileRequest):
+            self._on_profile_request(msg, out)
 
     def _on_welcome(self, msg: Welcome, out: list[act.Action]) -> None:
         self.link = Link.READY
@@ -340,6 +379,8 @@ class AgentCore:
         for ack in sorted(self._unsent_acks.values(), key=lambda a: a.version):
             out.append(act.Send(ack))
         self._unsent_acks.clear()
+        out.extend(act.Send(report) for report in self._unsent_reports)
+        self._unsent_reports = ()
 
     # --- assignments ----------------------------------------------------------------------------
 
@@ -492,6 +533,116 @@ class AgentCore:
     def _is_target(self, a: Assignment) -> bool:
         return self.target is not None and self.target.version == a.version
 
+    # --- block profiles -------------------------------------------------------------------------
+
+    def _on_profile_request(self, r: ProfileRequest, out: list[act.Action]) -> None:
+        done = next((p for p in self._profile_reports if p.request_id == r.request_id), None)
+        if done is not None:
+            # Finished already: the controller did not get the report (or sent the request again
+            # before it arrived). Answer again instead of profiling again.
+            self._send_report(done, out)
+            return
+        if (self._profile is not None and self._profile.request_id == r.request_id) or any(
+            q.request_id == r.request_id for q in self._profile_queue
+        ):
+            return  # running or queued: the report comes when it is done
+        # The controller keeps one request per (device, model): a newer one replaces a queued older one.
+        queue = tuple(q for q in self._profile_queue if q.model_name != r.model_name)
+        if len(queue) >= self._config.max_queued_profiles:
+            log.warning(
+                "device=%s profile queue full (%d); dropped request %s of %s (the controller resends it)",
+                self.device_id,
+                len(queue),
+                r.request_id,
+                r.model_name,
+            )
+            return
+        log.info(
+            "device=%s profile request %s: %s, %d blocks, batch sizes %s",
+            self.device_id,
+            r.request_id,
+            r.model_name,
+            len(r.blocks),
+            list(r.batch_sizes),
+        )
+        self._profile_queue = (*queue, r)
+        self._start_next_profile(out)
+
+    def _start_next_profile(self, out: list[act.Action]) -> None:
+        if self._profile is not None or not self._profile_queue:
+            return
+        self._profile, *rest = self._profile_queue
+        self._profile_queue = tuple(rest)
+        self._profile_running = False
+        self._profile_fetch_attempt = 0
+        self._profile_retry_at = None
+        out.append(act.FetchProfileArtifacts(self._profile))
+
+    def _is_profile(self, request_id: str) -> bool:
+        return self._profile is not None and self._profile.request_id == request_id
+
+    def _on_profile_artifacts_ready(self, event: ev.ProfileArtifactsReady, out: list[act.Action]) -> None:
+        if not self._is_profile(event.request_id) or self._profile_running:
+            return
+        assert self._profile is not None
+        self._profile_running = True
+        self._profile_retry_at = None
+        out.append(act.RunProfile(self._profile))
+
+    def _on_profile_artifacts_failed(self, event: ev.ProfileArtifactsFailed, out: list[act.Action]) -> None:
+        if not self._is_profile(event.request_id) or self._profile_running:
+            return
+        assert self._profile is not None
+        err = event.error
+        if isinstance(err, TransientError):
+            delay = self._config.fetch_backoff.delay(self._profile_fetch_attempt, self._rng, err.retry_after)
+            self._profile_fetch_attempt += 1
+            self._profile_retry_at = self._clock() + delay
+            log.warning(
+                "device=%s profile %s: fetching artifacts failed (%s); retrying in %.1fs",
+                self.device_id,
+                event.request_id,
+                err,
+                delay,
+            )
+            return
+        report = ProfileReport(
+            request_id=self._profile.request_id,
+            model_name=self._profile.model_name,
+            error=f"cannot fetch the profile's artifacts: {err}"[: limits.MAX_TEXT_CHARS],
+        )
+        self._finish_profile(report, out)
+
+    def _on_profile_done(self, event: ev.ProfileDone, out: list[act.Action]) -> None:
+        if self._is_profile(event.report.request_id) and self._profile_running:
+            self._finish_profile(event.report, out)
+
+    def _finish_profile(self, report: ProfileReport, out: list[act.Action]) -> None:
+        failed = sum(1 for t in report.timings if t.error)
+        log.info(
+            "device=%s profile %s of %s done: %d timings, %d failed%s",
+            self.device_id,
+            report.request_id,
+            report.model_name,
+            len(report.timings),
+            failed,
+            f"; error: {report.error}" if report.error else "",
+        )
+        self._profile = None
+        self._profile_running = False
+        self._profile_retry_at = None
+        kept = (*self._profile_reports, report)
+        self._profile_reports = kept[-self._config.max_kept_reports :]
+        self._send_report(report, out)
+        self._start_next_profile(out)
+
+    def _send_report(self, report: ProfileReport, out: list[act.Action]) -> None:
+        if self.link is Link.READY:
+            out.append(act.Send(report))
+        else:  # held until the link is READY again (then sent with the welcome)
+            others = tuple(r for r in self._unsent_reports if r.request_id != report.request_id)
+            self._unsent_reports = (*others, report)[-self._config.max_kept_reports :]
+
     # --- telemetry ------------------------------------------------------------------------------
 
     def _on_inference(self, event: ev.InferenceDone, out: list[act.Action]) -> None:
@@ -522,10 +673,15 @@ class AgentCore:
             out.append(act.Send(batch))
 
     def _on_tick_any(self, event: ev.Tick, out: list[act.Action]) -> None:
-        if self._fetch_retry_at is not None and self._clock() >= self._fetch_retry_at:
+        now = self._clock()
+        if self._fetch_retry_at is not None and now >= self._fetch_retry_at:
             self._fetch_retry_at = None
             if self.target is not None:
                 out.append(act.FetchArtifact(self.target))
+        if self._profile_retry_at is not None and now >= self._profile_retry_at:
+            self._profile_retry_at = None
+            if self._profile is not None and not self._profile_running:
+                out.append(act.FetchProfileArtifacts(self._profile))
 
 
 # Handlers take the concrete event type their key names; the table is what guarantees the match.
@@ -570,4 +726,14 @@ _ANY_STATE: dict[type, _Handler] = {
     ev.ModelLoaded: AgentCore._on_model_loaded,
     ev.ModelLoadFailed: AgentCore._on_model_load_failed,
     ev.InferenceDone: AgentCore._on_inference,
+    ev.ProfileArtifactsReady: AgentCore._on_profile_artifacts_ready,
+    ev.ProfileArtifactsFailed: AgentCore._on_profile_artifacts_failed,
+    ev.ProfileDone: AgentCore._on_profile_done,
 }
+
+
+def profile_artifacts(request: ProfileRequest) -> dict[str, int]:
+    """sha256 -> size of every artifact a profile request needs (its blocks and its inputs)."""
+    needed = {b.artifact_sha256: b.artifact_size_bytes for b in request.blocks}
+    needed[request.inputs_sha256] = request.inputs_size_bytes
+    return needed

@@ -29,6 +29,8 @@ from common.types import (
     Assignment,
     AssignmentAck,
     AssignmentFailure,
+    BlockTiming,
+    CallOverhead,
     DeviceEvent,
     DeviceIdentity,
     HardwareProfile,
@@ -36,6 +38,9 @@ from common.types import (
     Hello,
     InferenceRecord,
     Outcome,
+    ProfileBlock,
+    ProfileReport,
+    ProfileRequest,
     ReportedState,
     TelemetryAck,
     TelemetryBatch,
@@ -1742,3 +1747,211 @@ def test_snapshot_round_trip_keeps_reported_state() -> None:
     assert h2.core.snapshot().reported == snap.reported
     assert h2.core.snapshot().last_known_good == snap.last_known_good
     assert h2.core.snapshot().sequence_reserved_until == snap.sequence_reserved_until
+
+
+# --- block profiles --------------------------------------------------------------------------------
+
+
+def profile_request(request_id: str = "prof-1", model: str = "digits", sha: str = SHA_B) -> ProfileRequest:
+    return ProfileRequest(
+        request_id=request_id,
+        model_name=model,
+        source_sha256=SHA_A,
+        blocks=(
+            ProfileBlock(0, 5, "fp32", sha, 100),
+            ProfileBlock(5, 0, "fp32", SHA_A, 200),
+            ProfileBlock(0, 5, "int8", SHA_C, 50),
+        ),
+        inputs_sha256="d" * 64,
+        inputs_size_bytes=300,
+        batch_sizes=(1, 32),
+        runs=10,
+    )
+
+
+def profile_report(r: ProfileRequest, error: str = "") -> ProfileReport:
+    timings = () if error else (BlockTiming(0, 5, "fp32", 1, 0.5), BlockTiming(0, 5, "int8", 1, 0.0, "boom"))
+    return ProfileReport(
+        request_id=r.request_id,
+        model_name=r.model_name,
+        timings=timings,
+        call_overhead=() if error else (CallOverhead(1, 0.01),),
+        error=error,
+    )
+
+
+def profiled(h: Harness, r: ProfileRequest) -> list[act.Action]:
+    """Run one request through fetch and profile; returns the ProfileDone step's actions."""
+    assert h.step(ev.ProfileArtifactsReady(r.request_id)) == [act.RunProfile(r)]
+    return h.step(ev.ProfileDone(profile_report(r)))
+
+
+def test_profile_request_is_fetched_then_run_then_reported() -> None:
+    h = Harness()
+    h.ready()
+    wake = h.core.next_wakeup()
+    r = profile_request()
+    assert h.recv(r) == [act.FetchProfileArtifacts(r)]
+    assert h.core.profile == r
+    # While it runs the cache must keep every block and the inputs.
+    assert h.core.artifacts_in_use() == {SHA_A, SHA_B, SHA_C, "d" * 64}
+    assert h.step(ev.ProfileArtifactsReady(r.request_id)) == [act.RunProfile(r)]
+    assert h.step(ev.ProfileArtifactsReady(r.request_id)) == []  # running already: not run twice
+    assert h.step(ev.ProfileDone(profile_report(r))) == [act.Send(profile_report(r))]
+    assert h.core.profile is None
+    assert h.core.artifacts_in_use() == set()  # so the driver prunes them
+    assert h.core.next_wakeup() == wake  # no profile deadline left behind
+
+
+def test_one_profile_at_a_time_the_others_wait_in_order() -> None:
+    h = Harness()
+    h.ready()
+    first, second, third = (profile_request(f"prof-{i}", f"m{i}") for i in range(3))
+    assert h.recv(first) == [act.FetchProfileArtifacts(first)]
+    assert h.recv(second) == []
+    assert h.recv(third) == []
+    assert h.core.queued_profiles == (second, third)
+    assert profiled(h, first) == [act.Send(profile_report(first)), act.FetchProfileArtifacts(second)]
+    assert profiled(h, second) == [act.Send(profile_report(second)), act.FetchProfileArtifacts(third)]
+    assert profiled(h, third) == [act.Send(profile_report(third))]
+    assert h.core.queued_profiles == ()
+
+
+def test_the_queue_is_bounded_and_overflow_is_dropped_for_the_controller_to_resend() -> None:
+    h = Harness(max_queued_profiles=2)
+    h.ready()
+    running, *queued = (profile_request(f"prof-{i}", f"m{i}") for i in range(4))
+    h.recv(running)
+    assert h.recv(queued[0]) == [] and h.recv(queued[1]) == []
+    before = state_of(h.core)
+    assert h.recv(queued[2]) == []
+    assert state_of(h.core) == before  # dropped, not queued
+    assert h.core.queued_profiles == (queued[0], queued[1])
+
+
+def test_a_request_running_or_queued_is_not_started_again() -> None:
+    h = Harness()
+    h.ready()
+    running, waiting = profile_request("prof-1", "m1"), profile_request("prof-2", "m2")
+    h.recv(running)
+    h.recv(waiting)
+    before = state_of(h.core)
+    assert h.recv(running) == []
+    assert h.recv(waiting) == []
+    assert state_of(h.core) == before
+
+
+def test_a_finished_request_repeated_gets_its_report_again_without_profiling() -> None:
+    h = Harness()
+    h.ready()
+    r = profile_request()
+    h.recv(r)
+    profiled(h, r)
+    assert h.recv(r) == [act.Send(profile_report(r))]
+    assert h.core.profile is None and h.core.queued_profiles == ()
+
+
+def test_a_newer_request_for_a_model_replaces_its_queued_one() -> None:
+    h = Harness()
+    h.ready()
+    running = profile_request("prof-1", "m1")
+    old, new = profile_request("prof-2", "m2"), profile_request("prof-3", "m2")
+    h.recv(running)
+    h.recv(old)
+    assert h.recv(new) == []
+    assert h.core.queued_profiles == (new,)
+
+
+def test_report_is_held_while_the_link_is_down_and_sent_once_after_reconnecting() -> None:
+    h = Harness()
+    h.ready()
+    r = profile_request()
+    h.recv(r)
+    assert h.step(ev.ProfileArtifactsReady(r.request_id)) == [act.RunProfile(r)]
+    h.step(ev.StreamClosed(TransientError("network down")))
+    assert h.core.link is Link.BACKOFF
+    # The profile finishes offline: nothing can be sent yet.
+    assert sent(h.step(ev.ProfileDone(profile_report(r)))) == []
+    welcome = h.reconnect()
+    assert sent(welcome, ProfileReport) == [profile_report(r)]
+    h.step(ev.StreamClosed(TransientError("again")))
+    assert sent(h.reconnect(), ProfileReport) == []  # sent once; a repeat only on the controller's ask
+
+
+def test_profile_fetch_failures_retry_with_backoff_while_transient() -> None:
+    h = Harness(fetch_backoff=BackoffPolicy(base_s=2.0, cap_s=8.0))
+    h.ready()
+    r = profile_request()
+    h.recv(r)
+    t0 = h.clock.now
+    assert h.step(ev.ProfileArtifactsFailed(r.request_id, TransientError("controller busy"))) == []
+    wake = h.wakeup()
+    assert t0 < wake <= t0 + 2.0
+    assert h.tick_at(wake) == [act.FetchProfileArtifacts(r)]
+    # A ready after a retry runs it as usual.
+    assert profiled(h, r) == [act.Send(profile_report(r))]
+
+
+def test_a_permanent_fetch_failure_is_reported_and_the_next_profile_starts() -> None:
+    h = Harness()
+    h.ready()
+    r, following = profile_request("prof-1", "m1"), profile_request("prof-2", "m2")
+    h.recv(r)
+    h.recv(following)
+    out = h.step(ev.ProfileArtifactsFailed(r.request_id, NotFound("artifact bbbb not found")))
+    (report,) = sent(out, ProfileReport)
+    assert report.request_id == r.request_id and report.timings == ()
+    assert "artifact bbbb not found" in report.error
+    assert of_type(out, act.FetchProfileArtifacts) == [act.FetchProfileArtifacts(following)]
+
+
+def test_outcomes_of_other_requests_are_ignored() -> None:
+    h = Harness()
+    h.ready()
+    r = profile_request()
+    h.recv(r)
+    before = state_of(h.core)
+    other = profile_request("prof-other")
+    assert h.step(ev.ProfileArtifactsReady("prof-other")) == []
+    assert h.step(ev.ProfileArtifactsFailed("prof-other", NotFound("x"))) == []
+    assert h.step(ev.ProfileDone(profile_report(other))) == []
+    assert h.step(ev.ProfileDone(profile_report(r))) == []  # not running yet: a stray report
+    assert state_of(h.core) == before
+
+
+def test_profile_request_before_the_welcome_is_ignored() -> None:
+    h = Harness()
+    h.start()
+    h.step(ev.StreamOpened())
+    assert h.recv(profile_request()) == []
+    assert h.core.profile is None
+
+
+def test_finished_reports_kept_are_bounded() -> None:
+    h = Harness(max_kept_reports=2)
+    h.ready()
+    requests = [profile_request(f"prof-{i}", f"m{i}") for i in range(3)]
+    for r in requests:
+        h.recv(r)
+        profiled(h, r)
+    # The oldest report is forgotten: its request would be profiled again (the newest two answered).
+    assert h.recv(requests[2]) == [act.Send(profile_report(requests[2]))]
+    assert h.recv(requests[0]) == [act.FetchProfileArtifacts(requests[0])]
+
+
+def test_a_profile_step_that_fails_leaves_the_state_unchanged() -> None:
+    h = Harness()
+    h.ready()
+    r = profile_request()
+    h.recv(r)
+    before = state_of(h.core)
+    h.clock.broken = True  # the transient failure reads the clock to schedule its retry
+    assert h.step(ev.ProfileArtifactsFailed(r.request_id, TransientError("busy"))) == []
+    h.clock.broken = False
+    # Everything but the RNG (its draw for the jitter came before the clock failed) is as before.
+    assert {k: v for k, v in state_of(h.core).items() if k != "_rng"} == {
+        k: v for k, v in before.items() if k != "_rng"
+    }
+    bad = ProfileReport(request_id=None, model_name="m")  # type: ignore[arg-type]
+    assert isinstance(h.core.step(ev.ProfileDone(bad)), list)
+    assert h.step(ev.ProfileArtifactsReady(r.request_id)) == [act.RunProfile(r)]

@@ -46,6 +46,9 @@ from common.types import (
     DataType,
     DeviceIdentity,
     Hello,
+    ProfileBlock,
+    ProfileReport,
+    ProfileRequest,
     ReportedState,
     TensorSpec,
     Welcome,
@@ -581,6 +584,91 @@ def test_partial_beyond_the_artifact_is_discarded_and_downloaded_again(
             assert [(a.version, a.failure) for a in stream.acks()] == [(1, None)]
             assert [f.offset for f in controller.fetches] == [len(data) + 100, 0]
             assert daemon.cache.verify(sha)
+
+    run(scenario())
+
+
+# --- block profiles ----------------------------------------------------------------------------------
+
+
+def profile_request(controller: FakeController, *, missing: bool = False) -> ProfileRequest:
+    """A request over blobs the stand-in serves (not ONNX: every block fails to load, and is reported
+    so); with ``missing`` one block's artifact is not served at all."""
+    shas = [controller.serve(blob(tag)[0]) for tag in ("head", "tail")]
+    inputs = controller.serve(blob("inputs")[0])
+    if missing:
+        shas[1] = blob("gone")[1]
+    return ProfileRequest(
+        request_id="prof-1",
+        model_name="m",
+        source_sha256=shas[0],
+        blocks=(ProfileBlock(0, 5, "fp32", shas[0], 2500), ProfileBlock(5, 0, "fp32", shas[1], 2500)),
+        inputs_sha256=inputs,
+        inputs_size_bytes=2500,
+        batch_sizes=(1,),
+        runs=3,
+    )
+
+
+def reports(stream: FakeStream) -> list[ProfileReport]:
+    return [m for m in stream.sent if isinstance(m, ProfileReport)]
+
+
+def test_a_profile_downloads_its_artifacts_reports_and_prunes_them(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        controller = FakeController()
+        request = profile_request(controller)
+        controller.fetch_errors = [rpc_error(grpc.StatusCode.UNAVAILABLE, "try later")]  # retried
+        async with running(tmp_path, controller) as daemon:
+            stream = await welcomed(daemon, controller)
+            stream.push(request)
+            (report,) = await eventually(lambda: reports(stream), "the profile report")
+            # The inputs are no .npz here: the whole profile fails, saying why (nothing is dropped).
+            assert report.request_id == "prof-1" and "not a readable .npz" in report.error
+            assert len(controller.fetches) == 4  # the failed attempt, then each artifact once
+            assert daemon.cache.complete_artifacts() == set()  # pruned once the profile was done
+            stream.push(request)  # asked again: the same report, not another profile
+            await eventually(lambda: len(reports(stream)) == 2, "the report again")
+            assert reports(stream)[1] == report and len(controller.fetches) == 4
+
+    run(scenario())
+
+
+def test_a_profile_whose_artifact_is_gone_reports_the_error(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        controller = FakeController()
+        request = profile_request(controller, missing=True)
+        async with running(tmp_path, controller) as daemon:
+            stream = await welcomed(daemon, controller)
+            stream.push(request)
+            (report,) = await eventually(lambda: reports(stream), "the profile report")
+            assert report.timings == () and "not found" in report.error
+            assert daemon.core.profile is None
+            await eventually(lambda: daemon.cache.complete_artifacts() == set(), "the cache to be pruned")
+
+    run(scenario())
+
+
+def test_a_profile_and_an_assignment_of_the_same_bytes_share_one_download(
+    tmp_path: Path, fake_loads: dict[str, Any]
+) -> None:
+    async def scenario() -> None:
+        controller = FakeController()
+        request = profile_request(controller)
+        shared = request.blocks[0].artifact_sha256
+        controller.gates = {shared: asyncio.Event()}
+        async with running(tmp_path, controller) as daemon:
+            stream = await welcomed(daemon, controller)
+            stream.push(request)
+            await eventually(lambda: controller.fetched(shared), "the profile's download")
+            stream.push(asg(1, shared))
+            await eventually(lambda: daemon.core.target is not None, "the assignment")
+            controller.gates[shared].set()
+            await eventually(lambda: stream.acks() and reports(stream), "the ack and the report")
+            assert [a.version for a in stream.acks()] == [1]
+            assert len(controller.fetched(shared)) == 1, "two downloads ran into one partial file"
+            # The profile is done, but the model it shared bytes with is served: those stay.
+            assert daemon.cache.complete_artifacts() == {shared}
 
     run(scenario())
 

@@ -1,0 +1,193 @@
+"""Time a model's blocks on this device, as the controller host times them at import.
+
+The controller sends a ``ProfileRequest``: block artifacts (each block between two cut points at one
+precision) and an ``.npz`` of model-input rows. A block's inputs are made by running the fp32 blocks
+in order on those rows (batch b: the first b rows, tiled when there are fewer), so an index tensor
+that crosses a cut stays in range. Then, per precision and batch size, the blocks of that precision
+are timed round-robin with the call-overhead model by ``common.timing`` (the loop the controller's
+``profile_blocks`` uses, with the same one-intra-op-thread sessions), so the numbers compare with the
+host's and with other devices'. A block that fails to load or run is reported with its error, never
+dropped; nothing here raises for a bad artifact or input.
+
+Blocking and CPU-bound: the daemon runs ``profile_blocks`` in a worker thread, one at a time, so
+serving goes on. Nothing here logs: the daemon reports what happened, with the device id.
+"""
+
+from __future__ import annotations
+
+import functools
+import statistics
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from common.timing import OVERHEAD_INPUT, TimingConfig, first_line, overhead_model, time_round_robin
+from common.types import BlockTiming, CallOverhead, ProfileBlock, ProfileReport, ProfileRequest
+
+#: As the controller's import profile: a small config, the request chooses the number of runs.
+WARMUP = 1
+MIN_RUNS = 3
+MAX_SECONDS = 0.25
+BURST = 5
+
+_Key = tuple[int, int, str]
+
+
+def profile_blocks(request: ProfileRequest, artifacts: Mapping[str, Path], inputs: Path) -> ProfileReport:
+    """The report for ``request``: every block at every batch size (latency or error), and the call
+    overhead per batch size. ``artifacts`` maps each block's sha256 to its file; ``inputs`` is the
+    ``.npz`` of model-input rows. A problem with the inputs or the fp32 chain is the report's error."""
+    try:
+        rows = _load_inputs(inputs)
+    except ValueError as exc:
+        return _failed(request, str(exc))
+    chain = _fp32_chain(request.blocks)
+    if isinstance(chain, str):
+        return _failed(request, chain)
+    sessions: dict[_Key, Any] = {}
+    load_errors: dict[_Key, str] = {}
+    for block in request.blocks:
+        key = (block.start_cut, block.end_cut, block.precision)
+        path = artifacts.get(block.artifact_sha256)
+        try:
+            if path is None:
+                raise FileNotFoundError(f"artifact {block.artifact_sha256[:12]} is not in the cache")
+            sessions[key] = _open_session(path.read_bytes())
+        except Exception as exc:  # onnxruntime raises its own untyped errors; each is this block's outcome
+            load_errors[key] = f"failed to load: {first_line(exc)}"
+    overhead = _open_session(overhead_model())
+    config = TimingConfig(
+        warmup=WARMUP,
+        runs=request.runs,
+        min_runs=min(MIN_RUNS, request.runs),
+        max_seconds=MAX_SECONDS,
+        burst=BURST,
+    )
+    precisions = list(dict.fromkeys(b.precision for b in request.blocks))
+    timings: list[BlockTiming] = []
+    overheads: dict[int, list[float]] = {}
+    for batch in request.batch_sizes:
+        env, chain_errors = _block_inputs(chain, sessions, load_errors, rows, batch)
+        env[OVERHEAD_INPUT] = np.zeros((batch, 1), dtype=np.float32)
+        for precision in precisions:
+            blocks = [b for b in request.blocks if b.precision == precision]
+            calls: list[Callable[[], object] | None] = [_call(overhead, env)]
+            errors: list[str] = [""]
+            for block in blocks:
+                key = (block.start_cut, block.end_cut, block.precision)
+                session = sessions.get(key)
+                error = load_errors.get(key, "")
+                if session is not None and not error:
+                    missing = [i.name for i in session.get_inputs() if i.name not in env]
+                    if missing:
+                        error = chain_errors.get(block.start_cut) or f"no inputs {missing}"
+                calls.append(None if error or session is None else _call(session, env))
+                errors.append(error)
+            times, run_errors = time_round_robin(calls, config)
+            if times[0] is not None:
+                overheads.setdefault(batch, []).append(times[0])
+            for block, ms, error, run_error in zip(
+                blocks, times[1:], errors[1:], run_errors[1:], strict=True
+            ):
+                problem = error or run_error
+                timings.append(
+                    BlockTiming(
+                        block.start_cut,
+                        block.end_cut,
+                        block.precision,
+                        batch,
+                        0.0 if problem or ms is None else ms,
+                        problem or ("" if ms is not None else "not measured"),
+                    )
+                )
+    return ProfileReport(
+        request_id=request.request_id,
+        model_name=request.model_name,
+        timings=tuple(timings),
+        call_overhead=tuple(CallOverhead(b, statistics.median(v)) for b, v in overheads.items()),
+    )
+
+
+def _load_inputs(path: Path) -> dict[str, np.ndarray]:
+    """The model-input rows; ValueError naming the problem (never unpickles anything)."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+    # numpy and zipfile report a missing, truncated or non-npz file with assorted exception types.
+    except Exception as exc:
+        raise ValueError(f"the profile inputs are not a readable .npz: {first_line(exc)}") from exc
+    if not arrays:
+        raise ValueError("the profile inputs hold no arrays")
+    counts = {name: arr.shape[0] if arr.ndim else 0 for name, arr in arrays.items()}
+    if min(counts.values()) < 1 or len(set(counts.values())) != 1:
+        raise ValueError(
+            f"the profile inputs need the same positive number of rows in every array, got {counts}"
+        )
+    return arrays
+
+
+def _fp32_chain(blocks: tuple[ProfileBlock, ...]) -> list[_Key] | str:
+    """The fp32 blocks from the model inputs (start 0) to its outputs (end 0), in order; else why not."""
+    by_start = {b.start_cut: b for b in blocks if b.precision == "fp32"}
+    chain: list[_Key] = []
+    start = 0
+    while start in by_start:
+        block = by_start[start]
+        chain.append((block.start_cut, block.end_cut, block.precision))
+        if block.end_cut == 0:
+            return chain
+        start = block.end_cut
+    return (
+        f"the fp32 blocks do not chain from the model inputs to its outputs (missing one starting at {start})"
+    )
+
+
+def _block_inputs(
+    chain: list[_Key],
+    sessions: Mapping[_Key, Any],
+    load_errors: Mapping[_Key, str],
+    rows: Mapping[str, np.ndarray],
+    batch: int,
+) -> tuple[dict[str, np.ndarray], dict[int, str]]:
+    """Every tensor crossing a block boundary for ``batch`` rows, made by the fp32 chain; and for the
+    blocks after an fp32 block that failed, by their start cut, why their inputs are missing."""
+    count = next(iter(rows.values())).shape[0]
+    index = np.arange(batch) % count  # the first ``batch`` rows, tiled when there are fewer
+    env: dict[str, np.ndarray] = {name: np.ascontiguousarray(arr[index]) for name, arr in rows.items()}
+    errors: dict[int, str] = {}
+    for position, key in enumerate(chain):
+        session = sessions.get(key)
+        try:
+            if session is None:
+                raise RuntimeError(load_errors.get(key) or "not loaded")
+            names = [o.name for o in session.get_outputs()]
+            values = session.run(names, {i.name: env[i.name] for i in session.get_inputs()})
+        except Exception as exc:  # onnxruntime's errors are untyped
+            reason = f"no inputs: fp32 block {key[0]}..{key[1]} failed making them ({first_line(exc)})"
+            for later in chain[position + 1 :]:
+                errors[later[0]] = reason
+            break
+        env.update(zip(names, (np.asarray(v) for v in values), strict=True))
+    return env, errors
+
+
+def _call(session: Any, env: Mapping[str, np.ndarray]) -> Callable[[], object]:
+    feed = {i.name: env[i.name] for i in session.get_inputs()}
+    return functools.partial(session.run, None, feed)
+
+
+def _open_session(model: bytes) -> Any:
+    """A CPU session with one intra-op thread: the settings the controller host profiles with."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3  # errors only: a failing block is reported by the profiler itself
+    return ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def _failed(request: ProfileRequest, error: str) -> ProfileReport:
+    return ProfileReport(request_id=request.request_id, model_name=request.model_name, error=error)
