@@ -94,7 +94,9 @@ def test_two_agents_of_a_class_profile_and_the_class_profile_is_their_median(
                 agent(tmp_path / "b", address, token, "phone-b") as b,
             ):
                 await eventually(lambda: a.connected and b.connected, "both agents to connect")
-                records = await admin(address, lambda c: c.request_profile("digits", hardware_class=PHONE_CPU))
+                records = await admin(
+                    address, lambda c: c.request_profile("digits", hardware_class=PHONE_CPU)
+                )
                 assert sorted(r.device_id for r in records) == ["phone-a", "phone-b"]
                 asked = {r.device_id: r.request_id for r in records}
 
@@ -119,7 +121,9 @@ def test_two_agents_of_a_class_profile_and_the_class_profile_is_their_median(
                 again = await admin(address, lambda c: c.request_profile("digits", device_ids=["phone-a"]))
                 assert [r.device_id for r in again] == ["phone-a"]
                 await eventually(
-                    lambda: _answered(controller, {"phone-a": again[0].request_id, "phone-b": asked["phone-b"]}),
+                    lambda: _answered(
+                        controller, {"phone-a": again[0].request_id, "phone-b": asked["phone-b"]}
+                    ),
                     "phone-a to report again",
                     within=60,
                 )

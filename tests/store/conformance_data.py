@@ -8,19 +8,28 @@ import pytest
 
 from common.errors import AlreadyExists, InvalidArgument, NotFound
 from common.types import (
+    EDGE_NPU,
+    PHONE_CPU,
+    ArtifactManifest,
+    BlockAccuracy,
     BlockProfile,
+    BlockTiming,
+    CallOverhead,
+    ClassBlockProfile,
     CutPoint,
     DataType,
     DeviceEvent,
     InferenceRecord,
     ModelVariant,
     Outcome,
+    ProfileReport,
+    ProfileRequestRecord,
     RejectedVariant,
     TelemetryRecord,
     TensorSpec,
 )
 from controller.store.base import Store
-from tests.store.helpers import T0, enrolled, event, inference, variant
+from tests.store.helpers import HW, T0, add_token, enroll, enrolled, event, inference, variant
 
 
 def _append(store: Store, sequences: list[int], *, device_id: str = "dev-1", now_ms: int = T0 + 100) -> int:
@@ -267,6 +276,183 @@ class DataRules:
         with pytest.raises(NotFound, match="ghost"):
             store.add_built_variants("ghost", [built("int8", "bb")], [], now_ms=T0)
         assert store.list_models() == []
+
+    def test_a_build_keeps_block_artifacts_accuracy_and_its_data(self, store: Store) -> None:
+        store.add_model_variant("mnist", variant("fp32", "aa"), now_ms=T0)
+        blocks = (
+            BlockProfile(0, 3, "int8", 1, 0.25, artifact_sha256="b1", artifact_size_bytes=40),
+            BlockProfile(0, 3, "int8", 32, 1.5, artifact_sha256="b1", artifact_size_bytes=40),
+            BlockProfile(3, 0, "int8", 1, 0.0, "failed to build: x"),
+        )
+        accuracy = (
+            BlockAccuracy(0, 0, "fp32", 0.97, 1.0, 1.0),
+            BlockAccuracy(0, 3, "int8", 0.95, 0.999, None),
+            BlockAccuracy(3, 0, "int8", error="not built"),
+        )
+        model = store.add_built_variants(
+            "mnist",
+            [],
+            [],
+            now_ms=T0 + 1,
+            block_profiles=blocks,
+            block_accuracy=accuracy,
+            profile_inputs=ArtifactManifest("pi", 77),
+            eval_data=ArtifactManifest("ev", 88),
+        )
+        assert (model.block_profiles, model.block_accuracy) == (blocks, accuracy)
+        assert (model.profile_inputs_sha256, model.profile_inputs_size_bytes) == ("pi", 77)
+        assert (model.eval_data_sha256, model.eval_data_size_bytes) == ("ev", 88)
+        assert store.get_model("mnist") == model
+        assert store.list_models() == [model]
+        # Not given: kept; given: replaced (the latest build's).
+        kept = store.add_built_variants("mnist", [], [], now_ms=T0 + 2, cut_points=())
+        assert (kept.block_accuracy, kept.profile_inputs_sha256, kept.eval_data_sha256) == (
+            accuracy,
+            "pi",
+            "ev",
+        )
+        replaced = store.add_built_variants(
+            "mnist", [], [], now_ms=T0 + 3, block_accuracy=(), eval_data=ArtifactManifest("ev2", 9)
+        )
+        assert (replaced.block_accuracy, replaced.eval_data_sha256, replaced.profile_inputs_sha256) == (
+            (),
+            "ev2",
+            "pi",
+        )
+        assert replaced.block_profiles == blocks
+
+    # --- device profiles ------------------------------------------------------------------------
+
+    def test_profile_requests_are_pending_until_their_report_arrives(self, store: Store) -> None:
+        profiled_model(store)
+        enrolled(store, "dev-1", "dev-2")
+        records = store.request_profiles(
+            "mnist", [("dev-2", "prof-b"), ("dev-1", "prof-a")], batch_sizes=(1, 32), runs=10, now_ms=T0 + 5
+        )
+        assert records == [
+            ProfileRequestRecord("dev-2", "mnist", "prof-b", (1, 32), 10, T0 + 5),
+            ProfileRequestRecord("dev-1", "mnist", "prof-a", (1, 32), 10, T0 + 5),
+        ]
+        assert store.list_pending_profile_requests() == sorted(records, key=lambda r: r.device_id)
+        assert store.list_pending_profile_requests(["dev-2", "ghost"]) == [records[0]]
+        assert store.list_pending_profile_requests([]) == []
+        done = store.record_profile_report("dev-1", report("prof-a", 0.5), now_ms=T0 + 9)
+        assert done == ProfileRequestRecord(
+            "dev-1", "mnist", "prof-a", (1, 32), 10, T0 + 5, completed_at_ms=T0 + 9
+        )
+        assert store.list_pending_profile_requests() == [records[0]]
+        # The same report again (the agent answered a resent request) is fine and changes no times.
+        assert store.record_profile_report("dev-1", report("prof-a", 0.5), now_ms=T0 + 20) == done
+        (stored,) = store.list_profile_reports("mnist")
+        assert (stored.device_id, stored.hardware_class, stored.report) == (
+            "dev-1",
+            EDGE_NPU,
+            report("prof-a", 0.5),
+        )
+
+    def test_a_stale_or_unknown_report_is_refused_and_changes_nothing(self, store: Store) -> None:
+        profiled_model(store)
+        enrolled(store, "dev-1")
+        store.request_profiles("mnist", [("dev-1", "prof-old")], batch_sizes=(1,), runs=3, now_ms=T0)
+        store.record_profile_report("dev-1", report("prof-old", 0.5), now_ms=T0 + 1)
+        store.request_profiles("mnist", [("dev-1", "prof-new")], batch_sizes=(1,), runs=3, now_ms=T0 + 2)
+        before = (
+            store.get_model("mnist"),
+            store.list_profile_reports("mnist"),
+            store.list_pending_profile_requests(),
+        )
+        with pytest.raises(NotFound, match=r"prof-old.*stale"):
+            store.record_profile_report("dev-1", report("prof-old", 9.0), now_ms=T0 + 3)
+        with pytest.raises(NotFound, match="prof-never"):
+            store.record_profile_report("dev-1", report("prof-never", 9.0), now_ms=T0 + 3)
+        with pytest.raises(NotFound, match="ghost"):
+            store.record_profile_report("ghost", report("prof-new", 9.0), now_ms=T0 + 3)
+        with pytest.raises(NotFound, match="other"):
+            store.record_profile_report(
+                "dev-1", replace(report("prof-new", 9.0), model_name="other"), now_ms=T0 + 3
+            )
+        assert (
+            store.get_model("mnist"),
+            store.list_profile_reports("mnist"),
+            store.list_pending_profile_requests(),
+        ) == before
+        # The superseded request's report stays the latest until the new one arrives.
+        assert [r.report.request_id for r in store.list_profile_reports("mnist")] == ["prof-old"]
+
+    def test_profile_requests_are_all_or_nothing(self, store: Store) -> None:
+        profiled_model(store)
+        enrolled(store, "dev-1")
+        with pytest.raises(NotFound, match="ghost"):
+            store.request_profiles(
+                "mnist", [("dev-1", "p1"), ("ghost", "p2")], batch_sizes=(1,), runs=3, now_ms=T0
+            )
+        with pytest.raises(NotFound, match="nomodel"):
+            store.request_profiles("nomodel", [("dev-1", "p1")], batch_sizes=(1,), runs=3, now_ms=T0)
+        assert store.list_pending_profile_requests() == []
+        store.request_profiles("mnist", [("dev-1", "p1")], batch_sizes=(1,), runs=3, now_ms=T0)
+        with pytest.raises(AlreadyExists, match="p1"):
+            store.request_profiles("mnist", [("dev-1", "p1")], batch_sizes=(1,), runs=3, now_ms=T0)
+        assert [r.request_id for r in store.list_pending_profile_requests()] == ["p1"]
+        with pytest.raises(NotFound, match="nomodel"):
+            store.list_profile_reports("nomodel")
+
+    def test_class_profiles_are_the_median_of_each_devices_latest_report(self, store: Store) -> None:
+        profiled_model(store)
+        add_token(store, "tok-x", "hash-x", uses=4)
+        for device_id, hardware_class in (
+            ("p1", PHONE_CPU),
+            ("p2", PHONE_CPU),
+            ("p3", PHONE_CPU),
+            ("e1", EDGE_NPU),
+        ):
+            enroll(store, device_id, token_hash="hash-x", hardware=replace(HW, hardware_class=hardware_class))
+        ids = [("p1", "r1"), ("p2", "r2"), ("p3", "r3"), ("e1", "r4")]
+        store.request_profiles("mnist", ids, batch_sizes=(1,), runs=3, now_ms=T0)
+        store.record_profile_report("p1", report("r1", 1.0), now_ms=T0)
+        store.record_profile_report("p2", report("r2", 3.0, failed="oom"), now_ms=T0)
+        store.record_profile_report("p3", report("r3", 2.0), now_ms=T0)
+        store.record_profile_report("e1", report("r4", 0.25, failed="no EP"), now_ms=T0)
+        model = store.get_model("mnist")
+        assert model.class_profiles == (
+            ClassBlockProfile(EDGE_NPU, 0, 3, "int8", 1, 0.0, 0, "failed on 1 device(s): e1: no EP"),
+            ClassBlockProfile(EDGE_NPU, 3, 0, "int8", 1, 0.5, 1),
+            ClassBlockProfile(PHONE_CPU, 0, 3, "int8", 1, 1.5, 2),  # p2 failed it: the median of p1, p3
+            ClassBlockProfile(PHONE_CPU, 3, 0, "int8", 1, 4.0, 3),  # of 2, 6 and 4
+        )
+        assert store.list_models() == [model]
+        # A newer report replaces the device's previous one in the median.
+        store.request_profiles("mnist", [("p1", "r5")], batch_sizes=(1,), runs=3, now_ms=T0 + 1)
+        store.record_profile_report("p1", report("r5", 7.0), now_ms=T0 + 2)
+        phone = [c for c in store.get_model("mnist").class_profiles if c.hardware_class == PHONE_CPU]
+        assert [(c.latency_ms, c.devices) for c in phone] == [(4.5, 2), (6.0, 3)]
+        # Timings of blocks the model no longer profiles (an earlier build's cuts) do not count.
+        store.add_built_variants(
+            "mnist", [], [], now_ms=T0 + 3, block_profiles=(BlockProfile(3, 0, "int8", 1, 0.1),)
+        )
+        assert {(c.start_cut, c.end_cut) for c in store.get_model("mnist").class_profiles} == {(3, 0)}
+
+
+def profiled_model(store: Store) -> None:
+    """A model with two int8 blocks profiled at batch 1 (0..3 and 3..output)."""
+    store.add_model_variant("mnist", variant("fp32", "aa"), now_ms=T0)
+    blocks = (
+        BlockProfile(0, 3, "int8", 1, 0.2, "", "b1", 4),
+        BlockProfile(3, 0, "int8", 1, 0.3, "", "b2", 4),
+    )
+    store.add_built_variants("mnist", [], [], now_ms=T0, block_profiles=blocks)
+
+
+def report(request_id: str, ms: float, *, failed: str = "") -> ProfileReport:
+    """A report timing both blocks of ``profiled_model``: the first at ``ms`` (or failed), the second at 2 x ms."""
+    return ProfileReport(
+        request_id=request_id,
+        model_name="mnist",
+        timings=(
+            BlockTiming(0, 3, "int8", 1, 0.0 if failed else ms, failed),
+            BlockTiming(3, 0, "int8", 1, 2 * ms),
+        ),
+        call_overhead=(CallOverhead(1, 0.01),),
+    )
 
 
 def built(

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from common.errors import PermanentError, Unauthenticated
-from common.types import AssignmentFailure
+from common.types import AssignmentFailure, BlockProfile
 from controller.store import _codec, migrations
 from controller.store.base import TOKEN_EXHAUSTED, Store
 from controller.store.migrations import MIGRATIONS, Migration
@@ -169,6 +169,38 @@ def test_variants_from_schema_1_survive_migration_2(db_path: Path, monkeypatch: 
         model = store.get_model("mnist")
         assert model.variants == (replace(variant(), created_at_ms=T0),)  # precision '' and no metrics
         assert model.rejected == ()
+    finally:
+        store.close()
+
+
+def test_profiles_stored_before_block_artifacts_read_without_them(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database at migration 3 (block profiles without artifact keys, no accuracy or build data) opens
+    with the current code: the blocks have no artifact, and the model no accuracy, inputs or eval data."""
+    monkeypatch.setattr(migrations, "MIGRATIONS", MIGRATIONS[:3])
+    SqliteStore(db_path).close()
+    conn = sqlite3.connect(db_path)
+    with conn:  # rows as the code of migration 3 wrote them
+        conn.execute("INSERT INTO models VALUES ('mnist', ?)", (T0,))
+        conn.execute(
+            "INSERT INTO model_variants (model_name, variant, sha256, size_bytes, inputs_json, outputs_json,"
+            " created_at_ms) VALUES ('mnist', 'fp32', 'aa', 1000, ?, ?, ?)",
+            (_codec.specs_to_json(variant().inputs), _codec.specs_to_json(variant().outputs), T0),
+        )
+        old_blocks = (
+            '[{"batch_size":1,"end_cut":0,"error":"","latency_ms":0.5,"precision":"fp32","start_cut":0}]'
+        )
+        conn.execute("INSERT INTO model_profiles VALUES ('mnist', '[]', ?)", (old_blocks,))
+    conn.close()
+    monkeypatch.setattr(migrations, "MIGRATIONS", MIGRATIONS)
+    store = SqliteStore(db_path)
+    try:
+        model = store.get_model("mnist")
+        assert model.block_profiles == (BlockProfile(0, 0, "fp32", 1, 0.5),)
+        assert (model.block_accuracy, model.profile_inputs_sha256, model.eval_data_sha256) == ((), "", "")
+        assert model.class_profiles == ()
+        assert store.list_pending_profile_requests() == []
     finally:
         store.close()
 

@@ -7,6 +7,7 @@ import contextlib
 import math
 from collections.abc import Callable
 from concurrent import futures
+from dataclasses import replace
 from typing import Any, cast
 
 import grpc
@@ -28,7 +29,13 @@ from common.errors import (
     TransientError,
     Unauthenticated,
 )
-from common.limits import MAX_TELEMETRY_BATCH, MAX_TEXT_CHARS
+from common.limits import (
+    MAX_PROFILE_BATCH,
+    MAX_PROFILE_BLOCKS,
+    MAX_PROFILE_TIMINGS,
+    MAX_TELEMETRY_BATCH,
+    MAX_TEXT_CHARS,
+)
 from common.types import (
     DEFAULT_VARIANT,
     AgentStatus,
@@ -38,7 +45,11 @@ from common.types import (
     AssignmentAck,
     AssignmentFailure,
     AssignResult,
+    BlockAccuracy,
     BlockProfile,
+    BlockTiming,
+    CallOverhead,
+    ClassBlockProfile,
     CreatedToken,
     CutPoint,
     DataType,
@@ -56,8 +67,14 @@ from common.types import (
     Model,
     ModelVariant,
     Outcome,
+    ProfileBlock,
+    ProfileReport,
+    ProfileRequest,
+    ProfileRequestRecord,
     RejectedVariant,
     ReportedState,
+    SegmentEvaluation,
+    SegmentSpec,
     TelemetryAck,
     TelemetryBatch,
     TelemetryRecord,
@@ -190,11 +207,55 @@ telemetry_batches = st.builds(TelemetryBatch, records=st.lists(telemetry_records
 assignment_acks = st.builds(
     AssignmentAck, version=u64, reported=reported_states, failure=failures, message=text
 )
-agent_messages = st.one_of(hellos, heartbeats, telemetry_batches, assignment_acks)
+cut_ranges = st.tuples(st.integers(0, 1000), st.integers(0, 1000)).filter(lambda r: r[1] == 0 or r[1] > r[0])
+profile_batches = st.integers(1, MAX_PROFILE_BATCH)
+block_timings = st.builds(
+    lambda r, precision, batch, ms, error: BlockTiming(r[0], r[1], precision, batch, ms, error),
+    cut_ranges,
+    names,
+    profile_batches,
+    latencies,
+    text,
+)
+profile_reports = st.builds(
+    ProfileReport,
+    request_id=names,
+    model_name=names,
+    timings=st.lists(
+        block_timings, max_size=4, unique_by=lambda t: (t.start_cut, t.end_cut, t.precision, t.batch_size)
+    ).map(tuple),
+    call_overhead=st.lists(
+        st.builds(CallOverhead, batch_size=profile_batches, latency_ms=latencies),
+        max_size=3,
+        unique_by=lambda c: c.batch_size,
+    ).map(tuple),
+    error=text,
+)
+profile_blocks = st.builds(
+    lambda r, precision, sha, size: ProfileBlock(r[0], r[1], precision, sha, size),
+    cut_ranges,
+    names,
+    shas,
+    u64,
+)
+profile_requests = st.builds(
+    ProfileRequest,
+    request_id=names,
+    model_name=names,
+    source_sha256=shas,
+    blocks=st.lists(
+        profile_blocks, min_size=1, max_size=4, unique_by=lambda b: (b.start_cut, b.end_cut, b.precision)
+    ).map(tuple),
+    inputs_sha256=shas,
+    inputs_size_bytes=u64,
+    batch_sizes=st.lists(profile_batches, min_size=1, max_size=4, unique=True).map(tuple),
+    runs=st.integers(1, 1000),
+)
+agent_messages = st.one_of(hellos, heartbeats, telemetry_batches, assignment_acks, profile_reports)
 
 welcomes = st.builds(Welcome, heartbeat_interval_ms=st.integers(1, 2**32 - 1), telemetry_watermark=u64)
 telemetry_acks = st.builds(TelemetryAck, up_to_sequence=u64)
-controller_messages = st.one_of(welcomes, assignments, telemetry_acks)
+controller_messages = st.one_of(welcomes, assignments, telemetry_acks, profile_requests)
 
 durations_ms = st.floats(0, 1e6, allow_nan=False, allow_infinity=False)
 scores = st.floats(-1.0, 1.0, allow_nan=False, allow_infinity=False)
@@ -221,23 +282,62 @@ cut_points = st.builds(
     tensors=st.lists(tensor_specs, max_size=3).map(tuple),
     bytes_per_sample=st.integers(min_value=-1, max_value=2**63 - 1),
 )
+artifact_refs = st.one_of(st.just(("", 0)), st.tuples(shas, u64))
 block_profiles = st.builds(
-    lambda start, end, precision, batch, ms, error: BlockProfile(start, end, precision, batch, ms, error),
-    st.integers(min_value=0, max_value=1000),
-    st.integers(min_value=0, max_value=1000),
+    lambda r, precision, batch, ms, error, artifact: BlockProfile(
+        r[0], r[1], precision, batch, ms, error, artifact[0], artifact[1]
+    ),
+    cut_ranges,
     names,
     st.integers(min_value=1, max_value=2**32 - 1),
     st.floats(min_value=0, max_value=1e9, allow_nan=False, allow_infinity=False),
     text,
-).filter(lambda b: b.end_cut == 0 or b.end_cut > b.start_cut)
+    artifact_refs,
+)
+block_accuracies = st.builds(
+    lambda r, precision, accuracy, cosine, agreement, error: BlockAccuracy(
+        r[0], r[1], precision, accuracy, cosine, agreement, error
+    ),
+    cut_ranges,
+    names,
+    st.none() | scores,
+    st.none() | scores,
+    st.none() | scores,
+    text,
+)
+class_block_profiles = st.builds(
+    lambda hw, r, precision, batch, ms, devices, error: ClassBlockProfile(
+        hw, r[0], r[1], precision, batch, ms, devices, error
+    ),
+    hardware_classes,
+    cut_ranges,
+    names,
+    st.integers(min_value=1, max_value=2**32 - 1),
+    durations_ms,
+    u32,
+    text,
+)
 models = st.builds(
-    Model,
-    name=names,
-    variants=st.lists(model_variants, max_size=3, unique_by=lambda v: v.variant).map(tuple),
-    created_at_ms=i64,
-    rejected=st.lists(rejected_variants, max_size=3).map(tuple),
-    cut_points=st.lists(cut_points, max_size=3).map(tuple),
-    block_profiles=st.lists(block_profiles, max_size=4).map(tuple),
+    lambda base, inputs, eval_data: replace(
+        base,
+        profile_inputs_sha256=inputs[0],
+        profile_inputs_size_bytes=inputs[1],
+        eval_data_sha256=eval_data[0],
+        eval_data_size_bytes=eval_data[1],
+    ),
+    st.builds(
+        Model,
+        name=names,
+        variants=st.lists(model_variants, max_size=3, unique_by=lambda v: v.variant).map(tuple),
+        created_at_ms=i64,
+        rejected=st.lists(rejected_variants, max_size=3).map(tuple),
+        cut_points=st.lists(cut_points, max_size=3).map(tuple),
+        block_profiles=st.lists(block_profiles, max_size=4).map(tuple),
+        block_accuracy=st.lists(block_accuracies, max_size=3).map(tuple),
+        class_profiles=st.lists(class_block_profiles, max_size=3).map(tuple),
+    ),
+    artifact_refs,
+    artifact_refs,
 )
 import_progress = st.builds(ImportProgress, step=u32, total=u32, message=text)
 
@@ -455,6 +555,196 @@ def test_cut_points_and_block_profiles_roundtrip_and_are_checked() -> None:
         serde.block_profile_from_pb(types_pb.BlockProfile(precision="fp32", batch_size=1, latency_ms=-1.0))
     with pytest.raises(InvalidArgument, match=r"block_profile.batch_size"):
         serde.block_profile_from_pb(types_pb.BlockProfile(precision="fp32"))
+
+
+SEGMENTS = (SegmentSpec(0, 34, "int8"), SegmentSpec(34, 0, "fp32"))
+
+
+@settings(PROPERTY, max_examples=25)
+@given(profile_requests, profile_reports, names, st.lists(names, min_size=1, max_size=3, unique=True))
+def test_profile_and_evaluation_roundtrips(
+    request: ProfileRequest, report: ProfileReport, name: str, device_ids: list[str]
+) -> None:
+    roundtrip(request, serde.profile_request_to_pb, serde.profile_request_from_pb)
+    roundtrip(report, serde.profile_report_to_pb, serde.profile_report_from_pb)
+    for b in request.blocks:
+        roundtrip(b, serde.profile_block_to_pb, serde.profile_block_from_pb)
+    assert serde.request_profile_request_from_pb(
+        wire(serde.request_profile_request_to_pb(name, device_ids, runs=7))
+    ) == (name, tuple(device_ids), "", 7)
+    assert serde.request_profile_request_from_pb(
+        wire(serde.request_profile_request_to_pb(name, hardware_class="edge-npu"))
+    ) == (name, (), "edge-npu", 0)
+    records = tuple(
+        ProfileRequestRecord(d, name, f"prof-{i}", request.batch_sizes, request.runs, 17)
+        for i, d in enumerate(device_ids)
+    )
+    roundtrip_args = serde.request_profile_response_from_pb(
+        wire(serde.request_profile_response_to_pb(name, records))
+    )
+    assert roundtrip_args == records
+    assert serde.evaluate_segments_request_from_pb(
+        wire(serde.evaluate_segments_request_to_pb(name, SEGMENTS))
+    ) == (
+        name,
+        SEGMENTS,
+    )
+    evaluation = SegmentEvaluation(name, SEGMENTS, 450, 0.97, None, 0.99, 0.96, None, None)
+    roundtrip(evaluation, serde.evaluate_segments_response_to_pb, serde.evaluate_segments_response_from_pb)
+
+
+def test_profile_messages_refuse_what_a_peer_could_get_wrong() -> None:
+    block = controller_pb.ProfileBlock(start_cut=0, end_cut=5, precision="fp32", artifact_sha256=SHA_A)
+    good = controller_pb.ProfileRequest(
+        request_id="prof-1",
+        model_name="m",
+        source_sha256=SHA_A,
+        blocks=[block],
+        inputs_sha256=SHA_B,
+        batch_sizes=[1, 32],
+        runs=5,
+    )
+    serde.profile_request_from_pb(good)
+
+    def bad(**changes: Any) -> Any:
+        pb = controller_pb.ProfileRequest()
+        pb.CopyFrom(good)
+        for key, value in changes.items():
+            pb.ClearField(key)
+            if isinstance(value, list):
+                getattr(pb, key).extend(value)
+            else:
+                setattr(pb, key, value)
+        return pb
+
+    cases = [
+        (bad(blocks=[]), "profile_request.blocks: empty"),
+        (bad(blocks=[block, block]), "profile_request.blocks[1]: block 0..5 at fp32 listed twice"),
+        (bad(blocks=[block] * (MAX_PROFILE_BLOCKS + 1)), "profile_request.blocks: 257 entries"),
+        (bad(batch_sizes=[]), "profile_request.batch_sizes: empty"),
+        (bad(batch_sizes=[1, 1]), "profile_request.batch_sizes[1]: 1 listed twice"),
+        (bad(batch_sizes=[MAX_PROFILE_BATCH + 1]), "profile_request.batch_sizes[0]: 1025 is not within"),
+        (bad(runs=0), "profile_request.runs: 0 is not within 1..1000"),
+        (bad(inputs_sha256="xyz"), "profile_request.inputs_sha256"),
+        (
+            bad(
+                blocks=[
+                    controller_pb.ProfileBlock(
+                        start_cut=5, end_cut=3, precision="fp32", artifact_sha256=SHA_A
+                    )
+                ]
+            ),
+            "profile_request.blocks[0]: end_cut 3 is not after start_cut 5",
+        ),
+        (
+            bad(blocks=[controller_pb.ProfileBlock(precision="fp32")]),
+            "profile_request.blocks[0].artifact_sha256: empty",
+        ),
+    ]
+    for pb, expected in cases:
+        with pytest.raises(InvalidArgument) as info:
+            serde.controller_message_from_pb(controller_pb.ControllerMessage(profile_request=pb))
+        assert str(info.value).startswith(expected), str(info.value)
+
+    timing = controller_pb.BlockTiming(start_cut=0, end_cut=0, precision="fp32", batch_size=1, latency_ms=1.0)
+    reports = [
+        (
+            controller_pb.ProfileReport(request_id="prof-1", model_name="m", timings=[timing, timing]),
+            "timings[1]: block 0..0",
+        ),
+        (
+            controller_pb.ProfileReport(
+                request_id="prof-1", model_name="m", timings=[timing] * (MAX_PROFILE_TIMINGS + 1)
+            ),
+            "profile_report.timings: 2049 entries",
+        ),
+        (
+            controller_pb.ProfileReport(
+                request_id="prof-1",
+                model_name="m",
+                timings=[controller_pb.BlockTiming(precision="fp32", batch_size=0)],
+            ),
+            "profile_report.timings[0].batch_size: 0 is not within",
+        ),
+        (
+            controller_pb.ProfileReport(
+                request_id="prof-1",
+                model_name="m",
+                timings=[controller_pb.BlockTiming(precision="fp32", batch_size=1, latency_ms=math.inf)],
+            ),
+            "profile_report.timings[0].latency_ms",
+        ),
+        (
+            controller_pb.ProfileReport(
+                request_id="prof-1",
+                model_name="m",
+                call_overhead=[
+                    controller_pb.CallOverhead(batch_size=1),
+                    controller_pb.CallOverhead(batch_size=1),
+                ],
+            ),
+            "profile_report.call_overhead[1].batch_size: batch 1 reported twice",
+        ),
+        (controller_pb.ProfileReport(model_name="m"), "profile_report.request_id: empty"),
+    ]
+    for pb, expected in reports:
+        with pytest.raises(InvalidArgument) as info:
+            serde.agent_message_from_pb(controller_pb.AgentMessage(profile_report=pb))
+        assert expected in str(info.value), str(info.value)
+
+    with pytest.raises(InvalidArgument, match="either device ids or a hardware class"):
+        serde.request_profile_request_from_pb(admin_pb.RequestProfileRequest(model_name="m"))
+    with pytest.raises(InvalidArgument, match="either device ids or a hardware class"):
+        serde.request_profile_request_from_pb(
+            admin_pb.RequestProfileRequest(model_name="m", device_ids=["d"], hardware_class="edge-npu")
+        )
+    with pytest.raises(InvalidArgument, match=r"device_ids\[1\]: invalid name"):
+        serde.request_profile_request_from_pb(
+            admin_pb.RequestProfileRequest(model_name="m", device_ids=["d", "D!"])
+        )
+    with pytest.raises(InvalidArgument, match=r"^segments: empty"):
+        serde.evaluate_segments_request_from_pb(admin_pb.EvaluateSegmentsRequest(model_name="m"))
+    with pytest.raises(InvalidArgument, match=r"segments\[0\].precision"):
+        serde.evaluate_segments_request_from_pb(
+            admin_pb.EvaluateSegmentsRequest(
+                model_name="m", segments=[admin_pb.SegmentSpec(precision="INT 8")]
+            )
+        )
+
+
+def test_block_artifacts_accuracy_and_class_profiles_roundtrip_and_are_checked() -> None:
+    m = Model(
+        "digits",
+        block_profiles=(BlockProfile(0, 9, "int8", 1, 0.02, "", SHA_A, 1234),),
+        block_accuracy=(
+            BlockAccuracy(0, 0, "fp32", 0.97, 1.0, 1.0),
+            BlockAccuracy(0, 9, "int8", 0.96, None, 0.99),
+        ),
+        profile_inputs_sha256=SHA_A,
+        profile_inputs_size_bytes=10,
+        eval_data_sha256=SHA_B,
+        eval_data_size_bytes=20,
+        class_profiles=(ClassBlockProfile("phone-cpu", 0, 9, "int8", 1, 0.5, 2),),
+    )
+    roundtrip(m, serde.model_to_pb, serde.model_from_pb)
+    with pytest.raises(InvalidArgument, match=r"block_profile.artifact_size_bytes: 5 without"):
+        serde.block_profile_from_pb(
+            types_pb.BlockProfile(precision="fp32", batch_size=1, artifact_size_bytes=5)
+        )
+    with pytest.raises(InvalidArgument, match=r"model.block_accuracy\[0\].cosine"):
+        serde.model_from_pb(
+            types_pb.Model(
+                name="m", block_accuracy=[types_pb.BlockAccuracy(precision="int8", cosine=math.nan)]
+            )
+        )
+    with pytest.raises(InvalidArgument, match=r"model.class_profiles\[0\].hardware_class"):
+        serde.model_from_pb(
+            types_pb.Model(
+                name="m", class_profiles=[types_pb.ClassBlockProfile(precision="int8", batch_size=1)]
+            )
+        )
+    with pytest.raises(InvalidArgument, match=r"model.eval_data_sha256"):
+        serde.model_from_pb(types_pb.Model(name="m", eval_data_sha256="nope"))
 
 
 def test_small_request_roundtrips() -> None:
@@ -927,6 +1217,10 @@ DECODERS: list[tuple[Any, Callable[[Any], Any]]] = [
     (admin_pb.AssignResponse, serde.assign_response_from_pb),
     (types_pb.Device, serde.device_from_pb),
     (types_pb.Model, serde.model_from_pb),
+    (admin_pb.EvaluateSegmentsRequest, serde.evaluate_segments_request_from_pb),
+    (admin_pb.EvaluateSegmentsResponse, serde.evaluate_segments_response_from_pb),
+    (admin_pb.RequestProfileRequest, serde.request_profile_request_from_pb),
+    (admin_pb.RequestProfileResponse, serde.request_profile_response_from_pb),
     (agent_pb.InferRequest, serde.infer_request_from_pb),
     (agent_pb.InferResponse, serde.infer_response_from_pb),
     (agent_pb.AgentStatus, serde.agent_status_from_pb),
@@ -954,6 +1248,12 @@ SEEDS: list[bytes] = [
     ).SerializeToString(),
     serde.model_to_pb(
         Model("m", (ModelVariant("fp32", SHA_A, 1, (TensorSpec("x", DataType.INT8, (-1, 3)),)),))
+    ).SerializeToString(),
+    serde.controller_message_to_pb(
+        ProfileRequest("prof-1", "m", SHA_A, (ProfileBlock(0, 5, "fp32", SHA_B, 9),), SHA_A, 3, (1, 32), 5)
+    ).SerializeToString(),
+    serde.agent_message_to_pb(
+        ProfileReport("prof-1", "m", (BlockTiming(0, 5, "fp32", 1, 0.5),), (CallOverhead(1, 0.01),))
     ).SerializeToString(),
 ]
 
