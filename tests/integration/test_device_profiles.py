@@ -22,12 +22,13 @@ import pytest
 from agent.core import Link
 from agent.daemon import AgentConfig, AgentDaemon
 from common.errors import EdgefleetError, InvalidArgument, NotFound, PermanentError
-from common.types import PHONE_CPU, Model, ProfileReport
+from common.types import PHONE_CPU, BlockTiming, CallOverhead, Model, ProfileReport, ProfileRequest
 from controller.client import AdminClient
 from controller.server import Controller
 from controller.toolchain.digits import DigitsArtifacts
 from simulator.processes import free_port
 from tests.agent.test_daemon import FAST, admin, controller_on, eventually
+from tests.integration.harness import POLICY, run, running_controller
 
 pytestmark = pytest.mark.timeout(120)
 T = TypeVar("T")
@@ -187,3 +188,66 @@ def _check_median(model: Model, reports: list[object]) -> None:
         assert grid[cell].devices == 2
         assert grid[cell].latency_ms == pytest.approx(statistics.median(values))
         assert grid[cell].error == ""
+
+
+def test_a_request_is_resent_until_its_report_arrives_and_a_stale_report_keeps_the_stream(
+    tmp_path: Path, digits_model: DigitsArtifacts, eval_npz: Path
+) -> None:
+    """Over the real protocol with a scripted agent and the controller's fake clock: a request goes out
+    when made, again after resend_after_s, again with a reconnecting device's hello, and never once
+    its report is stored; a report nobody asked for is logged and refused, not a stream error."""
+
+    async def scenario() -> None:
+        async with running_controller(tmp_path / "controller") as fleet:
+            model = await fleet.call_admin(
+                fleet.admin.import_model,
+                digits_model.model_path,
+                name="digits",
+                eval_data=eval_npz,
+                precisions=("fp32", "int8"),
+            )
+            agent_ = await fleet.enroll("phone-1")
+            stream, _ = await agent_.online()
+            (record,) = await fleet.call_admin(fleet.admin.request_profile, "digits", device_ids=["phone-1"])
+            request = await stream.expect(ProfileRequest)
+            assert request.request_id == record.request_id and request.model_name == "digits"
+            assert {(b.start_cut, b.end_cut, b.precision, b.artifact_sha256) for b in request.blocks} == {
+                (b.start_cut, b.end_cut, b.precision, b.artifact_sha256) for b in model.block_profiles
+            }
+            assert (request.inputs_sha256, request.batch_sizes) == (model.profile_inputs_sha256, (1, 32))
+            fp32 = model.variant("fp32")
+            assert fp32 is not None and request.source_sha256 == fp32.sha256
+            await fleet.controller.hub.reconcile()  # too soon to resend
+            await stream.expect_nothing_else()
+            fleet.clock.advance(POLICY.resend_after_s + 1)
+            await fleet.controller.hub.reconcile()
+            assert await stream.expect(ProfileRequest) == request
+
+            await stream.close()  # the device comes back: its hello's replies carry the request
+            stream, _ = await agent_.online()
+            assert await stream.expect(ProfileRequest) == request
+
+            await stream.send(ProfileReport(request_id="prof-nobody-asked", model_name="digits"))
+            timings = tuple(
+                BlockTiming(b.start_cut, b.end_cut, b.precision, n, 0.5)
+                for b in request.blocks
+                for n in (1, 32)
+            )
+            await stream.send(
+                ProfileReport(
+                    request.request_id, "digits", timings, (CallOverhead(1, 0.01), CallOverhead(32, 0.02))
+                )
+            )
+            await stream.expect_nothing_else()  # the stream is alive and answered nothing else
+            store = fleet.controller.db.store
+            assert store.list_pending_profile_requests() == []
+            (stored,) = store.list_profile_reports("digits")
+            assert stored.report.request_id == request.request_id and stored.hardware_class == PHONE_CPU
+            described = await fleet.call_admin(fleet.admin.get_model, "digits")
+            assert {c.devices for c in described.class_profiles} == {1}
+            assert {c.latency_ms for c in described.class_profiles} == {0.5}
+            fleet.clock.advance(POLICY.resend_after_s + 1)
+            await fleet.controller.hub.reconcile()
+            await stream.expect_nothing_else()  # answered: never sent again
+
+    run(scenario(), timeout=100)
