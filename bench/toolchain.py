@@ -2,7 +2,8 @@
 
 Usage::
 
-    .venv/bin/python bench/toolchain.py [--eval-rows 320] [--runs 40] [--cuts 7] [--skip-blocks] [--json OUT]
+    .venv/bin/python bench/toolchain.py [--eval-rows 320] [--runs 40] [--cuts 7] [--skip-blocks] [--skip-mixes]
+                                        [--json OUT]
 
 Needs the cached ONNX export (``make minilm``); exits 2 without it. What it does, in one run:
 
@@ -22,6 +23,12 @@ Needs the cached ONNX export (``make minilm``); exits 2 without it. What it does
   pair, plus heads, tails and the whole model) for fp32 and int8 at batch 1 and 32 and compares each
   with the additive prediction from the block profiles (sum of the blocks less one call overhead per
   extra block). Reported: median relative error over all cut pairs, per precision (goal < 15%).
+* **block accuracy** (part of the import-equivalent): ``mixes.block_sensitivity``, the model's cosine
+  to fp32 with each block alone at each accepted precision below fp32, as an import records it.
+* **mixed-precision accuracy**: ``mixes.check_additivity`` measures every cut with the head at another
+  precision than the tail, plus ``p, q, p`` three-segment mixes, each segment built whole, and sets the
+  additive prediction (fp32's quality less each lowered block's cost alone) next to it. Reported: the
+  median and max absolute error of the prediction, per metric (no goal: it is what a planner can rely on).
 
 Not a test: it prints tables and the goal lines and exits 0 (2 without the cached model).
 """
@@ -29,6 +36,7 @@ Not a test: it prints tables and the goal lines and exits 0 (2 without the cache
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import logging
@@ -53,7 +61,7 @@ from rich.console import Console
 from rich.table import Table
 
 from controller.onnx_check import inspect_onnx
-from controller.toolchain import quantize
+from controller.toolchain import mixes, quantize
 from controller.toolchain.evaldata import EvalData, load_eval_data
 from controller.toolchain.measure import MeasureConfig, open_session, run_eval
 from controller.toolchain.minilm import MiniLMArtifacts, cached_minilm
@@ -153,6 +161,7 @@ class ImportRun:
     cuts: list[CutPoint]
     labels: dict[int | None, str]
     table: ProfileTable | None
+    sensitivity: mixes.SensitivityTable | None = None
     phases: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -199,7 +208,13 @@ def run_import(art: MiniLMArtifacts, data: EvalData, args: argparse.Namespace) -
             segmenter, cuts, methods, BATCH_SIZES, data=data, config=config, progress=progress
         )
         phases["block profiles"] = time.perf_counter() - started
-    return ImportRun(results, graph, segmenter, cuts, labels, table, phases)
+        note(f"import-equivalent: block_sensitivity on {min(data.rows, mixes.SENSITIVITY_ROWS)} rows ...")
+        started = time.perf_counter()
+        _, outputs = inspect_onnx(art.model_path)
+        sensitivity = mixes.block_sensitivity(table, data, outputs)
+        phases["block accuracy"] = time.perf_counter() - started
+        return ImportRun(results, graph, segmenter, cuts, labels, table, sensitivity, phases)
+    return ImportRun(results, graph, segmenter, cuts, labels, table, None, phases)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -352,6 +367,28 @@ def check_blocks(run: ImportRun, data: EvalData, args: argparse.Namespace) -> Pr
         f"runs {config.runs} (>= {config.min_runs}, capped at {config.max_seconds}s per segment) ..."
     )
     return check_predictions(run.segmenter, run.table, data=data, precisions=precisions, config=config)
+
+
+def check_mixes(run: ImportRun, art: MiniLMArtifacts, data: EvalData) -> mixes.AdditivityReport:
+    assert run.segmenter is not None and run.table is not None and run.sensitivity is not None
+    chosen = mixes.default_mixes(run.sensitivity.boundaries, list(run.table.methods))
+    note(
+        f"check_additivity: {len(chosen)} mixes over {list(run.table.methods)} on {run.sensitivity.rows} rows, "
+        "each segment built whole ..."
+    )
+    _, outputs = inspect_onnx(art.model_path)
+
+    def progress(done: int, total: int) -> None:
+        if done % 10 == 0 or done == total:
+            note(f"  [{done}/{total}] mixes measured")
+
+    return mixes.check_additivity(
+        run.segmenter, run.table.methods, run.sensitivity, data, outputs, chosen, progress=progress
+    )
+
+
+def mix_label(labels: dict[int | None, str], mix: mixes.Mix) -> str:
+    return " | ".join(f"{block_label(labels, p.start, p.end)}@{p.precision}" for p in mix)
 
 
 def block_label(labels: dict[int | None, str], start: int | None, end: int | None) -> str:
@@ -515,6 +552,65 @@ def render_blocks(run: ImportRun, report: PredictionReport | None) -> None:
         console.print(line, highlight=False)
 
 
+def render_accuracy(run: ImportRun, report: mixes.AdditivityReport | None) -> None:
+    sens, table_ = run.sensitivity, run.table
+    if sens is None or table_ is None:
+        return
+    metric = mixes.quality_metric(sens.reference) or "cosine"
+    grid = Table(
+        title=f"Block accuracy (block_sensitivity: {metric} with only this block lowered, {sens.rows} rows)"
+    )
+    grid.add_column("block")
+    lowered = [p for p in table_.methods if p != "fp32"]
+    for p in lowered:
+        grid.add_column(p, justify="right")
+    for start, end in zip(table_.boundaries[:-1], table_.boundaries[1:], strict=True):
+        cells = [block_label(run.labels, start, end)]
+        for p in lowered:
+            b = sens.block(start, end, p)
+            value = None if b is None else getattr(b.metrics, metric)
+            cells.append("err" if value is None else f"{value:.6f}")
+        grid.add_row(*cells)
+    console.print(grid)
+    if report is None:
+        return
+    check = Table(
+        title="Additive accuracy model vs measured mixes (check_additivity, |predicted - measured|)"
+    )
+    for col in (
+        "metric",
+        "mixes",
+        "median err",
+        "max err",
+        "2-segment median",
+        "3-segment median",
+        "worst mix",
+    ):
+        check.add_column(col, justify="right" if col not in ("metric", "worst mix") else "left")
+    for m in mixes.METRICS:
+        errors = [(c.error(m), c) for c in report.checks if c.error(m) is not None]
+        if not errors:
+            continue
+        values = [e for e, _ in errors if e is not None]
+        by_len = {n: [e for e, c in errors if e is not None and len(c.mix) == n] for n in (2, 3)}
+        worst = max(errors, key=lambda item: item[0] or 0.0)[1]
+        check.add_row(
+            m,
+            str(len(values)),
+            f"{statistics.median(values):.2e}",
+            f"{max(values):.2e}",
+            f"{statistics.median(by_len[2]):.2e}" if by_len[2] else "-",
+            f"{statistics.median(by_len[3]):.2e}" if by_len[3] else "-",
+            mix_label(run.labels, worst.mix),
+        )
+    console.print(check)
+    console.print(
+        f"fp32 reference on the same {report.rows} rows: "
+        + ", ".join(f"{m} {v:.4f}" for m in mixes.METRICS if (v := getattr(report.reference, m)) is not None),
+        highlight=False,
+    )
+
+
 def met(ok: bool) -> str:
     return "MET" if ok else "NOT MET"
 
@@ -538,8 +634,15 @@ def goals(report: dict[str, Any]) -> list[str]:
             f"multi-block only {pct(g['median_error_multi_block'])}, "
             f"same-window {pct(g['median_error_multi_block_same_window'])})"
         )
+    for m, g in report["goals"].get("mixes", {}).items():
+        lines.append(
+            f"mixed-precision accuracy ({m}): additive prediction over {g['mixes']} mixes: median error "
+            f"{g['median_error']:.2e}, max {g['max_error']:.2e} (reported, no goal)"
+        )
     imp = report["goals"]["import"]
-    what = "block profiles" if imp["with_blocks"] else "WITHOUT block profiles (--skip-blocks)"
+    what = (
+        "block profiles + block accuracy" if imp["with_blocks"] else "WITHOUT block profiles (--skip-blocks)"
+    )
     phases = ", ".join(f"{k} {v:.1f} s" for k, v in imp["phases"].items())
     lines.append(
         f"import-equivalent (variants x4 + cut points + {what}) < {IMPORT_GOAL_S:.0f} s -> "
@@ -564,7 +667,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--cuts", type=int, default=7, help="encoder-layer boundary cuts to profile (7: all; fewer: spread)"
     )
-    p.add_argument("--skip-blocks", action="store_true", help="skip block profiles and the block-model check")
+    p.add_argument(
+        "--skip-blocks", action="store_true", help="skip block profiles, block accuracy and both checks"
+    )
+    p.add_argument("--skip-mixes", action="store_true", help="skip the mixed-precision accuracy check")
     p.add_argument("--json", type=Path, default=None, metavar="OUT", help="also write the results here")
     args = p.parse_args(argv)
     for name in ("eval_rows", "runs", "cuts"):
@@ -593,6 +699,7 @@ def run(art: MiniLMArtifacts, args: argparse.Namespace) -> dict[str, Any]:
     rows = representatives(imp.results)
     per_batch = measure_variants(art, data, rows, args)
     report = None if args.skip_blocks else check_blocks(imp, data, args)
+    additivity = None if args.skip_blocks or args.skip_mixes else check_mixes(imp, art, data)
     load_after = loadavg()
 
     by_precision = {r.result.precision: r for r in rows if r.chosen}
@@ -611,10 +718,16 @@ def run(art: MiniLMArtifacts, args: argparse.Namespace) -> dict[str, Any]:
                 },
                 "met": err is not None and err < BLOCK_ERROR_GOAL,
             }
+    mix_goals = {}
+    if additivity is not None:
+        for m, g in additivity.summary().items():
+            if isinstance(g, dict):
+                mix_goals[m] = g
     return {
         "rows": rows,
         "import": imp,
         "check": report,
+        "additivity": additivity,
         "per_batch": per_batch,
         "meta": {"limits": limits, "runs": {b: run_count(args.runs, b) for b in BATCH_SIZES}},
         "load_after": load_after,
@@ -631,6 +744,7 @@ def run(art: MiniLMArtifacts, args: argparse.Namespace) -> dict[str, Any]:
                 "round_speedups_b1": per_batch[1]["round_speedups"].get("int8"),
             },
             "block_model": block_goals,
+            "mixes": mix_goals,
             "import": {
                 "seconds": imp.seconds,
                 "phases": imp.phases,
@@ -682,6 +796,35 @@ def to_json(report: dict[str, Any], env: dict[str, Any]) -> dict[str, Any]:
                     "error": c.error,
                 }
                 for c in check.checks
+            ],
+        },
+        "block_accuracy": None
+        if imp.sensitivity is None
+        else {
+            "rows": imp.sensitivity.rows,
+            "reference": dataclasses.asdict(imp.sensitivity.reference),
+            "blocks": [
+                {
+                    "start": b.start,
+                    "end": b.end,
+                    "precision": b.precision,
+                    **dataclasses.asdict(b.metrics),
+                    "error": b.error,
+                }
+                for b in imp.sensitivity.blocks
+            ],
+        },
+        "mixes": None
+        if report["additivity"] is None
+        else {
+            "summary": report["additivity"].summary(),
+            "checks": [
+                {
+                    "mix": [{"start": p.start, "end": p.end, "precision": p.precision} for p in c.mix],
+                    "measured": dataclasses.asdict(c.measured),
+                    "predicted": dataclasses.asdict(c.predicted),
+                }
+                for c in report["additivity"].checks
             ],
         },
         "goals": report["goals"],
@@ -748,6 +891,7 @@ def main(argv: list[str] | None = None) -> int:
             highlight=False,
         )
     render_blocks(report["import"], report["check"])
+    render_accuracy(report["import"], report["additivity"])
     console.print(
         f"load average at start {env['loadavg_start']}, at end {env['loadavg_end']}; "
         f"whole run {env['wall_seconds']} s",
