@@ -77,7 +77,9 @@ def on_hello(
     return replies
 
 
-def due_for(store: Store, device_ids: Collection[str]) -> tuple[list[Device], list[tuple[str, ProfileRequest]]]:
+def due_for(
+    store: Store, device_ids: Collection[str]
+) -> tuple[list[Device], list[tuple[str, ProfileRequest]]]:
     """What the reconcile pass may have to resend to ``device_ids``, in one store-thread call: the
     devices with an unacknowledged assignment, and every profile request still waiting for its report."""
     return store.list_unacked(device_ids), profiles.pending_requests(store, device_ids)
