@@ -291,22 +291,23 @@ def _binding(feasible: bool, possible: Possible) -> Binding | None:
 
 
 def describe_key(key: ConfigKey, t: ConfigTable) -> str:
-    """``device+edge: [0-3) int8 on device | [3-9) fp16 on edge-west``: a configuration in one line."""
-    nb = t.model.blocks
-    tiers = key.pattern.tiers
-    bounds: list[int]
+    """``device+edge: device int8 inputs..cut 130, edge-west fp16 cut 130..outputs``: one line, in the
+    model's own cut indices."""
     if key.pattern is Pattern.LOCAL:
         return f"local {key.precisions[0]}"
-    a = key.cuts[0]
-    bounds = [0, a, key.cuts[1], nb] if key.pattern is Pattern.DEVICE_EDGE_CLOUD else [0, a, nb]
+    nb = t.model.blocks
+    bounds = [0, *key.cuts, nb] if key.pattern is Pattern.DEVICE_EDGE_CLOUD else [0, key.cuts[0], nb]
+    tiers = list(key.pattern.tiers)
+    if bounds[1] == 0:  # nothing on the device: it only forwards its inputs
+        tiers, bounds = tiers[1:], bounds[1:]
+
+    def at(b: int) -> str:
+        return "inputs" if b == 0 else "outputs" if b >= nb else f"cut {cut_index(t, b)}"
+
     parts: list[str] = []
-    precisions = list(key.precisions)
-    if a == 0:
-        tiers = tiers[1:]
-        bounds = bounds[1:]
-    for tier, (start, end), p in zip(tiers, itertools.pairwise(bounds), precisions, strict=False):
+    for tier, (start, end), p in zip(tiers, itertools.pairwise(bounds), key.precisions, strict=False):
         where = {Tier.DEVICE: "device", Tier.EDGE: key.edge_pool, Tier.CLOUD: key.cloud_pool}[tier]
-        parts.append(f"blocks {start}-{end} {p} on {where}")
+        parts.append(f"{where} {p} {at(start)}..{at(end)}")
     return f"{key.pattern.label}: " + ", ".join(parts)
 
 

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from controller.planner import catalog, explain
-from controller.planner.allocate import Bucket, allocate
+from controller.planner.allocate import Bucket, allocate, edge_resource
 from controller.planner.configs import NONE, ConfigTable, I, build_table
-from controller.planner.search import Devices, Prices, TableIndex
+from controller.planner.search import Devices, TableIndex
 from controller.planner.types import (
     Binding,
     DeploymentInput,
@@ -57,7 +57,21 @@ class _Member:
     usable: float
 
 
-def plan(data: PlanInput, *, explain_devices: Collection[str] = ()) -> Plan:
+@dataclass(eq=False)
+class Prepared:
+    """The problem ``plan`` solves, before any device has chosen: buckets of devices sharing a
+    configuration table, with their members and fallbacks (exposed for benchmarks that solve the
+    same problem another way, e.g. as a MILP)."""
+
+    buckets: list[Bucket]
+    members: list[list[_Member]]
+    fallbacks: list[list[int]]
+    infeasible: list[Infeasible]
+    unplanned: list[tuple[str, str]]
+    notes: dict[str, str]
+
+
+def prepare(data: PlanInput) -> Prepared:
     specs = _Specs(data.hardware)
     pools = {p.name: p for p in data.pools}
     members, infeasible, unplanned, notes = _members(data, pools, specs)
@@ -66,9 +80,7 @@ def plan(data: PlanInput, *, explain_devices: Collection[str] = ()) -> Plan:
         edge, cloud = m.edge.name if m.edge else "", m.cloud.name if m.cloud else ""
         groups[(m.deployment.name, m.device.hardware_class, edge, cloud)].append(m)
     indexes: dict[tuple[object, ...], TableIndex] = {}
-    buckets: list[Bucket] = []
-    bucket_members: list[list[_Member]] = []
-    fallbacks: list[list[int]] = []
+    prepared = Prepared([], [], [], infeasible, unplanned, notes)
     for key in sorted(groups):
         ms = groups[key]
         index = _index_for(ms[0], specs, data, indexes)
@@ -91,24 +103,37 @@ def plan(data: PlanInput, *, explain_devices: Collection[str] = ()) -> Plan:
             ],
             dtype=np.int64,
         )
-        buckets.append(Bucket(index, devices, key[2], key[3], current))
-        bucket_members.append(ms)
-        fallbacks.append(fb_rows)
+        prepared.buckets.append(Bucket(index, devices, key[2], key[3], current))
+        prepared.members.append(ms)
+        prepared.fallbacks.append(fb_rows)
+    return prepared
 
-    residual = {p.name: p.capacity_slots for p in data.pools}
+
+def plan(data: PlanInput, *, explain_devices: Collection[str] = ()) -> Plan:
+    prepared = prepare(data)
+    buckets, infeasible = prepared.buckets, prepared.infeasible
+    capacity: dict[str, float] = {}
+    nodes: dict[str, tuple[str, ...]] = {}
+    for p in data.pools:
+        if p.tier is Tier.EDGE:
+            nodes[p.name] = p.nodes
+            for n in p.nodes:
+                capacity[edge_resource(p.name, n)] = p.node_capacity_slots
+        else:
+            capacity[p.name] = p.capacity_slots
     rows: list[I] = [np.full(len(b.devices), NONE, dtype=np.int64) for b in buckets]
+    placement: dict[str, str] = {}
     for priority in sorted({b.index.table.deployment.priority for b in buckets}, reverse=True):
         tier = [i for i, b in enumerate(buckets) if b.index.table.deployment.priority == priority]
-        chosen = allocate([buckets[i] for i in tier], residual, data.weights.hysteresis)
-        for i, r in zip(tier, chosen, strict=True):
+        result = allocate([buckets[i] for i in tier], capacity, nodes, data.weights.hysteresis)
+        for i, r in zip(tier, result.rows, strict=True):
             rows[i] = r
-            _consume(residual, buckets[i], r)
-    placement = _place_on_nodes(buckets, rows, pools, residual)
+        placement.update(result.nodes)
 
     plans: list[DevicePlan] = []
     explain_set = frozenset(explain_devices)
-    for b, ms, r, fb in zip(buckets, bucket_members, rows, fallbacks, strict=True):
-        done, missing = explain.bucket_plans(b, r, fb, placement, notes, explain_set)
+    for b, ms, r, fb in zip(buckets, prepared.members, rows, prepared.fallbacks, strict=True):
+        done, missing = explain.bucket_plans(b, r, fb, placement, prepared.notes, explain_set)
         plans.extend(done)
         can = explain.possible(b) if missing else []
         for d in missing:
@@ -133,7 +158,7 @@ def plan(data: PlanInput, *, explain_devices: Collection[str] = ()) -> Plan:
     return Plan(
         devices=tuple(plans),
         infeasible=tuple(infeasible),
-        unplanned=tuple(sorted(unplanned)),
+        unplanned=tuple(sorted(prepared.unplanned)),
         usage=tuple(_usage(plans, data.pools)),
         objective=float(sum(p.score for p in plans)),
     )
@@ -258,64 +283,6 @@ def _fallback_row(table: ConfigTable, usable: float) -> int:
         if best is None or key > best:
             best = key
     return -best[3] if best is not None else NONE
-
-
-def _consume(residual: dict[str, float], bucket: Bucket, rows: I) -> None:
-    t = bucket.index.table
-    valid = rows[rows != NONE]
-    if bucket.edge_pool:
-        residual[bucket.edge_pool] = residual.get(bucket.edge_pool, 0.0) - float(t.edge_slots[valid].sum())
-    if bucket.cloud_pool:
-        residual[bucket.cloud_pool] = residual.get(bucket.cloud_pool, 0.0) - float(t.cloud_slots[valid].sum())
-
-
-def _place_on_nodes(
-    buckets: list[Bucket],
-    rows: list[I],
-    pools: Mapping[str, PoolInput],
-    residual: dict[str, float],
-) -> dict[str, str]:
-    """Device id -> the edge node serving it. Edge loads are packed biggest first (higher
-    priorities before lower), each onto the node with the most room left; a device that fits no node
-    (fragmentation) moves to its best configuration without that pool, or to none."""
-    placement: dict[str, str] = {}
-    loads: dict[str, list[tuple[int, float, int, int]]] = defaultdict(list)
-    for bi, (b, r) in enumerate(zip(buckets, rows, strict=True)):
-        t = b.index.table
-        for d, row in enumerate(r):
-            if row == NONE:
-                continue
-            if t.edge_slots[row] > 0:
-                loads[b.edge_pool].append((-t.deployment.priority, -float(t.edge_slots[row]), bi, d))
-    for pool_name in sorted(loads):
-        pool = pools[pool_name]
-        room = dict.fromkeys(pool.nodes, pool.node_capacity_slots)
-        for _, neg_load, bi, d in sorted(loads[pool_name]):
-            load = -neg_load
-            node = min(pool.nodes, key=lambda n: (-room[n], n))
-            device_id = buckets[bi].devices.ids[d]
-            if room[node] + _EPS >= load:
-                room[node] -= load
-                placement[device_id] = node
-                continue
-            b = buckets[bi]
-            t = b.index.table
-            old = int(rows[bi][d])
-            if b.cloud_pool:  # its old configuration's cloud share is free again
-                residual[b.cloud_pool] = residual.get(b.cloud_pool, 0.0) + float(t.cloud_slots[old])
-            one = b.devices.take(np.asarray([d]))
-            new = int(b.index.best(one, Prices(1e12, 0.0))[0][0])
-            if new != NONE and t.cloud_slots[new] > residual.get(b.cloud_pool, 0.0) + _EPS:
-                new = int(b.index.best(one, Prices(1e12, 1e12))[0][0])
-            if new != NONE and (
-                t.edge_slots[new] > 0 or t.cloud_slots[new] > residual.get(b.cloud_pool, 0.0) + _EPS
-            ):
-                new = NONE  # nothing runs without a full pool: reported as a capacity problem
-            rows[bi][d] = new
-            residual[pool_name] = residual.get(pool_name, 0.0) + load
-            if new != NONE and b.cloud_pool:
-                residual[b.cloud_pool] = residual.get(b.cloud_pool, 0.0) - float(t.cloud_slots[new])
-    return placement
 
 
 def _usage(plans: list[DevicePlan], pools: tuple[PoolInput, ...]) -> list[NodeUsage]:

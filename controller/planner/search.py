@@ -29,6 +29,8 @@ from controller.planner.types import Link, Pattern, Weights
 NO_LINK, EDGE_LINK, CLOUD_LINK = 0, 1, 2
 _TOLERANCE = 1e-9
 MISS_ACCURACY_WEIGHT = 10.0
+#: Cells (devices x configurations) scored at once by the dense scan.
+_DENSE_CELLS = 1 << 20
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -165,9 +167,14 @@ class TableIndex:
             - self.weights.latency_weight * (lat - self.base[rows]) / self.slo
         )
         shared = t.pattern[rows] != int(Pattern.LOCAL)
-        miss = -(
-            np.maximum(0.0, lat / self.slo - 1.0) + MISS_ACCURACY_WEIGHT * np.maximum(0.0, self.floor - q)
-        ) - shared.astype(np.float64)
+        # A device that misses anyway still pays for the capacity it would take, so that under prices
+        # it does not crowd out devices that capacity would make meet.
+        miss = (
+            -(np.maximum(0.0, lat / self.slo - 1.0) + MISS_ACCURACY_WEIGHT * np.maximum(0.0, self.floor - q))
+            - shared.astype(np.float64)
+            - prices.edge * t.edge_slots[rows]
+            - prices.cloud * t.cloud_slots[rows]
+        )
         valid = self.fits(devices, dev, groups) & np.isfinite(lat)
         return np.where(valid, np.where(meets, ok, miss), -np.inf)
 
@@ -203,23 +210,55 @@ class TableIndex:
 
     def best_effort(self, devices: Devices, dev: I, prices: Prices) -> tuple[I, F]:
         """Per device in ``dev``: its best configuration over *every* row (exact, dense), for devices
-        that nothing meets."""
-        rows_all = np.arange(self.table.size)
+        that nothing meets. Scored in chunks, so memory stays bounded on a large table."""
+        size = self.table.size
         out_rows = np.full(len(dev), NONE, dtype=np.int64)
         out_score = np.full(len(dev), -np.inf)
-        for i, d in enumerate(dev):
-            scores = self.score(devices, np.full(self.table.size, d), rows_all, prices)
-            j = int(np.argmax(scores))
-            if np.isfinite(scores[j]):
-                out_rows[i], out_score[i] = j, scores[j]
+        chunk = max(1, _DENSE_CELLS // max(size, 1))
+        for lo in range(0, len(dev), chunk):
+            part = dev[lo : lo + chunk]
+            k = len(part)
+            scores = self.score(devices, np.repeat(part, size), np.tile(np.arange(size), k), prices).reshape(
+                k, size
+            )
+            pick = np.argmax(scores, axis=1)
+            best = scores[np.arange(k), pick]
+            found = np.isfinite(best)
+            out_rows[lo : lo + k] = np.where(found, pick, NONE)
+            out_score[lo : lo + k] = best
         return out_rows, out_score
 
-    def best(self, devices: Devices, prices: Prices) -> tuple[I, F]:
+    def best(self, devices: Devices, prices: Prices, effort: I | None = None) -> tuple[I, F]:
+        """Per device, its best row at these prices. Without prices a row that meets both
+        objectives always outscores one that does not, so the meeting search decides and only
+        devices nothing meets are scanned in full. With prices a local row that misses can beat a
+        meeting one that is priced out, so the local rows (a handful) are always scored too.
+
+        ``effort``: each device's best row at zero prices (from an earlier call), which saves the
+        full scan of devices nothing meets: under prices their choice is that row, now priced, or
+        a local one."""
         rows, scores = self.best_meeting(devices, prices)
+        priced = bool(prices.edge or prices.cloud)
+        if priced:
+            local = np.flatnonzero(self.table.pattern == int(Pattern.LOCAL))
+            if len(local):
+                n, k = len(devices), len(local)
+                s = self.score(devices, np.repeat(np.arange(n), k), np.tile(local, n), prices).reshape(n, k)
+                pick = np.argmax(s, axis=1)
+                local_score = s[np.arange(n), pick]
+                better = local_score > scores
+                rows[better], scores[better] = local[pick[better]], local_score[better]
         missing = np.flatnonzero(~np.isfinite(scores))
+        if effort is not None and len(missing):
+            known = missing[effort[missing] != NONE] if not priced else np.flatnonzero(effort != NONE)
+            if len(known):
+                again = self.score(devices, known, effort[known], prices)
+                better = again > scores[known]
+                rows[known[better]], scores[known[better]] = effort[known[better]], again[better]
+            missing = np.flatnonzero(~np.isfinite(scores))
         if len(missing):
-            r, s = self.best_effort(devices, missing, prices)
-            rows[missing], scores[missing] = r, s
+            r, s_ = self.best_effort(devices, missing, prices)
+            rows[missing], scores[missing] = r, s_
         return rows, scores
 
 

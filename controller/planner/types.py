@@ -217,7 +217,7 @@ class Weights:
     misses. ``hysteresis`` is added to a device's current configuration, so a re-plan moves a device
     only for a gain larger than that."""
 
-    latency_weight: float = 0.02
+    latency_weight: float = 0.01
     capacity_weight: float = 0.001
     hysteresis: float = 0.005
 
