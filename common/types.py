@@ -182,7 +182,10 @@ class BlockAccuracy:
     """The model's quality on the eval data when only this block runs at ``precision`` and every
     other block at fp32, scored as whole variants are (``None``: not measured, e.g. accuracy without
     labels). The planner predicts a mixed-precision plan additively from these: each block at a lower
-    precision costs what it cost alone. ``error`` says why a block could not be measured."""
+    precision costs what it cost alone. ``error`` says why a block could not be measured.
+
+    One entry is the reference, not a block: ``0..0`` at ``fp32`` is the whole fp32 model scored on
+    the same rows (``q_fp32`` of ``q = q_fp32 - sum(q_fp32 - q_block)``; no block is ever at fp32)."""
 
     start_cut: int
     end_cut: int

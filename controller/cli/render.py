@@ -249,12 +249,9 @@ def block_accuracy_table(m: Model) -> Table:
     )
     metric = "accuracy" if reference is not None and reference.accuracy is not None else "cosine"
     shown = f"{metric}; fp32 {_score(getattr(reference, metric))}" if reference is not None else metric
-    table = Table(
-        box=None,
-        header_style="bold",
-        title=f"block accuracy (only this block lowered, {shown})",
-        title_justify="left",
-    )
+    title = f"block accuracy (only this block lowered, {shown})"
+    # At least as wide as its title: rich wraps a title to the table's width, and this one is narrow.
+    table = Table(box=None, header_style="bold", title=title, title_justify="left", min_width=len(title))
     rows = [b for b in m.block_accuracy if b is not reference]
     precisions = sorted(
         {b.precision for b in rows}, key=lambda p: (_PRECISION_ORDER.get(p, len(_PRECISION_ORDER)), p)
@@ -274,7 +271,7 @@ def block_accuracy_table(m: Model) -> Table:
 
 def _grid(title: str, cells: dict[tuple[int, int, str, int], str]) -> Table:
     """A block x (precision, batch) table of ``cells`` by (start, end, precision, batch)."""
-    table = Table(box=None, header_style="bold", title=title, title_justify="left")
+    table = Table(box=None, header_style="bold", title=title, title_justify="left", min_width=len(title))
     columns = sorted(
         {(k[2], k[3]) for k in cells},
         key=lambda k: (_PRECISION_ORDER.get(k[0], len(_PRECISION_ORDER)), k[0], k[1]),
@@ -309,12 +306,8 @@ def evaluation_doc(e: SegmentEvaluation) -> dict[str, Any]:
 
 
 def evaluation_table(e: SegmentEvaluation) -> Table:
-    table = Table(
-        box=None,
-        header_style="bold",
-        title=f"model {e.model_name}: {' | '.join(_segment(s) for s in e.segments)} on {e.rows} eval rows",
-        title_justify="left",
-    )
+    title = f"model {e.model_name}: {' | '.join(_segment(s) for s in e.segments)} on {e.rows} eval rows"
+    table = Table(box=None, header_style="bold", title=title, title_justify="left", min_width=len(title))
     for col in ("", "ACCURACY", "COSINE", "AGREEMENT"):
         table.add_column(col, justify="right" if col else "left")
     table.add_row("measured", _score(e.accuracy), _score(e.cosine), _score(e.agreement))
