@@ -557,9 +557,8 @@ def render_accuracy(run: ImportRun, report: mixes.AdditivityReport | None) -> No
     if sens is None or table_ is None:
         return
     metric = mixes.quality_metric(sens.reference) or "cosine"
-    grid = Table(
-        title=f"Block accuracy (block_sensitivity: {metric} with only this block lowered, {sens.rows} rows)"
-    )
+    title = f"Block accuracy (block_sensitivity: {metric} with only this block lowered, {sens.rows} rows)"
+    grid = Table(title=title, min_width=len(title))
     grid.add_column("block")
     lowered = [p for p in table_.methods if p != "fp32"]
     for p in lowered:
