@@ -89,6 +89,8 @@ class Session:
         self.hello_seen = False
         #: A kick arrived while the hello was being handled: re-check once the hello has been answered.
         self.kick_deferred = False
+        #: The same for a profile request made while the hello was being handled.
+        self.profiles_deferred = False
         self.last_heard = now
         self.sent_version = 0
         self.sent_at = 0.0
@@ -228,6 +230,7 @@ class Hub:
         store = self._db.store
         # A kick before this point is covered: on_hello reads the device after that assignment was stored.
         session.kick_deferred = False
+        session.profiles_deferred = False
         replies = await self._db.run(
             sync.on_hello, store, session.device_id, hello, now_ms=now_ms, policy=self.policy
         )
@@ -240,6 +243,11 @@ class Hub:
             session.kick_deferred = False
             device = await self._db.run(store.get_device, session.device_id)
             self._push_if_pending(session, device)
+        if session.profiles_deferred:
+            # The same for a profile request made while on_hello ran (sent once per resend interval).
+            session.profiles_deferred = False
+            pending = await self._db.run(profiles.pending_requests, store, [session.device_id])
+            self._push_profiles(session, [r for _, r in pending])
 
     def _send(self, session: Session, message: ControllerMessage) -> None:
         if isinstance(message, Assignment):
@@ -290,8 +298,11 @@ class Hub:
         if self._stopping:
             return
         session = self._sessions.get(device_id)
-        if session is None or not session.hello_seen:
+        if session is None:
             return  # the hello's replies carry every pending request
+        if not session.hello_seen:
+            session.profiles_deferred = True  # its hello is being handled: _on_hello looks again
+            return
         async with self._tracked():
             pending = await self._db.run(profiles.pending_requests, self._db.store, [device_id])
             if self._sessions.get(device_id) is session:
