@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -14,6 +15,7 @@ from rich.console import Console
 from common.cli_errors import exit_for
 from common.errors import EdgefleetError, InvalidArgument
 from common.logs import configure_logging
+from common.types import LinkMeasurement, validate_name
 
 app = typer.Typer(help="The edgefleet device agent.", no_args_is_help=True, pretty_exceptions_enable=False)
 err = Console(stderr=True)
@@ -29,6 +31,29 @@ def _labels(pairs: list[str]) -> dict[str, str]:
     return labels
 
 
+def _links(specs: list[str]) -> tuple[LinkMeasurement, ...]:
+    """``--link POOL=MBPS/RTT_MS[/RTT_P95_MS]``: what the device knows of its path to a compute pool."""
+    links: dict[str, LinkMeasurement] = {}
+    for spec in specs:
+        pool, sep, rest = spec.partition("=")
+        parts = rest.split("/")
+        try:
+            if not sep or not pool or len(parts) not in (2, 3):
+                raise ValueError
+            numbers = [float(x) for x in parts]
+        except ValueError:
+            raise InvalidArgument(
+                f"--link {spec!r}: use POOL=MBPS/RTT_MS or POOL=MBPS/RTT_MS/RTT_P95_MS"
+            ) from None
+        if numbers[0] <= 0 or any(x < 0 for x in numbers[1:]) or not all(map(math.isfinite, numbers)):
+            raise InvalidArgument(f"--link {spec!r}: bandwidth must be > 0 and round-trip times >= 0")
+        validate_name("pool name", pool)
+        if pool in links:
+            raise InvalidArgument(f"--link: pool {pool!r} is given twice")
+        links[pool] = LinkMeasurement(pool, numbers[0], numbers[1], numbers[2] if len(numbers) == 3 else 0.0)
+    return tuple(links.values())
+
+
 @app.command()
 def run(
     controller: Annotated[str, typer.Option(envvar="EDGEFLEET_CONTROLLER", help="Controller HOST:PORT.")],
@@ -42,6 +67,12 @@ def run(
         "127.0.0.1:0"
     ),
     label: Annotated[list[str] | None, typer.Option(help="KEY=VALUE label; repeat for more.")] = None,
+    link: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="POOL=MBPS/RTT_MS[/RTT_P95_MS]: the link to a compute pool, for the planner; repeat for more."
+        ),
+    ] = None,
     threads: Annotated[int, typer.Option(help="onnxruntime intra-op threads.")] = 1,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
     log_format: Annotated[str, typer.Option(help="text or json.")] = "text",
@@ -59,6 +90,7 @@ def run(
             device_id=device_id,
             listen=listen,
             labels=_labels(label or []),
+            links=_links(link or []),
             threads=threads,
         )
         code = asyncio.run(run_agent(config))

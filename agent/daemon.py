@@ -37,6 +37,7 @@ from common.types import (
     AssignmentFailure,
     DeviceIdentity,
     InferenceRecord,
+    LinkMeasurement,
     ProfileReport,
     ProfileRequest,
 )
@@ -70,6 +71,8 @@ class AgentConfig:
     device_id: str = ""
     listen: str = "127.0.0.1:0"
     labels: dict[str, str] = field(default_factory=dict)
+    #: What the device knows of its links to compute pools (told by the operator; measured later).
+    links: tuple[LinkMeasurement, ...] = ()
     threads: int = 1
     backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
     fetch_backoff: BackoffPolicy = field(default_factory=lambda: BackoffPolicy(base_s=1.0, cap_s=60.0))
@@ -126,6 +129,7 @@ class AgentDaemon:
         self.core = AgentCore(
             CoreConfig(
                 hardware=hardware.detect(config.hardware_class, config.labels),
+                links=config.links,
                 has_bootstrap_token=bool(config.token),
                 backoff=config.backoff,
                 fetch_backoff=config.fetch_backoff,

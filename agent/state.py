@@ -21,7 +21,14 @@ from typing import Any
 from agent.core.snapshot import AgentSnapshot, FailedVersion
 from common.errors import PermanentError
 from common.files import atomic_write
-from common.types import Assignment, AssignmentFailure, DeviceIdentity, ReportedState
+from common.types import (
+    Assignment,
+    AssignmentFailure,
+    AssignmentPlan,
+    DeviceIdentity,
+    PlannedSegment,
+    ReportedState,
+)
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +134,12 @@ def _identity_from_json(raw: Any, path: Path) -> DeviceIdentity:
 
 
 def _assignment(raw: Any) -> Assignment | None:
-    return None if raw is None else Assignment(**raw)
+    if raw is None:
+        return None
+    plan = raw.get("plan")
+    if plan is not None:
+        plan = AssignmentPlan(**{**plan, "segments": tuple(PlannedSegment(**s) for s in plan["segments"])})
+    return Assignment(**{**raw, "plan": plan})
 
 
 def _snapshot_to_json(s: AgentSnapshot) -> dict[str, Any]:

@@ -41,3 +41,10 @@ MAX_KEPT_PROFILE_REPORTS = 16
 #: Segments one EvaluateSegments call may name, and devices one RequestProfile call may list.
 MAX_EVALUATED_SEGMENTS = 64
 MAX_PROFILED_DEVICES = 10_000
+#: Links a device reports (one per compute pool it can reach).
+MAX_LINKS = 32
+#: Policy files in one plan/diff/apply request, and their total size.
+MAX_POLICY_FILES = 512
+MAX_POLICY_BYTES = 8 * MIB
+#: Applies a history listing returns at most.
+MAX_POLICY_HISTORY = 1000

@@ -86,14 +86,56 @@ class HardwareProfile:
 
 
 @dataclass(frozen=True, slots=True)
+class PlannedSegment:
+    """One segment of a planned model: blocks ``start_cut..end_cut`` (0: the model inputs as start,
+    its outputs as end, as ``BlockProfile`` numbers them) at ``precision`` on ``tier`` (device,
+    edge or cloud), run by ``where`` (the device itself, an edge node's device id, a cloud pool)."""
+
+    tier: str
+    start_cut: int
+    end_cut: int
+    precision: str
+    where: str
+
+
+@dataclass(frozen=True, slots=True)
+class AssignmentPlan:
+    """How the fleet planner placed a device's model (see ``controller.planner``)."""
+
+    deployment: str
+    pattern: str  # local | device+edge | device+cloud | device+edge+cloud
+    segments: tuple[PlannedSegment, ...] = ()
+    edge_pool: str = ""
+    edge_node: str = ""
+    cloud_pool: str = ""
+    fallback_variant: str = ""
+    predicted_latency_ms: float = 0.0
+    predicted_accuracy: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class LinkMeasurement:
+    """A device's network path to one compute pool (``rtt_p95_ms`` 0: not measured)."""
+
+    pool: str
+    bandwidth_mbps: float
+    rtt_ms: float
+    rtt_p95_ms: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class Assignment:
-    """Desired state for one device; ``version`` increases by one each time it changes."""
+    """Desired state for one device; ``version`` increases by one each time it changes.
+
+    ``plan`` is set when the fleet planner made it: the model/variant are then what the device runs
+    on its own (the whole model for a local plan, the fallback for a partitioned one)."""
 
     version: int
     model_name: str = ""
     variant: str = ""
     artifact_sha256: str = ""
     artifact_size_bytes: int = 0
+    plan: AssignmentPlan | None = None
 
     @property
     def is_empty(self) -> bool:
@@ -253,6 +295,7 @@ class Device:
     records_received: int = 0
     last_sequence: int = 0
     records_dropped: int = 0
+    links: tuple[LinkMeasurement, ...] = ()  # as the device last reported them, by pool
 
     @property
     def converged(self) -> bool:
@@ -327,11 +370,13 @@ class Hello:
     reported: ReportedState
     telemetry_watermark: int = 0
     records_dropped: int = 0
+    links: tuple[LinkMeasurement, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class Heartbeat:
     sent_at_ms: int
+    links: tuple[LinkMeasurement, ...] = ()  # set when they changed since last sent
 
 
 @dataclass(frozen=True, slots=True)
@@ -564,3 +609,38 @@ def validate_hardware_class(value: str) -> str:
             f"{', '.join(KNOWN_HARDWARE_CLASSES)}"
         )
     return value
+
+
+# --- policies ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyFile:
+    path: str
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyApply:
+    """One ``fleetctl apply``: who, when, from which commit, what it changed."""
+
+    id: int
+    applied_at_ms: int
+    applied_by: str
+    git_commit: str
+    git_dirty: bool
+    source: str
+    digest: str
+    documents: int
+    devices_changed: int
+    summary_json: str = "{}"
+    message: str = ""
+    #: The canonical policy set applied (JSON); the store keeps it, listings may leave it out.
+    policies_json: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class AssignmentChange:
+    device_id: str
+    before: str
+    after: str

@@ -11,12 +11,15 @@ import grpc
 from common import limits, serde
 from common.errors import TransientError
 from common.types import (
+    AssignmentChange,
     AssignResult,
     CreatedToken,
     Device,
     ImportModelHeader,
     ImportProgress,
     Model,
+    PolicyApply,
+    PolicyFile,
     ProfileRequestRecord,
     SegmentEvaluation,
     SegmentSpec,
@@ -26,6 +29,8 @@ T = TypeVar("T")
 IMPORT_CHUNK_BYTES = 1 * limits.MIB
 #: Evaluating a mix builds its segments and runs the eval data: seconds for digits, minutes for MiniLM.
 EVALUATE_TIMEOUT_S = 900.0
+#: Planning a fleet of 100,000 devices takes seconds; give it room.
+POLICY_TIMEOUT_S = 120.0
 
 
 class AdminClient:
@@ -178,3 +183,56 @@ class AdminClient:
         except grpc.RpcError as exc:
             raise serde.error_from_rpc_error(exc) from None
         raise TransientError("import: the controller ended the stream without the model")
+
+    # --- policies -------------------------------------------------------------------------------
+
+    def plan_policies(
+        self, files: Sequence[PolicyFile], *, explain: Sequence[str] = (), devices: bool = False
+    ) -> dict[str, Any]:
+        return self._call(
+            self._stub.PlanPolicies,
+            serde.plan_policies_request_to_pb(files, explain=explain, devices=devices),
+            serde.plan_policies_response_from_pb,
+            timeout=POLICY_TIMEOUT_S,
+        )
+
+    def diff_policies(
+        self, files: Sequence[PolicyFile]
+    ) -> tuple[dict[str, Any], tuple[AssignmentChange, ...], dict[str, Any]]:
+        return self._call(
+            self._stub.DiffPolicies,
+            serde.plan_policies_request_to_pb(files),
+            serde.diff_policies_response_from_pb,
+            timeout=POLICY_TIMEOUT_S,
+        )
+
+    def apply_policies(
+        self,
+        files: Sequence[PolicyFile],
+        *,
+        applied_by: str,
+        git_commit: str = "",
+        git_dirty: bool = False,
+        source: str = "",
+        message: str = "",
+    ) -> tuple[PolicyApply, bool, tuple[AssignmentChange, ...]]:
+        return self._call(
+            self._stub.ApplyPolicies,
+            serde.apply_policies_request_to_pb(
+                files,
+                applied_by=applied_by,
+                git_commit=git_commit,
+                git_dirty=git_dirty,
+                source=source,
+                message=message,
+            ),
+            serde.apply_policies_response_from_pb,
+            timeout=POLICY_TIMEOUT_S,
+        )
+
+    def list_policy_applies(self, *, limit: int = 0) -> tuple[PolicyApply, ...]:
+        return self._call(
+            self._stub.ListPolicyApplies,
+            serde.list_policy_applies_request_to_pb(limit),
+            serde.list_policy_applies_response_from_pb,
+        )

@@ -133,6 +133,18 @@ class Hub:
         self._busy = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        #: Told when something the fleet plan depends on changed (links, hardware, a new device, a
+        #: profile); the controller's re-planner listens. Never raises into the stream handler.
+        self.on_fleet_change: Callable[[str], None] | None = None
+
+    def _fleet_changed(self, reason: str) -> None:
+        listener = self.on_fleet_change
+        if listener is None:
+            return
+        try:
+            listener(reason)
+        except Exception:
+            log.exception("fleet-change listener failed (%s)", reason)
 
     @property
     def connected_count(self) -> int:
@@ -207,7 +219,9 @@ class Hub:
         if not session.hello_seen:
             raise InvalidArgument("the first message on the control stream must be a hello")
         if isinstance(message, Heartbeat):
-            await self._db.run(store.touch_device, session.device_id, now_ms=now_ms)
+            reason = await self._db.run(sync.on_heartbeat, store, session.device_id, message, now_ms=now_ms)
+            if reason:
+                self._fleet_changed(reason)
         elif isinstance(message, TelemetryBatch):
             for reply in await self._db.run(
                 sync.on_telemetry, store, session.device_id, message, now_ms=now_ms
@@ -225,16 +239,19 @@ class Hub:
             )
             if request is not None:
                 session.profile_sent.pop(request.request_id, None)
+                self._fleet_changed(f"device {session.device_id} reported a profile of {message.model_name}")
 
     async def _on_hello(self, session: Session, hello: Hello, now_ms: int) -> None:
         store = self._db.store
         # A kick before this point is covered: on_hello reads the device after that assignment was stored.
         session.kick_deferred = False
         session.profiles_deferred = False
-        replies = await self._db.run(
+        replies, reason = await self._db.run(
             sync.on_hello, store, session.device_id, hello, now_ms=now_ms, policy=self.policy
         )
         session.hello_seen = True
+        if reason:
+            self._fleet_changed(reason)
         for reply in replies:
             self._send(session, reply)
         if session.kick_deferred:

@@ -16,6 +16,7 @@ from controller.api.admin_api import AdminApi
 from controller.api.device_api import DeviceApi
 from controller.artifacts import ArtifactStore
 from controller.hub import Db, Hub, ShuttingDown
+from controller.replan import Replanner
 from controller.service.clock import Clock, SystemClock
 from controller.service.sync import SyncPolicy
 from controller.store.sqlite import SqliteStore
@@ -41,6 +42,9 @@ class ControllerConfig:
     reconcile_interval_s: float = 1.0
     max_model_bytes: int = limits.MAX_MODEL_BYTES
     grace_s: float = 5.0
+    #: Re-plan the applied policies this long after the fleet last changed, and at least this often.
+    replan_settle_s: float = 2.0
+    replan_every_s: float = 60.0
 
 
 class Controller:
@@ -53,6 +57,16 @@ class Controller:
         self.db = Db(SqliteStore(config.data_dir / "controller.db"))
         self.artifacts = ArtifactStore(config.data_dir / "artifacts")
         self.hub = Hub(self.db, self.clock, config.policy)
+        self.policy_lock = asyncio.Lock()
+        self.replanner = Replanner(
+            self.db,
+            self.hub,
+            self.policy_lock,
+            self.clock,
+            settle_s=config.replan_settle_s,
+            every_s=config.replan_every_s,
+        )
+        self.hub.on_fleet_change = self.replanner.mark
         self._server: grpc.aio.Server | None = None
         self._scheduler: AsyncIOScheduler | None = None
         self.port = 0
@@ -69,7 +83,12 @@ class Controller:
         )
         serde.add_AdminServiceServicer_to_server(
             AdminApi(
-                self.db, self.hub, self.artifacts, self.clock, max_model_bytes=self.config.max_model_bytes
+                self.db,
+                self.hub,
+                self.artifacts,
+                self.clock,
+                max_model_bytes=self.config.max_model_bytes,
+                policy_lock=self.policy_lock,
             ),
             server,
         )
@@ -87,9 +106,18 @@ class Controller:
             max_instances=1,
             coalesce=True,
         )
+        scheduler.add_job(self._replan, "interval", seconds=1.0, id="replan", max_instances=1, coalesce=True)
         scheduler.start()
         self._scheduler = scheduler
         log.info("controller listening on %s (data dir %s)", self.address, self.config.data_dir)
+
+    async def _replan(self) -> None:
+        try:
+            await self.replanner.tick()
+        except ShuttingDown:
+            pass  # the store closed under a pass that started just before stop()
+        except Exception:
+            log.exception("re-plan pass failed; the next one tries again")
 
     @property
     def address(self) -> str:

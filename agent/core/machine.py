@@ -40,6 +40,7 @@ from common.types import (
     Heartbeat,
     Hello,
     InferenceRecord,
+    LinkMeasurement,
     ProfileReport,
     ProfileRequest,
     ReportedState,
@@ -70,6 +71,8 @@ class Link(enum.Enum):
 @dataclass(frozen=True, slots=True)
 class CoreConfig:
     hardware: HardwareProfile
+    #: The device's links to compute pools, sent with every hello (the planner's input).
+    links: tuple[LinkMeasurement, ...] = ()
     has_bootstrap_token: bool = True
     backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
     fetch_backoff: BackoffPolicy = field(default_factory=lambda: BackoffPolicy(base_s=1.0, cap_s=60.0))
@@ -290,6 +293,7 @@ class AgentCore:
                     reported=self.reported,
                     telemetry_watermark=self._telemetry.last_used_sequence,
                     records_dropped=self._telemetry.records_dropped,
+                    links=self._config.links,
                 )
             )
         )

@@ -1,16 +1,24 @@
-"""admin.proto: tokens, devices, model import and assignment."""
+"""admin.proto: tokens, devices, model import and assignment, profiles, and policies."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from edgefleet.v1 import admin_pb2 as admin_pb
 
 from common.errors import InvalidArgument
-from common.limits import MAX_EVALUATED_SEGMENTS, MAX_MODEL_BYTES, MAX_PROFILE_RUNS, MAX_PROFILED_DEVICES
+from common.limits import (
+    MAX_EVALUATED_SEGMENTS,
+    MAX_MODEL_BYTES,
+    MAX_POLICY_BYTES,
+    MAX_POLICY_FILES,
+    MAX_POLICY_HISTORY,
+    MAX_PROFILE_RUNS,
+    MAX_PROFILED_DEVICES,
+)
 from common.serde._types import device_from_pb, device_to_pb, model_from_pb, model_to_pb
 from common.serde._validate import (
     _at,
@@ -25,12 +33,15 @@ from common.serde._validate import (
 )
 from common.types import (
     DEFAULT_VARIANT,
+    AssignmentChange,
     AssignResult,
     CreatedToken,
     Device,
     ImportModelHeader,
     ImportProgress,
     Model,
+    PolicyApply,
+    PolicyFile,
     ProfileRequestRecord,
     SegmentEvaluation,
     SegmentSpec,
@@ -375,3 +386,198 @@ def request_profile_response_from_pb(pb: admin_pb.RequestProfileResponse) -> tup
         )
         for i, r in enumerate(pb.requests)
     )
+
+
+# --- policies: plan, diff, apply, history ------------------------------------------------------
+
+
+def _policy_files(path: str, pbs: Sequence[admin_pb.PolicyFile]) -> tuple[PolicyFile, ...]:
+    if not pbs:
+        _fail(path, "no policy files")
+    if len(pbs) > MAX_POLICY_FILES:
+        _fail(path, f"{len(pbs)} files, at most {MAX_POLICY_FILES}")
+    total = sum(len(f.content) for f in pbs)
+    if total > MAX_POLICY_BYTES:
+        _fail(path, f"{total} characters of policy text, at most {MAX_POLICY_BYTES}")
+    out = tuple(PolicyFile(_nonempty(f"{path}[{i}].path", f.path), f.content) for i, f in enumerate(pbs))
+    if len({f.path for f in out}) != len(out):
+        _fail(path, "a file path is listed twice")
+    return out
+
+
+def _policy_files_to_pb(files: Iterable[PolicyFile]) -> list[admin_pb.PolicyFile]:
+    return [admin_pb.PolicyFile(path=f.path, content=f.content) for f in files]
+
+
+def plan_policies_request_to_pb(
+    files: Iterable[PolicyFile], *, explain: Iterable[str] = (), devices: bool = False
+) -> admin_pb.PlanPoliciesRequest:
+    return admin_pb.PlanPoliciesRequest(
+        files=_policy_files_to_pb(files), explain=list(explain), devices=devices
+    )
+
+
+def plan_policies_request_from_pb(
+    pb: admin_pb.PlanPoliciesRequest,
+) -> tuple[tuple[PolicyFile, ...], tuple[str, ...], bool]:
+    """``(files, devices to explain, include every device's plan)``."""
+    if len(pb.explain) > MAX_PROFILED_DEVICES:
+        _fail("explain", f"{len(pb.explain)} devices, at most {MAX_PROFILED_DEVICES}")
+    explain = tuple(_name(f"explain[{i}]", d) for i, d in enumerate(pb.explain))
+    return _policy_files("files", pb.files), explain, pb.devices
+
+
+def plan_policies_response_to_pb(plan_doc: dict[str, Any]) -> admin_pb.PlanPoliciesResponse:
+    return admin_pb.PlanPoliciesResponse(plan_json=json.dumps(plan_doc, sort_keys=True))
+
+
+def plan_policies_response_from_pb(pb: admin_pb.PlanPoliciesResponse) -> dict[str, Any]:
+    return _json_object("plan_json", pb.plan_json)
+
+
+def _json_object(path: str, text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        _fail(path, f"not JSON: {exc}")
+    if not isinstance(value, dict):
+        _fail(path, "not a JSON object")
+    return value
+
+
+def _changes_to_pb(changes: Iterable[AssignmentChange]) -> list[admin_pb.AssignmentChange]:
+    return [admin_pb.AssignmentChange(device_id=c.device_id, before=c.before, after=c.after) for c in changes]
+
+
+def _changes_from_pb(pbs: Iterable[admin_pb.AssignmentChange]) -> tuple[AssignmentChange, ...]:
+    return tuple(
+        AssignmentChange(_name(f"changes[{i}].device_id", c.device_id), _text(c.before), _text(c.after))
+        for i, c in enumerate(pbs)
+    )
+
+
+def diff_policies_response_to_pb(
+    policy_diff: dict[str, Any], changes: Iterable[AssignmentChange], plan_summary: dict[str, Any]
+) -> admin_pb.DiffPoliciesResponse:
+    return admin_pb.DiffPoliciesResponse(
+        policy_diff_json=json.dumps(policy_diff, sort_keys=True),
+        changes=_changes_to_pb(changes),
+        plan_summary_json=json.dumps(plan_summary, sort_keys=True),
+    )
+
+
+def diff_policies_response_from_pb(
+    pb: admin_pb.DiffPoliciesResponse,
+) -> tuple[dict[str, Any], tuple[AssignmentChange, ...], dict[str, Any]]:
+    return (
+        _json_object("policy_diff_json", pb.policy_diff_json),
+        _changes_from_pb(pb.changes),
+        _json_object("plan_summary_json", pb.plan_summary_json),
+    )
+
+
+def apply_policies_request_to_pb(
+    files: Iterable[PolicyFile],
+    *,
+    applied_by: str,
+    git_commit: str,
+    git_dirty: bool,
+    source: str,
+    message: str,
+) -> admin_pb.ApplyPoliciesRequest:
+    return admin_pb.ApplyPoliciesRequest(
+        files=_policy_files_to_pb(files),
+        applied_by=applied_by,
+        git_commit=git_commit,
+        git_dirty=git_dirty,
+        source=source,
+        message=message,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyRequest:
+    files: tuple[PolicyFile, ...]
+    applied_by: str
+    git_commit: str
+    git_dirty: bool
+    source: str
+    message: str
+
+
+def apply_policies_request_from_pb(pb: admin_pb.ApplyPoliciesRequest) -> ApplyRequest:
+    commit = pb.git_commit
+    if commit and (len(commit) > 64 or not all(c in "0123456789abcdef" for c in commit)):
+        _fail("git_commit", f"{commit[:80]!r} is not a hex commit id")
+    return ApplyRequest(
+        files=_policy_files("files", pb.files),
+        applied_by=_text(pb.applied_by),
+        git_commit=commit,
+        git_dirty=pb.git_dirty,
+        source=_text(pb.source),
+        message=_text(pb.message),
+    )
+
+
+def policy_apply_to_pb(a: PolicyApply) -> admin_pb.PolicyApply:
+    return admin_pb.PolicyApply(
+        id=a.id,
+        applied_at_ms=a.applied_at_ms,
+        applied_by=a.applied_by,
+        git_commit=a.git_commit,
+        git_dirty=a.git_dirty,
+        source=a.source,
+        digest=a.digest,
+        documents=a.documents,
+        devices_changed=a.devices_changed,
+        summary_json=a.summary_json,
+        message=a.message,
+    )
+
+
+def policy_apply_from_pb(pb: admin_pb.PolicyApply, *, path: str = "apply") -> PolicyApply:
+    return PolicyApply(
+        id=pb.id,
+        applied_at_ms=pb.applied_at_ms,
+        applied_by=_text(pb.applied_by),
+        git_commit=_text(pb.git_commit),
+        git_dirty=pb.git_dirty,
+        source=_text(pb.source),
+        digest=_sha256(_at(path, "digest"), pb.digest, required=False),
+        documents=pb.documents,
+        devices_changed=pb.devices_changed,
+        summary_json=pb.summary_json or "{}",
+        message=_text(pb.message),
+    )
+
+
+def apply_policies_response_to_pb(
+    record: PolicyApply, *, changed: bool, changes: Iterable[AssignmentChange]
+) -> admin_pb.ApplyPoliciesResponse:
+    return admin_pb.ApplyPoliciesResponse(
+        apply=policy_apply_to_pb(record), changed=changed, changes=_changes_to_pb(changes)
+    )
+
+
+def apply_policies_response_from_pb(
+    pb: admin_pb.ApplyPoliciesResponse,
+) -> tuple[PolicyApply, bool, tuple[AssignmentChange, ...]]:
+    return policy_apply_from_pb(pb.apply), pb.changed, _changes_from_pb(pb.changes)
+
+
+def list_policy_applies_request_to_pb(limit: int = 0) -> admin_pb.ListPolicyAppliesRequest:
+    return admin_pb.ListPolicyAppliesRequest(limit=limit)
+
+
+def list_policy_applies_request_from_pb(pb: admin_pb.ListPolicyAppliesRequest) -> int:
+    if pb.limit > MAX_POLICY_HISTORY:
+        _fail("limit", f"{pb.limit}, at most {MAX_POLICY_HISTORY}")
+    return pb.limit or 50
+
+
+def list_policy_applies_response_to_pb(applies: Iterable[PolicyApply]) -> admin_pb.ListPolicyAppliesResponse:
+    return admin_pb.ListPolicyAppliesResponse(applies=[policy_apply_to_pb(a) for a in applies])
+
+
+def list_policy_applies_response_from_pb(pb: admin_pb.ListPolicyAppliesResponse) -> tuple[PolicyApply, ...]:
+    return tuple(policy_apply_from_pb(a, path=f"applies[{i}]") for i, a in enumerate(pb.applies))

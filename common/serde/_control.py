@@ -23,6 +23,8 @@ from common.serde._types import (
     block_range,
     hardware_profile_from_pb,
     hardware_profile_to_pb,
+    link_measurement_to_pb,
+    links_from_pb,
     reported_state_from_pb,
     reported_state_to_pb,
 )
@@ -188,6 +190,7 @@ def hello_to_pb(h: Hello) -> controller_pb.Hello:
         reported=reported_state_to_pb(h.reported),
         telemetry_watermark=h.telemetry_watermark,
         records_dropped=h.records_dropped,
+        links=[link_measurement_to_pb(m) for m in h.links],
     )
 
 
@@ -198,15 +201,18 @@ def hello_from_pb(pb: controller_pb.Hello, *, path: str = "hello") -> Hello:
         reported=reported_state_from_pb(pb.reported, path=_at(path, "reported")),
         telemetry_watermark=pb.telemetry_watermark,
         records_dropped=pb.records_dropped,
+        links=links_from_pb(pb.links, path=_at(path, "links")),
     )
 
 
 def heartbeat_to_pb(h: Heartbeat) -> controller_pb.Heartbeat:
-    return controller_pb.Heartbeat(sent_at_ms=h.sent_at_ms)
+    return controller_pb.Heartbeat(
+        sent_at_ms=h.sent_at_ms, links=[link_measurement_to_pb(m) for m in h.links]
+    )
 
 
 def heartbeat_from_pb(pb: controller_pb.Heartbeat, *, path: str = "heartbeat") -> Heartbeat:
-    return Heartbeat(sent_at_ms=pb.sent_at_ms)
+    return Heartbeat(sent_at_ms=pb.sent_at_ms, links=links_from_pb(pb.links, path=_at(path, "links")))
 
 
 def telemetry_batch_to_pb(b: TelemetryBatch) -> controller_pb.TelemetryBatch:

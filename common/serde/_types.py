@@ -4,12 +4,13 @@ assignments, reported state, models, devices)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Final
 
 from edgefleet.v1 import types_pb2 as types_pb
 from google.protobuf.message import Message as _PbMessage
 
+from common.limits import MAX_LINKS
 from common.serde._validate import (
     _at,
     _enum,
@@ -27,6 +28,7 @@ from common.serde._validate import (
 from common.types import (
     Assignment,
     AssignmentFailure,
+    AssignmentPlan,
     BlockAccuracy,
     BlockProfile,
     ClassBlockProfile,
@@ -34,8 +36,10 @@ from common.types import (
     DataType,
     Device,
     HardwareProfile,
+    LinkMeasurement,
     Model,
     ModelVariant,
+    PlannedSegment,
     RejectedVariant,
     ReportedState,
     Tensor,
@@ -171,13 +175,16 @@ def hardware_profile_from_pb(pb: types_pb.HardwareProfile, *, path: str = "hardw
 
 
 def assignment_to_pb(a: Assignment) -> types_pb.Assignment:
-    return types_pb.Assignment(
+    pb = types_pb.Assignment(
         version=a.version,
         model_name=a.model_name,
         variant=a.variant,
         artifact_sha256=a.artifact_sha256,
         artifact_size_bytes=a.artifact_size_bytes,
     )
+    if a.plan is not None:
+        pb.plan.CopyFrom(assignment_plan_to_pb(a.plan))
+    return pb
 
 
 def assignment_from_pb(pb: types_pb.Assignment, *, path: str = "assignment") -> Assignment:
@@ -189,7 +196,94 @@ def assignment_from_pb(pb: types_pb.Assignment, *, path: str = "assignment") -> 
         variant=_name(_at(path, "variant"), pb.variant, required=runs_model),
         artifact_sha256=_sha256(_at(path, "artifact_sha256"), pb.artifact_sha256, required=runs_model),
         artifact_size_bytes=pb.artifact_size_bytes,
+        plan=assignment_plan_from_pb(pb.plan, path=_at(path, "plan")) if pb.HasField("plan") else None,
     )
+
+
+PLAN_PATTERNS = ("local", "device+edge", "device+cloud", "device+edge+cloud")
+SEGMENT_TIERS = ("device", "edge", "cloud")
+#: A plan has at most one segment per tier.
+MAX_PLANNED_SEGMENTS = len(SEGMENT_TIERS)
+
+
+def assignment_plan_to_pb(p: AssignmentPlan) -> types_pb.AssignmentPlan:
+    return types_pb.AssignmentPlan(
+        deployment=p.deployment,
+        pattern=p.pattern,
+        segments=[
+            types_pb.PlannedSegment(
+                tier=s.tier, start_cut=s.start_cut, end_cut=s.end_cut, precision=s.precision, where=s.where
+            )
+            for s in p.segments
+        ],
+        edge_pool=p.edge_pool,
+        edge_node=p.edge_node,
+        cloud_pool=p.cloud_pool,
+        fallback_variant=p.fallback_variant,
+        predicted_latency_ms=p.predicted_latency_ms,
+        predicted_accuracy=p.predicted_accuracy,
+    )
+
+
+def assignment_plan_from_pb(pb: types_pb.AssignmentPlan, *, path: str = "plan") -> AssignmentPlan:
+    if pb.pattern not in PLAN_PATTERNS:
+        _fail(_at(path, "pattern"), f"unknown pattern {pb.pattern!r}: one of {', '.join(PLAN_PATTERNS)}")
+    if not pb.segments or len(pb.segments) > MAX_PLANNED_SEGMENTS:
+        _fail(_at(path, "segments"), f"{len(pb.segments)} segments, 1 to {MAX_PLANNED_SEGMENTS} expected")
+    segments: list[PlannedSegment] = []
+    for i, s in enumerate(pb.segments):
+        at = _at(path, f"segments[{i}]")
+        if s.tier not in SEGMENT_TIERS:
+            _fail(_at(at, "tier"), f"unknown tier {s.tier!r}: one of {', '.join(SEGMENT_TIERS)}")
+        segments.append(
+            PlannedSegment(
+                tier=s.tier,
+                start_cut=s.start_cut,
+                end_cut=s.end_cut,
+                precision=_name(_at(at, "precision"), s.precision),
+                where=_name(_at(at, "where"), s.where),
+            )
+        )
+    return AssignmentPlan(
+        deployment=_name(_at(path, "deployment"), pb.deployment),
+        pattern=pb.pattern,
+        segments=tuple(segments),
+        edge_pool=_name(_at(path, "edge_pool"), pb.edge_pool, required=False),
+        edge_node=_name(_at(path, "edge_node"), pb.edge_node, required=False),
+        cloud_pool=_name(_at(path, "cloud_pool"), pb.cloud_pool, required=False),
+        fallback_variant=_name(_at(path, "fallback_variant"), pb.fallback_variant, required=False),
+        predicted_latency_ms=_latency(_at(path, "predicted_latency_ms"), pb.predicted_latency_ms),
+        predicted_accuracy=_finite(_at(path, "predicted_accuracy"), pb.predicted_accuracy),
+    )
+
+
+def link_measurement_to_pb(m: LinkMeasurement) -> types_pb.LinkMeasurement:
+    return types_pb.LinkMeasurement(
+        pool=m.pool, bandwidth_mbps=m.bandwidth_mbps, rtt_ms=m.rtt_ms, rtt_p95_ms=m.rtt_p95_ms
+    )
+
+
+def link_measurement_from_pb(pb: types_pb.LinkMeasurement, *, path: str = "link") -> LinkMeasurement:
+    bandwidth = _finite(_at(path, "bandwidth_mbps"), pb.bandwidth_mbps)
+    if bandwidth <= 0:
+        _fail(_at(path, "bandwidth_mbps"), f"{bandwidth} is not positive")
+    return LinkMeasurement(
+        pool=_name(_at(path, "pool"), pb.pool),
+        bandwidth_mbps=bandwidth,
+        rtt_ms=_latency(_at(path, "rtt_ms"), pb.rtt_ms),
+        rtt_p95_ms=_latency(_at(path, "rtt_p95_ms"), pb.rtt_p95_ms),
+    )
+
+
+def links_from_pb(items: Sequence[types_pb.LinkMeasurement], *, path: str) -> tuple[LinkMeasurement, ...]:
+    """A device's links: at most ``MAX_LINKS``, one per pool."""
+    if len(items) > MAX_LINKS:
+        _fail(path, f"{len(items)} links, at most {MAX_LINKS}")
+    links = tuple(link_measurement_from_pb(m, path=f"{path}[{i}]") for i, m in enumerate(items))
+    pools = [m.pool for m in links]
+    if len(set(pools)) != len(pools):
+        _fail(path, "a pool is listed twice")
+    return links
 
 
 def reported_state_to_pb(r: ReportedState) -> types_pb.ReportedState:
@@ -456,6 +550,7 @@ def device_to_pb(d: Device) -> types_pb.Device:
         records_received=d.records_received,
         last_sequence=d.last_sequence,
         records_dropped=d.records_dropped,
+        links=[link_measurement_to_pb(m) for m in d.links],
     )
     if d.assignment is not None:
         pb.assignment.CopyFrom(assignment_to_pb(d.assignment))
@@ -484,4 +579,5 @@ def device_from_pb(pb: types_pb.Device, *, path: str = "device") -> Device:
         records_received=pb.records_received,
         last_sequence=pb.last_sequence,
         records_dropped=pb.records_dropped,
+        links=links_from_pb(pb.links, path=_at(path, "links")),
     )

@@ -26,6 +26,7 @@ from common.types import (
 )
 from controller import manifests
 from controller.api.errors import Context, streaming, unary
+from controller.api.policy_api import PolicyRpcs
 from controller.artifacts import ArtifactStore, Upload
 from controller.hub import Db, Hub
 from controller.onnx_check import inspect_onnx
@@ -39,9 +40,16 @@ from controller.toolchain.variants import VariantResult, build_variants, check_p
 log = logging.getLogger(__name__)
 
 
-class AdminApi(serde.AdminServiceServicer):
+class AdminApi(PolicyRpcs, serde.AdminServiceServicer):
     def __init__(
-        self, db: Db, hub: Hub, artifacts: ArtifactStore, clock: Clock, *, max_model_bytes: int
+        self,
+        db: Db,
+        hub: Hub,
+        artifacts: ArtifactStore,
+        clock: Clock,
+        *,
+        max_model_bytes: int,
+        policy_lock: asyncio.Lock | None = None,
     ) -> None:
         self._db = db
         self._hub = hub
@@ -51,6 +59,8 @@ class AdminApi(serde.AdminServiceServicer):
         # Held from storing an import's bytes to registering them (or discarding them on failure), so a
         # failed import cannot discard bytes that a concurrent import of the same content is registering.
         self._import_lock = asyncio.Lock()
+        # Applies (and the controller's re-plans) one at a time: each plans from what the last wrote.
+        self._policy_lock = policy_lock or asyncio.Lock()
         self._evaluator = SegmentEvaluator(artifacts, workdir=artifacts.tmp_dir)
 
     @unary

@@ -6,19 +6,42 @@ profiled cut points become the planner's blocks; a precision is offered when eve
 batch-1 time at it and a whole-model variant exists (the fallback is always a whole variant).
 
 Quality is relative to fp32: task accuracy over fp32's when the eval data had labels, else the
-cosine similarity to fp32 (agreement for class outputs). Where a per-block measurement is missing —
-weights per block, or a block's own quality loss — the whole variant's figure is spread over the
-blocks in proportion to their fp32 time, and the model says so (``estimated_loss``), so an
+cosine similarity to fp32 (agreement for class outputs). A block's own loss at a precision is what
+the import measured with only that block lowered (``Model.block_accuracy``); its weights are the
+size of its block artifact. Where one of those is missing, the whole variant's figure is spread over
+the blocks in proportion to their fp32 time, and the model says so (``estimated_loss``), so an
 explanation never passes an estimate off as a measurement.
+
+Hardware classes whose agents profiled the blocks (``Model.class_profiles``, the median over the
+devices of the class) get those times; the planner scales the host's for the others.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
-from common.types import CutPoint, Model, ModelVariant, TensorSpec
-from controller.planner.types import HOST, PRECISIONS, PlannerModel, VariantInfo
+from common.types import CutPoint, Device, Model, ModelVariant, TensorSpec
+from controller.planner import catalog
+from controller.planner.types import (
+    HOST,
+    PRECISIONS,
+    Batching,
+    ConfigKey,
+    DeploymentInput,
+    DeviceInput,
+    Link,
+    PlanInput,
+    PlannerModel,
+    PoolInput,
+    Tier,
+    VariantInfo,
+    Weights,
+)
+from controller.planner.types import HardwareClassSpec as PlannerClassSpec
+from controller.policy import Link as PolicyLink
+from controller.policy import PolicySet, selectors
 
 #: A dimension the model leaves open (other than the batch) counts as this many elements when
 #: estimating bytes on the wire: small, so an unknown does not make every cut look expensive.
@@ -47,8 +70,19 @@ def planner_model(model: Model) -> PlannerModel | None:
     fp32 = variants["fp32"]
     quality = {p: _quality(variants[p], fp32) for p in precisions}
     share = _shares(times[(HOST, "fp32", 1)])
-    block_bytes = {p: tuple(int(variants[p].size_bytes * s) for s in share) for p in precisions}
-    block_loss = {p: tuple((1.0 - quality[p]) * s for s in share) for p in precisions}
+    sizes = {
+        (b.start_cut, b.end_cut, b.precision): b.artifact_size_bytes for b in blocks if b.artifact_size_bytes
+    }
+    block_bytes = {
+        p: tuple(sizes[(a, e, p)] for a, e in spans)
+        if all((a, e, p) in sizes for a, e in spans)
+        else tuple(int(variants[p].size_bytes * s) for s in share)
+        for p in precisions
+    }
+    measured = _block_losses(model, spans, precisions)
+    block_loss = {p: measured.get(p) or tuple((1.0 - quality[p]) * s for s in share) for p in precisions}
+    block_loss["fp32"] = (0.0,) * len(spans)
+    times.update(_class_times(model, spans))
     by_index = {c.index: c for c in model.cut_points}
     boundary = [_bytes(fp32.inputs), *(_cut_bytes(by_index.get(c)) for c in cuts), _bytes(fp32.outputs)]
     return PlannerModel(
@@ -60,8 +94,46 @@ def planner_model(model: Model) -> PlannerModel | None:
         block_bytes=block_bytes,
         block_loss=block_loss,
         variants={p: VariantInfo(p, variants[p].size_bytes, quality[p]) for p in precisions},
-        estimated_loss=frozenset(p for p in precisions if p != "fp32"),
+        estimated_loss=frozenset(p for p in precisions if p != "fp32" and p not in measured),
     )
+
+
+def _block_losses(
+    model: Model, spans: Sequence[tuple[int, int]], precisions: Sequence[str]
+) -> dict[str, tuple[float, ...]]:
+    """Per precision, each block's measured quality loss relative to fp32 (only precisions measured
+    on every block), from the metric whole variants are judged by."""
+    rows = {(a.start_cut, a.end_cut, a.precision): a for a in model.block_accuracy if not a.error}
+    ref = rows.get((0, 0, "fp32"))
+    if ref is None:
+        return {}
+    metric = next((m for m in ("accuracy", "cosine", "agreement") if getattr(ref, m) is not None), None)
+    if metric is None:
+        return {}
+    base = float(getattr(ref, metric))
+    out: dict[str, tuple[float, ...]] = {}
+    for p in precisions:
+        if p == "fp32":
+            continue
+        values = [getattr(rows[(a, e, p)], metric) if (a, e, p) in rows else None for a, e in spans]
+        if any(v is None for v in values) or base <= 0:
+            continue
+        # Relative to fp32, like variant quality; a block that scored above fp32 by noise costs nothing.
+        out[p] = tuple(max(0.0, (base - float(v)) / base) for v in values if v is not None)
+    return out
+
+
+def _class_times(
+    model: Model, spans: Sequence[tuple[int, int]]
+) -> dict[tuple[str, str, int], tuple[float, ...]]:
+    """Block times per (hardware class, precision, batch) where the class measured every block."""
+    found: dict[tuple[str, str, int], dict[tuple[int, int], float]] = {}
+    for c in model.class_profiles:
+        if c.devices > 0 and not c.error and c.latency_ms > 0:
+            found.setdefault((c.hardware_class, c.precision, c.batch_size), {})[(c.start_cut, c.end_cut)] = (
+                c.latency_ms
+            )
+    return {key: tuple(v[s] for s in spans) for key, v in found.items() if all(s in v for s in spans)}
 
 
 def _quality(v: ModelVariant, fp32: ModelVariant) -> float:
@@ -96,3 +168,125 @@ def _cut_bytes(cut: CutPoint | None) -> int:
     if cut.bytes_per_sample >= 0:
         return cut.bytes_per_sample
     return _bytes(cut.tensors)
+
+
+# --- policies + the controller's state -> PlanInput ------------------------------------------------
+
+
+def plan_input(
+    policies: PolicySet,
+    devices: Sequence[Device],
+    models: Mapping[str, Model],
+    *,
+    links: Mapping[str, Mapping[str, Link]] | None = None,
+    current: Mapping[str, ConfigKey] | None = None,
+    weights: Weights | None = None,
+) -> PlanInput:
+    """What the planner reads, from applied (or candidate) policies and the controller's view of the
+    fleet: group and pool membership resolved by label selectors, hardware classes from the
+    catalog with the policies' overrides, models from their import profiles.
+
+    Devices that serve a pool (its nodes) are not planned as clients, whatever groups select them:
+    they run other devices' segments. ``links`` are measured links by device and pool name;
+    ``current`` each device's configuration now (for hysteresis)."""
+    by_id = sorted(devices, key=lambda d: d.id)
+    pools: list[PoolInput] = []
+    servers: set[str] = set()
+    for name, pool in sorted(policies.compute_pools.items()):
+        spec = pool.spec
+        nodes = tuple(sorted(d.id for d in selectors.pool_nodes(pool, by_id)))
+        servers.update(nodes)
+        clients = None
+        if spec.clients is not None or spec.tier == "edge":
+            clients = frozenset(d.id for d in by_id if selectors.can_reach(pool, d))
+        pools.append(
+            PoolInput(
+                name=name,
+                tier=Tier.EDGE if spec.tier == "edge" else Tier.CLOUD,
+                hardware_class=spec.hardware_class,
+                nodes=nodes,
+                slots_per_node=spec.slots_per_node,
+                utilization_cap=spec.utilization_cap,
+                default_link=_link(spec.default_link),
+                cloud_link=_link(spec.cloud_link) if spec.cloud_link is not None else None,
+                clients=clients,
+            )
+        )
+    deployments: list[DeploymentInput] = []
+    for name, dep in sorted(policies.model_deployments.items()):
+        ds = dep.spec
+        group = policies.device_groups.get(ds.group)
+        members = () if group is None else selectors.group_members(group, by_id)
+        batching = ds.batching
+        deployments.append(
+            DeploymentInput(
+                name=name,
+                model=ds.model,
+                device_ids=tuple(d.id for d in members if d.id not in servers),
+                slo_ms=ds.objectives.latency.max_ms,
+                percentile=ds.objectives.latency.percentile,
+                min_quality=ds.objectives.min_accuracy,
+                priority=ds.priority,
+                precisions={
+                    Tier.DEVICE: tuple(ds.precisions.device),
+                    Tier.EDGE: tuple(ds.precisions.edge),
+                    Tier.CLOUD: tuple(ds.precisions.cloud),
+                },
+                partitioning=ds.partitioning.enabled,
+                edge_pools=tuple(ds.partitioning.edge_pools),
+                cloud_pools=tuple(ds.partitioning.cloud_pools),
+                memory_headroom=ds.memory_headroom,
+                request_rate=ds.request_rate,
+                batching=Batching(batching.max_batch_size, batching.max_queue_delay_ms)
+                if batching.max_batch_size > 1
+                else None,
+            )
+        )
+    wanted = {d.model for d in deployments}
+    planner_models = {
+        name: pm
+        for name in sorted(wanted)
+        if name in models and (pm := planner_model(models[name])) is not None
+    }
+    links = links or {}
+    inputs = tuple(
+        DeviceInput(
+            id=d.id,
+            hardware_class=d.hardware.hardware_class,
+            memory_bytes=d.hardware.memory_bytes,
+            links=dict(links.get(d.id, {})),
+        )
+        for d in by_id
+        if d.id not in servers
+    )
+    return PlanInput(
+        devices=inputs,
+        models=planner_models,
+        deployments=tuple(deployments),
+        pools=tuple(pools),
+        hardware=hardware_classes(policies),
+        current=dict(current or {}),
+        weights=weights or Weights(),
+    )
+
+
+def hardware_classes(policies: PolicySet) -> dict[str, PlannerClassSpec]:
+    """The catalog's classes with the ``HardwareClass`` policies' overrides applied, field by field."""
+    out: dict[str, PlannerClassSpec] = {}
+    for name, doc in sorted(policies.hardware_classes.items()):
+        spec = doc.spec
+        base = catalog.resolve(name)
+        merged = catalog.merge(
+            base,
+            precisions=tuple(spec.precisions) if spec.precisions is not None else None,
+            memory_bytes=spec.memory_bytes,
+            latency_scale={str(k): v for k, v in spec.latency_scale.items()} if spec.latency_scale else None,
+            call_overhead_ms=spec.call_overhead_ms,
+            source=f"policy:{name}",
+        )
+        out[name] = dataclasses.replace(merged, name=name)
+    return out
+
+
+def _link(link: PolicyLink) -> Link:
+    return Link(bandwidth_mbps=link.bandwidth_mbps, rtt_ms=link.rtt_ms)

@@ -18,6 +18,7 @@ from common.types import (
     AssignmentAck,
     ControllerMessage,
     Device,
+    Heartbeat,
     Hello,
     ProfileRequest,
     TelemetryAck,
@@ -48,8 +49,11 @@ def pending_assignment(device: Device) -> Assignment | None:
 
 def on_hello(
     store: Store, device_id: str, hello: Hello, *, now_ms: int, policy: SyncPolicy
-) -> list[ControllerMessage]:
-    if hello.hardware.hardware_class != store.get_device(device_id).hardware.hardware_class:
+) -> tuple[list[ControllerMessage], str]:
+    """The replies to a hello, and why the fleet should be planned again ('' if it need not be):
+    the device is new to the plan, or reports other hardware or links than the plan assumed."""
+    before = store.get_device(device_id)
+    if hello.hardware.hardware_class != before.hardware.hardware_class:
         log.warning("device=%s now reports hardware class %s", device_id, hello.hardware.hardware_class)
     device = store.device_connected(
         device_id,
@@ -57,6 +61,7 @@ def on_hello(
         reported=hello.reported,
         records_dropped=hello.records_dropped,
         now_ms=now_ms,
+        links=hello.links,
     )
     log.info(
         "device=%s hello: acked v%d of desired v%d, telemetry watermark %d (stored %d)",
@@ -74,7 +79,26 @@ def on_hello(
         replies.append(pending)
     # Profile requests still waiting for their report: the device may have restarted and lost them.
     replies.extend(request for _, request in profiles.pending_requests(store, [device_id]))
-    return replies
+    return replies, replan_reason(before, device)
+
+
+def replan_reason(before: Device, after: Device) -> str:
+    """Why a hello calls for planning again ('' if it does not)."""
+    if before.hardware != after.hardware:
+        return f"device {after.id} reports new hardware"
+    if before.links != after.links:
+        return f"device {after.id} reports new links"
+    if after.assignment is None or after.assignment.plan is None:
+        return f"device {after.id} has no plan yet"
+    return ""
+
+
+def on_heartbeat(store: Store, device_id: str, heartbeat: Heartbeat, *, now_ms: int) -> str:
+    """Record a heartbeat; why the fleet should be planned again ('' if it need not be)."""
+    if heartbeat.links and store.set_links(device_id, heartbeat.links, now_ms=now_ms):
+        return f"device {device_id} reports new links"
+    store.touch_device(device_id, now_ms=now_ms)
+    return ""
 
 
 def due_for(

@@ -13,6 +13,7 @@ from typing import Any
 from common.types import (
     Assignment,
     AssignmentFailure,
+    AssignmentPlan,
     BlockAccuracy,
     BlockProfile,
     BlockTiming,
@@ -24,8 +25,11 @@ from common.types import (
     DeviceEvent,
     HardwareProfile,
     InferenceRecord,
+    LinkMeasurement,
     ModelVariant,
     Outcome,
+    PlannedSegment,
+    PolicyApply,
     ProfileReport,
     ProfileRequestRecord,
     RejectedVariant,
@@ -381,6 +385,7 @@ def device_from_row(row: Row) -> Device:
             variant=row["variant"],
             artifact_sha256=row["artifact_sha256"],
             artifact_size_bytes=row["artifact_size_bytes"],
+            plan=plan_from_json(row["plan_json"]),
         )
     failure = row["last_failure"]
     return Device(
@@ -399,6 +404,7 @@ def device_from_row(row: Row) -> Device:
         records_received=row["records_received"],
         last_sequence=row["last_sequence"],
         records_dropped=row["records_dropped"],
+        links=links_from_json(row["links_json"]),
     )
 
 
@@ -420,4 +426,102 @@ def device_state_columns(device: Device) -> dict[str, Any]:
         "last_failure_message": device.last_failure_message,
         "failed_version": device.failed_version,
         "records_dropped": device.records_dropped,
+        "plan_json": plan_to_json(a.plan) if a and a.plan else "",
+        "links_json": links_to_json(device.links),
+    }
+
+
+# --- plans, links, policy applies ---------------------------------------------------------------
+
+
+def plan_to_json(plan: AssignmentPlan) -> str:
+    return _dumps(
+        {
+            "deployment": plan.deployment,
+            "pattern": plan.pattern,
+            "segments": [
+                {
+                    "tier": s.tier,
+                    "start_cut": s.start_cut,
+                    "end_cut": s.end_cut,
+                    "precision": s.precision,
+                    "where": s.where,
+                }
+                for s in plan.segments
+            ],
+            "edge_pool": plan.edge_pool,
+            "edge_node": plan.edge_node,
+            "cloud_pool": plan.cloud_pool,
+            "fallback_variant": plan.fallback_variant,
+            "predicted_latency_ms": plan.predicted_latency_ms,
+            "predicted_accuracy": plan.predicted_accuracy,
+        }
+    )
+
+
+def plan_from_json(text: str) -> AssignmentPlan | None:
+    if not text:
+        return None
+    d = json.loads(text)
+    return AssignmentPlan(
+        deployment=d["deployment"],
+        pattern=d["pattern"],
+        segments=tuple(PlannedSegment(**s) for s in d["segments"]),
+        edge_pool=d.get("edge_pool", ""),
+        edge_node=d.get("edge_node", ""),
+        cloud_pool=d.get("cloud_pool", ""),
+        fallback_variant=d.get("fallback_variant", ""),
+        predicted_latency_ms=d.get("predicted_latency_ms", 0.0),
+        predicted_accuracy=d.get("predicted_accuracy", 0.0),
+    )
+
+
+def links_to_json(links: Sequence[LinkMeasurement]) -> str:
+    return _dumps(
+        [
+            {
+                "pool": m.pool,
+                "bandwidth_mbps": m.bandwidth_mbps,
+                "rtt_ms": m.rtt_ms,
+                "rtt_p95_ms": m.rtt_p95_ms,
+            }
+            for m in sorted(links, key=lambda m: m.pool)
+        ]
+    )
+
+
+def links_from_json(text: str) -> tuple[LinkMeasurement, ...]:
+    return tuple(LinkMeasurement(**m) for m in json.loads(text or "[]"))
+
+
+def policy_apply_from_row(row: Row) -> PolicyApply:
+    return PolicyApply(
+        id=row["id"],
+        applied_at_ms=row["applied_at_ms"],
+        applied_by=row["applied_by"],
+        git_commit=row["git_commit"],
+        git_dirty=bool(row["git_dirty"]),
+        source=row["source"],
+        digest=row["digest"],
+        documents=row["documents"],
+        devices_changed=row["devices_changed"],
+        summary_json=row["summary_json"],
+        message=row["message"],
+        policies_json=row["policies_json"],
+    )
+
+
+def policy_apply_row(a: PolicyApply) -> dict[str, Any]:
+    return {
+        "applied_at_ms": a.applied_at_ms,
+        "applied_by": a.applied_by,
+        "git_commit": a.git_commit,
+        "git_dirty": int(a.git_dirty),
+        "source": a.source,
+        "digest": a.digest,
+        "documents": a.documents,
+        "devices_changed": a.devices_changed,
+        "summary_json": a.summary_json,
+        "message": a.message,
+        "policies_json": a.policies_json,
     }

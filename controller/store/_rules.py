@@ -17,12 +17,14 @@ from common.errors import AlreadyExists, InvalidArgument, NotFound, Unauthentica
 from common.types import (
     Assignment,
     AssignmentAck,
+    AssignmentPlan,
     BlockProfile,
     BootstrapToken,
     ClassBlockProfile,
     Device,
     DeviceProfileReport,
     HardwareProfile,
+    LinkMeasurement,
     ProfileReport,
     ProfileRequestRecord,
     ReportedState,
@@ -71,7 +73,13 @@ def new_device(device_id: str, hardware: HardwareProfile, *, now_ms: int) -> Dev
 
 
 def apply_hello(
-    device: Device, *, hardware: HardwareProfile, reported: ReportedState, records_dropped: int, now_ms: int
+    device: Device,
+    *,
+    hardware: HardwareProfile,
+    reported: ReportedState,
+    records_dropped: int,
+    now_ms: int,
+    links: tuple[LinkMeasurement, ...] | None = None,
 ) -> Device:
     # A hello is the device's own account of what it runs, so it may lower acked_version (a wiped device
     # must be sent its assignment again); it may not claim a version that was never desired.
@@ -86,19 +94,29 @@ def apply_hello(
         reported=reported,
         acked_version=acked,
         records_dropped=max(device.records_dropped, records_dropped),
+        links=device.links if links is None else tuple(sorted(links, key=lambda m: m.pool)),
     )
 
 
 def apply_assignment(
-    device: Device, *, model_name: str, variant: str, artifact_sha256: str, artifact_size_bytes: int
+    device: Device,
+    *,
+    model_name: str,
+    variant: str,
+    artifact_sha256: str,
+    artifact_size_bytes: int,
+    plan: AssignmentPlan | None = None,
 ) -> tuple[Device, bool]:
     current = device.assignment
     current_target = (
-        (current.model_name, current.variant, current.artifact_sha256) if current else ("", "", "")
+        (current.model_name, current.variant, current.artifact_sha256, placement(current.plan))
+        if current
+        else ("", "", "", placement(None))
     )
     # An empty target on a never-assigned device is not a change: both mean "run nothing". The same target
     # again is a no-op unless the device said the current version failed: then it is a retry, a new version.
-    if current_target == (model_name, variant, artifact_sha256) and not current_version_failed(device):
+    target = (model_name, variant, artifact_sha256, placement(plan))
+    if current_target == target and not current_version_failed(device):
         return device, False
     version = device.desired_version + 1
     assignment = Assignment(
@@ -107,8 +125,26 @@ def apply_assignment(
         variant=variant,
         artifact_sha256=artifact_sha256,
         artifact_size_bytes=artifact_size_bytes,
+        plan=plan,
     )
     return replace(device, desired_version=version, assignment=assignment), True
+
+
+def placement(plan: AssignmentPlan | None) -> tuple[object, ...]:
+    """What a plan changes on the devices: where each segment runs at which precision, and the
+    fallback. Its predictions are not part of it: a re-plan that only predicts a slightly different
+    latency must not send the device a new version."""
+    if plan is None:
+        return ()
+    return (
+        plan.deployment,
+        plan.pattern,
+        plan.segments,
+        plan.edge_pool,
+        plan.edge_node,
+        plan.cloud_pool,
+        plan.fallback_variant,
+    )
 
 
 def current_version_failed(device: Device) -> bool:

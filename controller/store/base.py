@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 
 from common.types import (
     ArtifactManifest,
     AssignmentAck,
+    AssignmentPlan,
     BlockAccuracy,
     BlockProfile,
     BootstrapToken,
@@ -22,8 +24,10 @@ from common.types import (
     Device,
     DeviceProfileReport,
     HardwareProfile,
+    LinkMeasurement,
     Model,
     ModelVariant,
+    PolicyApply,
     ProfileReport,
     ProfileRequestRecord,
     RejectedVariant,
@@ -35,6 +39,25 @@ from common.types import (
 TOKEN_UNKNOWN = "token_unknown"
 TOKEN_EXPIRED = "token_expired"
 TOKEN_EXHAUSTED = "token_exhausted"
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedAssignment:
+    """A device's desired assignment as a plan sets it."""
+
+    device_id: str
+    model_name: str
+    variant: str
+    artifact_sha256: str
+    artifact_size_bytes: int
+    plan: AssignmentPlan | None
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyOutcome:
+    record: PolicyApply
+    changed: tuple[Device, ...]  # the devices whose desired assignment changed (new versions)
+    recorded: bool  # False: nothing was different, nothing written
 
 
 class Store(ABC):
@@ -96,8 +119,10 @@ class Store(ABC):
         reported: ReportedState,
         records_dropped: int,
         now_ms: int,
+        links: Sequence[LinkMeasurement] | None = None,
     ) -> Device:
-        """Record a hello: connected, last seen, the hardware and state the device reports.
+        """Record a hello: connected, last seen, the hardware and state the device reports, and its
+        links (replacing the stored ones; None keeps them).
 
         ``records_dropped`` is the agent's running total; the stored value never decreases.
         ``reported.acked_version`` is taken as the acked version only if it is not above the desired
@@ -117,13 +142,26 @@ class Store(ABC):
         """Update last seen (heartbeats)."""
 
     @abstractmethod
+    def set_links(self, device_id: str, links: Sequence[LinkMeasurement], *, now_ms: int) -> bool:
+        """Replace the device's reported links (a heartbeat that carried them); True if they changed.
+        NotFound for an unknown device."""
+
+    @abstractmethod
     def set_assignment(
-        self, device_id: str, *, model_name: str, variant: str, artifact_sha256: str, artifact_size_bytes: int
+        self,
+        device_id: str,
+        *,
+        model_name: str,
+        variant: str,
+        artifact_sha256: str,
+        artifact_size_bytes: int,
+        plan: AssignmentPlan | None = None,
     ) -> tuple[Device, bool]:
         """Set the desired assignment. Returns (device, changed).
 
-        Bumps ``desired_version`` by one and returns changed=True if the target (model, variant, sha256)
-        differs from the current one, or if it is the same target but the device reported the current
+        Bumps ``desired_version`` by one and returns changed=True if the target (model, variant, sha256,
+        and the plan's placement — not its predictions, see ``_rules.placement``) differs from the
+        current one, or if it is the same target but the device reported the current
         version failed (``last_failure`` set and ``failed_version == desired_version``): assigning it
         again is how an operator retries. Otherwise repeating it changes nothing.
         NotFound for an unknown device.
@@ -240,6 +278,25 @@ class Store(ABC):
     def list_profile_reports(self, model_name: str) -> list[DeviceProfileReport]:
         """The latest report of every device that profiled ``model_name``, ordered by device id
         (empty for a model nobody profiled). NotFound for an unknown model."""
+
+    # --- policies -------------------------------------------------------------------------------
+
+    @abstractmethod
+    def apply_policies(self, record: PolicyApply, assignments: Sequence[PlannedAssignment]) -> ApplyOutcome:
+        """Set every planned device's assignment (``set_assignment``'s rules) and record the apply, in
+        one transaction: all or nothing. ``record.id`` and ``devices_changed`` are filled in here.
+
+        Safe to repeat: when no assignment changes and ``record.digest`` equals the latest apply's,
+        nothing is written and the outcome has ``recorded=False`` with the latest apply. NotFound
+        (nothing written) if a device does not exist."""
+
+    @abstractmethod
+    def latest_policy_apply(self) -> PolicyApply | None:
+        """The newest apply (the policies in force), with its policies; None before the first."""
+
+    @abstractmethod
+    def list_policy_applies(self, *, limit: int = 50) -> list[PolicyApply]:
+        """Applies, newest first, at most ``limit``, without their policies (``policies_json`` '')."""
 
     # --- lifecycle ------------------------------------------------------------------------------
 

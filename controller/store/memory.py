@@ -12,6 +12,7 @@ from common.errors import AlreadyExists, NotFound, PermanentError
 from common.types import (
     ArtifactManifest,
     AssignmentAck,
+    AssignmentPlan,
     BlockAccuracy,
     BlockProfile,
     BootstrapToken,
@@ -19,8 +20,10 @@ from common.types import (
     Device,
     DeviceProfileReport,
     HardwareProfile,
+    LinkMeasurement,
     Model,
     ModelVariant,
+    PolicyApply,
     ProfileReport,
     ProfileRequestRecord,
     RejectedVariant,
@@ -28,7 +31,7 @@ from common.types import (
     TelemetryRecord,
 )
 from controller.store import _rules
-from controller.store.base import Store
+from controller.store.base import ApplyOutcome, PlannedAssignment, Store
 
 
 @dataclass(slots=True)
@@ -51,6 +54,7 @@ class InMemoryStore(Store):
         self._models: dict[str, Model] = {}  # as stored: class_profiles are computed on read
         self._profile_requests: dict[tuple[str, str], ProfileRequestRecord] = {}  # (device, model)
         self._profile_reports: dict[tuple[str, str], DeviceProfileReport] = {}
+        self._applies: list[PolicyApply] = []  # oldest first
 
     # --- bootstrap tokens -----------------------------------------------------------------------
 
@@ -131,6 +135,7 @@ class InMemoryStore(Store):
         reported: ReportedState,
         records_dropped: int,
         now_ms: int,
+        links: Sequence[LinkMeasurement] | None = None,
     ) -> Device:
         return self._update(
             device_id,
@@ -140,6 +145,7 @@ class InMemoryStore(Store):
                 reported=reported,
                 records_dropped=records_dropped,
                 now_ms=now_ms,
+                links=None if links is None else tuple(links),
             ),
         )
 
@@ -156,19 +162,64 @@ class InMemoryStore(Store):
     def touch_device(self, device_id: str, *, now_ms: int) -> None:
         self._update(device_id, lambda d: replace(d, last_seen_ms=now_ms))
 
+    def set_links(self, device_id: str, links: Sequence[LinkMeasurement], *, now_ms: int) -> bool:
+        with self._locked():
+            before = self._device(device_id)
+            ordered = tuple(sorted(links, key=lambda m: m.pool))
+            if before.links == ordered:
+                return False
+            self._devices[device_id] = replace(before, links=ordered, last_seen_ms=now_ms)
+            return True
+
     def set_assignment(
-        self, device_id: str, *, model_name: str, variant: str, artifact_sha256: str, artifact_size_bytes: int
+        self,
+        device_id: str,
+        *,
+        model_name: str,
+        variant: str,
+        artifact_sha256: str,
+        artifact_size_bytes: int,
+        plan: AssignmentPlan | None = None,
     ) -> tuple[Device, bool]:
         with self._locked():
-            device, changed = _rules.apply_assignment(
-                self._device(device_id),
-                model_name=model_name,
-                variant=variant,
-                artifact_sha256=artifact_sha256,
-                artifact_size_bytes=artifact_size_bytes,
+            return self._set_assignment(
+                PlannedAssignment(device_id, model_name, variant, artifact_sha256, artifact_size_bytes, plan)
             )
-            self._devices[device_id] = device
-            return device, changed
+
+    def _set_assignment(self, a: PlannedAssignment) -> tuple[Device, bool]:
+        device, changed = _rules.apply_assignment(
+            self._device(a.device_id),
+            model_name=a.model_name,
+            variant=a.variant,
+            artifact_sha256=a.artifact_sha256,
+            artifact_size_bytes=a.artifact_size_bytes,
+            plan=a.plan,
+        )
+        self._devices[a.device_id] = device
+        return device, changed
+
+    # --- policies -------------------------------------------------------------------------------
+
+    def apply_policies(self, record: PolicyApply, assignments: Sequence[PlannedAssignment]) -> ApplyOutcome:
+        with self._locked():
+            for a in assignments:  # all or nothing: check every device before changing any
+                self._device(a.device_id)
+            changed = tuple(d for d, c in (self._set_assignment(a) for a in assignments) if c)
+            latest = self._applies[-1] if self._applies else None
+            if not changed and latest is not None and latest.digest == record.digest:
+                return ApplyOutcome(latest, (), recorded=False)
+            stored = replace(record, id=len(self._applies) + 1, devices_changed=len(changed))
+            self._applies.append(stored)
+            return ApplyOutcome(stored, changed, recorded=True)
+
+    def latest_policy_apply(self) -> PolicyApply | None:
+        with self._locked():
+            return self._applies[-1] if self._applies else None
+
+    def list_policy_applies(self, *, limit: int = 50) -> list[PolicyApply]:
+        _rules.check_limit(limit)
+        with self._locked():
+            return [replace(a, policies_json="") for a in reversed(self._applies[-limit:])]
 
     def record_ack(self, device_id: str, ack: AssignmentAck, *, now_ms: int) -> Device:
         return self._update(device_id, lambda d: _rules.apply_ack(d, ack, now_ms=now_ms))

@@ -154,6 +154,28 @@ CREATE TABLE profile_reports (
 CREATE INDEX profile_reports_by_model ON profile_reports (model_name);
 """
 
+# The fleet planner's placement of each device (JSON, '' when assigned by hand), the links devices
+# report (JSON list), and the history of policy applies (fleetctl apply), newest = current policies.
+_PLANS_AND_POLICIES = """
+ALTER TABLE devices ADD COLUMN plan_json TEXT NOT NULL DEFAULT '';
+ALTER TABLE devices ADD COLUMN links_json TEXT NOT NULL DEFAULT '[]';
+
+CREATE TABLE policy_applies (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    applied_at_ms INTEGER NOT NULL,
+    applied_by TEXT NOT NULL,
+    git_commit TEXT NOT NULL,
+    git_dirty INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    documents INTEGER NOT NULL,
+    devices_changed INTEGER NOT NULL,
+    summary_json TEXT NOT NULL,
+    message TEXT NOT NULL,
+    policies_json TEXT NOT NULL
+) STRICT;
+"""
+
 #: Ordered by version, starting at 1, without gaps.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", _INITIAL_SCHEMA),
@@ -164,6 +186,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         "block artifacts, block accuracy, build data and device profiles",
         _BLOCK_ARTIFACTS_AND_DEVICE_PROFILES,
     ),
+    Migration(5, "device plans and links, policy applies", _PLANS_AND_POLICIES),
 )
 
 _CREATE_VERSION_TABLE = """

@@ -17,6 +17,7 @@ from common.errors import AlreadyExists, NotFound, PermanentError
 from common.types import (
     ArtifactManifest,
     AssignmentAck,
+    AssignmentPlan,
     BlockAccuracy,
     BlockProfile,
     BootstrapToken,
@@ -24,8 +25,10 @@ from common.types import (
     Device,
     DeviceProfileReport,
     HardwareProfile,
+    LinkMeasurement,
     Model,
     ModelVariant,
+    PolicyApply,
     ProfileReport,
     ProfileRequestRecord,
     RejectedVariant,
@@ -33,7 +36,7 @@ from common.types import (
     TelemetryRecord,
 )
 from controller.store import _codec, _rules
-from controller.store.base import Store
+from controller.store.base import ApplyOutcome, PlannedAssignment, Store
 from controller.store.migrations import apply_migrations
 
 logger = logging.getLogger(__name__)
@@ -183,11 +186,17 @@ class SqliteStore(Store):
         reported: ReportedState,
         records_dropped: int,
         now_ms: int,
+        links: Sequence[LinkMeasurement] | None = None,
     ) -> Device:
         return self._update(
             device_id,
             lambda d: _rules.apply_hello(
-                d, hardware=hardware, reported=reported, records_dropped=records_dropped, now_ms=now_ms
+                d,
+                hardware=hardware,
+                reported=reported,
+                records_dropped=records_dropped,
+                now_ms=now_ms,
+                links=None if links is None else tuple(links),
             ),
         )
 
@@ -205,20 +214,76 @@ class SqliteStore(Store):
             if cursor.rowcount == 0:
                 raise _rules.device_not_found(device_id)
 
+    def set_links(self, device_id: str, links: Sequence[LinkMeasurement], *, now_ms: int) -> bool:
+        with self._tx(write=True):
+            before = self._load_device(device_id)
+            ordered = tuple(sorted(links, key=lambda m: m.pool))
+            if before.links == ordered:
+                return False
+            self._devices.update(
+                device_id, {"links_json": _codec.links_to_json(ordered), "last_seen_ms": now_ms}
+            )
+            return True
+
     def set_assignment(
-        self, device_id: str, *, model_name: str, variant: str, artifact_sha256: str, artifact_size_bytes: int
+        self,
+        device_id: str,
+        *,
+        model_name: str,
+        variant: str,
+        artifact_sha256: str,
+        artifact_size_bytes: int,
+        plan: AssignmentPlan | None = None,
     ) -> tuple[Device, bool]:
         with self._tx(write=True):
-            device, changed = _rules.apply_assignment(
-                self._load_device(device_id),
-                model_name=model_name,
-                variant=variant,
-                artifact_sha256=artifact_sha256,
-                artifact_size_bytes=artifact_size_bytes,
+            return self._set_assignment(
+                PlannedAssignment(device_id, model_name, variant, artifact_sha256, artifact_size_bytes, plan)
             )
-            if changed:
-                self._save_device(device)
-            return device, changed
+
+    def _set_assignment(self, a: PlannedAssignment) -> tuple[Device, bool]:
+        device, changed = _rules.apply_assignment(
+            self._load_device(a.device_id),
+            model_name=a.model_name,
+            variant=a.variant,
+            artifact_sha256=a.artifact_sha256,
+            artifact_size_bytes=a.artifact_size_bytes,
+            plan=a.plan,
+        )
+        if changed:
+            self._save_device(device)
+        return device, changed
+
+    # --- policies -------------------------------------------------------------------------------
+
+    def apply_policies(self, record: PolicyApply, assignments: Sequence[PlannedAssignment]) -> ApplyOutcome:
+        with self._tx(write=True):
+            changed = tuple(d for d, c in (self._set_assignment(a) for a in assignments) if c)
+            latest = self._latest_apply()
+            if not changed and latest is not None and latest.digest == record.digest:
+                return ApplyOutcome(latest, (), recorded=False)
+            stored = replace(record, devices_changed=len(changed))
+            cursor = self._db.execute(
+                "INSERT INTO policy_applies (applied_at_ms, applied_by, git_commit, git_dirty, source, digest,"
+                " documents, devices_changed, summary_json, message, policies_json) VALUES"
+                " (:applied_at_ms, :applied_by, :git_commit, :git_dirty, :source, :digest, :documents,"
+                " :devices_changed, :summary_json, :message, :policies_json)",
+                _codec.policy_apply_row(stored),
+            )
+            return ApplyOutcome(replace(stored, id=int(cursor.lastrowid or 0)), changed, recorded=True)
+
+    def latest_policy_apply(self) -> PolicyApply | None:
+        with self._tx(write=False):
+            return self._latest_apply()
+
+    def _latest_apply(self) -> PolicyApply | None:
+        row = self._one("SELECT * FROM policy_applies ORDER BY id DESC LIMIT 1")
+        return _codec.policy_apply_from_row(row) if row is not None else None
+
+    def list_policy_applies(self, *, limit: int = 50) -> list[PolicyApply]:
+        _rules.check_limit(limit)
+        with self._tx(write=False):
+            rows = self._db.query("SELECT * FROM policy_applies ORDER BY id DESC LIMIT ?", [limit])
+            return [replace(_codec.policy_apply_from_row(r), policies_json="") for r in rows]
 
     def record_ack(self, device_id: str, ack: AssignmentAck, *, now_ms: int) -> Device:
         return self._update(device_id, lambda d: _rules.apply_ack(d, ack, now_ms=now_ms))

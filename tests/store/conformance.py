@@ -19,6 +19,7 @@ from common.types import AssignmentAck, AssignmentFailure, BootstrapToken, Devic
 from controller.store.base import TOKEN_EXHAUSTED, TOKEN_EXPIRED, TOKEN_UNKNOWN, Store
 from tests.store.conformance_acks import AckRules
 from tests.store.conformance_data import DataRules
+from tests.store.conformance_policies import PolicyRules
 from tests.store.helpers import (
     EXPIRES,
     HW,
@@ -35,7 +36,7 @@ from tests.store.helpers import (
 )
 
 
-class StoreConformance(AckRules, DataRules, ABC):
+class StoreConformance(AckRules, DataRules, PolicyRules, ABC):
     @abstractmethod
     def store_factory(self, tmp_path: Path) -> Store:
         """A new, empty store."""

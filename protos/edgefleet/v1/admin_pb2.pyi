@@ -206,3 +206,111 @@ class RequestProfileResponse(_message.Message):
     model_name: str
     requests: _containers.RepeatedCompositeFieldContainer[ProfileRequested]
     def __init__(self, model_name: _Optional[str] = ..., requests: _Optional[_Iterable[_Union[ProfileRequested, _Mapping]]] = ...) -> None: ...
+
+class PolicyFile(_message.Message):
+    __slots__ = ("path", "content")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    content: str
+    def __init__(self, path: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
+
+class PlanPoliciesRequest(_message.Message):
+    __slots__ = ("files", "explain", "devices")
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    EXPLAIN_FIELD_NUMBER: _ClassVar[int]
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
+    files: _containers.RepeatedCompositeFieldContainer[PolicyFile]
+    explain: _containers.RepeatedScalarFieldContainer[str]
+    devices: bool
+    def __init__(self, files: _Optional[_Iterable[_Union[PolicyFile, _Mapping]]] = ..., explain: _Optional[_Iterable[str]] = ..., devices: _Optional[bool] = ...) -> None: ...
+
+class PlanPoliciesResponse(_message.Message):
+    __slots__ = ("plan_json",)
+    PLAN_JSON_FIELD_NUMBER: _ClassVar[int]
+    plan_json: str
+    def __init__(self, plan_json: _Optional[str] = ...) -> None: ...
+
+class AssignmentChange(_message.Message):
+    __slots__ = ("device_id", "before", "after")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    BEFORE_FIELD_NUMBER: _ClassVar[int]
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    before: str
+    after: str
+    def __init__(self, device_id: _Optional[str] = ..., before: _Optional[str] = ..., after: _Optional[str] = ...) -> None: ...
+
+class DiffPoliciesResponse(_message.Message):
+    __slots__ = ("policy_diff_json", "changes", "plan_summary_json")
+    POLICY_DIFF_JSON_FIELD_NUMBER: _ClassVar[int]
+    CHANGES_FIELD_NUMBER: _ClassVar[int]
+    PLAN_SUMMARY_JSON_FIELD_NUMBER: _ClassVar[int]
+    policy_diff_json: str
+    changes: _containers.RepeatedCompositeFieldContainer[AssignmentChange]
+    plan_summary_json: str
+    def __init__(self, policy_diff_json: _Optional[str] = ..., changes: _Optional[_Iterable[_Union[AssignmentChange, _Mapping]]] = ..., plan_summary_json: _Optional[str] = ...) -> None: ...
+
+class ApplyPoliciesRequest(_message.Message):
+    __slots__ = ("files", "applied_by", "git_commit", "git_dirty", "source", "message")
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_BY_FIELD_NUMBER: _ClassVar[int]
+    GIT_COMMIT_FIELD_NUMBER: _ClassVar[int]
+    GIT_DIRTY_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    files: _containers.RepeatedCompositeFieldContainer[PolicyFile]
+    applied_by: str
+    git_commit: str
+    git_dirty: bool
+    source: str
+    message: str
+    def __init__(self, files: _Optional[_Iterable[_Union[PolicyFile, _Mapping]]] = ..., applied_by: _Optional[str] = ..., git_commit: _Optional[str] = ..., git_dirty: _Optional[bool] = ..., source: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class PolicyApply(_message.Message):
+    __slots__ = ("id", "applied_at_ms", "applied_by", "git_commit", "git_dirty", "source", "digest", "documents", "devices_changed", "summary_json", "message")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_BY_FIELD_NUMBER: _ClassVar[int]
+    GIT_COMMIT_FIELD_NUMBER: _ClassVar[int]
+    GIT_DIRTY_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
+    DEVICES_CHANGED_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_JSON_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    applied_at_ms: int
+    applied_by: str
+    git_commit: str
+    git_dirty: bool
+    source: str
+    digest: str
+    documents: int
+    devices_changed: int
+    summary_json: str
+    message: str
+    def __init__(self, id: _Optional[int] = ..., applied_at_ms: _Optional[int] = ..., applied_by: _Optional[str] = ..., git_commit: _Optional[str] = ..., git_dirty: _Optional[bool] = ..., source: _Optional[str] = ..., digest: _Optional[str] = ..., documents: _Optional[int] = ..., devices_changed: _Optional[int] = ..., summary_json: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class ApplyPoliciesResponse(_message.Message):
+    __slots__ = ("apply", "changed", "changes")
+    APPLY_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    CHANGES_FIELD_NUMBER: _ClassVar[int]
+    apply: PolicyApply
+    changed: bool
+    changes: _containers.RepeatedCompositeFieldContainer[AssignmentChange]
+    def __init__(self, apply: _Optional[_Union[PolicyApply, _Mapping]] = ..., changed: _Optional[bool] = ..., changes: _Optional[_Iterable[_Union[AssignmentChange, _Mapping]]] = ...) -> None: ...
+
+class ListPolicyAppliesRequest(_message.Message):
+    __slots__ = ("limit",)
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    limit: int
+    def __init__(self, limit: _Optional[int] = ...) -> None: ...
+
+class ListPolicyAppliesResponse(_message.Message):
+    __slots__ = ("applies",)
+    APPLIES_FIELD_NUMBER: _ClassVar[int]
+    applies: _containers.RepeatedCompositeFieldContainer[PolicyApply]
+    def __init__(self, applies: _Optional[_Iterable[_Union[PolicyApply, _Mapping]]] = ...) -> None: ...

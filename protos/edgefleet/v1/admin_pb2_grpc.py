@@ -85,6 +85,26 @@ class AdminServiceStub:
                 request_serializer=edgefleet_dot_v1_dot_admin__pb2.RequestProfileRequest.SerializeToString,
                 response_deserializer=edgefleet_dot_v1_dot_admin__pb2.RequestProfileResponse.FromString,
                 _registered_method=True)
+        self.PlanPolicies = channel.unary_unary(
+                '/edgefleet.v1.AdminService/PlanPolicies',
+                request_serializer=edgefleet_dot_v1_dot_admin__pb2.PlanPoliciesRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_admin__pb2.PlanPoliciesResponse.FromString,
+                _registered_method=True)
+        self.DiffPolicies = channel.unary_unary(
+                '/edgefleet.v1.AdminService/DiffPolicies',
+                request_serializer=edgefleet_dot_v1_dot_admin__pb2.PlanPoliciesRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_admin__pb2.DiffPoliciesResponse.FromString,
+                _registered_method=True)
+        self.ApplyPolicies = channel.unary_unary(
+                '/edgefleet.v1.AdminService/ApplyPolicies',
+                request_serializer=edgefleet_dot_v1_dot_admin__pb2.ApplyPoliciesRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_admin__pb2.ApplyPoliciesResponse.FromString,
+                _registered_method=True)
+        self.ListPolicyApplies = channel.unary_unary(
+                '/edgefleet.v1.AdminService/ListPolicyApplies',
+                request_serializer=edgefleet_dot_v1_dot_admin__pb2.ListPolicyAppliesRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_admin__pb2.ListPolicyAppliesResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -155,6 +175,35 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PlanPolicies(self, request, context):
+        """Dry run: the plan these policy files give for the fleet as it is now. Changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DiffPolicies(self, request, context):
+        """What applying these policy files would change: the policies, and each device's assignment.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ApplyPolicies(self, request, context):
+        """Record the policies and set every planned device's desired assignment, all or nothing; the
+        reconcile loop delivers them. Applying the same files again changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPolicyApplies(self, request, context):
+        """Past applies, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -207,6 +256,26 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.RequestProfile,
                     request_deserializer=edgefleet_dot_v1_dot_admin__pb2.RequestProfileRequest.FromString,
                     response_serializer=edgefleet_dot_v1_dot_admin__pb2.RequestProfileResponse.SerializeToString,
+            ),
+            'PlanPolicies': grpc.unary_unary_rpc_method_handler(
+                    servicer.PlanPolicies,
+                    request_deserializer=edgefleet_dot_v1_dot_admin__pb2.PlanPoliciesRequest.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_admin__pb2.PlanPoliciesResponse.SerializeToString,
+            ),
+            'DiffPolicies': grpc.unary_unary_rpc_method_handler(
+                    servicer.DiffPolicies,
+                    request_deserializer=edgefleet_dot_v1_dot_admin__pb2.PlanPoliciesRequest.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_admin__pb2.DiffPoliciesResponse.SerializeToString,
+            ),
+            'ApplyPolicies': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApplyPolicies,
+                    request_deserializer=edgefleet_dot_v1_dot_admin__pb2.ApplyPoliciesRequest.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_admin__pb2.ApplyPoliciesResponse.SerializeToString,
+            ),
+            'ListPolicyApplies': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPolicyApplies,
+                    request_deserializer=edgefleet_dot_v1_dot_admin__pb2.ListPolicyAppliesRequest.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_admin__pb2.ListPolicyAppliesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -479,6 +548,114 @@ class AdminService:
             '/edgefleet.v1.AdminService/RequestProfile',
             edgefleet_dot_v1_dot_admin__pb2.RequestProfileRequest.SerializeToString,
             edgefleet_dot_v1_dot_admin__pb2.RequestProfileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PlanPolicies(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.AdminService/PlanPolicies',
+            edgefleet_dot_v1_dot_admin__pb2.PlanPoliciesRequest.SerializeToString,
+            edgefleet_dot_v1_dot_admin__pb2.PlanPoliciesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DiffPolicies(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.AdminService/DiffPolicies',
+            edgefleet_dot_v1_dot_admin__pb2.PlanPoliciesRequest.SerializeToString,
+            edgefleet_dot_v1_dot_admin__pb2.DiffPoliciesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApplyPolicies(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.AdminService/ApplyPolicies',
+            edgefleet_dot_v1_dot_admin__pb2.ApplyPoliciesRequest.SerializeToString,
+            edgefleet_dot_v1_dot_admin__pb2.ApplyPoliciesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPolicyApplies(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.AdminService/ListPolicyApplies',
+            edgefleet_dot_v1_dot_admin__pb2.ListPolicyAppliesRequest.SerializeToString,
+            edgefleet_dot_v1_dot_admin__pb2.ListPolicyAppliesResponse.FromString,
             options,
             channel_credentials,
             insecure,

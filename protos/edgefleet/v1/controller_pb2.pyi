@@ -56,22 +56,26 @@ class AgentMessage(_message.Message):
     def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., telemetry: _Optional[_Union[TelemetryBatch, _Mapping]] = ..., assignment_ack: _Optional[_Union[AssignmentAck, _Mapping]] = ..., profile_report: _Optional[_Union[ProfileReport, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("hardware", "reported", "telemetry_watermark", "records_dropped")
+    __slots__ = ("hardware", "reported", "telemetry_watermark", "records_dropped", "links")
     HARDWARE_FIELD_NUMBER: _ClassVar[int]
     REPORTED_FIELD_NUMBER: _ClassVar[int]
     TELEMETRY_WATERMARK_FIELD_NUMBER: _ClassVar[int]
     RECORDS_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    LINKS_FIELD_NUMBER: _ClassVar[int]
     hardware: _types_pb2.HardwareProfile
     reported: _types_pb2.ReportedState
     telemetry_watermark: int
     records_dropped: int
-    def __init__(self, hardware: _Optional[_Union[_types_pb2.HardwareProfile, _Mapping]] = ..., reported: _Optional[_Union[_types_pb2.ReportedState, _Mapping]] = ..., telemetry_watermark: _Optional[int] = ..., records_dropped: _Optional[int] = ...) -> None: ...
+    links: _containers.RepeatedCompositeFieldContainer[_types_pb2.LinkMeasurement]
+    def __init__(self, hardware: _Optional[_Union[_types_pb2.HardwareProfile, _Mapping]] = ..., reported: _Optional[_Union[_types_pb2.ReportedState, _Mapping]] = ..., telemetry_watermark: _Optional[int] = ..., records_dropped: _Optional[int] = ..., links: _Optional[_Iterable[_Union[_types_pb2.LinkMeasurement, _Mapping]]] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
-    __slots__ = ("sent_at_ms",)
+    __slots__ = ("sent_at_ms", "links")
     SENT_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    LINKS_FIELD_NUMBER: _ClassVar[int]
     sent_at_ms: int
-    def __init__(self, sent_at_ms: _Optional[int] = ...) -> None: ...
+    links: _containers.RepeatedCompositeFieldContainer[_types_pb2.LinkMeasurement]
+    def __init__(self, sent_at_ms: _Optional[int] = ..., links: _Optional[_Iterable[_Union[_types_pb2.LinkMeasurement, _Mapping]]] = ...) -> None: ...
 
 class InferenceRecord(_message.Message):
     __slots__ = ("model_sha256", "latency_ms", "outcome", "error")

@@ -95,18 +95,68 @@ class HardwareProfile(_message.Message):
     def __init__(self, hardware_class: _Optional[str] = ..., cpu_cores: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., execution_providers: _Optional[_Iterable[str]] = ..., os: _Optional[str] = ..., onnxruntime_version: _Optional[str] = ..., agent_version: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Assignment(_message.Message):
-    __slots__ = ("version", "model_name", "variant", "artifact_sha256", "artifact_size_bytes")
+    __slots__ = ("version", "model_name", "variant", "artifact_sha256", "artifact_size_bytes", "plan")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     VARIANT_FIELD_NUMBER: _ClassVar[int]
     ARTIFACT_SHA256_FIELD_NUMBER: _ClassVar[int]
     ARTIFACT_SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PLAN_FIELD_NUMBER: _ClassVar[int]
     version: int
     model_name: str
     variant: str
     artifact_sha256: str
     artifact_size_bytes: int
-    def __init__(self, version: _Optional[int] = ..., model_name: _Optional[str] = ..., variant: _Optional[str] = ..., artifact_sha256: _Optional[str] = ..., artifact_size_bytes: _Optional[int] = ...) -> None: ...
+    plan: AssignmentPlan
+    def __init__(self, version: _Optional[int] = ..., model_name: _Optional[str] = ..., variant: _Optional[str] = ..., artifact_sha256: _Optional[str] = ..., artifact_size_bytes: _Optional[int] = ..., plan: _Optional[_Union[AssignmentPlan, _Mapping]] = ...) -> None: ...
+
+class AssignmentPlan(_message.Message):
+    __slots__ = ("deployment", "pattern", "segments", "edge_pool", "edge_node", "cloud_pool", "fallback_variant", "predicted_latency_ms", "predicted_accuracy")
+    DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
+    PATTERN_FIELD_NUMBER: _ClassVar[int]
+    SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    EDGE_POOL_FIELD_NUMBER: _ClassVar[int]
+    EDGE_NODE_FIELD_NUMBER: _ClassVar[int]
+    CLOUD_POOL_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_VARIANT_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    deployment: str
+    pattern: str
+    segments: _containers.RepeatedCompositeFieldContainer[PlannedSegment]
+    edge_pool: str
+    edge_node: str
+    cloud_pool: str
+    fallback_variant: str
+    predicted_latency_ms: float
+    predicted_accuracy: float
+    def __init__(self, deployment: _Optional[str] = ..., pattern: _Optional[str] = ..., segments: _Optional[_Iterable[_Union[PlannedSegment, _Mapping]]] = ..., edge_pool: _Optional[str] = ..., edge_node: _Optional[str] = ..., cloud_pool: _Optional[str] = ..., fallback_variant: _Optional[str] = ..., predicted_latency_ms: _Optional[float] = ..., predicted_accuracy: _Optional[float] = ...) -> None: ...
+
+class PlannedSegment(_message.Message):
+    __slots__ = ("tier", "start_cut", "end_cut", "precision", "where")
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    START_CUT_FIELD_NUMBER: _ClassVar[int]
+    END_CUT_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
+    WHERE_FIELD_NUMBER: _ClassVar[int]
+    tier: str
+    start_cut: int
+    end_cut: int
+    precision: str
+    where: str
+    def __init__(self, tier: _Optional[str] = ..., start_cut: _Optional[int] = ..., end_cut: _Optional[int] = ..., precision: _Optional[str] = ..., where: _Optional[str] = ...) -> None: ...
+
+class LinkMeasurement(_message.Message):
+    __slots__ = ("pool", "bandwidth_mbps", "rtt_ms", "rtt_p95_ms")
+    POOL_FIELD_NUMBER: _ClassVar[int]
+    BANDWIDTH_MBPS_FIELD_NUMBER: _ClassVar[int]
+    RTT_MS_FIELD_NUMBER: _ClassVar[int]
+    RTT_P95_MS_FIELD_NUMBER: _ClassVar[int]
+    pool: str
+    bandwidth_mbps: float
+    rtt_ms: float
+    rtt_p95_ms: float
+    def __init__(self, pool: _Optional[str] = ..., bandwidth_mbps: _Optional[float] = ..., rtt_ms: _Optional[float] = ..., rtt_p95_ms: _Optional[float] = ...) -> None: ...
 
 class ReportedState(_message.Message):
     __slots__ = ("acked_version", "active_sha256", "last_known_good_sha256", "active_model_name", "active_variant")
@@ -259,7 +309,7 @@ class Model(_message.Message):
     def __init__(self, name: _Optional[str] = ..., variants: _Optional[_Iterable[_Union[ModelVariant, _Mapping]]] = ..., created_at_ms: _Optional[int] = ..., rejected: _Optional[_Iterable[_Union[RejectedVariant, _Mapping]]] = ..., cut_points: _Optional[_Iterable[_Union[CutPoint, _Mapping]]] = ..., block_profiles: _Optional[_Iterable[_Union[BlockProfile, _Mapping]]] = ..., block_accuracy: _Optional[_Iterable[_Union[BlockAccuracy, _Mapping]]] = ..., profile_inputs_sha256: _Optional[str] = ..., profile_inputs_size_bytes: _Optional[int] = ..., eval_data_sha256: _Optional[str] = ..., eval_data_size_bytes: _Optional[int] = ..., class_profiles: _Optional[_Iterable[_Union[ClassBlockProfile, _Mapping]]] = ...) -> None: ...
 
 class Device(_message.Message):
-    __slots__ = ("id", "hardware", "connected", "last_seen_ms", "desired_version", "acked_version", "assignment", "reported", "enrolled_at_ms", "last_failure", "last_failure_message", "failed_version", "records_received", "last_sequence", "records_dropped")
+    __slots__ = ("id", "hardware", "connected", "last_seen_ms", "desired_version", "acked_version", "assignment", "reported", "enrolled_at_ms", "last_failure", "last_failure_message", "failed_version", "records_received", "last_sequence", "records_dropped", "links")
     ID_FIELD_NUMBER: _ClassVar[int]
     HARDWARE_FIELD_NUMBER: _ClassVar[int]
     CONNECTED_FIELD_NUMBER: _ClassVar[int]
@@ -275,6 +325,7 @@ class Device(_message.Message):
     RECORDS_RECEIVED_FIELD_NUMBER: _ClassVar[int]
     LAST_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     RECORDS_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    LINKS_FIELD_NUMBER: _ClassVar[int]
     id: str
     hardware: HardwareProfile
     connected: bool
@@ -290,4 +341,5 @@ class Device(_message.Message):
     records_received: int
     last_sequence: int
     records_dropped: int
-    def __init__(self, id: _Optional[str] = ..., hardware: _Optional[_Union[HardwareProfile, _Mapping]] = ..., connected: _Optional[bool] = ..., last_seen_ms: _Optional[int] = ..., desired_version: _Optional[int] = ..., acked_version: _Optional[int] = ..., assignment: _Optional[_Union[Assignment, _Mapping]] = ..., reported: _Optional[_Union[ReportedState, _Mapping]] = ..., enrolled_at_ms: _Optional[int] = ..., last_failure: _Optional[_Union[AssignmentFailure, str]] = ..., last_failure_message: _Optional[str] = ..., failed_version: _Optional[int] = ..., records_received: _Optional[int] = ..., last_sequence: _Optional[int] = ..., records_dropped: _Optional[int] = ...) -> None: ...
+    links: _containers.RepeatedCompositeFieldContainer[LinkMeasurement]
+    def __init__(self, id: _Optional[str] = ..., hardware: _Optional[_Union[HardwareProfile, _Mapping]] = ..., connected: _Optional[bool] = ..., last_seen_ms: _Optional[int] = ..., desired_version: _Optional[int] = ..., acked_version: _Optional[int] = ..., assignment: _Optional[_Union[Assignment, _Mapping]] = ..., reported: _Optional[_Union[ReportedState, _Mapping]] = ..., enrolled_at_ms: _Optional[int] = ..., last_failure: _Optional[_Union[AssignmentFailure, str]] = ..., last_failure_message: _Optional[str] = ..., failed_version: _Optional[int] = ..., records_received: _Optional[int] = ..., last_sequence: _Optional[int] = ..., records_dropped: _Optional[int] = ..., links: _Optional[_Iterable[_Union[LinkMeasurement, _Mapping]]] = ...) -> None: ...

@@ -1,0 +1,361 @@
+"""Policies in force, and what they make every device run: plan, diff and apply.
+
+Like kopf's processing, each operation is a pure *detect* step — policies and a snapshot of the
+fleet (``read``, one store call), through the pure planner, to the assignments they call for — then
+at most one *apply* step, a single store transaction (``Store.apply_policies``): every planned
+device's desired assignment and the apply record, all or nothing. The reconcile loop then delivers
+the new versions. Safe to repeat: the same files against the same fleet change nothing and record
+nothing. The detect step is CPU work (about a second for 10,000 devices), so callers run it off the
+store thread, between the read and the write.
+
+Until partitioned inference lands (issue 5), a device whose plan cuts the model serves its planned
+fallback variant on its own; the plan (segments, pools, node) travels with the assignment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from common.types import (
+    KNOWN_HARDWARE_CLASSES,
+    AssignmentChange,
+    AssignmentPlan,
+    Device,
+    LinkMeasurement,
+    Model,
+    PlannedSegment,
+    PolicyApply,
+    PolicyFile,
+)
+from controller.planner import catalog, plan, report
+from controller.planner.inputs import plan_input
+from controller.planner.types import ConfigKey, DevicePlan, Link, Pattern, Plan, PlannerModel, Tier, Weights
+from controller.policy import PolicyErrors, PolicySet, check_references, diff_policy_sets, load_policy_texts
+from controller.store.base import ApplyOutcome, PlannedAssignment, Store
+
+log = logging.getLogger(__name__)
+
+_PATTERNS = {p.label: p for p in Pattern}
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """What planning reads from the store."""
+
+    devices: tuple[Device, ...]
+    models: Mapping[str, Model]
+    latest: PolicyApply | None
+
+
+def read(store: Store) -> Snapshot:
+    return Snapshot(
+        tuple(store.list_devices()), {m.name: m for m in store.list_models()}, store.latest_policy_apply()
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Planned:
+    """A plan, with what it was made from and the assignments it calls for."""
+
+    policies: PolicySet
+    plan: Plan
+    assignments: tuple[PlannedAssignment, ...]
+    skipped: tuple[tuple[str, str], ...]  # (device id, why its plan cannot be applied)
+    devices: Mapping[str, Device]
+
+
+def load(files: Sequence[PolicyFile]) -> PolicySet:
+    """The policy set in ``files``; PolicyErrors listing every problem (file, line, field path)."""
+    return load_policy_texts({f.path: f.content for f in files})
+
+
+def files_json(files: Sequence[PolicyFile]) -> str:
+    return json.dumps({"files": [{"path": f.path, "content": f.content} for f in files]}, sort_keys=True)
+
+
+def files_from_json(text: str) -> tuple[PolicyFile, ...]:
+    return tuple(PolicyFile(f["path"], f["content"]) for f in json.loads(text)["files"])
+
+
+def check(policies: PolicySet, devices: Iterable[Device], models: Iterable[Model]) -> None:
+    """Refuse policies naming models the controller lacks or hardware classes nobody knows."""
+    classes = (
+        set(KNOWN_HARDWARE_CLASSES) | set(catalog.CATALOG) | {d.hardware.hardware_class for d in devices}
+    )
+    errors = check_references(policies, known_models={m.name for m in models}, known_classes=classes)
+    if errors:
+        raise PolicyErrors(errors)
+
+
+def make_plan(
+    snapshot: Snapshot,
+    policies: PolicySet,
+    *,
+    explain: Collection[str] = (),
+    hysteresis: bool = True,
+    weights: Weights | None = None,
+) -> Planned:
+    """Detect: the plan ``policies`` give for the fleet in ``snapshot``. With ``hysteresis``, devices
+    keep their current placement unless another is clearly better. Pure."""
+    devices, models = snapshot.devices, snapshot.models
+    check(policies, devices, models.values())
+    data = plan_input(policies, devices, models, links=_links(devices), weights=weights)
+    if hysteresis:
+        current = {
+            d.id: key
+            for d in devices
+            if d.assignment is not None
+            and d.assignment.plan is not None
+            and (pm := data.models.get(d.assignment.model_name)) is not None
+            and (key := current_key(d.assignment.plan, pm)) is not None
+        }
+        data = dataclasses.replace(data, current=current)
+    result = plan(data, explain_devices=explain)
+    assignments, skipped = _assignments(result, models)
+    return Planned(policies, result, assignments, skipped, {d.id: d for d in devices})
+
+
+def _links(devices: Iterable[Device]) -> dict[str, dict[str, Link]]:
+    return {d.id: {m.pool: _link(m) for m in d.links} for d in devices if d.links}
+
+
+def _link(m: LinkMeasurement) -> Link:
+    return Link(bandwidth_mbps=m.bandwidth_mbps, rtt_ms=m.rtt_ms, rtt_p95_ms=m.rtt_p95_ms or None)
+
+
+def _assignments(
+    result: Plan, models: Mapping[str, Model]
+) -> tuple[tuple[PlannedAssignment, ...], tuple[tuple[str, str], ...]]:
+    out: list[PlannedAssignment] = []
+    skipped: list[tuple[str, str]] = []
+    for p in result.devices:
+        runs = p.key.precisions[0] if p.key.pattern is Pattern.LOCAL else p.fallback
+        if not runs:
+            skipped.append(
+                (
+                    p.device_id,
+                    "no whole-model variant fits its memory, so it has nothing to serve on its own until "
+                    "partitioned inference is available; its assignment is left as it is",
+                )
+            )
+            continue
+        variant = models[p.model].variant(runs)
+        if variant is None:
+            skipped.append((p.device_id, f"model {p.model} has no variant {runs!r}"))
+            continue
+        out.append(
+            PlannedAssignment(
+                device_id=p.device_id,
+                model_name=p.model,
+                variant=variant.variant,
+                artifact_sha256=variant.sha256,
+                artifact_size_bytes=variant.size_bytes,
+                plan=assignment_plan(p),
+            )
+        )
+    return tuple(out), tuple(skipped)
+
+
+def assignment_plan(p: DevicePlan) -> AssignmentPlan:
+    return AssignmentPlan(
+        deployment=p.deployment,
+        pattern=p.key.pattern.label,
+        segments=tuple(
+            PlannedSegment(s.tier.value, s.start_cut, s.end_cut, s.precision, s.where) for s in p.segments
+        ),
+        edge_pool=p.edge_pool,
+        edge_node=p.edge_node,
+        cloud_pool=p.cloud_pool,
+        fallback_variant=p.fallback,
+        predicted_latency_ms=round(p.latency_ms, 4),
+        predicted_accuracy=round(p.quality, 6),
+    )
+
+
+def current_key(plan_: AssignmentPlan, model: PlannerModel) -> ConfigKey | None:
+    """The planner's key for a stored plan (for hysteresis), or None when it no longer maps onto the
+    model's profiled cut points (e.g. the model was imported again)."""
+    pattern = _PATTERNS.get(plan_.pattern)
+    if pattern is None:
+        return None
+    boundary = {c: i + 1 for i, c in enumerate(model.cut_indices)}
+    served = [s for s in plan_.segments if s.tier != Tier.DEVICE.value]
+    try:
+        cuts = tuple(0 if s.start_cut == 0 else boundary[s.start_cut] for s in served)
+    except KeyError:
+        return None
+    return ConfigKey(
+        pattern,
+        cuts,
+        tuple(s.precision for s in plan_.segments),
+        plan_.edge_pool if pattern in (Pattern.DEVICE_EDGE, Pattern.DEVICE_EDGE_CLOUD) else "",
+        plan_.cloud_pool if pattern in (Pattern.DEVICE_CLOUD, Pattern.DEVICE_EDGE_CLOUD) else "",
+    )
+
+
+# --- diff -------------------------------------------------------------------------------------------
+
+
+def describe(model: str, variant: str, plan_: AssignmentPlan | None) -> str:
+    """One line for an assignment, as diffs and history show it."""
+    if not model:
+        return "(nothing)"
+    if plan_ is None:
+        return f"{model}/{variant} (by hand)"
+    if plan_.pattern == "local":
+        return f"{model}/{variant} local"
+    parts = []
+    for s in plan_.segments:
+        where = "device" if s.tier == "device" else s.where
+        parts.append(f"{s.precision}@{where}")
+    return f"{model} {plan_.pattern} [{' > '.join(parts)}], fallback {plan_.fallback_variant}"
+
+
+def changes(planned: Planned) -> list[AssignmentChange]:
+    """What applying would change, device by device (same rules as the store: placement, not
+    predictions)."""
+    from controller.store._rules import placement
+
+    out: list[AssignmentChange] = []
+    for a in planned.assignments:
+        d = planned.devices[a.device_id]
+        cur = d.assignment
+        before = (cur.model_name, cur.variant, cur.artifact_sha256, placement(cur.plan)) if cur else None
+        after = (a.model_name, a.variant, a.artifact_sha256, placement(a.plan))
+        if before == after:
+            continue
+        out.append(
+            AssignmentChange(
+                a.device_id,
+                describe(cur.model_name, cur.variant, cur.plan) if cur else "(nothing)",
+                describe(a.model_name, a.variant, a.plan),
+            )
+        )
+    return out
+
+
+def diff(
+    snapshot: Snapshot, policies: PolicySet
+) -> tuple[dict[str, Any], list[AssignmentChange], dict[str, Any]]:
+    """(policy documents changed vs the policies in force, per-device assignment changes, plan summary)."""
+    latest = snapshot.latest
+    current = (
+        load(files_from_json(latest.policies_json)) if latest and latest.policies_json else PolicySet.of()
+    )
+    planned = make_plan(snapshot, policies)
+    summary = report.summary(planned.plan)
+    if planned.skipped:
+        summary["skipped"] = [{"device": d, "reason": why} for d, why in planned.skipped]
+    return diff_policy_sets(current, policies).to_doc(), changes(planned), summary
+
+
+# --- apply ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    outcome: ApplyOutcome
+    changes: tuple[AssignmentChange, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyPlan:
+    """What ``apply`` writes: the record and the assignments, with the changes for the reply."""
+
+    record: PolicyApply
+    assignments: tuple[PlannedAssignment, ...]
+    changes: tuple[AssignmentChange, ...]
+
+
+def prepare_apply(
+    snapshot: Snapshot,
+    files: Sequence[PolicyFile],
+    *,
+    applied_by: str,
+    git_commit: str,
+    git_dirty: bool,
+    source: str,
+    message: str,
+    now_ms: int,
+) -> ApplyPlan:
+    """Detect for an apply: parse, check and plan the policies in ``files`` (pure)."""
+    policies = load(files)
+    planned = make_plan(snapshot, policies)
+    summary = report.summary(planned.plan)
+    if planned.skipped:
+        summary["skipped"] = len(planned.skipped)
+    record = PolicyApply(
+        id=0,
+        applied_at_ms=now_ms,
+        applied_by=applied_by,
+        git_commit=git_commit,
+        git_dirty=git_dirty,
+        source=source,
+        digest=policies.digest(),
+        documents=sum(policies.kind_counts().values()),
+        devices_changed=0,
+        summary_json=json.dumps(summary, sort_keys=True),
+        message=message,
+        policies_json=files_json(files),
+    )
+    return ApplyPlan(record, planned.assignments, tuple(changes(planned)))
+
+
+def commit_apply(store: Store, prepared: ApplyPlan) -> Applied:
+    """Apply: one store transaction (on the store thread)."""
+    outcome = store.apply_policies(prepared.record, prepared.assignments)
+    record = prepared.record
+    if outcome.recorded:
+        log.info(
+            "policies applied (apply %d, digest %s, commit %s%s by %s): %d devices changed",
+            outcome.record.id,
+            record.digest[:12],
+            record.git_commit[:12] or "-",
+            " dirty" if record.git_dirty else "",
+            record.applied_by or "-",
+            len(outcome.changed),
+        )
+    else:
+        log.info("policies unchanged (digest %s): nothing applied", record.digest[:12])
+    changed = {d.id for d in outcome.changed}
+    return Applied(outcome, tuple(c for c in prepared.changes if c.device_id in changed))
+
+
+def replan_assignments(snapshot: Snapshot) -> tuple[PlannedAssignment, ...]:
+    """The policies in force planned again against the fleet in ``snapshot`` (new devices, links,
+    profiles), with hysteresis: the assignments to set. Pure; () when nothing is applied."""
+    latest = snapshot.latest
+    if latest is None or not latest.policies_json:
+        return ()
+    try:
+        policies = load(files_from_json(latest.policies_json))
+        planned = make_plan(snapshot, policies)
+    except PolicyErrors as exc:  # e.g. a model it names was deleted since
+        log.warning("re-plan of apply %d skipped: %s", latest.id, exc)
+        return ()
+    return planned.assignments
+
+
+def set_assignments(store: Store, assignments: Sequence[PlannedAssignment]) -> list[str]:
+    """Set each assignment (on the store thread); the devices that got a new version. A re-plan
+    records no history entry: it carries out the policies already applied, it does not change them."""
+    changed: list[str] = []
+    for a in assignments:
+        _, did = store.set_assignment(
+            a.device_id,
+            model_name=a.model_name,
+            variant=a.variant,
+            artifact_sha256=a.artifact_sha256,
+            artifact_size_bytes=a.artifact_size_bytes,
+            plan=a.plan,
+        )
+        if did:
+            changed.append(a.device_id)
+    if changed:
+        log.info("re-plan moved %d devices: %s", len(changed), ", ".join(changed[:20]))
+    return changed
