@@ -37,6 +37,7 @@ from common.types import (
     Heartbeat,
     Hello,
     InferenceRecord,
+    LinkMeasurement,
     Outcome,
     ProfileBlock,
     ProfileReport,
@@ -1955,3 +1956,11 @@ def test_a_profile_step_that_fails_leaves_the_state_unchanged() -> None:
     bad = ProfileReport(request_id=None, model_name="m")  # type: ignore[arg-type]
     assert isinstance(h.core.step(ev.ProfileDone(bad)), list)
     assert h.step(ev.ProfileArtifactsReady(r.request_id)) == [act.RunProfile(r)]
+
+
+def test_hello_carries_the_links_the_device_was_given() -> None:
+    links = (LinkMeasurement("eu-edge", 50.0, 8.0, 12.0),)
+    h = Harness(links=links)
+    h.start()
+    (hello,) = sent(h.step(ev.StreamOpened()), Hello)
+    assert hello.links == links  # the planner's input, on every (re)connect

@@ -152,3 +152,26 @@ def test_saving_the_identity_ends_the_pending_enrollment(tmp_path: Path) -> None
     data.save_identity(pending)
     assert not data.enrollment_path.exists()
     assert DataDir(tmp_path).load_identity() == pending
+
+
+def test_a_planned_assignment_survives_a_restart(tmp_path: Path) -> None:
+    from common.types import Assignment, AssignmentPlan, PlannedSegment
+
+    plan = AssignmentPlan(
+        deployment="digits-eu",
+        pattern="device+edge",
+        segments=(
+            PlannedSegment("device", 0, 7, "int8", "phone-1"),
+            PlannedSegment("edge", 7, 0, "fp32", "edge-1"),
+        ),
+        edge_pool="eu-edge",
+        edge_node="edge-1",
+        fallback_variant="int8",
+        predicted_latency_ms=12.5,
+        predicted_accuracy=0.998,
+    )
+    active = Assignment(4, "digits", "int8", "ab" * 32, 1234, plan=plan)
+    data = DataDir(tmp_path)
+    data.save_snapshot(AgentSnapshot(reported=ReportedState(acked_version=4), active=active))
+    restored = DataDir(tmp_path).load_snapshot()
+    assert restored is not None and restored.active == active

@@ -1,0 +1,40 @@
+"""fleet-agent's command-line parsing of links (bad input: exit 2 with the flag named)."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent.cli import _links
+from common.errors import InvalidArgument
+from common.types import LinkMeasurement
+
+
+def test_links_parse() -> None:
+    assert _links(["eu-edge=50/8", "gpu-central=20/60/95.5"]) == (
+        LinkMeasurement("eu-edge", 50.0, 8.0, 0.0),
+        LinkMeasurement("gpu-central", 20.0, 60.0, 95.5),
+    )
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "eu-edge",
+        "eu-edge=50",
+        "eu-edge=fast/8",
+        "=50/8",
+        "eu-edge=0/8",
+        "eu-edge=50/-1",
+        "Bad Pool=1/1",
+        "e=1/2/3/4",
+        "e=nan/1",
+    ],
+)
+def test_bad_links_are_refused_by_flag(spec: str) -> None:
+    with pytest.raises(InvalidArgument, match=r"--link|pool"):
+        _links([spec])
+
+
+def test_a_pool_given_twice_is_refused() -> None:
+    with pytest.raises(InvalidArgument, match="twice"):
+        _links(["e=1/1", "e=2/2"])
