@@ -2,8 +2,11 @@
 
 Builds the digits classifier (scikit-learn's bundled data, no network), starts `fleetctl serve`
 on SQLite in .demo/, enrolls a phone, an edge node and a cloud GPU worker with one bootstrap token,
-imports and assigns the model, waits until every device has acknowledged it, classifies the
-held-out digits through each agent, prints accuracy and per-agent status, and shuts down.
+imports the model with its fp32 and int8 variants, cut points and block profiles, applies the policies
+in scripts/demo_policies/ (the planner places the model for the phone: `fleetctl plan`, `apply`,
+`history`), assigns it by hand to the edge node and the GPU worker, waits until every device has
+acknowledged it, classifies the held-out digits through each agent, prints accuracy and per-agent
+status, and shuts down.
 """
 
 from __future__ import annotations
@@ -26,6 +29,13 @@ from controller.toolchain.digits import build_digits_model
 from simulator.processes import Proc, fleetctl, free_port, start_agent, start_controller, wait_until
 
 DEVICES = {"phone-1": "phone-cpu", "edge-1": "edge-npu", "gpu-1": "cloud-gpu"}
+#: What each agent is told about itself: labels the demo policies select on, and its link to the edge.
+AGENT_OPTIONS = {
+    "phone-1": ["--label", "edgefleet.io/site=demo", "--link", "demo-edge=40/6/9"],
+    "edge-1": ["--label", "edgefleet.io/pool=demo-edge"],
+    "gpu-1": [],
+}
+POLICIES = Path(__file__).resolve().parent / "demo_policies"
 console = Console(width=None if sys.stdout.isatty() else 120)
 
 
@@ -54,16 +64,41 @@ def main() -> int:
         agents: dict[str, str] = {}
         for device_id, hardware in DEVICES.items():
             proc, agent_address = start_agent(
-                address, root / device_id, hardware, token=token["token"], device_id=device_id
+                address,
+                root / device_id,
+                hardware,
+                token=token["token"],
+                device_id=device_id,
+                extra=AGENT_OPTIONS[device_id],
             )
             procs.append(proc)
             agents[device_id] = agent_address
             console.print(f"agent {device_id} ({hardware}) serving Infer on {agent_address}")
 
-        fleetctl("models", "import", str(digits.model_path), "--name", "digits", controller=address)
+        test = np.load(digits.test_path)
+        x, y = test["x"].astype(np.float32), test["y"]
+        eval_data = root / "model" / "digits_eval.npz"
+        np.savez(eval_data, input=x, labels=y.astype(np.int64))
+        started = time.monotonic()
+        fleetctl(
+            "models", "import", str(digits.model_path), "--name", "digits",
+            "--eval-data", str(eval_data), "--precisions", "fp32,int8", controller=address,
+        )  # fmt: skip
+        console.print(f"imported digits with its fp32 and int8 variants in {time.monotonic() - started:.1f}s")
+        wait_until(lambda: _connected(address), timeout=60, what="every agent to connect")
+        console.rule("policies: plan, apply, history")
+        plan = fleetctl("plan", "-f", str(POLICIES), controller=address)
+        console.print(plan.stdout.rstrip())
+        console.print(
+            fleetctl("plan", "-f", str(POLICIES), "--explain", "phone-1", controller=address).stdout.rstrip()
+        )
+        console.print(
+            fleetctl("apply", "-f", str(POLICIES), "-m", "make demo", controller=address).stdout.rstrip()
+        )
+        console.print(fleetctl("history", controller=address).stdout.rstrip())
         started = time.monotonic()
         with AdminClient(address) as admin:
-            for device_id in DEVICES:
+            for device_id in ("edge-1", "gpu-1"):  # the pool nodes run it whole too, for the demo below
                 admin.assign(device_id, "digits")  # what `fleetctl assign DEVICE --model digits` does
             wait_until(
                 lambda: all(
@@ -77,8 +112,6 @@ def main() -> int:
             f"all {len(DEVICES)} devices fetched, loaded and acknowledged the model {time.monotonic() - started:.2f}s after assignment"
         )
 
-        test = np.load(digits.test_path)
-        x, y = test["x"].astype(np.float32), test["y"]
         results = Table(title="held-out digits classified through each agent", header_style="bold")
         for col in ("device", "hardware", "rows", "accuracy", "per-row latency (ms)"):
             results.add_column(col)
@@ -114,6 +147,12 @@ def main() -> int:
         return 1
     console.print("[green]demo finished: every process shut down cleanly")
     return 0
+
+
+def _connected(address: str) -> bool:
+    with AdminClient(address) as admin:
+        devices = admin.list_devices()
+    return len(devices) == len(DEVICES) and all(d.connected for d in devices)
 
 
 if __name__ == "__main__":

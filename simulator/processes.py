@@ -196,11 +196,13 @@ def start_agent(
     entry: Sequence[str] = AGENT_ENTRY,
     timeout: float = 30.0,
     registry: list[Proc] | None = None,
+    extra: Sequence[str] = (),
 ) -> tuple[Proc, str]:
     """An agent started as ``python <entry> run ...``; returns it and its Infer address.
 
     ``entry`` may name a launcher script instead of the module (one that patches something, then
-    calls ``agent.cli.app()``); ``threads`` and ``log_level`` left None keep the agent's defaults.
+    calls ``agent.cli.app()``); ``threads`` and ``log_level`` left None keep the agent's defaults;
+    ``extra`` are further ``run`` options (``--label``, ``--link``).
     """
     args = [
         *entry,
@@ -220,6 +222,7 @@ def start_agent(
         args += ["--threads", str(threads)]
     if log_level is not None:
         args += ["--log-level", log_level]
+    args += list(extra)
     proc = Proc(f"agent-{device_id or hardware}", args, registry=registry)
     line = proc.wait_for_line("agent listening on", timeout)
     return proc, line.rsplit(" ", 1)[1]

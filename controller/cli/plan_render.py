@@ -129,7 +129,7 @@ def explain(doc: dict[str, Any], device_id: str, console: Console) -> bool:
     console.print(
         f"predicted {p['latency_ms']:.2f} ms (compute {p['compute_ms']:.2f}, queue {p['queue_ms']:.2f}, transfer "
         f"{p['transfer_ms']:.2f}) vs SLO {d['slo_ms']:g} ms; accuracy {p['accuracy']:.4f} vs floor "
-        f"{d['min_accuracy']:g}; memory {d['memory_bytes'] / 2**20:.1f} of {d['memory_limit_bytes'] / 2**20:.1f} MiB; "
+        f"{d['min_accuracy']:g}; memory {_size(d['memory_bytes'])} of {_size(d['memory_limit_bytes'])}; "
         f"fallback {d['fallback'] or 'none'}",
         highlight=False,
     )
@@ -147,6 +147,13 @@ def explain(doc: dict[str, Any], device_id: str, console: Console) -> bool:
             )
         console.print(t)
     return True
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
 
 
 def policy_diff_lines(doc: dict[str, Any]) -> list[str]:

@@ -384,6 +384,7 @@ def _alternatives(bucket: Bucket, d: int, chosen: int) -> tuple[Alternative, ...
                 why_not=_why_not(
                     index, r, float(latency[r]), bool(fits[r]), float(scores[r]), float(scores[chosen])
                 ),
+                cut_indices=tuple(cut_index(t, b) for b in key_of(t, r).cuts),
             )
         )
     return tuple(out)

@@ -115,7 +115,7 @@ def _segment(s: SegmentPlan) -> dict[str, Any]:
 def _alternative(a: Alternative) -> dict[str, Any]:
     return {
         "pattern": a.key.pattern.label,
-        "cuts": list(a.key.cuts),
+        "cuts": list(a.cut_indices),
         "precisions": list(a.key.precisions),
         "latency_ms": round(a.latency_ms, 4),
         "accuracy": round(a.quality, 6),

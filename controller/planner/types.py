@@ -279,6 +279,7 @@ class Alternative:
     memory_bytes: int
     score: float
     why_not: str
+    cut_indices: tuple[int, ...] = ()  # the key's cuts as the model's cut indices (0: at the inputs)
 
 
 @dataclass(frozen=True, slots=True)
