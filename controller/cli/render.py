@@ -12,7 +12,15 @@ from rich.console import Console
 from rich.table import Table
 from ruamel.yaml import YAML
 
-from common.types import CreatedToken, Device, Model, ProfileRequestRecord, SegmentEvaluation, SegmentSpec
+from common.types import (
+    AssignmentPlan,
+    CreatedToken,
+    Device,
+    Model,
+    ProfileRequestRecord,
+    SegmentEvaluation,
+    SegmentSpec,
+)
 
 
 def _iso(ms: int) -> str | None:
@@ -45,7 +53,13 @@ def device_doc(d: Device) -> dict[str, Any]:
         "acked_version": d.acked_version,
         "assignment": None
         if a is None
-        else {"version": a.version, "model": a.model_name, "variant": a.variant, "sha256": a.artifact_sha256},
+        else {
+            "version": a.version,
+            "model": a.model_name,
+            "variant": a.variant,
+            "sha256": a.artifact_sha256,
+            "plan": None if a.plan is None else plan_doc(a.plan),
+        },
         "active_sha256": d.reported.active_sha256 or None,
         "last_known_good_sha256": d.reported.last_known_good_sha256 or None,
         "last_seen": _iso(d.last_seen_ms),
@@ -65,6 +79,39 @@ def device_doc(d: Device) -> dict[str, Any]:
         "records_received": d.records_received,
         "records_dropped": d.records_dropped,
         "last_sequence": d.last_sequence,
+        "links": [
+            {
+                "pool": m.pool,
+                "bandwidth_mbps": m.bandwidth_mbps,
+                "rtt_ms": m.rtt_ms,
+                "rtt_p95_ms": m.rtt_p95_ms or None,
+            }
+            for m in d.links
+        ],
+    }
+
+
+def plan_doc(p: AssignmentPlan) -> dict[str, Any]:
+    """How the planner placed a device's model, as ``describe device -o json`` shows it."""
+    return {
+        "deployment": p.deployment,
+        "pattern": p.pattern,
+        "segments": [
+            {
+                "tier": s.tier,
+                "start_cut": s.start_cut,
+                "end_cut": s.end_cut,
+                "precision": s.precision,
+                "where": s.where,
+            }
+            for s in p.segments
+        ],
+        "edge_pool": p.edge_pool or None,
+        "edge_node": p.edge_node or None,
+        "cloud_pool": p.cloud_pool or None,
+        "fallback_variant": p.fallback_variant or None,
+        "predicted_latency_ms": p.predicted_latency_ms,
+        "predicted_accuracy": p.predicted_accuracy,
     }
 
 
@@ -394,7 +441,24 @@ def device_detail(d: Device, console: Console) -> None:
     table.add_column(style="bold")
     table.add_column()
     for key, value in doc.items():
-        if isinstance(value, dict):
+        if key == "assignment" and isinstance(value, dict) and value.get("plan"):
+            plan = value["plan"]
+            value = {k: v for k, v in value.items() if k != "plan"}
+            value = ", ".join(f"{k}={v}" for k, v in value.items())
+            table.add_row(key, value)
+            where = " > ".join(f"{s['precision']}@{s['where']}" for s in plan["segments"])
+            table.add_row(
+                "plan",
+                f"{plan['deployment']}: {plan['pattern']} [{where}], fallback {plan['fallback_variant']}, "
+                f"predicted {plan['predicted_latency_ms']:.1f} ms, accuracy {plan['predicted_accuracy']:.4f}",
+            )
+            continue
+        if key == "links":
+            value = (
+                ", ".join(f"{m['pool']} {m['bandwidth_mbps']:g} Mbit/s {m['rtt_ms']:g} ms" for m in value)
+                or "-"
+            )
+        elif isinstance(value, dict):
             value = ", ".join(f"{k}={v}" for k, v in value.items()) or "-"
         table.add_row(key, "-" if value is None else str(value))
     console.print(table)

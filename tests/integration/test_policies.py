@@ -309,6 +309,13 @@ def test_fleetctl_plan_diff_apply_history_in_a_git_checkout(
             )
             code, output = await cli("apply", "-f", str(d), *ctl)
             assert code == 0 and "unchanged" in output, output
+            code, output = await cli("describe", "device", "phone-1", "-o", "json", *ctl)
+            plan = json.loads(output)["assignment"]["plan"]
+            assert plan["pattern"] == "device+edge" and plan["edge_node"] == "edge-1", plan
+            assert plan["deployment"] == "digits-eu" and plan["segments"][-1]["where"] == "edge-1"
+            assert json.loads(output)["links"] == [
+                {"pool": "eu-edge", "bandwidth_mbps": 100.0, "rtt_ms": 4.0, "rtt_p95_ms": 6.0}
+            ]
 
             # Edit without committing: the next apply records the commit and that the tree was dirty.
             (d / "deployments.yaml").write_text(DEPLOYMENT.replace("requestRate: 2", "requestRate: 3"))
