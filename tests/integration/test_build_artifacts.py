@@ -29,15 +29,6 @@ pytestmark = pytest.mark.timeout(120)
 PRECISIONS = ("fp32", "fp16", "int8", "int4")
 
 
-@pytest.fixture(scope="module")
-def eval_npz(digits_model: DigitsArtifacts, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    with np.load(digits_model.test_path) as test:
-        x, y = test["x"], test["y"]
-    path = tmp_path_factory.mktemp("eval") / "digits_eval.npz"
-    np.savez(path, input=x.astype(np.float32), labels=y.astype(np.int64))
-    return path
-
-
 async def _import(fleet: Fleet, model: Path, eval_npz: Path, name: str = "digits") -> Model:
     return await fleet.call_admin(
         fleet.admin.import_model, model, name=name, eval_data=eval_npz, precisions=PRECISIONS

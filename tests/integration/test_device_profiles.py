@@ -16,7 +16,6 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TypeVar
 
-import numpy as np
 import pytest
 
 from agent.core import Link
@@ -33,15 +32,6 @@ from tests.integration.harness import POLICY, run, running_controller
 pytestmark = pytest.mark.timeout(120)
 T = TypeVar("T")
 PRECISIONS = ("fp32", "fp16", "int8", "int4")
-
-
-@pytest.fixture(scope="module")
-def eval_npz(digits_model: DigitsArtifacts, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    with np.load(digits_model.test_path) as test:
-        x, y = test["x"], test["y"]
-    path = tmp_path_factory.mktemp("eval") / "digits_eval.npz"
-    np.savez(path, input=x.astype(np.float32), labels=y.astype(np.int64))
-    return path
 
 
 @contextlib.asynccontextmanager

@@ -20,16 +20,6 @@ from tests.integration.harness import Fleet, run, running_controller
 pytestmark = pytest.mark.timeout(120)
 
 
-@pytest.fixture(scope="module")
-def eval_npz(digits_model: DigitsArtifacts, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The held-out digits rows named after the model's input, with their labels."""
-    with np.load(digits_model.test_path) as test:
-        x, y = test["x"], test["y"]
-    path = tmp_path_factory.mktemp("eval") / "digits_eval.npz"
-    np.savez(path, input=x.astype(np.float32), labels=y.astype(np.int64))
-    return path
-
-
 async def _import(
     fleet: Fleet, model: Path, eval_data: Path | None, precisions: tuple[str, ...]
 ) -> tuple[Model, list[ImportProgress]]:

@@ -13,7 +13,6 @@ import json
 import subprocess
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from common import serde
@@ -87,15 +86,6 @@ def phone(device_id: str) -> HardwareProfile:
 EDGE = HardwareProfile(
     "edge-npu", cpu_cores=8, memory_bytes=16 * 2**30, labels={"edgefleet.io/pool": "eu-edge"}
 )
-
-
-@pytest.fixture(scope="module")
-def eval_npz(digits_model: DigitsArtifacts, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    with np.load(digits_model.test_path) as test:
-        x, y = test["x"], test["y"]
-    path = tmp_path_factory.mktemp("eval") / "digits_eval.npz"
-    np.savez(path, input=x.astype(np.float32), labels=y.astype(np.int64))
-    return path
 
 
 def policy_dir(root: Path, deployment: str = DEPLOYMENT) -> Path:
