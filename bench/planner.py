@@ -226,7 +226,7 @@ def section_capacitated(quick: bool, out: dict[str, Any]) -> None:
             f"{util:.0%}",
             f"{plan_s:.2f}",
             f"{milp_s:.1f}",
-            status.split(" (")[0][:28],
+            "optimal" if status.startswith("Optimization terminated successfully") else status[:28],
         )
         out.setdefault("capacitated", []).append(
             {
