@@ -48,6 +48,11 @@ DEFAULT_METHODS = {
     "int4": quantize.METHOD_INT4,
 }
 METHODS = (*DEFAULT_METHODS.values(), quantize.METHOD_INT8_STATIC)
+#: Methods for whole-model variants only, and the method their blocks are built with instead: the
+#: transformer fusions need whole attention blocks and the mask path, which a cut can split, so a model
+#: whose int8 variant is fused is profiled (and cut) with plain dynamic int8; ``Segment.method`` and
+#: its ``note`` say so.
+WHOLE_MODEL_METHODS = {quantize.METHOD_INT8_DYNAMIC_FUSED: quantize.METHOD_INT8_DYNAMIC}
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -132,8 +137,10 @@ class Segmenter:
     def segment(self, start: Bound, end: Bound, method: str = quantize.METHOD_FP32) -> Segment:
         """The segment from ``start`` to ``end`` converted with ``method`` (a ``quantize.METHOD_*``,
         or a precision name for its default method). A method with nothing to convert in this
-        segment (no MatMul for int4) keeps the fp32 graph and says so in ``note``."""
-        method = DEFAULT_METHODS.get(method, method)
+        segment (no MatMul for int4) keeps the fp32 graph and says so in ``note``; so does a method
+        for whole models only (``WHOLE_MODEL_METHODS``), which builds the segment with its stand-in."""
+        asked = DEFAULT_METHODS.get(method, method)
+        method = WHOLE_MODEL_METHODS.get(asked, asked)
         if method not in METHODS:
             raise InvalidArgument(f"unknown segment method {method!r}: choose from {', '.join(METHODS)}")
         first, last = self._range(start, end)
@@ -155,6 +162,10 @@ class Segmenter:
             # cache directory (built by another process) says the same.
             note = _unconverted_note(method, data, fp32.onnx_bytes)
             self._notes[key] = note
+        if asked != method:
+            note = "; ".join(
+                filter(None, [f"{asked} applies to whole models only; built with {method}", note])
+            )
         return Segment(
             self.graph.source_sha256, first, last, method, data, tuple(inputs), tuple(outputs), note
         )

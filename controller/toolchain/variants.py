@@ -2,9 +2,9 @@
 
 For each requested precision one or more methods (candidates) are built with onnxruntime's tools,
 loaded, run over the eval data, compared with fp32 and timed. A candidate is accepted when it meets
-the acceptance floor; where a precision has several accepted candidates (int8: dynamic per-channel
-and static QDQ) the faster one at batch 1 wins, unless they are within 10%, when the more accurate
-one does. Nothing is dropped silently: every candidate of every requested precision comes back,
+the acceptance floor; where a precision has several accepted candidates (int8: dynamic per-channel,
+the same after onnxruntime's transformer fusions, and static QDQ) the fastest at batch 1 wins, unless
+others are within 10% of it, when the most accurate of those does. Nothing is dropped silently: every candidate of every requested precision comes back,
 rejected ones with the measured reason.
 
 All work happens in a private temp directory that is removed on success and on failure, so a
@@ -96,6 +96,7 @@ _CANDIDATES: dict[str, tuple[tuple[str, _Builder], ...]] = {
     "fp16": ((quantize.METHOD_FP16, lambda c: quantize.to_fp16(c.source)),),
     "int8": (
         (quantize.METHOD_INT8_DYNAMIC, lambda c: quantize.int8_dynamic(c.source, c.work)),
+        (quantize.METHOD_INT8_DYNAMIC_FUSED, lambda c: quantize.int8_dynamic_fused(c.source, c.work)),
         (
             quantize.METHOD_INT8_STATIC,
             lambda c: quantize.int8_static(c.source, c.work, c.calibration, c.batch),

@@ -65,17 +65,24 @@ def test_every_precision_and_candidate_is_reported(digits_build: Any) -> None:
         ("fp32", quantize.METHOD_FP32),
         ("fp16", quantize.METHOD_FP16),
         ("int8", quantize.METHOD_INT8_DYNAMIC),
+        ("int8", quantize.METHOD_INT8_DYNAMIC_FUSED),
         ("int8", quantize.METHOD_INT8_STATIC),
         ("int4", quantize.METHOD_INT4),
     ]
     assert list(cwd.iterdir()) == [] and list(work.iterdir()) == []  # no stray or leftover files
-    assert [e[:2] for e in events] == [(i, 5) for i in range(1, 6)]
+    assert [e[:2] for e in events] == [(i, 6) for i in range(1, 7)]
+    # The digits MLP has nothing a transformer optimizer fuses: that candidate says so, built nothing.
+    fused = next(r for r in results if r.method == quantize.METHOD_INT8_DYNAMIC_FUSED)
+    assert not fused.accepted and fused.reason.startswith("not applicable: the transformer optimizer found")
+    assert fused.size_bytes == 0 and not fused.latency_ms
     for r in results:
+        json.dumps(r.as_dict())  # describe -o json needs no custom encoder
+        if r is fused:
+            continue
         assert r.reason and r.size_bytes > 0 and r.sha256
         assert (r.onnx_bytes is not None) == r.accepted
-        json.dumps(r.as_dict())  # describe -o json needs no custom encoder
     # Exactly one int8 method is kept; the other is rejected with the comparison that decided it.
-    int8 = [r for r in results if r.precision == "int8"]
+    int8 = [r for r in results if r.precision == "int8" and r is not fused]
     assert sum(r.accepted for r in int8) == 1
     loser = next(r for r in int8 if not r.accepted)
     assert "was chosen" in loser.reason and loser.latency_ms and loser.metrics.accuracy is not None
@@ -127,7 +134,9 @@ def test_impossible_floor_rejects_with_reasons_and_drops_nothing(
         if r.precision == "fp32":
             continue
         assert not r.accepted and r.onnx_bytes is None
-        if r.precision != "int4" or HAS_ONNX_IR:
+        if r.method == quantize.METHOD_INT8_DYNAMIC_FUSED:
+            assert r.reason.startswith("not applicable: ")  # nothing to fuse in the digits MLP
+        elif r.precision != "int4" or HAS_ONNX_IR:
             assert r.reason.startswith("cosine to fp32 ") and r.reason.endswith(" < floor 1.0")
             assert r.metrics.cosine is not None and r.metrics.cosine < 1.0 and r.metrics.accuracy is None
     assert list(clean_cwd.iterdir()) == []

@@ -3,6 +3,9 @@
 - ``gemm_model``: one Gemm (transB=1), the layout exporters use for linear layers, to check that int4
   rewrites Gemm into MatMul+Add before quantizing.
 - ``relu_model``: no weights at all, so int4 has nothing to quantize.
+- ``ffn_block``: a transformer's feed-forward half (MatMul -> exact Gelu as exporters write it ->
+  MatMul -> residual Add -> LayerNormalization) on [N, seq, hidden] activations: something
+  onnxruntime's transformer optimizer fuses (BiasGelu) with a LayerNormalization after a residual.
 - ``digits_cnn``: a conv net on the 8x8 digits, for static QDQ: the conv filters are fixed random
   features and only the linear head is trained (scikit-learn logistic regression), which takes well
   under a second and still gives a real accuracy to measure variants against.
@@ -47,6 +50,44 @@ def relu_model(path: Path, features: int = 64) -> Path:
         "relu",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", features])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", features])],
+    )
+    return _save(graph, path)
+
+
+def ffn_block(path: Path, seq: int = 8, hidden: int = 32, inner: int = 64) -> Path:
+    """x [N, seq, hidden] -> LayerNorm(x + (Gelu(x W1 + b1) W2 + b2)) -> y [N, seq, hidden]."""
+    rng = np.random.default_rng(2)
+    inits = [
+        numpy_helper.from_array(rng.normal(0, 0.2, size=(hidden, inner)).astype(np.float32), "w1"),
+        numpy_helper.from_array(rng.normal(0, 0.1, size=(inner,)).astype(np.float32), "b1"),
+        numpy_helper.from_array(rng.normal(0, 0.2, size=(inner, hidden)).astype(np.float32), "w2"),
+        numpy_helper.from_array(rng.normal(0, 0.1, size=(hidden,)).astype(np.float32), "b2"),
+        numpy_helper.from_array(rng.uniform(0.5, 1.5, size=(hidden,)).astype(np.float32), "gamma"),
+        numpy_helper.from_array(rng.normal(0, 0.1, size=(hidden,)).astype(np.float32), "beta"),
+        numpy_helper.from_array(np.array(np.sqrt(2.0), dtype=np.float32), "sqrt2"),
+        numpy_helper.from_array(np.array(1.0, dtype=np.float32), "one"),
+        numpy_helper.from_array(np.array(0.5, dtype=np.float32), "half"),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h"]),
+        helper.make_node("Add", ["h", "b1"], ["hb"]),
+        # Gelu(v) = v * 0.5 * (1 + erf(v / sqrt 2)), the way torch exports nn.GELU()
+        helper.make_node("Div", ["hb", "sqrt2"], ["scaled"]),
+        helper.make_node("Erf", ["scaled"], ["erf"]),
+        helper.make_node("Add", ["erf", "one"], ["erf1"]),
+        helper.make_node("Mul", ["hb", "erf1"], ["prod"]),
+        helper.make_node("Mul", ["prod", "half"], ["gelu"]),
+        helper.make_node("MatMul", ["gelu", "w2"], ["o"]),
+        helper.make_node("Add", ["o", "b2"], ["ob"]),
+        helper.make_node("Add", ["ob", "x"], ["residual"]),
+        helper.make_node("LayerNormalization", ["residual", "gamma", "beta"], ["y"], axis=-1, epsilon=1e-5),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "ffn_block",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", seq, hidden])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", seq, hidden])],
+        inits,
     )
     return _save(graph, path)
 
