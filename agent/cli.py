@@ -126,8 +126,9 @@ def infer(
     ],
     output: Annotated[str, typer.Option("--output", "-o", help="json or table.")] = "table",
 ) -> None:
-    """Run one inference on a device's model and print the outputs."""
+    """Run one inference on a device's model and print the outputs, the path it took and each hop."""
     from agent.client import AgentClient
+    from common.tensors import from_tensor
 
     try:
         with AgentClient(agent) as client:
@@ -137,15 +138,29 @@ def infer(
                 if not status.inputs:
                     raise EdgefleetError("the agent has no model loaded", code="no_model")
                 first = status.inputs[0].name
-            outputs, sha, latency_ms = client.infer(_load_inputs(input, first))
+            response = client.infer_response(_load_inputs(input, first))
     except EdgefleetError as exc:
         raise exit_for(exc) from None
+    outputs = {t.name: from_tensor(t) for t in response.outputs}
+    hops = [
+        {
+            "device_id": h.device_id,
+            "tier": h.tier,
+            "queue_ms": h.queue_ms,
+            "compute_ms": h.compute_ms,
+            "transfer_ms": h.transfer_ms,
+            "batch_size": h.batch_size,
+        }
+        for h in response.hops
+    ]
     if output == "json":
         print(
             json.dumps(
                 {
-                    "model_sha256": sha,
-                    "latency_ms": latency_ms,
+                    "model_sha256": response.model_sha256,
+                    "latency_ms": response.latency_ms,
+                    "path": response.path,
+                    "hops": hops,
                     "outputs": {k: v.tolist() for k, v in outputs.items()},
                 }
             )
@@ -153,7 +168,14 @@ def infer(
     else:
         for name, value in outputs.items():
             print(f"{name} {value.dtype}{list(value.shape)}:\n{value}")
-        print(f"model {sha[:12]}, {latency_ms:.2f} ms on the agent")
+        print(
+            f"model {response.model_sha256[:12]}, {response.latency_ms:.2f} ms on the agent ({response.path})"
+        )
+        for h in hops:
+            print(
+                f"  {h['tier']:<6} {h['device_id']}: queue {h['queue_ms']:.2f} ms, compute {h['compute_ms']:.2f} ms,"
+                f" transfer {h['transfer_ms']:.2f} ms, batch {h['batch_size']}"
+            )
 
 
 @app.command()

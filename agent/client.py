@@ -9,7 +9,7 @@ import numpy as np
 
 from common import limits, serde
 from common.tensors import from_tensor, to_tensor
-from common.types import AgentStatus, InferRequest
+from common.types import AgentStatus, InferRequest, InferResponse
 
 
 class AgentClient:
@@ -34,16 +34,26 @@ class AgentClient:
         self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str] = ()
     ) -> tuple[dict[str, np.ndarray], str, float]:
         """Run the device's model: (outputs by name, sha256 of the model that answered, server latency ms)."""
+        response = self.infer_response(inputs, output_names)
+        return {t.name: from_tensor(t) for t in response.outputs}, response.model_sha256, response.latency_ms
+
+    def infer_response(
+        self,
+        inputs: Mapping[str, np.ndarray],
+        output_names: Sequence[str] = (),
+        *,
+        timeout: float | None = None,
+    ) -> InferResponse:
+        """The whole answer: outputs as tensors, which model answered, the path and every hop's timing."""
         request = InferRequest(
             inputs=tuple(to_tensor(name, value) for name, value in inputs.items()),
             output_names=tuple(output_names),
         )
         try:
-            pb = self._stub.Infer(serde.infer_request_to_pb(request), timeout=self._timeout)
+            pb = self._stub.Infer(serde.infer_request_to_pb(request), timeout=timeout or self._timeout)
         except grpc.RpcError as exc:
             raise serde.error_from_rpc_error(exc) from None
-        response = serde.infer_response_from_pb(pb)
-        return {t.name: from_tensor(t) for t in response.outputs}, response.model_sha256, response.latency_ms
+        return serde.infer_response_from_pb(pb)
 
     def status(self) -> AgentStatus:
         try:

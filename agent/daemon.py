@@ -13,6 +13,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -27,7 +28,9 @@ from agent.core import events as ev
 from agent.core.backoff import BackoffPolicy
 from agent.core.machine import profile_artifacts
 from agent.infer_api import InferApi
+from agent.partition import SegmentHost
 from agent.runtime import ModelLoadError, ModelSlot, load_model
+from agent.segment_api import SegmentApi
 from agent.state import DataDir
 from common import limits, serde
 from common.errors import EdgefleetError, InvalidArgument, NotFound, PermanentError, TransientError
@@ -73,6 +76,8 @@ class AgentConfig:
     labels: dict[str, str] = field(default_factory=dict)
     #: What the device knows of its links to compute pools (told by the operator; measured later).
     links: tuple[LinkMeasurement, ...] = ()
+    #: HOST:PORT peers reach this agent's SegmentService at ('' : the listen address as bound).
+    advertise: str = ""
     threads: int = 1
     backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
     fetch_backoff: BackoffPolicy = field(default_factory=lambda: BackoffPolicy(base_s=1.0, cap_s=60.0))
@@ -162,6 +167,16 @@ class AgentDaemon:
         self._loading: Counter[str] = Counter()
         self._wake = asyncio.Event()
         self._stopping = False
+        #: Segments: this device's own (when its plan cuts the model) and those it serves peers.
+        self._segment_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="segment")
+        self.segments = SegmentHost(
+            "-",
+            threads=config.threads,
+            executor=self._segment_pool,
+            links={m.pool: m.bandwidth_mbps for m in config.links},
+        )
+        #: One segment preparation at a time, in the order the core asked.
+        self._segments_lock = asyncio.Lock()
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -175,12 +190,16 @@ class AgentDaemon:
         )
         self._infer_api = InferApi(self)
         serde.add_AgentServiceServicer_to_server(self._infer_api, server)
+        serde.add_SegmentServiceServicer_to_server(SegmentApi(self), server)
         self.port = server.add_insecure_port(self.config.listen)
         if self.port == 0:
             raise OSError(f"cannot listen on {self.config.listen}")
         await server.start()
         self._server = server
+        self.core.endpoint = self.config.advertise or self.address
         self.identity = self.data.load_identity()
+        if self.identity is not None:
+            self.segments.device_id = self.identity.device_id
         self.dispatch(ev.Started(self.identity, self.data.load_snapshot()))
         # Whatever a previous run left behind and no longer needs. Partial downloads stay: the
         # controller will resend the assignment they belong to, and they resume.
@@ -216,6 +235,8 @@ class AgentDaemon:
             await self._server.stop(2.0)
             if self._infer_api is not None:
                 self._infer_api.close()
+        await self.segments.aclose()
+        self._segment_pool.shutdown(wait=False)
         if self._channel is not None:
             await self._channel.close(None)
 
@@ -256,6 +277,8 @@ class AgentDaemon:
             case act.LoadModel(assignment=assignment, restore=restore):
                 self._loading[assignment.artifact_sha256] += 1
                 self._spawn(self._load(assignment, restore))
+            case act.PrepareSegments(assignment=assignment, restore=restore):
+                self._spawn(self._prepare_segments(assignment, restore))
             case act.FetchProfileArtifacts(request=request):
                 self._spawn(self._fetch_profile(request))
             case act.RunProfile(request=request):
@@ -263,6 +286,7 @@ class AgentDaemon:
             case act.PersistIdentity(identity=identity):
                 self.data.save_identity(identity)
                 self.identity = identity
+                self.segments.device_id = identity.device_id
             case act.PersistSnapshot(snapshot=snapshot):
                 self.data.save_snapshot(snapshot)
             case act.Fatal(reason=reason):
@@ -537,6 +561,47 @@ class AgentDaemon:
                 len(removed),
                 ", ".join(s[:12] for s in removed),
             )
+
+    # --- segments -------------------------------------------------------------------------------
+
+    async def _prepare_segments(self, assignment: Assignment, restore: bool) -> None:
+        """Every segment artifact of ``assignment`` into the cache (the same resumable, verified
+        download as models; after a restart, verified again from disk), then loaded and swapped in."""
+        async with self._segments_lock:
+            paths: dict[str, Path] = {}
+            for sha256, size in assignment.segment_artifacts():
+                try:
+                    failed = await self._obtain(sha256, size)
+                    if failed is None and restore:
+                        await asyncio.to_thread(self.cache.verify, sha256)
+                except _Abandoned:
+                    return  # superseded: the core asks for the newer one
+                except ChecksumMismatch as exc:  # verify deleted the file: a retry downloads it again
+                    self.dispatch(ev.SegmentsFailed(assignment, exc.message, transient=True))
+                    return
+                if failed is not None:
+                    error, failure = failed
+                    self.dispatch(
+                        ev.SegmentsFailed(assignment, f"{sha256[:12]}: {error}", transient=failure is None)
+                    )
+                    return
+                path = self.cache.path_if_complete(sha256)
+                if path is None:
+                    self.dispatch(
+                        ev.SegmentsFailed(assignment, f"{sha256[:12]} left the cache", transient=True)
+                    )
+                    return
+                paths[sha256] = path
+            try:
+                await self.segments.prepare(assignment, paths)
+            except EdgefleetError as exc:
+                log.error(
+                    "device=%s segments of v%d failed: %s", self.core.device_id, assignment.version, exc
+                )
+                self.dispatch(ev.SegmentsFailed(assignment, exc.message))
+                return
+            self.dispatch(ev.SegmentsReady(assignment))
+        self._prune_cache()
 
     # --- models ---------------------------------------------------------------------------------
 

@@ -11,10 +11,11 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from agent.partition import Route, budget_deadline
 from common import limits, serde
 from common.errors import EdgefleetError, InvalidArgument, PermanentError
 from common.tensors import from_tensor, to_tensor
-from common.types import AgentStatus, InferenceRecord, InferResponse, Outcome
+from common.types import AgentStatus, HopTiming, InferenceRecord, InferResponse, Outcome
 
 if TYPE_CHECKING:
     from agent.daemon import AgentDaemon
@@ -32,6 +33,9 @@ class InferApi(serde.AgentServiceServicer):
         self._pool = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="infer")
 
     async def Infer(self, request: Any, context: Context) -> Any:
+        route = self._daemon.segments.route  # one reference for the whole request, as for the model
+        if route is not None:
+            return await self._infer_partitioned(route, request, context)
         started = time.perf_counter()
         model = self._daemon.slot.active  # one reference for the whole request: a swap never cuts it
         sha = model.sha256 if model is not None else ""
@@ -52,10 +56,13 @@ class InferApi(serde.AgentServiceServicer):
                 loop = asyncio.get_running_loop()
                 outputs = await loop.run_in_executor(self._pool, model.infer, arrays, req.output_names)
             latency_ms = (time.perf_counter() - started) * 1000.0
+            device_id = self._daemon.identity.device_id if self._daemon.identity else ""
             response = InferResponse(
                 outputs=tuple(to_tensor(name, value) for name, value in outputs.items()),
                 model_sha256=sha,
                 latency_ms=latency_ms,
+                # One hop, the device itself, so a caller reads local and partitioned answers alike.
+                hops=(HopTiming(device_id, "device", compute_ms=latency_ms),) if device_id else (),
             )
         except EdgefleetError as exc:
             outcome = (
@@ -68,10 +75,53 @@ class InferApi(serde.AgentServiceServicer):
         self._record(sha, started, Outcome.OK, "")
         return serde.infer_response_to_pb(response)
 
-    def _record(self, sha: str, started: float, outcome: Outcome, error: str) -> None:
+    async def _infer_partitioned(self, route: Route, request: Any, context: Context) -> Any:
+        """This device's segment, then the peers that run the rest, within the caller's deadline.
+        A hop that cannot be reached or answer in time fails the request at once, with its name."""
+        started = time.perf_counter()
+        sha = route.own.sha256 if route.own is not None else route.hops[0].segment_sha256
+        hops: tuple[HopTiming, ...] = ()
+        try:
+            req = serde.infer_request_from_pb(request)
+            arrays = {t.name: from_tensor(t) for t in req.inputs}
+            deadline = budget_deadline(context.time_remaining())
+            outputs, hops = await self._daemon.segments.infer_partitioned(
+                route, arrays, req.output_names, deadline
+            )
+            response = InferResponse(
+                outputs=tuple(to_tensor(name, value) for name, value in outputs.items()),
+                model_sha256=sha,
+                latency_ms=(time.perf_counter() - started) * 1000.0,
+                hops=hops,
+                path="partitioned",
+            )
+        except EdgefleetError as exc:
+            outcome = Outcome.INVALID_INPUT if isinstance(exc, InvalidArgument) else Outcome.ERROR
+            self._record(sha, started, outcome, exc.message, path="partitioned")
+            await serde.abort_with_error_async(context, exc)
+        self._record(sha, started, Outcome.OK, "", path="partitioned", hops=hops)
+        return serde.infer_response_to_pb(response)
+
+    def _record(
+        self,
+        sha: str,
+        started: float,
+        outcome: Outcome,
+        error: str,
+        *,
+        path: str = "",
+        hops: tuple[HopTiming, ...] = (),
+    ) -> None:
         latency_ms = (time.perf_counter() - started) * 1000.0
         self._daemon.record_inference(
-            InferenceRecord(model_sha256=sha, latency_ms=latency_ms, outcome=outcome, error=error[:200])
+            InferenceRecord(
+                model_sha256=sha,
+                latency_ms=latency_ms,
+                outcome=outcome,
+                error=error[:200],
+                path=path,
+                hops=hops,
+            )
         )
 
     async def GetStatus(self, request: Any, context: Context) -> Any:

@@ -28,6 +28,8 @@ from common.types import (
     DeviceIdentity,
     PlannedSegment,
     ReportedState,
+    SegmentEndpoint,
+    ServedSegment,
 )
 
 log = logging.getLogger(__name__)
@@ -138,8 +140,13 @@ def _assignment(raw: Any) -> Assignment | None:
         return None
     plan = raw.get("plan")
     if plan is not None:
-        plan = AssignmentPlan(**{**plan, "segments": tuple(PlannedSegment(**s) for s in plan["segments"])})
-    return Assignment(**{**raw, "plan": plan})
+        segments = tuple(
+            PlannedSegment(**{**s, "endpoints": tuple(SegmentEndpoint(**e) for e in s.get("endpoints", ()))})
+            for s in plan["segments"]
+        )
+        plan = AssignmentPlan(**{**plan, "segments": segments})
+    serve = tuple(ServedSegment(**x) for x in raw.get("serve", ()))
+    return Assignment(**{**raw, "plan": plan, "serve": serve})
 
 
 def _snapshot_to_json(s: AgentSnapshot) -> dict[str, Any]:
@@ -154,6 +161,7 @@ def _snapshot_to_json(s: AgentSnapshot) -> dict[str, Any]:
         "sequence_reserved_until": s.sequence_reserved_until,
         "records_dropped": s.records_dropped,
         "failed": failed,
+        "segments": asdict(s.segments) if s.segments else None,
     }
 
 
@@ -175,4 +183,5 @@ def _snapshot_from_json(raw: dict[str, Any]) -> AgentSnapshot:
         sequence_reserved_until=int(raw["sequence_reserved_until"]),
         records_dropped=int(raw["records_dropped"]),
         failed=failed,
+        segments=_assignment(raw.get("segments")),
     )

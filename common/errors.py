@@ -62,3 +62,23 @@ class PermissionDenied(PermanentError):
 
 class ResourceExhausted(TransientError):
     code = "resource_exhausted"
+
+
+class DeadlineExceeded(TransientError):
+    """The request's deadline cannot be met (or has passed), so it is refused instead of answered
+    late. Transient: with a fresh budget it may well succeed (here or on another worker);
+    ``retry_after`` is usually unset, since retrying with the same deadline is pointless."""
+
+    code = "deadline_exceeded"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        shortfall_s: float = 0.0,
+        retry_after: float | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message, retry_after=retry_after, code=code)
+        #: By how much the deadline is (expected to be) missed; 0.0 when unknown.
+        self.shortfall_s = shortfall_s

@@ -21,6 +21,7 @@ import grpc.aio
 
 from common.errors import (
     AlreadyExists,
+    DeadlineExceeded,
     EdgefleetError,
     InvalidArgument,
     NotFound,
@@ -49,6 +50,7 @@ _TO_STATUS: Final[tuple[tuple[type[EdgefleetError], grpc.StatusCode], ...]] = (
     (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
     (TransientError, grpc.StatusCode.UNAVAILABLE),
     (PermanentError, grpc.StatusCode.FAILED_PRECONDITION),
 )
@@ -126,8 +128,8 @@ def status_to_error(
 ) -> EdgefleetError:
     """Rebuild the typed error a server signalled (the inverse of ``error_to_status``).
 
-    UNAVAILABLE, DEADLINE_EXCEEDED, INTERNAL, UNKNOWN, ABORTED and CANCELLED give ``TransientError``,
-    RESOURCE_EXHAUSTED gives ``ResourceExhausted``; every other code gives a ``PermanentError``
+    UNAVAILABLE, INTERNAL, UNKNOWN, ABORTED and CANCELLED give ``TransientError``, DEADLINE_EXCEEDED
+    ``DeadlineExceeded``, RESOURCE_EXHAUSTED ``ResourceExhausted``; every other code gives a ``PermanentError``
     (subclass where one fits).
     ``error_code`` (from the trailers) overrides the class's default ``code``.
     """
@@ -136,6 +138,8 @@ def status_to_error(
         error_code = None
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         return ResourceExhausted(message, retry_after=retry_after, code=error_code)
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return DeadlineExceeded(message, retry_after=retry_after, code=error_code)
     if code in _TRANSIENT_STATUS:
         return TransientError(message, retry_after=retry_after, code=error_code or code.name.lower())
     permanent = _PERMANENT_FROM_STATUS.get(code)

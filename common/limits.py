@@ -48,3 +48,8 @@ MAX_POLICY_FILES = 512
 MAX_POLICY_BYTES = 8 * MIB
 #: Applies a history listing returns at most.
 MAX_POLICY_HISTORY = 1000
+#: Segments a serving node keeps loaded for others, and workers a segment is spread over.
+MAX_SERVED_SEGMENTS = 256
+MAX_SEGMENT_ENDPOINTS = 256
+#: Hops a partitioned request may still have to go (device -> edge -> cloud: at most 2 after the first).
+MAX_ROUTE_HOPS = 2

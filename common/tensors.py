@@ -78,6 +78,9 @@ def from_tensor(t: Tensor) -> np.ndarray:
     Raises InvalidArgument naming the tensor when a dimension is negative or the byte count does not
     match shape x itemsize.
     """
+    if t.encoding:
+        # Compressed bytes are not the array: the receiver decodes them (agent.serving.codec) first.
+        raise InvalidArgument(f"tensor {t.name!r} is {t.encoding}-encoded; decode it before reading it")
     if any(d < 0 for d in t.shape):
         raise InvalidArgument(f"tensor {t.name!r} has a negative dimension in shape {list(t.shape)}")
     expected = expected_nbytes(t.dtype, t.shape)

@@ -56,12 +56,14 @@ _ITEMSIZE = {
 
 @dataclass(frozen=True, slots=True)
 class Tensor:
-    """A named tensor as raw little-endian C-order bytes."""
+    """A named tensor as raw little-endian C-order bytes (``encoding`` '': as they are; "zlib": those
+    bytes compressed, as peers may send activations when it pays for the link)."""
 
     name: str
     dtype: DataType
     shape: tuple[int, ...]
     data: bytes
+    encoding: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +98,35 @@ class PlannedSegment:
     end_cut: int
     precision: str
     where: str
+    #: The segment's ONNX artifact ('' until built): what the device loads for its own segment, and
+    #: what it names when it asks a peer to run one.
+    artifact_sha256: str = ""
+    artifact_size_bytes: int = 0
+    #: Who runs it, for segments on serving tiers (the edge node, or the cloud pool's workers).
+    endpoints: tuple[SegmentEndpoint, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentEndpoint:
+    """A peer that runs a segment: its device id, the address of its SegmentService, its weight."""
+
+    device_id: str
+    address: str
+    weight: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class ServedSegment:
+    """A segment a serving node keeps loaded for the devices it serves, with its batching."""
+
+    artifact_sha256: str
+    artifact_size_bytes: int
+    model_name: str
+    start_cut: int
+    end_cut: int
+    precision: str
+    max_batch_size: int = 1
+    max_queue_delay_ms: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,10 +167,31 @@ class Assignment:
     artifact_sha256: str = ""
     artifact_size_bytes: int = 0
     plan: AssignmentPlan | None = None
+    #: Segments this device runs for others (it is an edge node or a cloud worker of a pool).
+    serve: tuple[ServedSegment, ...] = ()
 
     @property
     def is_empty(self) -> bool:
         return not self.model_name
+
+    @property
+    def own_segment(self) -> PlannedSegment | None:
+        """The segment this device runs itself in a partitioned plan (None: local plan, a plan with
+        nothing on the device, or no plan)."""
+        if self.plan is None or self.plan.pattern == "local":
+            return None
+        return next((s for s in self.plan.segments if s.tier == "device"), None)
+
+    def segment_artifacts(self) -> tuple[tuple[str, int], ...]:
+        """(sha256, size) of every segment artifact the device must hold besides its model: its own
+        segment and the segments it serves (each once)."""
+        wanted: dict[str, int] = {}
+        own = self.own_segment
+        if own is not None and own.artifact_sha256:
+            wanted[own.artifact_sha256] = own.artifact_size_bytes
+        for s in self.serve:
+            wanted.setdefault(s.artifact_sha256, s.artifact_size_bytes)
+        return tuple(wanted.items())
 
 
 class AssignmentFailure(enum.Enum):
@@ -269,8 +321,13 @@ class Model:
     #: The eval data of the latest build, kept so the controller can measure segment mixes exactly.
     eval_data_sha256: str = ""
     eval_data_size_bytes: int = 0
+    #: The controller host's call overhead per batch size, measured with the block profiles: what
+    #: a segment of m blocks takes is their sum less (m - 1) overheads.
+    call_overhead: tuple[CallOverhead, ...] = ()
     #: Block latencies per hardware class, from agents' profile reports (computed, never stored).
     class_profiles: tuple[ClassBlockProfile, ...] = ()
+    #: Call overheads per hardware class, from the same reports (computed, never stored).
+    class_call_overhead: tuple[ClassCallOverhead, ...] = ()
 
     def variant(self, name: str) -> ModelVariant | None:
         return next((v for v in self.variants if v.variant == name), None)
@@ -296,6 +353,7 @@ class Device:
     last_sequence: int = 0
     records_dropped: int = 0
     links: tuple[LinkMeasurement, ...] = ()  # as the device last reported them, by pool
+    endpoint: str = ""  # where peers reach its SegmentService ('' : it serves none)
 
     @property
     def converged(self) -> bool:
@@ -348,6 +406,8 @@ class InferenceRecord:
     latency_ms: float
     outcome: Outcome
     error: str = ""
+    path: str = ""  # local | partitioned | fallback ('': local)
+    hops: tuple[HopTiming, ...] = ()  # a partitioned request's, its own segment first
 
 
 @dataclass(frozen=True, slots=True)
@@ -371,6 +431,7 @@ class Hello:
     telemetry_watermark: int = 0
     records_dropped: int = 0
     links: tuple[LinkMeasurement, ...] = ()
+    endpoint: str = ""  # HOST:PORT where peers reach its SegmentService
 
 
 @dataclass(frozen=True, slots=True)
@@ -412,6 +473,17 @@ class CallOverhead:
 
     batch_size: int
     latency_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class ClassCallOverhead:
+    """The call overhead on one hardware class at one batch size: the median over the devices of that
+    class of their latest report (``devices`` of them)."""
+
+    hardware_class: str
+    batch_size: int
+    latency_ms: float
+    devices: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -571,10 +643,49 @@ class InferRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class HopTiming:
+    """One hop of a partitioned request (``transfer_ms``: to this hop and back)."""
+
+    device_id: str
+    tier: str
+    queue_ms: float = 0.0
+    compute_ms: float = 0.0
+    transfer_ms: float = 0.0
+    batch_size: int = 1
+
+
+@dataclass(frozen=True, slots=True)
 class InferResponse:
     outputs: tuple[Tensor, ...]
     model_sha256: str
     latency_ms: float
+    hops: tuple[HopTiming, ...] = ()
+    path: str = "local"  # local | partitioned
+
+
+@dataclass(frozen=True, slots=True)
+class RouteHop:
+    segment_sha256: str
+    endpoints: tuple[SegmentEndpoint, ...]
+    tier: str
+
+
+@dataclass(frozen=True, slots=True)
+class RunSegmentRequest:
+    segment_sha256: str
+    inputs: tuple[Tensor, ...]
+    route: tuple[RouteHop, ...] = ()
+    priority: int = 0
+    origin_device: str = ""
+    request_id: str = ""
+    output_names: tuple[str, ...] = ()
+    tier: str = "edge"  # the role this hop plays for the sender
+
+
+@dataclass(frozen=True, slots=True)
+class RunSegmentResponse:
+    outputs: tuple[Tensor, ...]
+    hops: tuple[HopTiming, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

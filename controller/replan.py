@@ -6,8 +6,9 @@ re-plans once things have settled for ``settle_s`` (a burst of reconnects is one
 thousand), and in any case every ``every_s`` so slow drift is caught. The planner's hysteresis
 keeps devices where they are unless a move clearly pays, so assignments do not flap.
 
-Each pass: one store read, the (pure, CPU-bound) plan in a worker thread, the changed assignments
-written on the store thread, and the devices whose version changed kicked. Passes never overlap
+Each pass: one store read, the (pure, CPU-bound) plan in a worker thread, the segments it needs
+built (once each), the changed assignments written on the store thread, and the devices whose
+version changed kicked. Passes never overlap
 each other or an apply (they share the policy lock).
 """
 
@@ -19,6 +20,7 @@ import logging
 from controller.hub import Db, Hub
 from controller.service import policies
 from controller.service.clock import Clock
+from controller.service.segments import SegmentBuilder
 
 log = logging.getLogger(__name__)
 
@@ -30,11 +32,13 @@ class Replanner:
         hub: Hub,
         lock: asyncio.Lock,
         clock: Clock,
+        segments: SegmentBuilder,
         *,
         settle_s: float = 2.0,
         every_s: float = 60.0,
     ) -> None:
         self._db = db
+        self._segments = segments
         self._hub = hub
         self._lock = lock
         self._clock = clock
@@ -76,7 +80,11 @@ class Replanner:
             snapshot = await self._db.run(policies.read, store)
             if snapshot.latest is None:
                 return []
-            assignments = await asyncio.to_thread(policies.replan_assignments, snapshot)
+            planned = await asyncio.to_thread(policies.replan, snapshot)
+            if planned is None:
+                return []
+            built = await self._segments.ensure(dict(snapshot.models), policies.segment_keys(planned))
+            assignments = policies.materialize(planned, built)
             changed = await self._db.run(policies.set_assignments, store, assignments)
             self.passes += 1
         if reasons or changed:

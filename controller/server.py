@@ -18,6 +18,7 @@ from controller.artifacts import ArtifactStore
 from controller.hub import Db, Hub, ShuttingDown
 from controller.replan import Replanner
 from controller.service.clock import Clock, SystemClock
+from controller.service.segments import SegmentBuilder
 from controller.service.sync import SyncPolicy
 from controller.store.sqlite import SqliteStore
 
@@ -58,11 +59,13 @@ class Controller:
         self.artifacts = ArtifactStore(config.data_dir / "artifacts")
         self.hub = Hub(self.db, self.clock, config.policy)
         self.policy_lock = asyncio.Lock()
+        self.segments = SegmentBuilder(self.db, self.artifacts, self.clock)
         self.replanner = Replanner(
             self.db,
             self.hub,
             self.policy_lock,
             self.clock,
+            self.segments,
             settle_s=config.replan_settle_s,
             every_s=config.replan_every_s,
         )
@@ -89,6 +92,7 @@ class Controller:
                 self.clock,
                 max_model_bytes=self.config.max_model_bytes,
                 policy_lock=self.policy_lock,
+                segments=self.segments,
             ),
             server,
         )

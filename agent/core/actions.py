@@ -49,6 +49,16 @@ class LoadModel:
 
 
 @dataclass(frozen=True, slots=True)
+class PrepareSegments:
+    """Make the assignment's segments ready — download (resuming, verified) and load the device's own
+    segment and those it serves others, unload the rest — and route by its plan from then on; answer
+    with SegmentsReady/SegmentsFailed. ``restore``: after a restart, from the local cache."""
+
+    assignment: Assignment
+    restore: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class FetchProfileArtifacts:
     """Download (resuming, verified) every block artifact and the inputs of ``request`` into the
     cache; answer with ProfileArtifactsReady/Failed. The same download path as FetchArtifact."""
@@ -88,6 +98,7 @@ Action = (
     | Send
     | FetchArtifact
     | LoadModel
+    | PrepareSegments
     | FetchProfileArtifacts
     | RunProfile
     | PersistIdentity

@@ -85,6 +85,23 @@ class ModelLoadFailed:
 
 
 @dataclass(frozen=True, slots=True)
+class SegmentsReady:
+    """Every segment of this assignment is loaded; the device routes by its plan now."""
+
+    assignment: Assignment
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentsFailed:
+    """A segment could not be fetched or loaded. ``transient``: worth retrying with backoff (the
+    controller could not be reached); otherwise the version fails (its model still serves alone)."""
+
+    assignment: Assignment
+    message: str
+    transient: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class InferenceDone:
     record: InferenceRecord
 
@@ -128,4 +145,6 @@ Event = (
     | ProfileArtifactsReady
     | ProfileArtifactsFailed
     | ProfileDone
+    | SegmentsReady
+    | SegmentsFailed
 )

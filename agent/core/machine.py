@@ -44,6 +44,7 @@ from common.types import (
     ProfileReport,
     ProfileRequest,
     ReportedState,
+    SegmentEndpoint,
     TelemetryAck,
     Welcome,
 )
@@ -127,6 +128,13 @@ class AgentCore:
         self._unsent_acks: dict[int, AssignmentAck] = {}
         #: The last assignment acknowledged as applied: what the device should be serving.
         self._applied_assignment: Assignment | None = None
+        #: The assignment whose segments (its own, those it serves) are ready, and a retry of a
+        #: target's segments after a transient failure.
+        self._segments: Assignment | None = None
+        self._segments_attempt = 0
+        self._segments_retry_at: float | None = None
+        #: Where peers reach this device's SegmentService (set by the driver once it listens).
+        self.endpoint = ""
         # Block profiles. Tuples, replaced rather than mutated, so step()'s undo log restores them.
         #: The request being fetched or run, and whether it is running (False: fetching).
         self._profile: ProfileRequest | None = None
@@ -165,6 +173,9 @@ class AgentCore:
         artifact cache must keep (everything else may be deleted)."""
         candidates = (self._active, self._last_known_good, self.target, self._applied_assignment)
         shas = {a.artifact_sha256 for a in candidates if a is not None and a.artifact_sha256}
+        for a in (self.target, self._segments):
+            if a is not None:
+                shas.update(sha for sha, _ in a.segment_artifacts())
         if self._profile is not None:
             shas.update(profile_artifacts(self._profile))
         return shas
@@ -186,6 +197,7 @@ class AgentCore:
             sequence_reserved_until=self._telemetry.reserved_until,
             records_dropped=self._telemetry.records_dropped,
             failed=self._failed,
+            segments=self._segments,
         )
 
     def next_wakeup(self) -> float | None:
@@ -253,6 +265,10 @@ class AgentCore:
             self._active = snap.active
             self._applied_assignment = snap.active
             out.append(act.LoadModel(snap.active, restore=True))
+        if snap.segments is not None:
+            # Route and serve by the last acknowledged plan again, from the local cache.
+            self._segments = snap.segments
+            out.append(act.PrepareSegments(snap.segments, restore=True))
 
     def _on_enroll_succeeded(self, event: ev.EnrollSucceeded, out: list[act.Action]) -> None:
         self.identity = event.identity
@@ -294,6 +310,7 @@ class AgentCore:
                     telemetry_watermark=self._telemetry.last_used_sequence,
                     records_dropped=self._telemetry.records_dropped,
                     links=self._config.links,
+                    endpoint=self.endpoint,
                 )
             )
         )
@@ -399,8 +416,10 @@ class AgentCore:
         self.target = a
         self._fetch_attempt = 0
         self._fetch_retry_at = None
+        self._segments_attempt = 0
+        self._segments_retry_at = None
         if a.is_empty or a.artifact_sha256 == self.reported.active_sha256:
-            self._applied(a, out)
+            self._model_ready(a, out)
             return
         out.append(act.FetchArtifact(a))
 
@@ -459,7 +478,7 @@ class AgentCore:
             self._record_event(
                 "model_swapped", f"now serving {a.model_name}/{a.variant} ({a.artifact_sha256[:12]})", a
             )
-            self._applied(a, out)
+            self._model_ready(a, out)
             return
         out.append(act.PersistSnapshot(self.snapshot()))
         applied = self._applied_assignment
@@ -498,6 +517,43 @@ class AgentCore:
             self._failed_version(a, event.failure, event.message, out)
         else:
             out.append(act.PersistSnapshot(self.snapshot()))
+
+    def _model_ready(self, a: Assignment, out: list[act.Action]) -> None:
+        """The target's model serves: make its segments ready (if they differ from those ready now),
+        then acknowledge it."""
+        if _segment_work(a) == _segment_work(self._segments):
+            self._segments = a if a.segment_artifacts() else self._segments
+            self._applied(a, out)
+            return
+        out.append(act.PrepareSegments(a))
+
+    def _on_segments_ready(self, event: ev.SegmentsReady, out: list[act.Action]) -> None:
+        a = event.assignment
+        if not self._is_target(a):
+            return  # a restore, or superseded work: the driver routes by the newest it prepared
+        self._segments = a
+        self._segments_retry_at = None
+        self._applied(a, out)
+
+    def _on_segments_failed(self, event: ev.SegmentsFailed, out: list[act.Action]) -> None:
+        a = event.assignment
+        if not self._is_target(a):
+            log.warning("device=%s segments of v%d: %s", self.device_id, a.version, event.message)
+            return
+        if event.transient:
+            delay = self._config.fetch_backoff.delay(self._segments_attempt, self._rng, None)
+            self._segments_attempt += 1
+            self._segments_retry_at = self._clock() + delay
+            log.warning(
+                "device=%s segments of v%d failed (%s); retrying in %.1fs",
+                self.device_id,
+                a.version,
+                event.message,
+                delay,
+            )
+            return
+        # The model (its fallback) serves; the plan's partitioned path does not: say so.
+        self._failed_version(a, AssignmentFailure.LOAD_FAILED, f"segments: {event.message}", out)
 
     def _applied(self, a: Assignment, out: list[act.Action]) -> None:
         self.target = None
@@ -682,10 +738,26 @@ class AgentCore:
             self._fetch_retry_at = None
             if self.target is not None:
                 out.append(act.FetchArtifact(self.target))
+        if self._segments_retry_at is not None and now >= self._segments_retry_at:
+            self._segments_retry_at = None
+            if self.target is not None:
+                out.append(act.PrepareSegments(self.target))
         if self._profile_retry_at is not None and now >= self._profile_retry_at:
             self._profile_retry_at = None
             if self._profile is not None and not self._profile_running:
                 out.append(act.FetchProfileArtifacts(self._profile))
+
+
+def _segment_work(a: Assignment | None) -> tuple[object, ...]:
+    """What a driver must prepare for an assignment's segments: its own segment, the route to the
+    peers that run the rest, and what it serves others. Equal work: nothing to prepare in between."""
+    own = ""
+    route: tuple[tuple[str, tuple[SegmentEndpoint, ...]], ...] = ()
+    if a is not None and a.plan is not None and a.plan.pattern != "local":
+        segment = a.own_segment
+        own = segment.artifact_sha256 if segment is not None else ""
+        route = tuple((s.artifact_sha256, s.endpoints) for s in a.plan.segments if s.tier != "device")
+    return (own, route, a.serve if a is not None else ())
 
 
 # Handlers take the concrete event type their key names; the table is what guarantees the match.
@@ -730,6 +802,8 @@ _ANY_STATE: dict[type, _Handler] = {
     ev.ModelLoaded: AgentCore._on_model_loaded,
     ev.ModelLoadFailed: AgentCore._on_model_load_failed,
     ev.InferenceDone: AgentCore._on_inference,
+    ev.SegmentsReady: AgentCore._on_segments_ready,
+    ev.SegmentsFailed: AgentCore._on_segments_failed,
     ev.ProfileArtifactsReady: AgentCore._on_profile_artifacts_ready,
     ev.ProfileArtifactsFailed: AgentCore._on_profile_artifacts_failed,
     ev.ProfileDone: AgentCore._on_profile_done,

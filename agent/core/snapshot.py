@@ -25,3 +25,6 @@ class AgentSnapshot:
     sequence_reserved_until: int = 0
     records_dropped: int = 0
     failed: FailedVersion | None = None
+    #: The assignment whose segments are ready (its own segment, those it serves others), so a
+    #: restart routes and serves by it again from the local cache.
+    segments: Assignment | None = None

@@ -1,4 +1,4 @@
-"""agent.proto: local inference and status."""
+"""agent.proto: local inference and status (AgentService), and segments for peers (SegmentService)."""
 
 from __future__ import annotations
 
@@ -7,17 +7,30 @@ from collections.abc import Iterable
 from edgefleet.v1 import agent_pb2 as agent_pb
 from edgefleet.v1 import types_pb2 as types_pb
 
-from common.limits import MAX_INFER_INPUT_BYTES
+from common.limits import MAX_INFER_INPUT_BYTES, MAX_ROUTE_HOPS
 from common.serde._types import (
+    TIERS,
     _specs,
+    hop_timing_to_pb,
+    hops_from_pb,
     reported_state_from_pb,
     reported_state_to_pb,
+    segment_endpoint_to_pb,
+    segment_endpoints_from_pb,
     tensor_from_pb,
     tensor_spec_to_pb,
     tensor_to_pb,
 )
-from common.serde._validate import _fail, _hardware_class, _latency, _name, _nonempty, _sha256, _show
-from common.types import AgentStatus, InferRequest, InferResponse, Tensor
+from common.serde._validate import _fail, _hardware_class, _latency, _name, _nonempty, _sha256, _show, _text
+from common.types import (
+    AgentStatus,
+    InferRequest,
+    InferResponse,
+    RouteHop,
+    RunSegmentRequest,
+    RunSegmentResponse,
+    Tensor,
+)
 
 # --- agent.proto -------------------------------------------------------------------------------
 
@@ -53,16 +66,90 @@ def infer_request_from_pb(pb: agent_pb.InferRequest) -> InferRequest:
 
 def infer_response_to_pb(r: InferResponse) -> agent_pb.InferResponse:
     return agent_pb.InferResponse(
-        outputs=[tensor_to_pb(t) for t in r.outputs], model_sha256=r.model_sha256, latency_ms=r.latency_ms
+        outputs=[tensor_to_pb(t) for t in r.outputs],
+        model_sha256=r.model_sha256,
+        latency_ms=r.latency_ms,
+        hops=[hop_timing_to_pb(h) for h in r.hops],
+        path=r.path,
     )
 
 
 def infer_response_from_pb(pb: agent_pb.InferResponse) -> InferResponse:
+    if pb.path not in ("", "local", "partitioned", "fallback"):
+        _fail("path", f"unknown path {_show(pb.path)}")
     return InferResponse(
         outputs=_tensors("outputs", pb.outputs),
         model_sha256=_sha256("model_sha256", pb.model_sha256),
         latency_ms=_latency("latency_ms", pb.latency_ms),
+        hops=hops_from_pb("hops", pb.hops),
+        path=pb.path or "local",
     )
+
+
+# --- agent.proto: SegmentService ---------------------------------------------------------------
+
+
+def run_segment_request_to_pb(r: RunSegmentRequest) -> agent_pb.RunSegmentRequest:
+    return agent_pb.RunSegmentRequest(
+        segment_sha256=r.segment_sha256,
+        inputs=[tensor_to_pb(t) for t in r.inputs],
+        route=[
+            agent_pb.RouteHop(
+                segment_sha256=h.segment_sha256,
+                endpoints=[segment_endpoint_to_pb(e) for e in h.endpoints],
+                tier=h.tier,
+            )
+            for h in r.route
+        ],
+        priority=r.priority,
+        origin_device=r.origin_device,
+        request_id=r.request_id,
+        output_names=r.output_names,
+        tier=r.tier,
+    )
+
+
+def run_segment_request_from_pb(pb: agent_pb.RunSegmentRequest) -> RunSegmentRequest:
+    total = sum(len(t.data) for t in pb.inputs)
+    if total > MAX_INFER_INPUT_BYTES:
+        _fail("inputs", f"{total} bytes of tensor data, at most {MAX_INFER_INPUT_BYTES}")
+    if len(pb.route) > MAX_ROUTE_HOPS:
+        _fail("route", f"{len(pb.route)} hops, at most {MAX_ROUTE_HOPS}")
+    route: list[RouteHop] = []
+    for i, h in enumerate(pb.route):
+        at = f"route[{i}]"
+        if h.tier not in TIERS[1:]:
+            _fail(f"{at}.tier", f"{_show(h.tier)}: a route goes to edge or cloud")
+        endpoints = segment_endpoints_from_pb(h.endpoints, path=f"{at}.endpoints")
+        if not endpoints:
+            _fail(f"{at}.endpoints", "empty: nobody to send it to")
+        route.append(RouteHop(_sha256(f"{at}.segment_sha256", h.segment_sha256), endpoints, h.tier))
+    output_names: list[str] = []
+    for i, name in enumerate(pb.output_names):
+        _nonempty(f"output_names[{i}]", name)
+        output_names.append(name)
+    if pb.tier not in TIERS[1:]:
+        _fail("tier", f"{_show(pb.tier)}: a segment is run for others on an edge or cloud tier")
+    return RunSegmentRequest(
+        tier=pb.tier,
+        segment_sha256=_sha256("segment_sha256", pb.segment_sha256),
+        inputs=_tensors("inputs", pb.inputs),
+        route=tuple(route),
+        priority=pb.priority,
+        origin_device=_name("origin_device", pb.origin_device, required=False),
+        request_id=_text(pb.request_id),
+        output_names=tuple(dict.fromkeys(output_names)),
+    )
+
+
+def run_segment_response_to_pb(r: RunSegmentResponse) -> agent_pb.RunSegmentResponse:
+    return agent_pb.RunSegmentResponse(
+        outputs=[tensor_to_pb(t) for t in r.outputs], hops=[hop_timing_to_pb(h) for h in r.hops]
+    )
+
+
+def run_segment_response_from_pb(pb: agent_pb.RunSegmentResponse) -> RunSegmentResponse:
+    return RunSegmentResponse(outputs=_tensors("outputs", pb.outputs), hops=hops_from_pb("hops", pb.hops))
 
 
 def get_status_request_to_pb() -> agent_pb.GetStatusRequest:

@@ -8,7 +8,6 @@ from edgefleet.v1 import controller_pb2 as controller_pb
 
 from common.errors import InvalidArgument
 from common.limits import (
-    MAX_PROFILE_BATCH,
     MAX_PROFILE_BATCH_SIZES,
     MAX_PROFILE_BLOCKS,
     MAX_PROFILE_RUNS,
@@ -16,13 +15,18 @@ from common.limits import (
     MAX_TELEMETRY_BATCH,
 )
 from common.serde._types import (
+    address,
     assignment_failure_from_pb,
     assignment_failure_to_pb,
     assignment_from_pb,
     assignment_to_pb,
     block_range,
+    call_overhead_from_pb,
+    call_overhead_to_pb,
     hardware_profile_from_pb,
     hardware_profile_to_pb,
+    hop_timing_to_pb,
+    hops_from_pb,
     link_measurement_to_pb,
     links_from_pb,
     reported_state_from_pb,
@@ -30,6 +34,7 @@ from common.serde._types import (
 )
 from common.serde._validate import (
     _at,
+    _batch_size,
     _enum,
     _fail,
     _latency,
@@ -132,7 +137,12 @@ def enroll_response_from_pb(pb: controller_pb.EnrollResponse) -> DeviceIdentity:
 
 def inference_record_to_pb(r: InferenceRecord) -> controller_pb.InferenceRecord:
     return controller_pb.InferenceRecord(
-        model_sha256=r.model_sha256, latency_ms=r.latency_ms, outcome=_OUTCOME_TO_PB[r.outcome], error=r.error
+        model_sha256=r.model_sha256,
+        latency_ms=r.latency_ms,
+        outcome=_OUTCOME_TO_PB[r.outcome],
+        error=r.error,
+        path=r.path,
+        hops=[hop_timing_to_pb(h) for h in r.hops],
     )
 
 
@@ -144,7 +154,18 @@ def inference_record_from_pb(
         latency_ms=_latency(_at(path, "latency_ms"), pb.latency_ms),
         outcome=outcome_from_pb(pb.outcome, path=_at(path, "outcome")),
         error=_text(pb.error),
+        path=_path_name(_at(path, "path"), pb.path),
+        hops=hops_from_pb(_at(path, "hops"), pb.hops),
     )
+
+
+INFERENCE_PATHS = ("", "local", "partitioned", "fallback")
+
+
+def _path_name(path: str, value: str) -> str:
+    if value not in INFERENCE_PATHS:
+        _fail(path, f"unknown inference path {value!r}: local, partitioned or fallback")
+    return value
 
 
 def device_event_to_pb(e: DeviceEvent) -> controller_pb.DeviceEvent:
@@ -191,6 +212,7 @@ def hello_to_pb(h: Hello) -> controller_pb.Hello:
         telemetry_watermark=h.telemetry_watermark,
         records_dropped=h.records_dropped,
         links=[link_measurement_to_pb(m) for m in h.links],
+        endpoint=h.endpoint,
     )
 
 
@@ -202,6 +224,7 @@ def hello_from_pb(pb: controller_pb.Hello, *, path: str = "hello") -> Hello:
         telemetry_watermark=pb.telemetry_watermark,
         records_dropped=pb.records_dropped,
         links=links_from_pb(pb.links, path=_at(path, "links")),
+        endpoint=address(_at(path, "endpoint"), pb.endpoint) if pb.endpoint else "",
     )
 
 
@@ -271,15 +294,6 @@ def block_timing_from_pb(pb: controller_pb.BlockTiming, *, path: str = "timing")
     )
 
 
-def call_overhead_to_pb(c: CallOverhead) -> controller_pb.CallOverhead:
-    return controller_pb.CallOverhead(batch_size=c.batch_size, latency_ms=c.latency_ms)
-
-
-def call_overhead_from_pb(pb: controller_pb.CallOverhead, *, path: str = "call_overhead") -> CallOverhead:
-    _batch_size(_at(path, "batch_size"), pb.batch_size)
-    return CallOverhead(batch_size=pb.batch_size, latency_ms=_latency(_at(path, "latency_ms"), pb.latency_ms))
-
-
 def profile_report_to_pb(r: ProfileReport) -> controller_pb.ProfileReport:
     return controller_pb.ProfileReport(
         request_id=r.request_id,
@@ -323,12 +337,6 @@ def profile_report_from_pb(pb: controller_pb.ProfileReport, *, path: str = "prof
         call_overhead=tuple(overheads),
         error=_text(pb.error),
     )
-
-
-def _batch_size(path: str, value: int) -> int:
-    if not 1 <= value <= MAX_PROFILE_BATCH:
-        _fail(path, f"{value} is not within 1..{MAX_PROFILE_BATCH}")
-    return value
 
 
 def agent_message_to_pb(msg: AgentMessage) -> controller_pb.AgentMessage:

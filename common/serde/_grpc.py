@@ -12,7 +12,7 @@ from edgefleet.v1 import admin_pb2_grpc as _admin_grpc
 from edgefleet.v1 import agent_pb2_grpc as _agent_grpc
 from edgefleet.v1 import controller_pb2_grpc as _controller_grpc
 from edgefleet.v1.admin_pb2_grpc import AdminServiceServicer
-from edgefleet.v1.agent_pb2_grpc import AgentServiceServicer
+from edgefleet.v1.agent_pb2_grpc import AgentServiceServicer, SegmentServiceServicer
 from edgefleet.v1.controller_pb2_grpc import ControllerServiceServicer
 
 # --- service plumbing --------------------------------------------------------------------------
@@ -31,6 +31,10 @@ _admin_stub_init: Final[Callable[[_admin_grpc.AdminServiceStub, _GrpcChannel], N
 _agent_stub_init: Final[Callable[[_agent_grpc.AgentServiceStub, _GrpcChannel], None]] = (
     _agent_grpc.AgentServiceStub.__init__
 )
+_segment_stub_init: Final[Callable[[_agent_grpc.SegmentServiceStub, _GrpcChannel], None]] = (
+    _agent_grpc.SegmentServiceStub.__init__
+)
+_add_segment: Final[_Adder] = _agent_grpc.add_SegmentServiceServicer_to_server
 _add_controller: Final[_Adder] = _controller_grpc.add_ControllerServiceServicer_to_server
 _add_admin: Final[_Adder] = _admin_grpc.add_AdminServiceServicer_to_server
 _add_agent: Final[_Adder] = _agent_grpc.add_AgentServiceServicer_to_server
@@ -67,3 +71,14 @@ def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _
 
 def add_AgentServiceServicer_to_server(servicer: AgentServiceServicer, server: _GrpcServer) -> None:
     _add_agent(servicer, server)
+
+
+class SegmentServiceStub(_agent_grpc.SegmentServiceStub):
+    """Client for SegmentService: ``RunSegment`` (a peer's offloaded segment)."""
+
+    def __init__(self, channel: _GrpcChannel) -> None:
+        _segment_stub_init(self, channel)
+
+
+def add_SegmentServiceServicer_to_server(servicer: SegmentServiceServicer, server: _GrpcServer) -> None:
+    _add_segment(servicer, server)

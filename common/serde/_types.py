@@ -10,9 +10,16 @@ from typing import Final
 from edgefleet.v1 import types_pb2 as types_pb
 from google.protobuf.message import Message as _PbMessage
 
-from common.limits import MAX_LINKS
+from common.limits import (
+    MAX_LINKS,
+    MAX_PROFILE_BATCH,
+    MAX_ROUTE_HOPS,
+    MAX_SEGMENT_ENDPOINTS,
+    MAX_SERVED_SEGMENTS,
+)
 from common.serde._validate import (
     _at,
+    _batch_size,
     _enum,
     _fail,
     _finite,
@@ -31,17 +38,22 @@ from common.types import (
     AssignmentPlan,
     BlockAccuracy,
     BlockProfile,
+    CallOverhead,
     ClassBlockProfile,
+    ClassCallOverhead,
     CutPoint,
     DataType,
     Device,
     HardwareProfile,
+    HopTiming,
     LinkMeasurement,
     Model,
     ModelVariant,
     PlannedSegment,
     RejectedVariant,
     ReportedState,
+    SegmentEndpoint,
+    ServedSegment,
     Tensor,
     TensorSpec,
 )
@@ -107,8 +119,17 @@ def _shape(label: str, dims: Iterable[int], *, lowest: int) -> tuple[int, ...]:
 
 def tensor_to_pb(tensor: Tensor) -> types_pb.Tensor:
     return types_pb.Tensor(
-        name=tensor.name, dtype=_DTYPE_TO_PB[tensor.dtype], shape=tensor.shape, data=tensor.data
+        name=tensor.name,
+        dtype=_DTYPE_TO_PB[tensor.dtype],
+        shape=tensor.shape,
+        data=tensor.data,
+        encoding=tensor.encoding,
     )
+
+
+#: Tensor encodings peers may use; the bytes of an encoded tensor are checked when decoded (where
+#: the decoded size is bounded), not here.
+TENSOR_ENCODINGS = ("", "raw", "zlib", "shuffle2-zlib", "shuffle4-zlib", "shuffle8-zlib")
 
 
 def tensor_from_pb(pb: types_pb.Tensor, *, path: str = "tensor") -> Tensor:
@@ -121,12 +142,23 @@ def tensor_from_pb(pb: types_pb.Tensor, *, path: str = "tensor") -> Tensor:
     if dtype is None:
         _fail(label, f"dtype {pb.dtype} unknown")
     shape = _shape(label, pb.shape, lowest=0)
+    if pb.encoding not in TENSOR_ENCODINGS:
+        _fail(
+            label,
+            f"unknown encoding {_show(pb.encoding)}: one of {', '.join(e or '(raw)' for e in TENSOR_ENCODINGS)}",
+        )
     expected = math.prod(shape) * dtype.itemsize
-    if len(pb.data) != expected:
+    if pb.encoding in ("", "raw") and len(pb.data) != expected:
         _fail(
             label, f"data is {len(pb.data)} bytes but shape {list(shape)} of {dtype.value} needs {expected}"
         )
-    return Tensor(name=name, dtype=dtype, shape=shape, data=pb.data)
+    return Tensor(
+        name=name,
+        dtype=dtype,
+        shape=shape,
+        data=pb.data,
+        encoding="" if pb.encoding == "raw" else pb.encoding,
+    )
 
 
 def tensor_spec_to_pb(spec: TensorSpec) -> types_pb.TensorSpec:
@@ -184,6 +216,7 @@ def assignment_to_pb(a: Assignment) -> types_pb.Assignment:
     )
     if a.plan is not None:
         pb.plan.CopyFrom(assignment_plan_to_pb(a.plan))
+    pb.serve.extend(served_segment_to_pb(x) for x in a.serve)
     return pb
 
 
@@ -197,7 +230,79 @@ def assignment_from_pb(pb: types_pb.Assignment, *, path: str = "assignment") -> 
         artifact_sha256=_sha256(_at(path, "artifact_sha256"), pb.artifact_sha256, required=runs_model),
         artifact_size_bytes=pb.artifact_size_bytes,
         plan=assignment_plan_from_pb(pb.plan, path=_at(path, "plan")) if pb.HasField("plan") else None,
+        serve=_served(pb.serve, path=_at(path, "serve")),
     )
+
+
+def served_segment_to_pb(s: ServedSegment) -> types_pb.ServedSegment:
+    return types_pb.ServedSegment(
+        artifact_sha256=s.artifact_sha256,
+        artifact_size_bytes=s.artifact_size_bytes,
+        model_name=s.model_name,
+        start_cut=s.start_cut,
+        end_cut=s.end_cut,
+        precision=s.precision,
+        max_batch_size=s.max_batch_size,
+        max_queue_delay_ms=s.max_queue_delay_ms,
+    )
+
+
+def _served(items: Sequence[types_pb.ServedSegment], *, path: str) -> tuple[ServedSegment, ...]:
+    if len(items) > MAX_SERVED_SEGMENTS:
+        _fail(path, f"{len(items)} segments, at most {MAX_SERVED_SEGMENTS}")
+    out: list[ServedSegment] = []
+    for i, pb in enumerate(items):
+        at = f"{path}[{i}]"
+        if not 1 <= pb.max_batch_size <= MAX_PROFILE_BATCH:
+            _fail(_at(at, "max_batch_size"), f"{pb.max_batch_size}: must be 1..{MAX_PROFILE_BATCH}")
+        out.append(
+            ServedSegment(
+                artifact_sha256=_sha256(_at(at, "artifact_sha256"), pb.artifact_sha256),
+                artifact_size_bytes=pb.artifact_size_bytes,
+                model_name=_name(_at(at, "model_name"), pb.model_name),
+                start_cut=pb.start_cut,
+                end_cut=pb.end_cut,
+                precision=_name(_at(at, "precision"), pb.precision),
+                max_batch_size=pb.max_batch_size,
+                max_queue_delay_ms=_latency(_at(at, "max_queue_delay_ms"), pb.max_queue_delay_ms),
+            )
+        )
+    if len({s.artifact_sha256 for s in out}) != len(out):
+        _fail(path, "a segment is listed twice")
+    return tuple(out)
+
+
+def segment_endpoint_to_pb(e: SegmentEndpoint) -> types_pb.SegmentEndpoint:
+    return types_pb.SegmentEndpoint(device_id=e.device_id, address=e.address, weight=e.weight)
+
+
+def segment_endpoints_from_pb(
+    items: Sequence[types_pb.SegmentEndpoint], *, path: str
+) -> tuple[SegmentEndpoint, ...]:
+    if len(items) > MAX_SEGMENT_ENDPOINTS:
+        _fail(path, f"{len(items)} endpoints, at most {MAX_SEGMENT_ENDPOINTS}")
+    out: list[SegmentEndpoint] = []
+    for i, pb in enumerate(items):
+        at = f"{path}[{i}]"
+        weight = _finite(_at(at, "weight"), pb.weight)
+        if weight <= 0:
+            _fail(_at(at, "weight"), f"{weight} is not positive")
+        out.append(
+            SegmentEndpoint(
+                device_id=_name(_at(at, "device_id"), pb.device_id),
+                address=address(_at(at, "address"), pb.address),
+                weight=weight,
+            )
+        )
+    return tuple(out)
+
+
+def address(path: str, value: str) -> str:
+    """HOST:PORT with a port in 1..65535."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536 or len(value) > 255:
+        _fail(path, f"{_show(value)} is not HOST:PORT")
+    return value
 
 
 PLAN_PATTERNS = ("local", "device+edge", "device+cloud", "device+edge+cloud")
@@ -212,7 +317,14 @@ def assignment_plan_to_pb(p: AssignmentPlan) -> types_pb.AssignmentPlan:
         pattern=p.pattern,
         segments=[
             types_pb.PlannedSegment(
-                tier=s.tier, start_cut=s.start_cut, end_cut=s.end_cut, precision=s.precision, where=s.where
+                tier=s.tier,
+                start_cut=s.start_cut,
+                end_cut=s.end_cut,
+                precision=s.precision,
+                where=s.where,
+                artifact_sha256=s.artifact_sha256,
+                artifact_size_bytes=s.artifact_size_bytes,
+                endpoints=[segment_endpoint_to_pb(e) for e in s.endpoints],
             )
             for s in p.segments
         ],
@@ -242,6 +354,9 @@ def assignment_plan_from_pb(pb: types_pb.AssignmentPlan, *, path: str = "plan") 
                 end_cut=s.end_cut,
                 precision=_name(_at(at, "precision"), s.precision),
                 where=_name(_at(at, "where"), s.where),
+                artifact_sha256=_sha256(_at(at, "artifact_sha256"), s.artifact_sha256, required=False),
+                artifact_size_bytes=s.artifact_size_bytes,
+                endpoints=segment_endpoints_from_pb(s.endpoints, path=_at(at, "endpoints")),
             )
         )
     return AssignmentPlan(
@@ -255,6 +370,41 @@ def assignment_plan_from_pb(pb: types_pb.AssignmentPlan, *, path: str = "plan") 
         predicted_latency_ms=_latency(_at(path, "predicted_latency_ms"), pb.predicted_latency_ms),
         predicted_accuracy=_finite(_at(path, "predicted_accuracy"), pb.predicted_accuracy),
     )
+
+
+TIERS = ("device", "edge", "cloud")
+
+
+def hop_timing_to_pb(h: HopTiming) -> types_pb.HopTiming:
+    return types_pb.HopTiming(
+        device_id=h.device_id,
+        tier=h.tier,
+        queue_ms=h.queue_ms,
+        compute_ms=h.compute_ms,
+        transfer_ms=h.transfer_ms,
+        batch_size=h.batch_size,
+    )
+
+
+def hops_from_pb(path: str, pbs: Sequence[types_pb.HopTiming]) -> tuple[HopTiming, ...]:
+    if len(pbs) > MAX_ROUTE_HOPS + 1:
+        _fail(path, f"{len(pbs)} hops, at most {MAX_ROUTE_HOPS + 1}")
+    out: list[HopTiming] = []
+    for i, h in enumerate(pbs):
+        at = f"{path}[{i}]"
+        if h.tier not in TIERS:
+            _fail(f"{at}.tier", f"unknown tier {_show(h.tier)}")
+        out.append(
+            HopTiming(
+                device_id=_name(f"{at}.device_id", h.device_id),
+                tier=h.tier,
+                queue_ms=_latency(f"{at}.queue_ms", h.queue_ms),
+                compute_ms=_latency(f"{at}.compute_ms", h.compute_ms),
+                transfer_ms=_latency(f"{at}.transfer_ms", h.transfer_ms),
+                batch_size=h.batch_size or 1,
+            )
+        )
+    return tuple(out)
 
 
 def link_measurement_to_pb(m: LinkMeasurement) -> types_pb.LinkMeasurement:
@@ -492,6 +642,33 @@ def model_to_pb(m: Model) -> types_pb.Model:
         eval_data_sha256=m.eval_data_sha256,
         eval_data_size_bytes=m.eval_data_size_bytes,
         class_profiles=[class_block_profile_to_pb(c) for c in m.class_profiles],
+        call_overhead=[call_overhead_to_pb(c) for c in m.call_overhead],
+        class_call_overhead=[class_call_overhead_to_pb(c) for c in m.class_call_overhead],
+    )
+
+
+def call_overhead_to_pb(c: CallOverhead) -> types_pb.CallOverhead:
+    return types_pb.CallOverhead(batch_size=c.batch_size, latency_ms=c.latency_ms)
+
+
+def call_overhead_from_pb(pb: types_pb.CallOverhead, *, path: str = "call_overhead") -> CallOverhead:
+    _batch_size(_at(path, "batch_size"), pb.batch_size)
+    return CallOverhead(batch_size=pb.batch_size, latency_ms=_latency(_at(path, "latency_ms"), pb.latency_ms))
+
+
+def class_call_overhead_to_pb(c: ClassCallOverhead) -> types_pb.ClassCallOverhead:
+    return types_pb.ClassCallOverhead(
+        hardware_class=c.hardware_class, batch_size=c.batch_size, latency_ms=c.latency_ms, devices=c.devices
+    )
+
+
+def class_call_overhead_from_pb(pb: types_pb.ClassCallOverhead, *, path: str) -> ClassCallOverhead:
+    _batch_size(_at(path, "batch_size"), pb.batch_size)
+    return ClassCallOverhead(
+        hardware_class=_name(_at(path, "hardware_class"), pb.hardware_class),
+        batch_size=pb.batch_size,
+        latency_ms=_latency(_at(path, "latency_ms"), pb.latency_ms),
+        devices=pb.devices,
     )
 
 
@@ -531,6 +708,14 @@ def model_from_pb(pb: types_pb.Model, *, path: str = "model") -> Model:
             class_block_profile_from_pb(c, path=_at(path, f"class_profiles[{i}]"))
             for i, c in enumerate(pb.class_profiles)
         ),
+        call_overhead=tuple(
+            call_overhead_from_pb(c, path=_at(path, f"call_overhead[{i}]"))
+            for i, c in enumerate(pb.call_overhead)
+        ),
+        class_call_overhead=tuple(
+            class_call_overhead_from_pb(c, path=_at(path, f"class_call_overhead[{i}]"))
+            for i, c in enumerate(pb.class_call_overhead)
+        ),
     )
 
 
@@ -551,6 +736,7 @@ def device_to_pb(d: Device) -> types_pb.Device:
         last_sequence=d.last_sequence,
         records_dropped=d.records_dropped,
         links=[link_measurement_to_pb(m) for m in d.links],
+        endpoint=d.endpoint,
     )
     if d.assignment is not None:
         pb.assignment.CopyFrom(assignment_to_pb(d.assignment))
@@ -580,4 +766,5 @@ def device_from_pb(pb: types_pb.Device, *, path: str = "device") -> Device:
         last_sequence=pb.last_sequence,
         records_dropped=pb.records_dropped,
         links=links_from_pb(pb.links, path=_at(path, "links")),
+        endpoint=address(_at(path, "endpoint"), pb.endpoint) if pb.endpoint else "",
     )

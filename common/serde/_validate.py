@@ -10,7 +10,7 @@ from typing import NoReturn, TypeVar
 from google.protobuf.message import Message as _PbMessage
 
 from common.errors import InvalidArgument
-from common.limits import MAX_TEXT_CHARS
+from common.limits import MAX_PROFILE_BATCH, MAX_TEXT_CHARS
 from common.types import HARDWARE_CLASS_RE, NAME_RE
 
 _HEX = frozenset("0123456789abcdef")
@@ -105,3 +105,9 @@ def _enum(path: str, value: int, table: Mapping[int, _E]) -> _E:
 def _required_message(pb: _PbMessage, field: str, path: str) -> None:
     if not pb.HasField(field):
         _fail(_at(path, field), "missing")
+
+
+def _batch_size(path: str, value: int) -> int:
+    if not 1 <= value <= MAX_PROFILE_BATCH:
+        _fail(path, f"{value} is not within 1..{MAX_PROFILE_BATCH}")
+    return value

@@ -33,6 +33,7 @@ from controller.onnx_check import inspect_onnx
 from controller.service import enrollment, fleet, profiles
 from controller.service.clock import Clock
 from controller.service.evaluation import SegmentEvaluator
+from controller.service.segments import SegmentBuilder
 from controller.toolchain.evaldata import LABELS, EvalData, load_eval_data
 from controller.toolchain.model_profile import ModelProfile, profile_model
 from controller.toolchain.variants import VariantResult, build_variants, check_precisions
@@ -50,6 +51,7 @@ class AdminApi(PolicyRpcs, serde.AdminServiceServicer):
         *,
         max_model_bytes: int,
         policy_lock: asyncio.Lock | None = None,
+        segments: SegmentBuilder | None = None,
     ) -> None:
         self._db = db
         self._hub = hub
@@ -61,6 +63,7 @@ class AdminApi(PolicyRpcs, serde.AdminServiceServicer):
         self._import_lock = asyncio.Lock()
         # Applies (and the controller's re-plans) one at a time: each plans from what the last wrote.
         self._policy_lock = policy_lock or asyncio.Lock()
+        self._segments = segments or SegmentBuilder(db, artifacts, clock)
         self._evaluator = SegmentEvaluator(artifacts, workdir=artifacts.tmp_dir)
 
     @unary
@@ -356,6 +359,7 @@ class AdminApi(PolicyRpcs, serde.AdminServiceServicer):
                         cut_points=profile.cut_points,
                         block_profiles=profile.block_profiles,
                         block_accuracy=profile.block_accuracy,
+                        call_overhead=profile.call_overhead,
                         profile_inputs=inputs_ref,
                         eval_data=eval_ref,
                     )

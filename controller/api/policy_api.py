@@ -2,8 +2,9 @@
 
 Thin: decode, then ``controller.service.policies`` — one store read, the pure plan in a worker
 thread (it is CPU work that must hold up neither the event loop nor the store thread every device's
-heartbeat goes through), at most one store write — then encode. Applies and re-plans take the same
-lock, so they never interleave.
+heartbeat goes through), the artifacts of the segments the plan needs (built once, in worker threads:
+``controller.service.segments``), at most one store write — then encode. Applies and re-plans take
+the same lock, so they never interleave.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from controller.planner import report
 from controller.policy import PolicyErrors
 from controller.service import policies
 from controller.service.clock import Clock
+from controller.service.segments import SegmentBuilder
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +34,7 @@ class PolicyRpcs:
     _hub: Hub
     _clock: Clock
     _policy_lock: asyncio.Lock
+    _segments: SegmentBuilder
 
     @unary
     async def PlanPolicies(self, request: Any, context: Context) -> Any:
@@ -65,7 +68,11 @@ class PolicyRpcs:
                 message=req.message,
                 now_ms=self._clock.now_ms(),
             )
-            applied = await self._db.run(policies.commit_apply, self._db.store, prepared)
+            built = await self._segments.ensure(
+                dict(snapshot.models), policies.segment_keys(prepared.planned)
+            )
+            assignments = policies.materialize(prepared.planned, built)
+            applied = await self._db.run(policies.commit_apply, self._db.store, prepared, assignments)
         for device in applied.outcome.changed:
             await self._hub.kick(device.id)
         return serde.apply_policies_response_to_pb(

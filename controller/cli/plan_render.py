@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from common.types import AssignmentChange, PolicyApply
@@ -168,7 +169,7 @@ def policy_diff_lines(doc: dict[str, Any]) -> list[str]:
 def changes_table(changes: Sequence[AssignmentChange]) -> Table:
     t = Table("device", "now", "after")
     for c in changes[:MAX_TABLE_ROWS]:
-        t.add_row(c.device_id, c.before, c.after)
+        t.add_row(c.device_id, escape(c.before), escape(c.after))  # "[...]" is text, not markup
     return t
 
 

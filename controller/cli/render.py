@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from ruamel.yaml import YAML
 
@@ -195,6 +196,16 @@ def model_doc(m: Model, manifests: dict[str, dict[str, Any] | None] | None = Non
             }
             for c in m.class_profiles
         ],
+        "call_overhead_ms": {str(c.batch_size): c.latency_ms for c in m.call_overhead},
+        "class_call_overhead": [
+            {
+                "hardware_class": c.hardware_class,
+                "batch_size": c.batch_size,
+                "latency_ms": c.latency_ms,
+                "devices": c.devices,
+            }
+            for c in m.class_call_overhead
+        ],
     }
     if manifests is not None:
         for variant_doc in doc["variants"]:
@@ -266,7 +277,8 @@ def block_profiles_table(m: Model) -> Table:
         (b.start_cut, b.end_cut, b.precision, b.batch_size): "failed" if b.error else f"{b.latency_ms:.4f}"
         for b in m.block_profiles
     }
-    return _grid("block profiles (ms per call, host)", cells)
+    overhead = ", ".join(f"batch {c.batch_size} {c.latency_ms:.4f}" for c in m.call_overhead)
+    return _grid(f"block profiles (ms per call, host; call overhead {overhead or 'not measured'})", cells)
 
 
 def class_profile_tables(m: Model) -> list[Table]:
@@ -449,8 +461,10 @@ def device_detail(d: Device, console: Console) -> None:
             where = " > ".join(f"{s['precision']}@{s['where']}" for s in plan["segments"])
             table.add_row(
                 "plan",
-                f"{plan['deployment']}: {plan['pattern']} [{where}], fallback {plan['fallback_variant']}, "
-                f"predicted {plan['predicted_latency_ms']:.1f} ms, accuracy {plan['predicted_accuracy']:.4f}",
+                escape(
+                    f"{plan['deployment']}: {plan['pattern']} [{where}], fallback {plan['fallback_variant']}, "
+                    f"predicted {plan['predicted_latency_ms']:.1f} ms, accuracy {plan['predicted_accuracy']:.4f}"
+                ),
             )
             continue
         if key == "links":

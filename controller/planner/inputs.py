@@ -186,15 +186,18 @@ def plan_input(
     fleet: group and pool membership resolved by label selectors, hardware classes from the
     catalog with the policies' overrides, models from their import profiles.
 
-    Devices that serve a pool (its nodes) are not planned as clients, whatever groups select them:
-    they run other devices' segments. ``links`` are measured links by device and pool name;
+    Devices that serve a pool (its nodes: matched by the pool and reporting the address of their
+    SegmentService) are not planned as clients, whatever groups select them: they run other devices'
+    segments. ``links`` are measured links by device and pool name;
     ``current`` each device's configuration now (for hysteresis)."""
     by_id = sorted(devices, key=lambda d: d.id)
     pools: list[PoolInput] = []
     servers: set[str] = set()
     for name, pool in sorted(policies.compute_pools.items()):
         spec = pool.spec
-        nodes = tuple(sorted(d.id for d in selectors.pool_nodes(pool, by_id)))
+        # Only agents that told us where peers reach them can serve (an agent too old to, or never
+        # connected, cannot).
+        nodes = tuple(sorted(d.id for d in selectors.pool_nodes(pool, by_id) if d.endpoint))
         servers.update(nodes)
         clients = None
         if spec.clients is not None or spec.tier == "edge":

@@ -241,6 +241,8 @@ class PlanInput:
     pools: tuple[PoolInput, ...] = ()
     hardware: Mapping[str, HardwareClassSpec] = field(default_factory=dict)
     current: Mapping[str, ConfigKey] = field(default_factory=dict)
+    #: The edge node each device's current plan uses (hysteresis keeps the node as well as the key).
+    current_edge_node: Mapping[str, str] = field(default_factory=dict)
     weights: Weights = field(default_factory=Weights)
 
 

@@ -31,11 +31,25 @@ from common.types import (
     PlannedSegment,
     PolicyApply,
     PolicyFile,
+    SegmentEndpoint,
+    ServedSegment,
 )
 from controller.planner import catalog, plan, report
 from controller.planner.inputs import plan_input
-from controller.planner.types import ConfigKey, DevicePlan, Link, Pattern, Plan, PlannerModel, Tier, Weights
+from controller.planner.types import (
+    Binding,
+    ConfigKey,
+    DevicePlan,
+    Link,
+    Pattern,
+    Plan,
+    PlanInput,
+    PlannerModel,
+    Tier,
+    Weights,
+)
 from controller.policy import PolicyErrors, PolicySet, check_references, diff_policy_sets, load_policy_texts
+from controller.service.segments import SegmentKey
 from controller.store.base import ApplyOutcome, PlannedAssignment, Store
 
 log = logging.getLogger(__name__)
@@ -64,9 +78,10 @@ class Planned:
 
     policies: PolicySet
     plan: Plan
-    assignments: tuple[PlannedAssignment, ...]
+    assignments: tuple[PlannedAssignment, ...]  # the planned devices', before segments are built
     skipped: tuple[tuple[str, str], ...]  # (device id, why its plan cannot be applied)
     devices: Mapping[str, Device]
+    data: PlanInput
 
 
 def load(files: Sequence[PolicyFile]) -> PolicySet:
@@ -114,10 +129,136 @@ def make_plan(
             and (pm := data.models.get(d.assignment.model_name)) is not None
             and (key := current_key(d.assignment.plan, pm)) is not None
         }
-        data = dataclasses.replace(data, current=current)
+        current_edge_node = {
+            d.id: d.assignment.plan.edge_node
+            for d in devices
+            if d.id in current and d.assignment is not None and d.assignment.plan is not None
+            if d.assignment.plan.edge_node
+        }
+        data = dataclasses.replace(data, current=current, current_edge_node=current_edge_node)
     result = plan(data, explain_devices=explain)
     assignments, skipped = _assignments(result, models)
-    return Planned(policies, result, assignments, skipped, {d.id: d for d in devices})
+    by_id = {d.id: d for d in devices}
+    released, kept = _released(result, by_id)
+    return Planned(policies, result, assignments + released, skipped + kept, by_id, data)
+
+
+def _released(
+    result: Plan, devices: Mapping[str, Device]
+) -> tuple[tuple[PlannedAssignment, ...], tuple[tuple[str, str], ...]]:
+    """What the policies now give devices they no longer plan — none selects them any more, or nothing
+    fits them: a device the policies placed (its assignment has a plan) runs nothing; a by-hand
+    assignment is kept, without segments served for a pool it has left. A device the planner could
+    not plan for want of a model profile keeps what it runs (a model imported again without eval
+    data must not empty the fleet); it is listed as skipped."""
+    dropped = [(d, why) for d, why in result.unplanned] + [(x.device_id, x.reason) for x in result.infeasible]
+    released: list[PlannedAssignment] = []
+    kept: list[tuple[str, str]] = []
+    no_profile = {x.device_id for x in result.infeasible if x.binding is Binding.NO_PROFILE}
+    for device_id, why in sorted(dropped):
+        d = devices.get(device_id)
+        cur = d.assignment if d is not None else None
+        if cur is None or (cur.plan is None and not cur.serve):
+            continue
+        if device_id in no_profile:
+            kept.append((device_id, f"{why}; its assignment is left as it is"))
+        elif cur.plan is not None:
+            released.append(PlannedAssignment(device_id, "", "", "", 0, None))
+        else:
+            released.append(
+                PlannedAssignment(
+                    device_id, cur.model_name, cur.variant, cur.artifact_sha256, cur.artifact_size_bytes, None
+                )
+            )
+    return tuple(released), tuple(kept)
+
+
+# --- segments: what the plan's devices must hold, and who serves what --------------------------
+
+
+def segment_keys(planned: Planned) -> set[SegmentKey]:
+    """Every segment a partitioned plan needs an artifact for."""
+    keys: set[SegmentKey] = set()
+    for a in planned.assignments:
+        if a.plan is None or a.plan.pattern == "local":
+            continue
+        for seg in a.plan.segments:
+            keys.add(SegmentKey(a.model_name, seg.start_cut, seg.end_cut, seg.precision))
+    return keys
+
+
+def materialize(
+    planned: Planned, built: Mapping[SegmentKey, tuple[str, int]]
+) -> tuple[PlannedAssignment, ...]:
+    """The assignments to write: the planned devices' with their segments' artifacts and the
+    endpoints that serve them, plus every pool node's, with the segments it must keep loaded (a node
+    keeps its own model as assigned; only what it serves changes). Pure."""
+    pools = {p.name: p for p in planned.data.pools}
+    batching = {d.name: d.batching for d in planned.data.deployments}
+    devices = planned.devices
+    serve: dict[str, dict[str, ServedSegment]] = {n: {} for p in planned.data.pools for n in p.nodes}
+
+    def endpoint(node: str, weight: float) -> SegmentEndpoint | None:
+        address = devices[node].endpoint if node in devices else ""
+        return SegmentEndpoint(node, address, weight) if address else None
+
+    out: list[PlannedAssignment] = []
+    for a in planned.assignments:
+        if a.plan is None or a.plan.pattern == "local":
+            out.append(a)
+            continue
+        b = batching.get(a.plan.deployment)
+        segments: list[PlannedSegment] = []
+        for seg in a.plan.segments:
+            sha, size = built[SegmentKey(a.model_name, seg.start_cut, seg.end_cut, seg.precision)]
+            nodes: tuple[str, ...] = ()
+            weight = 1.0
+            if seg.tier == Tier.EDGE.value:
+                nodes, weight = (seg.where,), float(pools[a.plan.edge_pool].slots_per_node)
+            elif seg.tier == Tier.CLOUD.value:
+                pool = pools[a.plan.cloud_pool]
+                nodes, weight = pool.nodes, float(pool.slots_per_node)
+            endpoints = tuple(e for n in nodes if (e := endpoint(n, weight)) is not None)
+            for n in nodes:
+                serve[n].setdefault(
+                    sha,
+                    ServedSegment(
+                        sha,
+                        size,
+                        a.model_name,
+                        seg.start_cut,
+                        seg.end_cut,
+                        seg.precision,
+                        max_batch_size=b.max_batch_size if b else 1,
+                        max_queue_delay_ms=b.max_queue_delay_ms if b else 0.0,
+                    ),
+                )
+            segments.append(
+                dataclasses.replace(seg, artifact_sha256=sha, artifact_size_bytes=size, endpoints=endpoints)
+            )
+        out.append(dataclasses.replace(a, plan=dataclasses.replace(a.plan, segments=tuple(segments))))
+    for node in sorted(serve):
+        d = devices.get(node)
+        if d is None:
+            continue
+        cur = d.assignment
+        served = tuple(sorted(serve[node].values(), key=lambda x: x.artifact_sha256))
+        if cur is None and not served:
+            continue
+        out.append(
+            PlannedAssignment(
+                device_id=node,
+                model_name=cur.model_name if cur else "",
+                variant=cur.variant if cur else "",
+                artifact_sha256=cur.artifact_sha256 if cur else "",
+                artifact_size_bytes=cur.artifact_size_bytes if cur else 0,
+                # A node is not planned as a client: a plan from before it joined the pool is dropped
+                # (it would claim capacity the planner no longer counts).
+                plan=None,
+                serve=served,
+            )
+        )
+    return tuple(out)
 
 
 def _links(devices: Iterable[Device]) -> dict[str, dict[str, Link]]:
@@ -139,8 +280,8 @@ def _assignments(
             skipped.append(
                 (
                     p.device_id,
-                    "no whole-model variant fits its memory, so it has nothing to serve on its own until "
-                    "partitioned inference is available; its assignment is left as it is",
+                    "no whole-model variant fits its memory, so it would have nothing to answer with on its "
+                    "own when a hop is down; its assignment is left as it is",
                 )
             )
             continue
@@ -221,12 +362,22 @@ def changes(planned: Planned) -> list[AssignmentChange]:
     predictions)."""
     from controller.store._rules import placement
 
+    def shape(p: AssignmentPlan | None) -> tuple[object, ...]:
+        """The placement without what only building makes (artifacts, endpoints): a dry run builds nothing."""
+        if p is None:
+            return placement(None)
+        bare = tuple(
+            dataclasses.replace(x, artifact_sha256="", artifact_size_bytes=0, endpoints=())
+            for x in p.segments
+        )
+        return placement(dataclasses.replace(p, segments=bare))
+
     out: list[AssignmentChange] = []
     for a in planned.assignments:
         d = planned.devices[a.device_id]
         cur = d.assignment
-        before = (cur.model_name, cur.variant, cur.artifact_sha256, placement(cur.plan)) if cur else None
-        after = (a.model_name, a.variant, a.artifact_sha256, placement(a.plan))
+        before = (cur.model_name, cur.variant, cur.artifact_sha256, shape(cur.plan)) if cur else None
+        after = (a.model_name, a.variant, a.artifact_sha256, shape(a.plan))
         if before == after:
             continue
         out.append(
@@ -265,10 +416,11 @@ class Applied:
 
 @dataclass(frozen=True, slots=True)
 class ApplyPlan:
-    """What ``apply`` writes: the record and the assignments, with the changes for the reply."""
+    """What ``apply`` writes: the record, the plan (whose segments are built before the write), and
+    the changes for the reply."""
 
     record: PolicyApply
-    assignments: tuple[PlannedAssignment, ...]
+    planned: Planned
     changes: tuple[AssignmentChange, ...]
 
 
@@ -303,12 +455,12 @@ def prepare_apply(
         message=message,
         policies_json=files_json(files),
     )
-    return ApplyPlan(record, planned.assignments, tuple(changes(planned)))
+    return ApplyPlan(record, planned, tuple(changes(planned)))
 
 
-def commit_apply(store: Store, prepared: ApplyPlan) -> Applied:
+def commit_apply(store: Store, prepared: ApplyPlan, assignments: Sequence[PlannedAssignment]) -> Applied:
     """Apply: one store transaction (on the store thread)."""
-    outcome = store.apply_policies(prepared.record, prepared.assignments)
+    outcome = store.apply_policies(prepared.record, assignments)
     record = prepared.record
     if outcome.recorded:
         log.info(
@@ -326,19 +478,18 @@ def commit_apply(store: Store, prepared: ApplyPlan) -> Applied:
     return Applied(outcome, tuple(c for c in prepared.changes if c.device_id in changed))
 
 
-def replan_assignments(snapshot: Snapshot) -> tuple[PlannedAssignment, ...]:
+def replan(snapshot: Snapshot) -> Planned | None:
     """The policies in force planned again against the fleet in ``snapshot`` (new devices, links,
-    profiles), with hysteresis: the assignments to set. Pure; () when nothing is applied."""
+    profiles, endpoints), with hysteresis. Pure; None when nothing is applied."""
     latest = snapshot.latest
     if latest is None or not latest.policies_json:
-        return ()
+        return None
     try:
         policies = load(files_from_json(latest.policies_json))
-        planned = make_plan(snapshot, policies)
+        return make_plan(snapshot, policies)
     except PolicyErrors as exc:  # e.g. a model it names was deleted since
         log.warning("re-plan of apply %d skipped: %s", latest.id, exc)
-        return ()
-    return planned.assignments
+        return None
 
 
 def set_assignments(store: Store, assignments: Sequence[PlannedAssignment]) -> list[str]:
@@ -353,6 +504,8 @@ def set_assignments(store: Store, assignments: Sequence[PlannedAssignment]) -> l
             artifact_sha256=a.artifact_sha256,
             artifact_size_bytes=a.artifact_size_bytes,
             plan=a.plan,
+            serve=a.serve,
+            retry_failed=False,
         )
         if did:
             changed.append(a.device_id)

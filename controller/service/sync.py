@@ -62,6 +62,7 @@ def on_hello(
         records_dropped=hello.records_dropped,
         now_ms=now_ms,
         links=hello.links,
+        endpoint=hello.endpoint,
     )
     log.info(
         "device=%s hello: acked v%d of desired v%d, telemetry watermark %d (stored %d)",
@@ -88,6 +89,8 @@ def replan_reason(before: Device, after: Device) -> str:
         return f"device {after.id} reports new hardware"
     if before.links != after.links:
         return f"device {after.id} reports new links"
+    if before.endpoint != after.endpoint:
+        return f"device {after.id} serves segments at a new address"
     if after.assignment is None or after.assignment.plan is None:
         return f"device {after.id} has no plan yet"
     return ""

@@ -6,6 +6,7 @@ objects with stable keys so a database stays readable by later code versions.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -24,6 +25,7 @@ from common.types import (
     Device,
     DeviceEvent,
     HardwareProfile,
+    HopTiming,
     InferenceRecord,
     LinkMeasurement,
     ModelVariant,
@@ -34,6 +36,8 @@ from common.types import (
     ProfileRequestRecord,
     RejectedVariant,
     ReportedState,
+    SegmentEndpoint,
+    ServedSegment,
     TelemetryRecord,
     TensorSpec,
 )
@@ -188,6 +192,14 @@ def cut_points_from_json(text: str) -> tuple[CutPoint, ...]:
     )
 
 
+def call_overhead_to_json(items: Sequence[CallOverhead]) -> str:
+    return _dumps([{"batch_size": c.batch_size, "latency_ms": c.latency_ms} for c in items])
+
+
+def call_overhead_from_json(text: str) -> tuple[CallOverhead, ...]:
+    return tuple(CallOverhead(int(c["batch_size"]), float(c["latency_ms"])) for c in json.loads(text))
+
+
 def block_profiles_to_json(blocks: Sequence[BlockProfile]) -> str:
     return _dumps(
         [
@@ -333,6 +345,8 @@ def telemetry_body_to_json(body: InferenceRecord | DeviceEvent) -> tuple[str, st
                 "latency_ms": body.latency_ms,
                 "outcome": body.outcome.value,
                 "error": body.error,
+                "path": body.path,
+                "hops": [dataclasses.asdict(h) for h in body.hops],
             }
         )
     return KIND_EVENT, _dumps(
@@ -349,6 +363,8 @@ def telemetry_from_row(row: Row) -> TelemetryRecord:
             latency_ms=float(d["latency_ms"]),
             outcome=Outcome(d["outcome"]),
             error=str(d.get("error", "")),
+            path=str(d.get("path", "")),
+            hops=tuple(HopTiming(**h) for h in d.get("hops", ())),
         )
     elif row["kind"] == KIND_EVENT:
         body = DeviceEvent(
@@ -386,6 +402,7 @@ def device_from_row(row: Row) -> Device:
             artifact_sha256=row["artifact_sha256"],
             artifact_size_bytes=row["artifact_size_bytes"],
             plan=plan_from_json(row["plan_json"]),
+            serve=serve_from_json(row["serve_json"]),
         )
     failure = row["last_failure"]
     return Device(
@@ -405,6 +422,7 @@ def device_from_row(row: Row) -> Device:
         last_sequence=row["last_sequence"],
         records_dropped=row["records_dropped"],
         links=links_from_json(row["links_json"]),
+        endpoint=row["endpoint"],
     )
 
 
@@ -428,6 +446,8 @@ def device_state_columns(device: Device) -> dict[str, Any]:
         "records_dropped": device.records_dropped,
         "plan_json": plan_to_json(a.plan) if a and a.plan else "",
         "links_json": links_to_json(device.links),
+        "serve_json": serve_to_json(a.serve) if a else "[]",
+        "endpoint": device.endpoint,
     }
 
 
@@ -446,6 +466,9 @@ def plan_to_json(plan: AssignmentPlan) -> str:
                     "end_cut": s.end_cut,
                     "precision": s.precision,
                     "where": s.where,
+                    "artifact_sha256": s.artifact_sha256,
+                    "artifact_size_bytes": s.artifact_size_bytes,
+                    "endpoints": [dataclasses.asdict(e) for e in s.endpoints],
                 }
                 for s in plan.segments
             ],
@@ -466,7 +489,19 @@ def plan_from_json(text: str) -> AssignmentPlan | None:
     return AssignmentPlan(
         deployment=d["deployment"],
         pattern=d["pattern"],
-        segments=tuple(PlannedSegment(**s) for s in d["segments"]),
+        segments=tuple(
+            PlannedSegment(
+                tier=s["tier"],
+                start_cut=s["start_cut"],
+                end_cut=s["end_cut"],
+                precision=s["precision"],
+                where=s["where"],
+                artifact_sha256=s.get("artifact_sha256", ""),
+                artifact_size_bytes=s.get("artifact_size_bytes", 0),
+                endpoints=tuple(SegmentEndpoint(**e) for e in s.get("endpoints", ())),
+            )
+            for s in d["segments"]
+        ),
         edge_pool=d.get("edge_pool", ""),
         edge_node=d.get("edge_node", ""),
         cloud_pool=d.get("cloud_pool", ""),
@@ -474,6 +509,14 @@ def plan_from_json(text: str) -> AssignmentPlan | None:
         predicted_latency_ms=d.get("predicted_latency_ms", 0.0),
         predicted_accuracy=d.get("predicted_accuracy", 0.0),
     )
+
+
+def serve_to_json(serve: Sequence[ServedSegment]) -> str:
+    return _dumps([dataclasses.asdict(x) for x in serve])
+
+
+def serve_from_json(text: str) -> tuple[ServedSegment, ...]:
+    return tuple(ServedSegment(**x) for x in json.loads(text or "[]"))
 
 
 def links_to_json(links: Sequence[LinkMeasurement]) -> str:

@@ -21,6 +21,7 @@ from common.types import (
     BlockProfile,
     BootstrapToken,
     ClassBlockProfile,
+    ClassCallOverhead,
     Device,
     DeviceProfileReport,
     HardwareProfile,
@@ -28,6 +29,7 @@ from common.types import (
     ProfileReport,
     ProfileRequestRecord,
     ReportedState,
+    ServedSegment,
 )
 from controller.store.base import TOKEN_EXHAUSTED, TOKEN_EXPIRED, TOKEN_UNKNOWN
 
@@ -80,6 +82,7 @@ def apply_hello(
     records_dropped: int,
     now_ms: int,
     links: tuple[LinkMeasurement, ...] | None = None,
+    endpoint: str | None = None,
 ) -> Device:
     # A hello is the device's own account of what it runs, so it may lower acked_version (a wiped device
     # must be sent its assignment again); it may not claim a version that was never desired.
@@ -95,6 +98,7 @@ def apply_hello(
         acked_version=acked,
         records_dropped=max(device.records_dropped, records_dropped),
         links=device.links if links is None else tuple(sorted(links, key=lambda m: m.pool)),
+        endpoint=device.endpoint if endpoint is None else endpoint,
     )
 
 
@@ -106,17 +110,21 @@ def apply_assignment(
     artifact_sha256: str,
     artifact_size_bytes: int,
     plan: AssignmentPlan | None = None,
+    serve: tuple[ServedSegment, ...] = (),
+    retry_failed: bool = True,
 ) -> tuple[Device, bool]:
     current = device.assignment
     current_target = (
-        (current.model_name, current.variant, current.artifact_sha256, placement(current.plan))
+        (current.model_name, current.variant, current.artifact_sha256, placement(current.plan), current.serve)
         if current
-        else ("", "", "", placement(None))
+        else ("", "", "", placement(None), ())
     )
     # An empty target on a never-assigned device is not a change: both mean "run nothing". The same target
-    # again is a no-op unless the device said the current version failed: then it is a retry, a new version.
-    target = (model_name, variant, artifact_sha256, placement(plan))
-    if current_target == target and not current_version_failed(device):
+    # again is a no-op unless the device said the current version failed and the caller retries failures
+    # (an operator assigning by hand): then it is a new version. Policies never retry on their own: the
+    # same files applied again, or a re-plan every minute, must not resend a version that fails.
+    target = (model_name, variant, artifact_sha256, placement(plan), serve)
+    if current_target == target and not (retry_failed and current_version_failed(device)):
         return device, False
     version = device.desired_version + 1
     assignment = Assignment(
@@ -126,6 +134,7 @@ def apply_assignment(
         artifact_sha256=artifact_sha256,
         artifact_size_bytes=artifact_size_bytes,
         plan=plan,
+        serve=serve,
     )
     return replace(device, desired_version=version, assignment=assignment), True
 
@@ -240,3 +249,16 @@ def class_profiles(
             )
         )
     return tuple(out)
+
+
+def class_call_overhead(reports: Iterable[DeviceProfileReport]) -> tuple[ClassCallOverhead, ...]:
+    """Per hardware class and batch size: the median call overhead over the devices of that class
+    whose latest report measured it."""
+    times: dict[tuple[str, int], list[float]] = defaultdict(list)
+    for r in reports:
+        for c in r.report.call_overhead:
+            times[(r.hardware_class, c.batch_size)].append(c.latency_ms)
+    return tuple(
+        ClassCallOverhead(hardware_class, batch, statistics.median(values), len(values))
+        for (hardware_class, batch), values in sorted(times.items())
+    )

@@ -20,6 +20,7 @@ from common.types import (
     BlockAccuracy,
     BlockProfile,
     BootstrapToken,
+    CallOverhead,
     CutPoint,
     Device,
     DeviceProfileReport,
@@ -32,6 +33,7 @@ from common.types import (
     ProfileRequestRecord,
     RejectedVariant,
     ReportedState,
+    ServedSegment,
     TelemetryRecord,
 )
 
@@ -51,6 +53,7 @@ class PlannedAssignment:
     artifact_sha256: str
     artifact_size_bytes: int
     plan: AssignmentPlan | None
+    serve: tuple[ServedSegment, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,9 +123,10 @@ class Store(ABC):
         records_dropped: int,
         now_ms: int,
         links: Sequence[LinkMeasurement] | None = None,
+        endpoint: str | None = None,
     ) -> Device:
-        """Record a hello: connected, last seen, the hardware and state the device reports, and its
-        links (replacing the stored ones; None keeps them).
+        """Record a hello: connected, last seen, the hardware and state the device reports, its links
+        and the address its SegmentService answers on (each replacing the stored one; None keeps it).
 
         ``records_dropped`` is the agent's running total; the stored value never decreases.
         ``reported.acked_version`` is taken as the acked version only if it is not above the desired
@@ -156,14 +160,17 @@ class Store(ABC):
         artifact_sha256: str,
         artifact_size_bytes: int,
         plan: AssignmentPlan | None = None,
+        serve: Sequence[ServedSegment] = (),
+        retry_failed: bool = True,
     ) -> tuple[Device, bool]:
         """Set the desired assignment. Returns (device, changed).
 
         Bumps ``desired_version`` by one and returns changed=True if the target (model, variant, sha256,
-        and the plan's placement — not its predictions, see ``_rules.placement``) differs from the
-        current one, or if it is the same target but the device reported the current
-        version failed (``last_failure`` set and ``failed_version == desired_version``): assigning it
-        again is how an operator retries. Otherwise repeating it changes nothing.
+        the plan's placement — not its predictions, see ``_rules.placement`` — and the segments it
+        serves) differs from the current one, or if it is the same target but the device reported the current
+        version failed (``last_failure`` set and ``failed_version == desired_version``) and
+        ``retry_failed``: assigning it again is how an operator retries. Otherwise repeating it changes
+        nothing (policies pass ``retry_failed=False``: they never resend a failing version on their own).
         NotFound for an unknown device.
         """
 
@@ -218,6 +225,7 @@ class Store(ABC):
         block_accuracy: Sequence[BlockAccuracy] | None = None,
         profile_inputs: ArtifactManifest | None = None,
         eval_data: ArtifactManifest | None = None,
+        call_overhead: Sequence[CallOverhead] | None = None,
     ) -> Model:
         """Record one toolchain build of an existing model, all or nothing; returns the model.
 
@@ -226,15 +234,16 @@ class Store(ABC):
         fp32 upload measured by the build); a conflicting one raises AlreadyExists and nothing of the
         call is kept. The model's rejected
         candidates are replaced by ``rejected`` (the latest build's, in order). NotFound if the model
-        does not exist. ``cut_points``, ``block_profiles``, ``block_accuracy`` and the ``profile_inputs``
-        and ``eval_data`` artifacts, each where given (not None), replace the model's stored one (the
+        does not exist. ``cut_points``, ``block_profiles``, ``block_accuracy``, ``call_overhead`` and the
+        ``profile_inputs`` and ``eval_data`` artifacts, each where given (not None), replace the model's stored one (the
         latest build's); None keeps what is stored.
         """
 
     @abstractmethod
     def get_model(self, name: str) -> Model:
         """NotFound if there is no such model. ``class_profiles`` is computed from the devices' latest
-        profile reports (``_rules.class_profiles``) over the model's current block profiles."""
+        profile reports (``_rules.class_profiles``) over the model's current block profiles, and
+        ``class_call_overhead`` from the same reports (``_rules.class_call_overhead``)."""
 
     @abstractmethod
     def list_models(self) -> list[Model]:
@@ -279,11 +288,35 @@ class Store(ABC):
         """The latest report of every device that profiled ``model_name``, ordered by device id
         (empty for a model nobody profiled). NotFound for an unknown model."""
 
+    # --- segment artifacts ----------------------------------------------------------------------
+
+    @abstractmethod
+    def find_segment_artifact(
+        self, source_sha256: str, start_cut: int, end_cut: int, method: str
+    ) -> tuple[str, int] | None:
+        """(sha256, size) of the artifact built for this segment of this source model, if any."""
+
+    @abstractmethod
+    def add_segment_artifact(
+        self,
+        model_name: str,
+        source_sha256: str,
+        start_cut: int,
+        end_cut: int,
+        method: str,
+        sha256: str,
+        size_bytes: int,
+        *,
+        now_ms: int,
+    ) -> None:
+        """Remember a built segment artifact. Safe to repeat (the first one recorded stays)."""
+
     # --- policies -------------------------------------------------------------------------------
 
     @abstractmethod
     def apply_policies(self, record: PolicyApply, assignments: Sequence[PlannedAssignment]) -> ApplyOutcome:
-        """Set every planned device's assignment (``set_assignment``'s rules) and record the apply, in
+        """Set every planned device's assignment (``set_assignment``'s rules, a failed version not
+        retried) and record the apply, in
         one transaction: all or nothing. ``record.id`` and ``devices_changed`` are filled in here.
 
         Safe to repeat: when no assignment changes and ``record.digest`` equals the latest apply's,

@@ -16,6 +16,7 @@ from common.types import (
     BlockAccuracy,
     BlockProfile,
     BootstrapToken,
+    CallOverhead,
     CutPoint,
     Device,
     DeviceProfileReport,
@@ -28,6 +29,7 @@ from common.types import (
     ProfileRequestRecord,
     RejectedVariant,
     ReportedState,
+    ServedSegment,
     TelemetryRecord,
 )
 from controller.store import _rules
@@ -55,6 +57,7 @@ class InMemoryStore(Store):
         self._profile_requests: dict[tuple[str, str], ProfileRequestRecord] = {}  # (device, model)
         self._profile_reports: dict[tuple[str, str], DeviceProfileReport] = {}
         self._applies: list[PolicyApply] = []  # oldest first
+        self._segments: dict[tuple[str, int, int, str], tuple[str, int]] = {}
 
     # --- bootstrap tokens -----------------------------------------------------------------------
 
@@ -136,6 +139,7 @@ class InMemoryStore(Store):
         records_dropped: int,
         now_ms: int,
         links: Sequence[LinkMeasurement] | None = None,
+        endpoint: str | None = None,
     ) -> Device:
         return self._update(
             device_id,
@@ -146,6 +150,7 @@ class InMemoryStore(Store):
                 records_dropped=records_dropped,
                 now_ms=now_ms,
                 links=None if links is None else tuple(links),
+                endpoint=endpoint,
             ),
         )
 
@@ -180,13 +185,18 @@ class InMemoryStore(Store):
         artifact_sha256: str,
         artifact_size_bytes: int,
         plan: AssignmentPlan | None = None,
+        serve: Sequence[ServedSegment] = (),
+        retry_failed: bool = True,
     ) -> tuple[Device, bool]:
         with self._locked():
             return self._set_assignment(
-                PlannedAssignment(device_id, model_name, variant, artifact_sha256, artifact_size_bytes, plan)
+                PlannedAssignment(
+                    device_id, model_name, variant, artifact_sha256, artifact_size_bytes, plan, tuple(serve)
+                ),
+                retry_failed=retry_failed,
             )
 
-    def _set_assignment(self, a: PlannedAssignment) -> tuple[Device, bool]:
+    def _set_assignment(self, a: PlannedAssignment, *, retry_failed: bool) -> tuple[Device, bool]:
         device, changed = _rules.apply_assignment(
             self._device(a.device_id),
             model_name=a.model_name,
@@ -194,9 +204,34 @@ class InMemoryStore(Store):
             artifact_sha256=a.artifact_sha256,
             artifact_size_bytes=a.artifact_size_bytes,
             plan=a.plan,
+            serve=a.serve,
+            retry_failed=retry_failed,
         )
         self._devices[a.device_id] = device
         return device, changed
+
+    # --- segment artifacts ----------------------------------------------------------------------
+
+    def find_segment_artifact(
+        self, source_sha256: str, start_cut: int, end_cut: int, method: str
+    ) -> tuple[str, int] | None:
+        with self._locked():
+            return self._segments.get((source_sha256, start_cut, end_cut, method))
+
+    def add_segment_artifact(
+        self,
+        model_name: str,
+        source_sha256: str,
+        start_cut: int,
+        end_cut: int,
+        method: str,
+        sha256: str,
+        size_bytes: int,
+        *,
+        now_ms: int,
+    ) -> None:
+        with self._locked():
+            self._segments.setdefault((source_sha256, start_cut, end_cut, method), (sha256, size_bytes))
 
     # --- policies -------------------------------------------------------------------------------
 
@@ -204,7 +239,9 @@ class InMemoryStore(Store):
         with self._locked():
             for a in assignments:  # all or nothing: check every device before changing any
                 self._device(a.device_id)
-            changed = tuple(d for d, c in (self._set_assignment(a) for a in assignments) if c)
+            changed = tuple(
+                d for d, c in (self._set_assignment(a, retry_failed=False) for a in assignments) if c
+            )
             latest = self._applies[-1] if self._applies else None
             if not changed and latest is not None and latest.digest == record.digest:
                 return ApplyOutcome(latest, (), recorded=False)
@@ -285,6 +322,7 @@ class InMemoryStore(Store):
         block_accuracy: Sequence[BlockAccuracy] | None = None,
         profile_inputs: ArtifactManifest | None = None,
         eval_data: ArtifactManifest | None = None,
+        call_overhead: Sequence[CallOverhead] | None = None,
     ) -> Model:
         with self._locked():
             model = self._models.get(name)
@@ -317,6 +355,7 @@ class InMemoryStore(Store):
                 cut_points=model.cut_points if cut_points is None else tuple(cut_points),
                 block_profiles=model.block_profiles if block_profiles is None else tuple(block_profiles),
                 block_accuracy=model.block_accuracy if block_accuracy is None else tuple(block_accuracy),
+                call_overhead=model.call_overhead if call_overhead is None else tuple(call_overhead),
             )
             if profile_inputs is not None:
                 model = replace(
@@ -434,7 +473,11 @@ class InMemoryStore(Store):
         reports = self._reports(name)
         if not reports:
             return model
-        return replace(model, class_profiles=_rules.class_profiles(reports, model.block_profiles))
+        return replace(
+            model,
+            class_profiles=_rules.class_profiles(reports, model.block_profiles),
+            class_call_overhead=_rules.class_call_overhead(reports),
+        )
 
     def _reports(self, model_name: str) -> list[DeviceProfileReport]:
         return [r for (_, model), r in sorted(self._profile_reports.items()) if model == model_name]

@@ -176,6 +176,28 @@ CREATE TABLE policy_applies (
 ) STRICT;
 """
 
+# Partitioned inference: where each device's SegmentService answers, the segments a serving node
+# keeps loaded for others (JSON list), and the segment artifacts built for plans, by what they are
+# (source model, cut range, method), so a plan that needs one again reuses it. The host's call
+# overhead per batch size (JSON list) so the planner subtracts it when it adds up block times.
+_SEGMENTS = """
+ALTER TABLE devices ADD COLUMN endpoint TEXT NOT NULL DEFAULT '';
+ALTER TABLE devices ADD COLUMN serve_json TEXT NOT NULL DEFAULT '[]';
+ALTER TABLE model_profiles ADD COLUMN call_overhead_json TEXT NOT NULL DEFAULT '[]';
+
+CREATE TABLE segment_artifacts (
+    source_sha256 TEXT NOT NULL,
+    start_cut INTEGER NOT NULL,
+    end_cut INTEGER NOT NULL,
+    method TEXT NOT NULL,
+    model_name TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    size_bytes INTEGER NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (source_sha256, start_cut, end_cut, method)
+) STRICT;
+"""
+
 #: Ordered by version, starting at 1, without gaps.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", _INITIAL_SCHEMA),
@@ -187,6 +209,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         _BLOCK_ARTIFACTS_AND_DEVICE_PROFILES,
     ),
     Migration(5, "device plans and links, policy applies", _PLANS_AND_POLICIES),
+    Migration(6, "device endpoints, served segments, segment artifacts, call overheads", _SEGMENTS),
 )
 
 _CREATE_VERSION_TABLE = """

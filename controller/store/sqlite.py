@@ -21,6 +21,7 @@ from common.types import (
     BlockAccuracy,
     BlockProfile,
     BootstrapToken,
+    CallOverhead,
     CutPoint,
     Device,
     DeviceProfileReport,
@@ -33,6 +34,7 @@ from common.types import (
     ProfileRequestRecord,
     RejectedVariant,
     ReportedState,
+    ServedSegment,
     TelemetryRecord,
 )
 from controller.store import _codec, _rules
@@ -187,6 +189,7 @@ class SqliteStore(Store):
         records_dropped: int,
         now_ms: int,
         links: Sequence[LinkMeasurement] | None = None,
+        endpoint: str | None = None,
     ) -> Device:
         return self._update(
             device_id,
@@ -197,6 +200,7 @@ class SqliteStore(Store):
                 records_dropped=records_dropped,
                 now_ms=now_ms,
                 links=None if links is None else tuple(links),
+                endpoint=endpoint,
             ),
         )
 
@@ -234,13 +238,18 @@ class SqliteStore(Store):
         artifact_sha256: str,
         artifact_size_bytes: int,
         plan: AssignmentPlan | None = None,
+        serve: Sequence[ServedSegment] = (),
+        retry_failed: bool = True,
     ) -> tuple[Device, bool]:
         with self._tx(write=True):
             return self._set_assignment(
-                PlannedAssignment(device_id, model_name, variant, artifact_sha256, artifact_size_bytes, plan)
+                PlannedAssignment(
+                    device_id, model_name, variant, artifact_sha256, artifact_size_bytes, plan, tuple(serve)
+                ),
+                retry_failed=retry_failed,
             )
 
-    def _set_assignment(self, a: PlannedAssignment) -> tuple[Device, bool]:
+    def _set_assignment(self, a: PlannedAssignment, *, retry_failed: bool) -> tuple[Device, bool]:
         device, changed = _rules.apply_assignment(
             self._load_device(a.device_id),
             model_name=a.model_name,
@@ -248,16 +257,55 @@ class SqliteStore(Store):
             artifact_sha256=a.artifact_sha256,
             artifact_size_bytes=a.artifact_size_bytes,
             plan=a.plan,
+            serve=a.serve,
+            retry_failed=retry_failed,
         )
         if changed:
             self._save_device(device)
         return device, changed
 
+    # --- segment artifacts ----------------------------------------------------------------------
+
+    def find_segment_artifact(
+        self, source_sha256: str, start_cut: int, end_cut: int, method: str
+    ) -> tuple[str, int] | None:
+        with self._tx(write=False):
+            row = self._one(
+                "SELECT sha256, size_bytes FROM segment_artifacts WHERE source_sha256 = ? AND start_cut = ?"
+                " AND end_cut = ? AND method = ?",
+                source_sha256,
+                start_cut,
+                end_cut,
+                method,
+            )
+            return (row["sha256"], row["size_bytes"]) if row is not None else None
+
+    def add_segment_artifact(
+        self,
+        model_name: str,
+        source_sha256: str,
+        start_cut: int,
+        end_cut: int,
+        method: str,
+        sha256: str,
+        size_bytes: int,
+        *,
+        now_ms: int,
+    ) -> None:
+        with self._tx(write=True):
+            self._db.execute(
+                "INSERT OR IGNORE INTO segment_artifacts (source_sha256, start_cut, end_cut, method, model_name,"
+                " sha256, size_bytes, created_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [source_sha256, start_cut, end_cut, method, model_name, sha256, size_bytes, now_ms],
+            )
+
     # --- policies -------------------------------------------------------------------------------
 
     def apply_policies(self, record: PolicyApply, assignments: Sequence[PlannedAssignment]) -> ApplyOutcome:
         with self._tx(write=True):
-            changed = tuple(d for d, c in (self._set_assignment(a) for a in assignments) if c)
+            changed = tuple(
+                d for d, c in (self._set_assignment(a, retry_failed=False) for a in assignments) if c
+            )
             latest = self._latest_apply()
             if not changed and latest is not None and latest.digest == record.digest:
                 return ApplyOutcome(latest, (), recorded=False)
@@ -351,6 +399,7 @@ class SqliteStore(Store):
         block_accuracy: Sequence[BlockAccuracy] | None = None,
         profile_inputs: ArtifactManifest | None = None,
         eval_data: ArtifactManifest | None = None,
+        call_overhead: Sequence[CallOverhead] | None = None,
     ) -> Model:
         with self._tx(write=True):
             self._load_model(name)  # NotFound before anything is written
@@ -406,6 +455,9 @@ class SqliteStore(Store):
                 "profile_inputs_size_bytes": None if profile_inputs is None else profile_inputs.size_bytes,
                 "eval_data_sha256": None if eval_data is None else eval_data.sha256,
                 "eval_data_size_bytes": None if eval_data is None else eval_data.size_bytes,
+                "call_overhead_json": None
+                if call_overhead is None
+                else _codec.call_overhead_to_json(call_overhead),
             }
             if any(v is not None for v in given.values()):
                 stored = self._one("SELECT * FROM model_profiles WHERE model_name = ?", name) or _NO_PROFILE
@@ -622,6 +674,7 @@ _NO_PROFILE: _Row = {
     "profile_inputs_size_bytes": 0,
     "eval_data_sha256": "",
     "eval_data_size_bytes": 0,
+    "call_overhead_json": "[]",
 }
 
 
@@ -637,6 +690,7 @@ def _profile_fields(row: _Row | None) -> dict[str, Any]:
         "profile_inputs_size_bytes": row["profile_inputs_size_bytes"],
         "eval_data_sha256": row["eval_data_sha256"],
         "eval_data_size_bytes": row["eval_data_size_bytes"],
+        "call_overhead": _codec.call_overhead_from_json(row["call_overhead_json"]),
     }
 
 
@@ -652,7 +706,11 @@ def _device_report(row: _Row) -> DeviceProfileReport:
 def _with_class_profiles(model: Model, reports: Sequence[DeviceProfileReport]) -> Model:
     if not reports:
         return model
-    return replace(model, class_profiles=_rules.class_profiles(reports, model.block_profiles))
+    return replace(
+        model,
+        class_profiles=_rules.class_profiles(reports, model.block_profiles),
+        class_call_overhead=_rules.class_call_overhead(reports),
+    )
 
 
 _INSERT_TELEMETRY = (

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from common.types import BlockAccuracy, BlockProfile, CutPoint, TensorSpec
+from common.types import BlockAccuracy, BlockProfile, CallOverhead, CutPoint, TensorSpec
 from controller.toolchain import mixes, partition, profile
 from controller.toolchain.evaldata import EvalData
 from controller.toolchain.measure import MeasureConfig
@@ -58,6 +58,8 @@ class ModelProfile:
     block_accuracy: tuple[BlockAccuracy, ...] = ()
     profile_inputs: bytes = b""  # an .npz of the first PROFILE_INPUT_ROWS rows of the model inputs
     source_sha256: str = ""
+    #: One call to a model that does nothing, per batch size, on the host that timed the blocks.
+    call_overhead: tuple[CallOverhead, ...] = ()
 
 
 def profile_model(
@@ -84,6 +86,7 @@ def profile_model(
     blocks: tuple[BlockProfile, ...] = ()
     artifacts: list[BlockArtifact] = []
     accuracy: tuple[BlockAccuracy, ...] = ()
+    overhead: tuple[CallOverhead, ...] = ()
     if methods:
         segmenter = Segmenter(graph, calibration=data.head(config.calibration_rows), workdir=workdir)
         table = profile.profile_blocks(
@@ -101,6 +104,7 @@ def profile_model(
             )
         sizes = {(a.start_cut, a.end_cut, a.precision): len(a.onnx_bytes) for a in artifacts}
         blocks = tuple(_block(b, sizes) for b in table.blocks)
+        overhead = tuple(CallOverhead(b, ms) for b, ms in sorted(table.overhead_ms.items()))
         if outputs:
             sensitivity = mixes.block_sensitivity(
                 table, data, outputs, batch=graph.fixed_batch or mixes.EVAL_BATCH
@@ -116,6 +120,7 @@ def profile_model(
         accuracy,
         _profile_inputs(data),
         graph.source_sha256,
+        overhead,
     )
 
 

@@ -1964,3 +1964,142 @@ def test_hello_carries_the_links_the_device_was_given() -> None:
     h.start()
     (hello,) = sent(h.step(ev.StreamOpened()), Hello)
     assert hello.links == links  # the planner's input, on every (re)connect
+
+
+# --- partitioned plans: segments ------------------------------------------------------------------
+
+
+def _partitioned(
+    version: int, *, own: str = SHA_B, edge: str = SHA_C, addr: str = "127.0.0.1:7001"
+) -> Assignment:
+    from common.types import AssignmentPlan, PlannedSegment, SegmentEndpoint
+
+    plan = AssignmentPlan(
+        deployment="digits",
+        pattern="device+edge",
+        segments=(
+            PlannedSegment("device", 0, 2, "fp32", "dev-1", artifact_sha256=own, artifact_size_bytes=10),
+            PlannedSegment(
+                "edge",
+                2,
+                4,
+                "int8",
+                "edge-1",
+                artifact_sha256=edge,
+                artifact_size_bytes=20,
+                endpoints=(SegmentEndpoint("edge-1", addr),),
+            ),
+        ),
+        edge_pool="edge",
+        edge_node="edge-1",
+    )
+    return replace(asg(version, SHA_A), plan=plan)
+
+
+def test_partitioned_assignment_prepares_segments_before_it_is_acked() -> None:
+    h = Harness()
+    h.ready()
+    v1 = _partitioned(1)
+    assert h.recv(v1) == [act.FetchArtifact(v1)]
+    assert h.step(ev.ArtifactReady(v1)) == [act.LoadModel(v1)]
+    # The model serves (it is the fallback) but the version is not acked until its segments are ready.
+    out = h.step(ev.ModelLoaded(v1))
+    assert of_type(out, act.PrepareSegments) == [act.PrepareSegments(v1)]
+    assert not sent(out, AssignmentAck)
+    assert h.core.target == v1
+    out = h.step(ev.SegmentsReady(v1))
+    assert [a.version for a in sent(out, AssignmentAck)] == [1]
+    assert h.core.target is None
+    snap = of_type(out, act.PersistSnapshot)[-1].snapshot
+    assert snap.segments == v1
+
+
+def test_same_segments_in_a_newer_version_are_not_prepared_again() -> None:
+    h = Harness()
+    h.ready()
+    v1 = _partitioned(1)
+    h.apply(v1)
+    h.step(ev.SegmentsReady(v1))
+    v2 = replace(v1, version=2)
+    out = h.recv(v2)
+    # Same model, same segments, same route: acked at once, nothing re-downloaded or reloaded.
+    assert not of_type(out, act.PrepareSegments)
+    assert not of_type(out, act.FetchArtifact)
+    assert [a.version for a in sent(out, AssignmentAck)] == [2]
+
+
+def test_a_moved_edge_endpoint_is_new_segment_work() -> None:
+    h = Harness()
+    h.ready()
+    v1 = _partitioned(1)
+    h.apply(v1)
+    h.step(ev.SegmentsReady(v1))
+    v2 = replace(_partitioned(2, addr="127.0.0.1:7002"))
+    out = h.recv(v2)
+    assert of_type(out, act.PrepareSegments) == [act.PrepareSegments(v2)]
+    assert not sent(out, AssignmentAck)
+
+
+def test_transient_segment_failure_retries_after_backoff_not_before() -> None:
+    h = Harness()
+    h.ready()
+    v1 = _partitioned(1)
+    h.apply(v1)
+    assert h.step(ev.SegmentsFailed(v1, "controller unreachable", transient=True)) == []
+    wake = h.wakeup()
+    assert wake > h.clock.now
+    assert not of_type(h.tick_at((h.clock.now + wake) / 2), act.PrepareSegments)
+    assert of_type(h.tick_at(wake), act.PrepareSegments) == [act.PrepareSegments(v1)]
+    assert [a.version for a in sent(h.step(ev.SegmentsReady(v1)), AssignmentAck)] == [1]
+
+
+def test_permanent_segment_failure_acks_the_failure_and_keeps_the_model() -> None:
+    h = Harness()
+    h.ready()
+    v1 = _partitioned(1)
+    h.apply(v1)
+    out = h.step(ev.SegmentsFailed(v1, "segment artifact corrupt"))
+    acks = sent(out, AssignmentAck)
+    assert len(acks) == 1
+    assert acks[0].version == 1
+    assert acks[0].failure is AssignmentFailure.LOAD_FAILED
+    assert "segments: segment artifact corrupt" in acks[0].message
+    # Its model still serves on its own; no retry is scheduled.
+    assert h.core.active == v1
+    assert not of_type(h.tick(3600.0), act.PrepareSegments)
+
+
+def test_late_segments_of_a_superseded_version_change_nothing() -> None:
+    h = Harness()
+    h.ready()
+    v1 = _partitioned(1)
+    h.apply(v1)
+    v2 = _partitioned(2, own=SHA_C, edge=SHA_B)
+    h.recv(v2)
+    before = state_of(h.core)
+    assert h.step(ev.SegmentsReady(v1)) == []
+    assert h.step(ev.SegmentsFailed(v1, "late")) == []
+    assert state_of(h.core) == before
+
+
+def test_restart_prepares_the_acknowledged_segments_from_the_cache_before_connecting() -> None:
+    h1 = Harness()
+    h1.ready()
+    v1 = _partitioned(1)
+    h1.apply(v1)
+    h1.step(ev.SegmentsReady(v1))
+    snap = of_type(h1.log, act.PersistSnapshot)[-1].snapshot
+
+    h2 = Harness()
+    out = h2.start(IDENT, snap)
+    assert out == [
+        act.LoadModel(v1, restore=True),
+        act.PrepareSegments(v1, restore=True),
+        act.OpenStream(IDENT),
+    ]
+    # The restore's answer acks nothing (there is no target) and sends nothing while offline.
+    assert not sent(h2.step(ev.SegmentsReady(v1)))
+    h2.connect()
+    out = h2.recv(v1)
+    assert not of_type(out, act.PrepareSegments)
+    assert [a.version for a in sent(out, AssignmentAck)] == [1]

@@ -180,6 +180,8 @@ def test_fleet_agent_infer_cli_prints_outputs_as_json(fleet: Fleet, digits_model
     expected = _direct(digits_model.model_path, sample.astype(np.float32))
     assert doc["outputs"]["label"] == expected["label"].tolist()
     assert np.allclose(doc["outputs"]["probabilities"], expected["probabilities"], atol=1e-6)
+    assert doc["path"] == "local"
+    assert [h["tier"] for h in doc["hops"]] == ["device"]
 
 
 def test_kill9_controller_restart_agents_reconnect_and_converge(

@@ -19,6 +19,8 @@ from common import serde
 from common.errors import InvalidArgument
 from common.types import (
     Assignment,
+    AssignmentAck,
+    AssignmentFailure,
     DeviceIdentity,
     HardwareProfile,
     Heartbeat,
@@ -83,6 +85,7 @@ def phone(device_id: str) -> HardwareProfile:
     return HardwareProfile("phone-cpu", cpu_cores=8, memory_bytes=4 * 2**30, labels={"region": "eu"})
 
 
+EDGE_ENDPOINT = "127.0.0.1:47001"
 EDGE = HardwareProfile(
     "edge-npu", cpu_cores=8, memory_bytes=16 * 2**30, labels={"edgefleet.io/pool": "eu-edge"}
 )
@@ -110,14 +113,16 @@ async def enroll(fleet: Fleet, device_id: str, hw: HardwareProfile) -> FakeAgent
     return FakeAgent(fleet, identity)
 
 
-async def online(agent: FakeAgent, hw: HardwareProfile, links: tuple[LinkMeasurement, ...] = ()) -> Stream:
+async def online(
+    agent: FakeAgent, hw: HardwareProfile, links: tuple[LinkMeasurement, ...] = (), endpoint: str = ""
+) -> Stream:
     stream = agent.connect()
-    await stream.send(Hello(hardware=hw, reported=ReportedState(), links=links))
+    await stream.send(Hello(hardware=hw, reported=ReportedState(), links=links, endpoint=endpoint))
     await stream.expect(Welcome)
     return stream
 
 
-async def setup(fleet: Fleet, digits: DigitsArtifacts, eval_npz: Path) -> dict[str, Stream]:
+async def setup(fleet: Fleet, digits: DigitsArtifacts, eval_npz: Path) -> tuple[dict[str, Stream], FakeAgent]:
     await fleet.call_admin(
         fleet.admin.import_model,
         digits.model_path,
@@ -127,13 +132,14 @@ async def setup(fleet: Fleet, digits: DigitsArtifacts, eval_npz: Path) -> dict[s
     )
     streams: dict[str, Stream] = {}
     edge = await enroll(fleet, "edge-1", EDGE)
-    streams["edge-1"] = await online(edge, EDGE)
+    # An edge node serves only once it has said where peers reach it.
+    streams["edge-1"] = await online(edge, EDGE, endpoint=EDGE_ENDPOINT)
     for i in (1, 2, 3):
         device_id = f"phone-{i}"
         agent = await enroll(fleet, device_id, phone(device_id))
         links = (LinkMeasurement("eu-edge", 100.0, 4.0, 6.0),)
         streams[device_id] = await online(agent, phone(device_id), links)
-    return streams
+    return streams, edge
 
 
 def test_plan_diff_apply_history_and_replan(
@@ -143,7 +149,7 @@ def test_plan_diff_apply_history_and_replan(
         async with running_controller(
             tmp_path / "ctl", replan_settle_s=NEVER_S, replan_every_s=NEVER_S
         ) as fleet:
-            streams = await setup(fleet, digits_model, eval_npz)
+            streams, edge = await setup(fleet, digits_model, eval_npz)
             files = files_of(policy_dir(tmp_path))
 
             # plan: a dry run; the phones offload to the edge node, the node itself is not a client.
@@ -185,16 +191,31 @@ def test_plan_diff_apply_history_and_replan(
                 source="policies/",
                 message="first",
             )
-            assert changed and record.id == 1 and record.devices_changed == 3
+            assert changed and record.id == 1 and record.devices_changed == 4  # 3 phones + the edge node
             assert (record.applied_by, record.git_commit, record.git_dirty) == ("ops@test", "a" * 40, True)
             assert {c.device_id for c in applied} == {"phone-1", "phone-2", "phone-3"}
+            wanted: set[str] = set()
             for i in (1, 2, 3):
                 pushed = await streams[f"phone-{i}"].expect(Assignment)
                 assert pushed.plan is not None and pushed.plan.pattern == "device+edge"
                 assert pushed.plan.edge_node == "edge-1" and pushed.plan.deployment == "digits-eu"
-                assert pushed.variant == pushed.plan.fallback_variant  # it serves its fallback alone
+                assert pushed.variant == pushed.plan.fallback_variant  # what it answers with alone
                 assert pushed.model_name == "digits" and pushed.artifact_sha256
-            await streams["edge-1"].expect_nothing_else()  # the node serves; it is not assigned
+                edge_segment = pushed.plan.segments[-1]
+                assert edge_segment.artifact_sha256 and edge_segment.artifact_size_bytes > 0
+                assert [(e.device_id, e.address) for e in edge_segment.endpoints] == [
+                    ("edge-1", EDGE_ENDPOINT)
+                ]
+                wanted.add(edge_segment.artifact_sha256)
+            # The edge node is told to keep every segment its clients send it loaded (it runs no model
+            # of its own here), and the artifacts are really there to fetch.
+            node = await streams["edge-1"].expect(Assignment)
+            assert node.model_name == "" and {s.artifact_sha256 for s in node.serve} == wanted
+            for sha in wanted:
+                chunks = await edge.fetch(sha)
+                assert sum(len(c.data) for c in chunks) == next(
+                    s.artifact_size_bytes for s in node.serve if s.artifact_sha256 == sha
+                )
 
             # apply again: nothing changes, nothing is recorded, nothing is pushed.
             record2, changed2, applied2 = await fleet.call_admin(
@@ -222,6 +243,49 @@ def test_plan_diff_apply_history_and_replan(
             assert (
                 len(await fleet.call_admin(fleet.admin.list_policy_applies)) == 1
             )  # re-plans are not applies
+
+            # phone-3 cannot run its version: neither the same files again nor a re-plan resend it
+            # (an operator retries by hand); the failure stays on record.
+            v3 = (await fleet.devices())["phone-3"].desired_version
+            await streams["phone-3"].send(
+                AssignmentAck(
+                    version=v3,
+                    reported=ReportedState(),
+                    failure=AssignmentFailure.LOAD_FAILED,
+                    message="segments: corrupt",
+                )
+            )
+            await streams["phone-3"].send(Heartbeat(sent_at_ms=0))
+            await streams["phone-3"].expect_nothing_else()  # the ack has been handled
+            _, changed3, _ = await fleet.call_admin(fleet.admin.apply_policies, files, applied_by="ops@test")
+            assert not changed3
+            assert await fleet.controller.replanner.run() == []
+            assert (await fleet.devices())["phone-3"].desired_version == v3
+
+            # The deployment is deleted from Git: the devices it placed run nothing, and the edge node
+            # stops serving their segments (nothing keeps capacity for a plan no policy makes).
+            d = policy_dir(tmp_path)
+            (d / "deployments.yaml").unlink()
+            removed = files_of(d)
+            policy_diff, changes, _ = await fleet.call_admin(fleet.admin.diff_policies, removed)
+            assert [(x["kind"], x["name"]) for x in policy_diff["removed"]] == [
+                ("ModelDeployment", "digits-eu")
+            ]
+            assert {c.device_id: c.after for c in changes} == {
+                "phone-1": "(nothing)",
+                "phone-2": "(nothing)",
+                "phone-3": "(nothing)",
+            }
+            _, changed4, _ = await fleet.call_admin(
+                fleet.admin.apply_policies, removed, applied_by="ops@test"
+            )
+            assert changed4
+            for i in (1, 2, 3):
+                emptied = await streams[f"phone-{i}"].expect(Assignment)
+                assert emptied.is_empty and emptied.plan is None
+            node = await streams["edge-1"].expect(Assignment)
+            assert node.serve == ()
+            assert await fleet.controller.replanner.run() == []
 
     run(scenario(), timeout=150)
 
@@ -294,7 +358,7 @@ def test_fleetctl_plan_diff_apply_history_in_a_git_checkout(
             ), output
 
             code, output = await cli("apply", "-f", str(d), "-m", "roll out", *ctl)
-            assert code == 0 and f"from {head[:12]}" in output and "3 device assignments changed" in output, (
+            assert code == 0 and f"from {head[:12]}" in output and "4 device assignments changed" in output, (
                 output
             )
             code, output = await cli("apply", "-f", str(d), *ctl)

@@ -3,6 +3,8 @@ and policies (groups, pools, hardware classes) resolved against enrolled devices
 
 from __future__ import annotations
 
+import dataclasses
+
 from common.types import (
     BlockAccuracy,
     BlockProfile,
@@ -137,7 +139,7 @@ def test_policies_resolve_against_the_fleet() -> None:
         device("p1", "phone-cpu", region="eu"),
         device("p2", "phone-cpu", region="us"),
         # An edge node in the region: it serves the pool, so it is not planned as a client.
-        device("e1", "edge-npu", region="eu", role="edge"),
+        dataclasses.replace(device("e1", "edge-npu", region="eu", role="edge"), endpoint="127.0.0.1:5000"),
     ]
     data = plan_input(policies, devices, {"m": model()})
     (dep,) = data.deployments

@@ -16,6 +16,7 @@ from common.types import (
     BlockTiming,
     CallOverhead,
     ClassBlockProfile,
+    ClassCallOverhead,
     CutPoint,
     DataType,
     DeviceEvent,
@@ -431,6 +432,32 @@ class DataRules:
         )
         assert {(c.start_cut, c.end_cut) for c in store.get_model("mnist").class_profiles} == {(3, 0)}
 
+    def test_call_overheads_are_kept_per_build_and_the_median_per_class(self, store: Store) -> None:
+        profiled_model(store)
+        host = (CallOverhead(1, 0.02), CallOverhead(32, 0.05))
+        store.add_built_variants("mnist", [], [], now_ms=T0 + 1, call_overhead=host)
+        assert store.get_model("mnist").call_overhead == host
+        # A build that says nothing of it keeps what is stored; one that measured it replaces it.
+        store.add_built_variants("mnist", [], [], now_ms=T0 + 2, cut_points=())
+        assert store.get_model("mnist").call_overhead == host
+        store.add_built_variants("mnist", [], [], now_ms=T0 + 3, call_overhead=(CallOverhead(1, 0.03),))
+        assert store.get_model("mnist").call_overhead == (CallOverhead(1, 0.03),)
+        add_token(store, "tok-x", "hash-x", uses=3)
+        for device_id, hardware_class in (("p1", PHONE_CPU), ("p2", PHONE_CPU), ("e1", EDGE_NPU)):
+            enroll(store, device_id, token_hash="hash-x", hardware=replace(HW, hardware_class=hardware_class))
+        store.request_profiles(
+            "mnist", [("p1", "r1"), ("p2", "r2"), ("e1", "r3")], batch_sizes=(1,), runs=3, now_ms=T0
+        )
+        store.record_profile_report("p1", report("r1", 1.0), now_ms=T0 + 4)
+        store.record_profile_report("p2", report("r2", 3.0), now_ms=T0 + 4)
+        store.record_profile_report("e1", report("r3", 0.5), now_ms=T0 + 4)
+        model = store.get_model("mnist")
+        assert model.class_call_overhead == (
+            ClassCallOverhead(EDGE_NPU, 1, 0.005, 1),
+            ClassCallOverhead(PHONE_CPU, 1, 0.02, 2),  # the median of 0.01 and 0.03
+        )
+        assert store.list_models() == [model]
+
 
 def profiled_model(store: Store) -> None:
     """A model with two int8 blocks profiled at batch 1 (0..3 and 3..output)."""
@@ -443,7 +470,8 @@ def profiled_model(store: Store) -> None:
 
 
 def report(request_id: str, ms: float, *, failed: str = "") -> ProfileReport:
-    """A report timing both blocks of ``profiled_model``: the first at ``ms`` (or failed), the second at 2 x ms."""
+    """A report timing both blocks of ``profiled_model``: the first at ``ms`` (or failed), the second at
+    2 x ms; its call overhead is ms / 100."""
     return ProfileReport(
         request_id=request_id,
         model_name="mnist",
@@ -451,7 +479,7 @@ def report(request_id: str, ms: float, *, failed: str = "") -> ProfileReport:
             BlockTiming(0, 3, "int8", 1, 0.0 if failed else ms, failed),
             BlockTiming(3, 0, "int8", 1, 2 * ms),
         ),
-        call_overhead=(CallOverhead(1, 0.01),),
+        call_overhead=(CallOverhead(1, ms / 100),),
     )
 
 

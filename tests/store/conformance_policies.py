@@ -8,7 +8,15 @@ from dataclasses import replace
 import pytest
 
 from common.errors import NotFound
-from common.types import AssignmentPlan, LinkMeasurement, PlannedSegment, PolicyApply, ReportedState
+from common.types import (
+    AssignmentAck,
+    AssignmentFailure,
+    AssignmentPlan,
+    LinkMeasurement,
+    PlannedSegment,
+    PolicyApply,
+    ReportedState,
+)
 from controller.store.base import PlannedAssignment, Store
 from tests.store.helpers import HW, T0, enrolled
 
@@ -163,3 +171,36 @@ class PolicyRules:
         assert store.get_device("p1").assignment is None
         assert store.latest_policy_apply() is None
         assert store.list_policy_applies() == []
+
+    def test_policies_never_resend_a_failed_version_but_an_operator_can(self, store: Store) -> None:
+        enrolled(store, "p1")
+        store.apply_policies(record(), [planned("p1")])
+        v = store.get_device("p1").desired_version
+        failed = AssignmentAck(
+            version=v, reported=ReportedState(), failure=AssignmentFailure.LOAD_FAILED, message="boom"
+        )
+        store.record_ack("p1", failed, now_ms=T0 + 1)
+        # The same files again, or a re-plan setting the same target: the failed version stays.
+        again = store.apply_policies(record(message="again"), [planned("p1")])
+        assert not again.recorded and again.changed == ()
+        _, changed = store.set_assignment(
+            "p1",
+            model_name="minilm",
+            variant="int8",
+            artifact_sha256=SHA,
+            artifact_size_bytes=1000,
+            plan=PLAN,
+            retry_failed=False,
+        )
+        assert not changed
+        assert store.get_device("p1").desired_version == v
+        # Assigning it by hand is the operator's retry: a new version.
+        device, changed = store.set_assignment(
+            "p1",
+            model_name="minilm",
+            variant="int8",
+            artifact_sha256=SHA,
+            artifact_size_bytes=1000,
+            plan=PLAN,
+        )
+        assert changed and device.desired_version == v + 1

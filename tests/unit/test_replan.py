@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
+from controller.artifacts import ArtifactStore
 from controller.hub import Db, Hub
 from controller.replan import Replanner
+from controller.service.segments import SegmentBuilder
 from controller.service.sync import SyncPolicy
 from controller.store.memory import InMemoryStore
 
@@ -21,12 +24,24 @@ class Clock:
         return self.t
 
 
-def test_a_burst_of_changes_is_one_pass_after_it_settles() -> None:
+def builder(db: Db, clock: Clock, root: Path) -> SegmentBuilder:
+    return SegmentBuilder(db, ArtifactStore(root), clock)
+
+
+def test_a_burst_of_changes_is_one_pass_after_it_settles(tmp_path: Path) -> None:
     async def scenario() -> None:
         clock = Clock()
         db = Db(InMemoryStore())
         try:
-            r = Replanner(db, Hub(db, clock, SyncPolicy()), asyncio.Lock(), clock, settle_s=2.0, every_s=60.0)
+            r = Replanner(
+                db,
+                Hub(db, clock, SyncPolicy()),
+                asyncio.Lock(),
+                clock,
+                builder(db, clock, tmp_path),
+                settle_s=2.0,
+                every_s=60.0,
+            )
             assert not r.due()
             r.mark("device a reports new links")
             clock.t += 1.5
@@ -47,12 +62,14 @@ def test_a_burst_of_changes_is_one_pass_after_it_settles() -> None:
     asyncio.run(scenario())
 
 
-def test_reasons_are_bounded() -> None:
+def test_reasons_are_bounded(tmp_path: Path) -> None:
     async def scenario() -> None:
         clock = Clock()
         db = Db(InMemoryStore())
         try:
-            r = Replanner(db, Hub(db, clock, SyncPolicy()), asyncio.Lock(), clock)
+            r = Replanner(
+                db, Hub(db, clock, SyncPolicy()), asyncio.Lock(), clock, builder(db, clock, tmp_path)
+            )
             for i in range(1000):
                 r.mark(f"change {i}")
             assert len(r.reasons) == 20

@@ -50,6 +50,7 @@ from common.types import (
     BlockTiming,
     CallOverhead,
     ClassBlockProfile,
+    ClassCallOverhead,
     CreatedToken,
     CutPoint,
     DataType,
@@ -335,6 +336,19 @@ models = st.builds(
         block_profiles=st.lists(block_profiles, max_size=4).map(tuple),
         block_accuracy=st.lists(block_accuracies, max_size=3).map(tuple),
         class_profiles=st.lists(class_block_profiles, max_size=3).map(tuple),
+        call_overhead=st.lists(
+            st.builds(CallOverhead, st.integers(min_value=1, max_value=256), durations_ms), max_size=2
+        ).map(tuple),
+        class_call_overhead=st.lists(
+            st.builds(
+                ClassCallOverhead,
+                hardware_classes,
+                st.integers(min_value=1, max_value=256),
+                durations_ms,
+                u32,
+            ),
+            max_size=2,
+        ).map(tuple),
     ),
     artifact_refs,
     artifact_refs,
@@ -679,8 +693,8 @@ def test_profile_messages_refuse_what_a_peer_could_get_wrong() -> None:
                 request_id="prof-1",
                 model_name="m",
                 call_overhead=[
-                    controller_pb.CallOverhead(batch_size=1),
-                    controller_pb.CallOverhead(batch_size=1),
+                    types_pb.CallOverhead(batch_size=1),
+                    types_pb.CallOverhead(batch_size=1),
                 ],
             ),
             "profile_report.call_overhead[1].batch_size: batch 1 reported twice",
@@ -745,6 +759,12 @@ def test_block_artifacts_accuracy_and_class_profiles_roundtrip_and_are_checked()
         )
     with pytest.raises(InvalidArgument, match=r"model.eval_data_sha256"):
         serde.model_from_pb(types_pb.Model(name="m", eval_data_sha256="nope"))
+    with pytest.raises(InvalidArgument, match=r"model.call_overhead\[0\].batch_size"):
+        serde.model_from_pb(types_pb.Model(name="m", call_overhead=[types_pb.CallOverhead(batch_size=0)]))
+    with pytest.raises(InvalidArgument, match=r"model.class_call_overhead\[0\].hardware_class"):
+        serde.model_from_pb(
+            types_pb.Model(name="m", class_call_overhead=[types_pb.ClassCallOverhead(batch_size=1)])
+        )
 
 
 def test_small_request_roundtrips() -> None:

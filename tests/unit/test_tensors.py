@@ -81,6 +81,12 @@ def test_negative_dimension_refused() -> None:
         from_tensor(Tensor("x", DataType.FLOAT32, (-1, -4), b"\0" * 16))
 
 
+def test_encoded_tensor_is_not_read_as_an_array() -> None:
+    # Compressed bytes happen to be the right length here; reading them as floats would be garbage.
+    with pytest.raises(InvalidArgument, match=r"'x' is zlib-encoded"):
+        from_tensor(Tensor("x", DataType.FLOAT32, (2,), b"\0" * 8, encoding="zlib"))
+
+
 def test_huge_shape_does_not_overflow_size_check() -> None:
     # 2**62 * 2**2 * 4 wraps to 0 in 64-bit arithmetic; must still be refused for empty data.
     with pytest.raises(InvalidArgument):

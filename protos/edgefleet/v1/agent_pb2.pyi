@@ -16,14 +16,56 @@ class InferRequest(_message.Message):
     def __init__(self, inputs: _Optional[_Iterable[_Union[_types_pb2.Tensor, _Mapping]]] = ..., output_names: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class InferResponse(_message.Message):
-    __slots__ = ("outputs", "model_sha256", "latency_ms")
+    __slots__ = ("outputs", "model_sha256", "latency_ms", "hops", "path")
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
     LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    HOPS_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
     outputs: _containers.RepeatedCompositeFieldContainer[_types_pb2.Tensor]
     model_sha256: str
     latency_ms: float
-    def __init__(self, outputs: _Optional[_Iterable[_Union[_types_pb2.Tensor, _Mapping]]] = ..., model_sha256: _Optional[str] = ..., latency_ms: _Optional[float] = ...) -> None: ...
+    hops: _containers.RepeatedCompositeFieldContainer[_types_pb2.HopTiming]
+    path: str
+    def __init__(self, outputs: _Optional[_Iterable[_Union[_types_pb2.Tensor, _Mapping]]] = ..., model_sha256: _Optional[str] = ..., latency_ms: _Optional[float] = ..., hops: _Optional[_Iterable[_Union[_types_pb2.HopTiming, _Mapping]]] = ..., path: _Optional[str] = ...) -> None: ...
+
+class RunSegmentRequest(_message.Message):
+    __slots__ = ("segment_sha256", "inputs", "route", "priority", "origin_device", "request_id", "output_names", "tier")
+    SEGMENT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    ROUTE_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_DEVICE_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_NAMES_FIELD_NUMBER: _ClassVar[int]
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    segment_sha256: str
+    inputs: _containers.RepeatedCompositeFieldContainer[_types_pb2.Tensor]
+    route: _containers.RepeatedCompositeFieldContainer[RouteHop]
+    priority: int
+    origin_device: str
+    request_id: str
+    output_names: _containers.RepeatedScalarFieldContainer[str]
+    tier: str
+    def __init__(self, segment_sha256: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[_types_pb2.Tensor, _Mapping]]] = ..., route: _Optional[_Iterable[_Union[RouteHop, _Mapping]]] = ..., priority: _Optional[int] = ..., origin_device: _Optional[str] = ..., request_id: _Optional[str] = ..., output_names: _Optional[_Iterable[str]] = ..., tier: _Optional[str] = ...) -> None: ...
+
+class RouteHop(_message.Message):
+    __slots__ = ("segment_sha256", "endpoints", "tier")
+    SEGMENT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    segment_sha256: str
+    endpoints: _containers.RepeatedCompositeFieldContainer[_types_pb2.SegmentEndpoint]
+    tier: str
+    def __init__(self, segment_sha256: _Optional[str] = ..., endpoints: _Optional[_Iterable[_Union[_types_pb2.SegmentEndpoint, _Mapping]]] = ..., tier: _Optional[str] = ...) -> None: ...
+
+class RunSegmentResponse(_message.Message):
+    __slots__ = ("outputs", "hops")
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    HOPS_FIELD_NUMBER: _ClassVar[int]
+    outputs: _containers.RepeatedCompositeFieldContainer[_types_pb2.Tensor]
+    hops: _containers.RepeatedCompositeFieldContainer[_types_pb2.HopTiming]
+    def __init__(self, outputs: _Optional[_Iterable[_Union[_types_pb2.Tensor, _Mapping]]] = ..., hops: _Optional[_Iterable[_Union[_types_pb2.HopTiming, _Mapping]]] = ...) -> None: ...
 
 class GetStatusRequest(_message.Message):
     __slots__ = ()

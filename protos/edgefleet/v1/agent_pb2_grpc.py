@@ -138,3 +138,78 @@ class AgentService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class SegmentServiceStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.RunSegment = channel.unary_unary(
+                '/edgefleet.v1.SegmentService/RunSegment',
+                request_serializer=edgefleet_dot_v1_dot_agent__pb2.RunSegmentRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_agent__pb2.RunSegmentResponse.FromString,
+                _registered_method=True)
+
+
+class SegmentServiceServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def RunSegment(self, request, context):
+        """Run one segment of a model for a peer: the tensors crossing into it in, the tensors crossing out
+        of the route's last segment back. The gRPC deadline is the caller's remaining budget: a hop that
+        cannot finish in time answers DEADLINE_EXCEEDED at once instead of answering late.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_SegmentServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'RunSegment': grpc.unary_unary_rpc_method_handler(
+                    servicer.RunSegment,
+                    request_deserializer=edgefleet_dot_v1_dot_agent__pb2.RunSegmentRequest.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_agent__pb2.RunSegmentResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'edgefleet.v1.SegmentService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('edgefleet.v1.SegmentService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class SegmentService:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def RunSegment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.SegmentService/RunSegment',
+            edgefleet_dot_v1_dot_agent__pb2.RunSegmentRequest.SerializeToString,
+            edgefleet_dot_v1_dot_agent__pb2.RunSegmentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -56,18 +56,20 @@ class AgentMessage(_message.Message):
     def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., telemetry: _Optional[_Union[TelemetryBatch, _Mapping]] = ..., assignment_ack: _Optional[_Union[AssignmentAck, _Mapping]] = ..., profile_report: _Optional[_Union[ProfileReport, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("hardware", "reported", "telemetry_watermark", "records_dropped", "links")
+    __slots__ = ("hardware", "reported", "telemetry_watermark", "records_dropped", "links", "endpoint")
     HARDWARE_FIELD_NUMBER: _ClassVar[int]
     REPORTED_FIELD_NUMBER: _ClassVar[int]
     TELEMETRY_WATERMARK_FIELD_NUMBER: _ClassVar[int]
     RECORDS_DROPPED_FIELD_NUMBER: _ClassVar[int]
     LINKS_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     hardware: _types_pb2.HardwareProfile
     reported: _types_pb2.ReportedState
     telemetry_watermark: int
     records_dropped: int
     links: _containers.RepeatedCompositeFieldContainer[_types_pb2.LinkMeasurement]
-    def __init__(self, hardware: _Optional[_Union[_types_pb2.HardwareProfile, _Mapping]] = ..., reported: _Optional[_Union[_types_pb2.ReportedState, _Mapping]] = ..., telemetry_watermark: _Optional[int] = ..., records_dropped: _Optional[int] = ..., links: _Optional[_Iterable[_Union[_types_pb2.LinkMeasurement, _Mapping]]] = ...) -> None: ...
+    endpoint: str
+    def __init__(self, hardware: _Optional[_Union[_types_pb2.HardwareProfile, _Mapping]] = ..., reported: _Optional[_Union[_types_pb2.ReportedState, _Mapping]] = ..., telemetry_watermark: _Optional[int] = ..., records_dropped: _Optional[int] = ..., links: _Optional[_Iterable[_Union[_types_pb2.LinkMeasurement, _Mapping]]] = ..., endpoint: _Optional[str] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
     __slots__ = ("sent_at_ms", "links")
@@ -78,16 +80,20 @@ class Heartbeat(_message.Message):
     def __init__(self, sent_at_ms: _Optional[int] = ..., links: _Optional[_Iterable[_Union[_types_pb2.LinkMeasurement, _Mapping]]] = ...) -> None: ...
 
 class InferenceRecord(_message.Message):
-    __slots__ = ("model_sha256", "latency_ms", "outcome", "error")
+    __slots__ = ("model_sha256", "latency_ms", "outcome", "error", "path", "hops")
     MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
     LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    HOPS_FIELD_NUMBER: _ClassVar[int]
     model_sha256: str
     latency_ms: float
     outcome: Outcome
     error: str
-    def __init__(self, model_sha256: _Optional[str] = ..., latency_ms: _Optional[float] = ..., outcome: _Optional[_Union[Outcome, str]] = ..., error: _Optional[str] = ...) -> None: ...
+    path: str
+    hops: _containers.RepeatedCompositeFieldContainer[_types_pb2.HopTiming]
+    def __init__(self, model_sha256: _Optional[str] = ..., latency_ms: _Optional[float] = ..., outcome: _Optional[_Union[Outcome, str]] = ..., error: _Optional[str] = ..., path: _Optional[str] = ..., hops: _Optional[_Iterable[_Union[_types_pb2.HopTiming, _Mapping]]] = ...) -> None: ...
 
 class DeviceEvent(_message.Message):
     __slots__ = ("kind", "message", "assignment_version")
@@ -145,14 +151,6 @@ class BlockTiming(_message.Message):
     error: str
     def __init__(self, start_cut: _Optional[int] = ..., end_cut: _Optional[int] = ..., precision: _Optional[str] = ..., batch_size: _Optional[int] = ..., latency_ms: _Optional[float] = ..., error: _Optional[str] = ...) -> None: ...
 
-class CallOverhead(_message.Message):
-    __slots__ = ("batch_size", "latency_ms")
-    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
-    LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
-    batch_size: int
-    latency_ms: float
-    def __init__(self, batch_size: _Optional[int] = ..., latency_ms: _Optional[float] = ...) -> None: ...
-
 class ProfileReport(_message.Message):
     __slots__ = ("request_id", "model_name", "timings", "call_overhead", "error")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
@@ -163,9 +161,9 @@ class ProfileReport(_message.Message):
     request_id: str
     model_name: str
     timings: _containers.RepeatedCompositeFieldContainer[BlockTiming]
-    call_overhead: _containers.RepeatedCompositeFieldContainer[CallOverhead]
+    call_overhead: _containers.RepeatedCompositeFieldContainer[_types_pb2.CallOverhead]
     error: str
-    def __init__(self, request_id: _Optional[str] = ..., model_name: _Optional[str] = ..., timings: _Optional[_Iterable[_Union[BlockTiming, _Mapping]]] = ..., call_overhead: _Optional[_Iterable[_Union[CallOverhead, _Mapping]]] = ..., error: _Optional[str] = ...) -> None: ...
+    def __init__(self, request_id: _Optional[str] = ..., model_name: _Optional[str] = ..., timings: _Optional[_Iterable[_Union[BlockTiming, _Mapping]]] = ..., call_overhead: _Optional[_Iterable[_Union[_types_pb2.CallOverhead, _Mapping]]] = ..., error: _Optional[str] = ...) -> None: ...
 
 class ControllerMessage(_message.Message):
     __slots__ = ("welcome", "assignment", "telemetry_ack", "profile_request")

@@ -46,16 +46,18 @@ ASSIGNMENT_FAILURE_ARTIFACT_NOT_FOUND: AssignmentFailure
 ASSIGNMENT_FAILURE_FETCH_FAILED: AssignmentFailure
 
 class Tensor(_message.Message):
-    __slots__ = ("name", "dtype", "shape", "data")
+    __slots__ = ("name", "dtype", "shape", "data", "encoding")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
+    ENCODING_FIELD_NUMBER: _ClassVar[int]
     name: str
     dtype: DataType
     shape: _containers.RepeatedScalarFieldContainer[int]
     data: bytes
-    def __init__(self, name: _Optional[str] = ..., dtype: _Optional[_Union[DataType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
+    encoding: str
+    def __init__(self, name: _Optional[str] = ..., dtype: _Optional[_Union[DataType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ..., encoding: _Optional[str] = ...) -> None: ...
 
 class TensorSpec(_message.Message):
     __slots__ = ("name", "dtype", "shape")
@@ -95,20 +97,22 @@ class HardwareProfile(_message.Message):
     def __init__(self, hardware_class: _Optional[str] = ..., cpu_cores: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., execution_providers: _Optional[_Iterable[str]] = ..., os: _Optional[str] = ..., onnxruntime_version: _Optional[str] = ..., agent_version: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Assignment(_message.Message):
-    __slots__ = ("version", "model_name", "variant", "artifact_sha256", "artifact_size_bytes", "plan")
+    __slots__ = ("version", "model_name", "variant", "artifact_sha256", "artifact_size_bytes", "plan", "serve")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     VARIANT_FIELD_NUMBER: _ClassVar[int]
     ARTIFACT_SHA256_FIELD_NUMBER: _ClassVar[int]
     ARTIFACT_SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     PLAN_FIELD_NUMBER: _ClassVar[int]
+    SERVE_FIELD_NUMBER: _ClassVar[int]
     version: int
     model_name: str
     variant: str
     artifact_sha256: str
     artifact_size_bytes: int
     plan: AssignmentPlan
-    def __init__(self, version: _Optional[int] = ..., model_name: _Optional[str] = ..., variant: _Optional[str] = ..., artifact_sha256: _Optional[str] = ..., artifact_size_bytes: _Optional[int] = ..., plan: _Optional[_Union[AssignmentPlan, _Mapping]] = ...) -> None: ...
+    serve: _containers.RepeatedCompositeFieldContainer[ServedSegment]
+    def __init__(self, version: _Optional[int] = ..., model_name: _Optional[str] = ..., variant: _Optional[str] = ..., artifact_sha256: _Optional[str] = ..., artifact_size_bytes: _Optional[int] = ..., plan: _Optional[_Union[AssignmentPlan, _Mapping]] = ..., serve: _Optional[_Iterable[_Union[ServedSegment, _Mapping]]] = ...) -> None: ...
 
 class AssignmentPlan(_message.Message):
     __slots__ = ("deployment", "pattern", "segments", "edge_pool", "edge_node", "cloud_pool", "fallback_variant", "predicted_latency_ms", "predicted_accuracy")
@@ -133,18 +137,70 @@ class AssignmentPlan(_message.Message):
     def __init__(self, deployment: _Optional[str] = ..., pattern: _Optional[str] = ..., segments: _Optional[_Iterable[_Union[PlannedSegment, _Mapping]]] = ..., edge_pool: _Optional[str] = ..., edge_node: _Optional[str] = ..., cloud_pool: _Optional[str] = ..., fallback_variant: _Optional[str] = ..., predicted_latency_ms: _Optional[float] = ..., predicted_accuracy: _Optional[float] = ...) -> None: ...
 
 class PlannedSegment(_message.Message):
-    __slots__ = ("tier", "start_cut", "end_cut", "precision", "where")
+    __slots__ = ("tier", "start_cut", "end_cut", "precision", "where", "artifact_sha256", "artifact_size_bytes", "endpoints")
     TIER_FIELD_NUMBER: _ClassVar[int]
     START_CUT_FIELD_NUMBER: _ClassVar[int]
     END_CUT_FIELD_NUMBER: _ClassVar[int]
     PRECISION_FIELD_NUMBER: _ClassVar[int]
     WHERE_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACT_SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
     tier: str
     start_cut: int
     end_cut: int
     precision: str
     where: str
-    def __init__(self, tier: _Optional[str] = ..., start_cut: _Optional[int] = ..., end_cut: _Optional[int] = ..., precision: _Optional[str] = ..., where: _Optional[str] = ...) -> None: ...
+    artifact_sha256: str
+    artifact_size_bytes: int
+    endpoints: _containers.RepeatedCompositeFieldContainer[SegmentEndpoint]
+    def __init__(self, tier: _Optional[str] = ..., start_cut: _Optional[int] = ..., end_cut: _Optional[int] = ..., precision: _Optional[str] = ..., where: _Optional[str] = ..., artifact_sha256: _Optional[str] = ..., artifact_size_bytes: _Optional[int] = ..., endpoints: _Optional[_Iterable[_Union[SegmentEndpoint, _Mapping]]] = ...) -> None: ...
+
+class SegmentEndpoint(_message.Message):
+    __slots__ = ("device_id", "address", "weight")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    address: str
+    weight: float
+    def __init__(self, device_id: _Optional[str] = ..., address: _Optional[str] = ..., weight: _Optional[float] = ...) -> None: ...
+
+class ServedSegment(_message.Message):
+    __slots__ = ("artifact_sha256", "artifact_size_bytes", "model_name", "start_cut", "end_cut", "precision", "max_batch_size", "max_queue_delay_ms")
+    ARTIFACT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACT_SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    START_CUT_FIELD_NUMBER: _ClassVar[int]
+    END_CUT_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MAX_QUEUE_DELAY_MS_FIELD_NUMBER: _ClassVar[int]
+    artifact_sha256: str
+    artifact_size_bytes: int
+    model_name: str
+    start_cut: int
+    end_cut: int
+    precision: str
+    max_batch_size: int
+    max_queue_delay_ms: float
+    def __init__(self, artifact_sha256: _Optional[str] = ..., artifact_size_bytes: _Optional[int] = ..., model_name: _Optional[str] = ..., start_cut: _Optional[int] = ..., end_cut: _Optional[int] = ..., precision: _Optional[str] = ..., max_batch_size: _Optional[int] = ..., max_queue_delay_ms: _Optional[float] = ...) -> None: ...
+
+class HopTiming(_message.Message):
+    __slots__ = ("device_id", "tier", "queue_ms", "compute_ms", "transfer_ms", "batch_size")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_MS_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_MS_FIELD_NUMBER: _ClassVar[int]
+    TRANSFER_MS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    tier: str
+    queue_ms: float
+    compute_ms: float
+    transfer_ms: float
+    batch_size: int
+    def __init__(self, device_id: _Optional[str] = ..., tier: _Optional[str] = ..., queue_ms: _Optional[float] = ..., compute_ms: _Optional[float] = ..., transfer_ms: _Optional[float] = ..., batch_size: _Optional[int] = ...) -> None: ...
 
 class LinkMeasurement(_message.Message):
     __slots__ = ("pool", "bandwidth_mbps", "rtt_ms", "rtt_p95_ms")
@@ -280,8 +336,28 @@ class ClassBlockProfile(_message.Message):
     error: str
     def __init__(self, hardware_class: _Optional[str] = ..., start_cut: _Optional[int] = ..., end_cut: _Optional[int] = ..., precision: _Optional[str] = ..., batch_size: _Optional[int] = ..., latency_ms: _Optional[float] = ..., devices: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
 
+class CallOverhead(_message.Message):
+    __slots__ = ("batch_size", "latency_ms")
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    batch_size: int
+    latency_ms: float
+    def __init__(self, batch_size: _Optional[int] = ..., latency_ms: _Optional[float] = ...) -> None: ...
+
+class ClassCallOverhead(_message.Message):
+    __slots__ = ("hardware_class", "batch_size", "latency_ms", "devices")
+    HARDWARE_CLASS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
+    hardware_class: str
+    batch_size: int
+    latency_ms: float
+    devices: int
+    def __init__(self, hardware_class: _Optional[str] = ..., batch_size: _Optional[int] = ..., latency_ms: _Optional[float] = ..., devices: _Optional[int] = ...) -> None: ...
+
 class Model(_message.Message):
-    __slots__ = ("name", "variants", "created_at_ms", "rejected", "cut_points", "block_profiles", "block_accuracy", "profile_inputs_sha256", "profile_inputs_size_bytes", "eval_data_sha256", "eval_data_size_bytes", "class_profiles")
+    __slots__ = ("name", "variants", "created_at_ms", "rejected", "cut_points", "block_profiles", "block_accuracy", "profile_inputs_sha256", "profile_inputs_size_bytes", "eval_data_sha256", "eval_data_size_bytes", "class_profiles", "call_overhead", "class_call_overhead")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VARIANTS_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
@@ -294,6 +370,8 @@ class Model(_message.Message):
     EVAL_DATA_SHA256_FIELD_NUMBER: _ClassVar[int]
     EVAL_DATA_SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     CLASS_PROFILES_FIELD_NUMBER: _ClassVar[int]
+    CALL_OVERHEAD_FIELD_NUMBER: _ClassVar[int]
+    CLASS_CALL_OVERHEAD_FIELD_NUMBER: _ClassVar[int]
     name: str
     variants: _containers.RepeatedCompositeFieldContainer[ModelVariant]
     created_at_ms: int
@@ -306,10 +384,12 @@ class Model(_message.Message):
     eval_data_sha256: str
     eval_data_size_bytes: int
     class_profiles: _containers.RepeatedCompositeFieldContainer[ClassBlockProfile]
-    def __init__(self, name: _Optional[str] = ..., variants: _Optional[_Iterable[_Union[ModelVariant, _Mapping]]] = ..., created_at_ms: _Optional[int] = ..., rejected: _Optional[_Iterable[_Union[RejectedVariant, _Mapping]]] = ..., cut_points: _Optional[_Iterable[_Union[CutPoint, _Mapping]]] = ..., block_profiles: _Optional[_Iterable[_Union[BlockProfile, _Mapping]]] = ..., block_accuracy: _Optional[_Iterable[_Union[BlockAccuracy, _Mapping]]] = ..., profile_inputs_sha256: _Optional[str] = ..., profile_inputs_size_bytes: _Optional[int] = ..., eval_data_sha256: _Optional[str] = ..., eval_data_size_bytes: _Optional[int] = ..., class_profiles: _Optional[_Iterable[_Union[ClassBlockProfile, _Mapping]]] = ...) -> None: ...
+    call_overhead: _containers.RepeatedCompositeFieldContainer[CallOverhead]
+    class_call_overhead: _containers.RepeatedCompositeFieldContainer[ClassCallOverhead]
+    def __init__(self, name: _Optional[str] = ..., variants: _Optional[_Iterable[_Union[ModelVariant, _Mapping]]] = ..., created_at_ms: _Optional[int] = ..., rejected: _Optional[_Iterable[_Union[RejectedVariant, _Mapping]]] = ..., cut_points: _Optional[_Iterable[_Union[CutPoint, _Mapping]]] = ..., block_profiles: _Optional[_Iterable[_Union[BlockProfile, _Mapping]]] = ..., block_accuracy: _Optional[_Iterable[_Union[BlockAccuracy, _Mapping]]] = ..., profile_inputs_sha256: _Optional[str] = ..., profile_inputs_size_bytes: _Optional[int] = ..., eval_data_sha256: _Optional[str] = ..., eval_data_size_bytes: _Optional[int] = ..., class_profiles: _Optional[_Iterable[_Union[ClassBlockProfile, _Mapping]]] = ..., call_overhead: _Optional[_Iterable[_Union[CallOverhead, _Mapping]]] = ..., class_call_overhead: _Optional[_Iterable[_Union[ClassCallOverhead, _Mapping]]] = ...) -> None: ...
 
 class Device(_message.Message):
-    __slots__ = ("id", "hardware", "connected", "last_seen_ms", "desired_version", "acked_version", "assignment", "reported", "enrolled_at_ms", "last_failure", "last_failure_message", "failed_version", "records_received", "last_sequence", "records_dropped", "links")
+    __slots__ = ("id", "hardware", "connected", "last_seen_ms", "desired_version", "acked_version", "assignment", "reported", "enrolled_at_ms", "last_failure", "last_failure_message", "failed_version", "records_received", "last_sequence", "records_dropped", "links", "endpoint")
     ID_FIELD_NUMBER: _ClassVar[int]
     HARDWARE_FIELD_NUMBER: _ClassVar[int]
     CONNECTED_FIELD_NUMBER: _ClassVar[int]
@@ -326,6 +406,7 @@ class Device(_message.Message):
     LAST_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     RECORDS_DROPPED_FIELD_NUMBER: _ClassVar[int]
     LINKS_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     id: str
     hardware: HardwareProfile
     connected: bool
@@ -342,4 +423,5 @@ class Device(_message.Message):
     last_sequence: int
     records_dropped: int
     links: _containers.RepeatedCompositeFieldContainer[LinkMeasurement]
-    def __init__(self, id: _Optional[str] = ..., hardware: _Optional[_Union[HardwareProfile, _Mapping]] = ..., connected: _Optional[bool] = ..., last_seen_ms: _Optional[int] = ..., desired_version: _Optional[int] = ..., acked_version: _Optional[int] = ..., assignment: _Optional[_Union[Assignment, _Mapping]] = ..., reported: _Optional[_Union[ReportedState, _Mapping]] = ..., enrolled_at_ms: _Optional[int] = ..., last_failure: _Optional[_Union[AssignmentFailure, str]] = ..., last_failure_message: _Optional[str] = ..., failed_version: _Optional[int] = ..., records_received: _Optional[int] = ..., last_sequence: _Optional[int] = ..., records_dropped: _Optional[int] = ..., links: _Optional[_Iterable[_Union[LinkMeasurement, _Mapping]]] = ...) -> None: ...
+    endpoint: str
+    def __init__(self, id: _Optional[str] = ..., hardware: _Optional[_Union[HardwareProfile, _Mapping]] = ..., connected: _Optional[bool] = ..., last_seen_ms: _Optional[int] = ..., desired_version: _Optional[int] = ..., acked_version: _Optional[int] = ..., assignment: _Optional[_Union[Assignment, _Mapping]] = ..., reported: _Optional[_Union[ReportedState, _Mapping]] = ..., enrolled_at_ms: _Optional[int] = ..., last_failure: _Optional[_Union[AssignmentFailure, str]] = ..., last_failure_message: _Optional[str] = ..., failed_version: _Optional[int] = ..., records_received: _Optional[int] = ..., last_sequence: _Optional[int] = ..., records_dropped: _Optional[int] = ..., links: _Optional[_Iterable[_Union[LinkMeasurement, _Mapping]]] = ..., endpoint: _Optional[str] = ...) -> None: ...
