@@ -73,6 +73,13 @@ def run(
             help="POOL=MBPS/RTT_MS[/RTT_P95_MS]: the link to a compute pool, for the planner; repeat for more."
         ),
     ] = None,
+    advertise: Annotated[
+        str,
+        typer.Option(
+            help="HOST:PORT peers reach this agent's SegmentService on (default: the listen address; "
+            "set it when listening on 0.0.0.0 or behind NAT)."
+        ),
+    ] = "",
     threads: Annotated[int, typer.Option(help="onnxruntime intra-op threads.")] = 1,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
     log_format: Annotated[str, typer.Option(help="text or json.")] = "text",
@@ -92,6 +99,7 @@ def run(
             labels=_labels(label or []),
             links=_links(link or []),
             threads=threads,
+            advertise=_advertise(advertise),
         )
         code = asyncio.run(run_agent(config))
     except EdgefleetError as exc:
@@ -100,6 +108,14 @@ def run(
         err.print(f"[red]error[/red]: {exc}")
         raise typer.Exit(1) from None
     raise typer.Exit(code)
+
+
+def _advertise(value: str) -> str:
+    if not value:
+        return ""
+    from common.serde import address
+
+    return address("--advertise", value)
 
 
 def _load_inputs(specs: list[str], first_input: str) -> dict[str, np.ndarray]:

@@ -197,6 +197,12 @@ class AgentDaemon:
         await server.start()
         self._server = server
         self.core.endpoint = self.config.advertise or self.address
+        if not self.config.advertise and self.address.startswith(("0.0.0.0:", "[::]:")):
+            log.warning(
+                "listening on %s without --advertise: peers are told %s, which only this host can reach",
+                self.address,
+                self.core.endpoint,
+            )
         self.identity = self.data.load_identity()
         if self.identity is not None:
             self.segments.device_id = self.identity.device_id

@@ -304,6 +304,7 @@ def _route(a: Assignment, sessions: Mapping[str, LoadedModel], links: Mapping[st
         a.version,
         sessions[own.artifact_sha256] if own is not None else None,
         hops,
+        priority=plan.priority,
         bandwidth_mbps=links.get(pool),
     )
 

@@ -53,3 +53,7 @@ MAX_SERVED_SEGMENTS = 256
 MAX_SEGMENT_ENDPOINTS = 256
 #: Hops a partitioned request may still have to go (device -> edge -> cloud: at most 2 after the first).
 MAX_ROUTE_HOPS = 2
+
+#: Telemetry records a latency summary reads by default, and at most (a device's latest).
+DEFAULT_LATENCY_WINDOW = 1000
+MAX_LATENCY_WINDOW = 20_000

@@ -104,6 +104,11 @@ class PlannedSegment:
     artifact_size_bytes: int = 0
     #: Who runs it, for segments on serving tiers (the edge node, or the cloud pool's workers).
     endpoints: tuple[SegmentEndpoint, ...] = ()
+    #: The planner's prediction for this hop: compute per request, the queueing wait on a serving
+    #: tier, and the transfer to it and back (what request telemetry is checked against).
+    predicted_compute_ms: float = 0.0
+    predicted_queue_ms: float = 0.0
+    predicted_transfer_ms: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +147,11 @@ class AssignmentPlan:
     fallback_variant: str = ""
     predicted_latency_ms: float = 0.0
     predicted_accuracy: float = 0.0
+    #: The deployment's objective: at most ``slo_ms`` at ``percentile`` (0: none).
+    slo_ms: float = 0.0
+    percentile: float = 0.0
+    #: The deployment's priority: its requests go first in a serving node's queue.
+    priority: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -415,6 +425,58 @@ class DeviceEvent:
     kind: str
     message: str
     assignment_version: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class HopLatency:
+    """Measured time of one hop over a device's recent requests, beside the plan's prediction."""
+
+    tier: str
+    device_id: str
+    requests: int
+    compute_ms_p50: float
+    compute_ms_p95: float
+    queue_ms_p50: float
+    transfer_ms_p50: float
+    mean_batch_size: float
+    predicted_compute_ms: float = 0.0
+    predicted_queue_ms: float = 0.0
+    predicted_transfer_ms: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceLatency:
+    """A device's recent requests (its last ``window`` telemetry records) against its plan: what
+    the planner's predictions are checked against. Percentiles are over successful requests on the
+    plan's path (partitioned or local); 0 when there are none."""
+
+    device_id: str
+    window: int
+    requests: int  # inference records in the window, every outcome and path
+    outcomes: tuple[tuple[str, int], ...] = ()  # (outcome, count)
+    paths: tuple[tuple[str, int], ...] = ()  # (path, count)
+    measured: int = 0  # successful requests on the plan's path: what the percentiles are over
+    p50_ms: float = 0.0
+    p95_ms: float = 0.0
+    p99_ms: float = 0.0
+    percentile: float = 0.0  # the deployment's (0: no plan)
+    at_percentile_ms: float = 0.0
+    predicted_ms: float = 0.0
+    slo_ms: float = 0.0
+    hops: tuple[HopLatency, ...] = ()
+
+    @property
+    def prediction_error(self) -> float | None:
+        """(measured - predicted) / predicted at the deployment's percentile; None without both."""
+        if not self.measured or self.predicted_ms <= 0:
+            return None
+        return (self.at_percentile_ms - self.predicted_ms) / self.predicted_ms
+
+    @property
+    def meets_slo(self) -> bool | None:
+        if not self.measured or self.slo_ms <= 0:
+            return None
+        return self.at_percentile_ms <= self.slo_ms
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,7 @@ from common.types import (
     AssignResult,
     CreatedToken,
     Device,
+    DeviceLatency,
     ImportModelHeader,
     ImportProgress,
     Model,
@@ -83,6 +84,13 @@ class AdminClient:
     def get_device(self, device_id: str) -> Device:
         return self._call(
             self._stub.GetDevice, serde.get_device_request_to_pb(device_id), serde.device_from_pb
+        )
+
+    def device_latency(self, device_id: str, *, window: int = 0) -> DeviceLatency:
+        return self._call(
+            self._stub.GetDeviceLatency,
+            serde.get_device_latency_request_to_pb(device_id, window),
+            serde.device_latency_from_pb,
         )
 
     def list_models(self) -> list[Model]:

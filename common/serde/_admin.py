@@ -11,7 +11,9 @@ from edgefleet.v1 import admin_pb2 as admin_pb
 
 from common.errors import InvalidArgument
 from common.limits import (
+    DEFAULT_LATENCY_WINDOW,
     MAX_EVALUATED_SEGMENTS,
+    MAX_LATENCY_WINDOW,
     MAX_MODEL_BYTES,
     MAX_POLICY_BYTES,
     MAX_POLICY_FILES,
@@ -25,6 +27,7 @@ from common.serde._validate import (
     _fail,
     _finite,
     _hardware_class,
+    _latency,
     _name,
     _nonempty,
     _required_message,
@@ -37,6 +40,8 @@ from common.types import (
     AssignResult,
     CreatedToken,
     Device,
+    DeviceLatency,
+    HopLatency,
     ImportModelHeader,
     ImportProgress,
     Model,
@@ -581,3 +586,87 @@ def list_policy_applies_response_to_pb(applies: Iterable[PolicyApply]) -> admin_
 
 def list_policy_applies_response_from_pb(pb: admin_pb.ListPolicyAppliesResponse) -> tuple[PolicyApply, ...]:
     return tuple(policy_apply_from_pb(a, path=f"applies[{i}]") for i, a in enumerate(pb.applies))
+
+
+# --- device latency ---------------------------------------------------------------------------------
+
+
+def get_device_latency_request_to_pb(device_id: str, window: int = 0) -> admin_pb.GetDeviceLatencyRequest:
+    return admin_pb.GetDeviceLatencyRequest(device_id=device_id, window=window)
+
+
+def get_device_latency_request_from_pb(pb: admin_pb.GetDeviceLatencyRequest) -> tuple[str, int]:
+    if pb.window > MAX_LATENCY_WINDOW:
+        _fail("window", f"{pb.window} records, at most {MAX_LATENCY_WINDOW}")
+    return _name("device_id", pb.device_id), pb.window or DEFAULT_LATENCY_WINDOW
+
+
+def device_latency_to_pb(x: DeviceLatency) -> admin_pb.DeviceLatency:
+    return admin_pb.DeviceLatency(
+        device_id=x.device_id,
+        window=x.window,
+        requests=x.requests,
+        outcomes=[admin_pb.OutcomeCount(name=k, count=v) for k, v in x.outcomes],
+        paths=[admin_pb.OutcomeCount(name=k, count=v) for k, v in x.paths],
+        measured=x.measured,
+        p50_ms=x.p50_ms,
+        p95_ms=x.p95_ms,
+        p99_ms=x.p99_ms,
+        percentile=x.percentile,
+        at_percentile_ms=x.at_percentile_ms,
+        predicted_ms=x.predicted_ms,
+        slo_ms=x.slo_ms,
+        hops=[
+            admin_pb.HopLatency(
+                tier=h.tier,
+                device_id=h.device_id,
+                requests=h.requests,
+                compute_ms_p50=h.compute_ms_p50,
+                compute_ms_p95=h.compute_ms_p95,
+                queue_ms_p50=h.queue_ms_p50,
+                transfer_ms_p50=h.transfer_ms_p50,
+                mean_batch_size=h.mean_batch_size,
+                predicted_compute_ms=h.predicted_compute_ms,
+                predicted_queue_ms=h.predicted_queue_ms,
+                predicted_transfer_ms=h.predicted_transfer_ms,
+            )
+            for h in x.hops
+        ],
+    )
+
+
+def device_latency_from_pb(pb: admin_pb.DeviceLatency) -> DeviceLatency:
+    def ms(path: str, value: float) -> float:
+        return _latency(path, value)
+
+    return DeviceLatency(
+        device_id=_name("device_id", pb.device_id),
+        window=pb.window,
+        requests=pb.requests,
+        outcomes=tuple((_text(c.name), c.count) for c in pb.outcomes),
+        paths=tuple((_text(c.name), c.count) for c in pb.paths),
+        measured=pb.measured,
+        p50_ms=ms("p50_ms", pb.p50_ms),
+        p95_ms=ms("p95_ms", pb.p95_ms),
+        p99_ms=ms("p99_ms", pb.p99_ms),
+        percentile=_finite("percentile", pb.percentile),
+        at_percentile_ms=ms("at_percentile_ms", pb.at_percentile_ms),
+        predicted_ms=ms("predicted_ms", pb.predicted_ms),
+        slo_ms=ms("slo_ms", pb.slo_ms),
+        hops=tuple(
+            HopLatency(
+                tier=_text(h.tier),
+                device_id=_name(f"hops[{i}].device_id", h.device_id),
+                requests=h.requests,
+                compute_ms_p50=ms(f"hops[{i}].compute_ms_p50", h.compute_ms_p50),
+                compute_ms_p95=ms(f"hops[{i}].compute_ms_p95", h.compute_ms_p95),
+                queue_ms_p50=ms(f"hops[{i}].queue_ms_p50", h.queue_ms_p50),
+                transfer_ms_p50=ms(f"hops[{i}].transfer_ms_p50", h.transfer_ms_p50),
+                mean_batch_size=_finite(f"hops[{i}].mean_batch_size", h.mean_batch_size),
+                predicted_compute_ms=ms(f"hops[{i}].predicted_compute_ms", h.predicted_compute_ms),
+                predicted_queue_ms=ms(f"hops[{i}].predicted_queue_ms", h.predicted_queue_ms),
+                predicted_transfer_ms=ms(f"hops[{i}].predicted_transfer_ms", h.predicted_transfer_ms),
+            )
+            for i, h in enumerate(pb.hops)
+        ),
+    )

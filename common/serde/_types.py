@@ -325,6 +325,9 @@ def assignment_plan_to_pb(p: AssignmentPlan) -> types_pb.AssignmentPlan:
                 artifact_sha256=s.artifact_sha256,
                 artifact_size_bytes=s.artifact_size_bytes,
                 endpoints=[segment_endpoint_to_pb(e) for e in s.endpoints],
+                predicted_compute_ms=s.predicted_compute_ms,
+                predicted_queue_ms=s.predicted_queue_ms,
+                predicted_transfer_ms=s.predicted_transfer_ms,
             )
             for s in p.segments
         ],
@@ -334,6 +337,9 @@ def assignment_plan_to_pb(p: AssignmentPlan) -> types_pb.AssignmentPlan:
         fallback_variant=p.fallback_variant,
         predicted_latency_ms=p.predicted_latency_ms,
         predicted_accuracy=p.predicted_accuracy,
+        slo_ms=p.slo_ms,
+        percentile=p.percentile,
+        priority=p.priority,
     )
 
 
@@ -357,6 +363,9 @@ def assignment_plan_from_pb(pb: types_pb.AssignmentPlan, *, path: str = "plan") 
                 artifact_sha256=_sha256(_at(at, "artifact_sha256"), s.artifact_sha256, required=False),
                 artifact_size_bytes=s.artifact_size_bytes,
                 endpoints=segment_endpoints_from_pb(s.endpoints, path=_at(at, "endpoints")),
+                predicted_compute_ms=_latency(_at(at, "predicted_compute_ms"), s.predicted_compute_ms),
+                predicted_queue_ms=_latency(_at(at, "predicted_queue_ms"), s.predicted_queue_ms),
+                predicted_transfer_ms=_latency(_at(at, "predicted_transfer_ms"), s.predicted_transfer_ms),
             )
         )
     return AssignmentPlan(
@@ -369,7 +378,17 @@ def assignment_plan_from_pb(pb: types_pb.AssignmentPlan, *, path: str = "plan") 
         fallback_variant=_name(_at(path, "fallback_variant"), pb.fallback_variant, required=False),
         predicted_latency_ms=_latency(_at(path, "predicted_latency_ms"), pb.predicted_latency_ms),
         predicted_accuracy=_finite(_at(path, "predicted_accuracy"), pb.predicted_accuracy),
+        slo_ms=_latency(_at(path, "slo_ms"), pb.slo_ms),
+        percentile=_percentile(_at(path, "percentile"), pb.percentile),
+        priority=pb.priority,
     )
+
+
+def _percentile(path: str, value: float) -> float:
+    value = _finite(path, value)
+    if not 0.0 <= value < 100.0:
+        _fail(path, f"{value} is not within 0..100")
+    return value
 
 
 TIERS = ("device", "edge", "cloud")

@@ -16,6 +16,7 @@ from common import serde
 from common.errors import InvalidArgument, NotFound
 from common.types import (
     ArtifactManifest,
+    DeviceLatency,
     ImportModelHeader,
     ImportProgress,
     Model,
@@ -30,10 +31,11 @@ from controller.api.policy_api import PolicyRpcs
 from controller.artifacts import ArtifactStore, Upload
 from controller.hub import Db, Hub
 from controller.onnx_check import inspect_onnx
-from controller.service import enrollment, fleet, profiles
+from controller.service import enrollment, fleet, latency, profiles
 from controller.service.clock import Clock
 from controller.service.evaluation import SegmentEvaluator
 from controller.service.segments import SegmentBuilder
+from controller.store.base import Store
 from controller.toolchain.evaldata import LABELS, EvalData, load_eval_data
 from controller.toolchain.model_profile import ModelProfile, profile_model
 from controller.toolchain.variants import VariantResult, build_variants, check_precisions
@@ -87,6 +89,19 @@ class AdminApi(PolicyRpcs, serde.AdminServiceServicer):
     async def GetDevice(self, request: Any, context: Context) -> Any:
         device_id = serde.get_device_request_from_pb(request)
         return serde.device_to_pb(await self._db.run(self._db.store.get_device, device_id))
+
+    @unary
+    async def GetDeviceLatency(self, request: Any, context: Context) -> Any:
+        device_id, window = serde.get_device_latency_request_from_pb(request)
+
+        def read(store: Store) -> DeviceLatency:
+            device = store.get_device(device_id)
+            records = store.list_telemetry(
+                device_id, after_sequence=max(0, device.last_sequence - window), limit=window
+            )
+            return latency.summarize(device, records, window=window)
+
+        return serde.device_latency_to_pb(await self._db.run(read, self._db.store))
 
     @unary
     async def ListModels(self, request: Any, context: Context) -> Any:

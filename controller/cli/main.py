@@ -19,6 +19,7 @@ from rich.progress import BarColumn, Progress, TaskID, TaskProgressColumn, TextC
 from common.cli_errors import exit_for
 from common.durations import parse_duration
 from common.errors import EdgefleetError, InvalidArgument, NotFound
+from common.limits import DEFAULT_LATENCY_WINDOW, MAX_LATENCY_WINDOW
 from common.logs import configure_logging
 from common.types import ImportProgress, Model, SegmentSpec
 from controller.cli import policy_cmds, render
@@ -354,6 +355,25 @@ def describe_device(
     except EdgefleetError as exc:
         raise exit_for(exc) from None
     _show(render.device_doc(device), output, lambda: render.device_detail(device, out))
+
+
+@app.command()
+def latency(
+    device_id: Annotated[str, typer.Argument(help="Device id.")],
+    window: Annotated[
+        int, typer.Option(min=1, max=MAX_LATENCY_WINDOW, help="How many of its latest records to read.")
+    ] = DEFAULT_LATENCY_WINDOW,
+    controller: ControllerOpt = "",
+    output: OutputOpt = Output.table,
+) -> None:
+    """A device's measured request latency against its plan: at the deployment's percentile beside
+    the prediction and the SLO, and each hop's queue, compute and transfer beside the plan's."""
+    try:
+        with _client(controller) as client:
+            summary = client.device_latency(device_id, window=window)
+    except EdgefleetError as exc:
+        raise exit_for(exc) from None
+    _show(render.latency_doc(summary), output, lambda: render.latency_detail(summary, out))
 
 
 @app.command()

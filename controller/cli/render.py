@@ -17,6 +17,7 @@ from common.types import (
     AssignmentPlan,
     CreatedToken,
     Device,
+    DeviceLatency,
     Model,
     ProfileRequestRecord,
     SegmentEvaluation,
@@ -475,4 +476,75 @@ def device_detail(d: Device, console: Console) -> None:
         elif isinstance(value, dict):
             value = ", ".join(f"{k}={v}" for k, v in value.items()) or "-"
         table.add_row(key, "-" if value is None else str(value))
+    console.print(table)
+
+
+# --- latency against the plan ---------------------------------------------------------------------
+
+
+def latency_doc(x: DeviceLatency) -> dict[str, Any]:
+    error = x.prediction_error
+    return {
+        "device": x.device_id,
+        "window": x.window,
+        "requests": x.requests,
+        "outcomes": dict(x.outcomes),
+        "paths": dict(x.paths),
+        "measured": x.measured,
+        "p50_ms": x.p50_ms if x.measured else None,
+        "p95_ms": x.p95_ms if x.measured else None,
+        "p99_ms": x.p99_ms if x.measured else None,
+        "percentile": x.percentile or None,
+        "at_percentile_ms": x.at_percentile_ms if x.measured else None,
+        "predicted_ms": x.predicted_ms or None,
+        "prediction_error": round(error, 4) if error is not None else None,
+        "slo_ms": x.slo_ms or None,
+        "meets_slo": x.meets_slo,
+        "hops": [
+            {
+                "tier": h.tier,
+                "device": h.device_id,
+                "requests": h.requests,
+                "compute_ms": {
+                    "p50": h.compute_ms_p50,
+                    "p95": h.compute_ms_p95,
+                    "predicted": h.predicted_compute_ms,
+                },
+                "queue_ms": {"p50": h.queue_ms_p50, "predicted": h.predicted_queue_ms},
+                "transfer_ms": {"p50": h.transfer_ms_p50, "predicted": h.predicted_transfer_ms},
+                "mean_batch_size": round(h.mean_batch_size, 2),
+            }
+            for h in x.hops
+        ],
+    }
+
+
+def latency_detail(x: DeviceLatency, console: Console) -> None:
+    outcomes = ", ".join(f"{k} {v}" for k, v in x.outcomes) or "none"
+    console.print(f"device {x.device_id}: {x.requests} requests in its last {x.window} records ({outcomes})")
+    if not x.measured:
+        console.print("no successful request on its plan's path in the window")
+        return
+    pct = f"p{x.percentile:g}" if x.percentile else "p95"
+    line = f"{pct} {x.at_percentile_ms:.2f} ms over {x.measured} requests (p50 {x.p50_ms:.2f}, p99 {x.p99_ms:.2f})"
+    if x.predicted_ms:
+        error = x.prediction_error
+        line += f"; predicted {x.predicted_ms:.2f} ms" + (f" ({error:+.0%})" if error is not None else "")
+    if x.slo_ms:
+        line += f"; SLO {x.slo_ms:g} ms: " + ("met" if x.meets_slo else "MISSED")
+    console.print(line, highlight=False)
+    if not x.hops:
+        return
+    table = Table(
+        "hop", "device", "compute p50 / p95 (predicted)", "queue p50 (pred.)", "transfer p50 (pred.)", "batch"
+    )
+    for h in x.hops:
+        table.add_row(
+            h.tier,
+            h.device_id,
+            f"{h.compute_ms_p50:.2f} / {h.compute_ms_p95:.2f} ({h.predicted_compute_ms:.2f})",
+            f"{h.queue_ms_p50:.2f} ({h.predicted_queue_ms:.2f})",
+            f"{h.transfer_ms_p50:.2f} ({h.predicted_transfer_ms:.2f})",
+            f"{h.mean_batch_size:.1f}",
+        )
     console.print(table)

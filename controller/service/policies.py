@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +40,7 @@ from controller.planner.inputs import plan_input
 from controller.planner.types import (
     Binding,
     ConfigKey,
+    DeploymentInput,
     DevicePlan,
     Link,
     Pattern,
@@ -137,7 +139,8 @@ def make_plan(
         }
         data = dataclasses.replace(data, current=current, current_edge_node=current_edge_node)
     result = plan(data, explain_devices=explain)
-    assignments, skipped = _assignments(result, models)
+    deployments = {dep.name: dep for dep in data.deployments}
+    assignments, skipped = _assignments(result, models, deployments)
     by_id = {d.id: d for d in devices}
     released, kept = _released(result, by_id)
     return Planned(policies, result, assignments + released, skipped + kept, by_id, data)
@@ -270,7 +273,7 @@ def _link(m: LinkMeasurement) -> Link:
 
 
 def _assignments(
-    result: Plan, models: Mapping[str, Model]
+    result: Plan, models: Mapping[str, Model], deployments: Mapping[str, DeploymentInput]
 ) -> tuple[tuple[PlannedAssignment, ...], tuple[tuple[str, str], ...]]:
     out: list[PlannedAssignment] = []
     skipped: list[tuple[str, str]] = []
@@ -296,18 +299,35 @@ def _assignments(
                 variant=variant.variant,
                 artifact_sha256=variant.sha256,
                 artifact_size_bytes=variant.size_bytes,
-                plan=assignment_plan(p),
+                plan=_plan_of(p, deployments.get(p.deployment)),
             )
         )
     return tuple(out), tuple(skipped)
 
 
-def assignment_plan(p: DevicePlan) -> AssignmentPlan:
+def _plan_of(p: DevicePlan, deployment: DeploymentInput | None) -> AssignmentPlan:
+    if deployment is None:
+        return assignment_plan(p)
+    return assignment_plan(p, percentile=deployment.percentile, priority=deployment.priority)
+
+
+def assignment_plan(p: DevicePlan, *, percentile: float = 0.0, priority: int = 0) -> AssignmentPlan:
+    transfer = {h.target: h.transfer_ms for h in p.hops}
     return AssignmentPlan(
         deployment=p.deployment,
         pattern=p.key.pattern.label,
         segments=tuple(
-            PlannedSegment(s.tier.value, s.start_cut, s.end_cut, s.precision, s.where) for s in p.segments
+            PlannedSegment(
+                s.tier.value,
+                s.start_cut,
+                s.end_cut,
+                s.precision,
+                s.where,
+                predicted_compute_ms=round(s.compute_ms, 4),
+                predicted_queue_ms=round(s.queue_ms, 4),
+                predicted_transfer_ms=round(transfer.get(s.tier, 0.0), 4),
+            )
+            for s in p.segments
         ),
         edge_pool=p.edge_pool,
         edge_node=p.edge_node,
@@ -315,6 +335,9 @@ def assignment_plan(p: DevicePlan) -> AssignmentPlan:
         fallback_variant=p.fallback,
         predicted_latency_ms=round(p.latency_ms, 4),
         predicted_accuracy=round(p.quality, 6),
+        slo_ms=p.slo_ms if math.isfinite(p.slo_ms) else 0.0,
+        percentile=percentile,
+        priority=priority,
     )
 
 

@@ -469,6 +469,9 @@ def plan_to_json(plan: AssignmentPlan) -> str:
                     "artifact_sha256": s.artifact_sha256,
                     "artifact_size_bytes": s.artifact_size_bytes,
                     "endpoints": [dataclasses.asdict(e) for e in s.endpoints],
+                    "predicted_compute_ms": s.predicted_compute_ms,
+                    "predicted_queue_ms": s.predicted_queue_ms,
+                    "predicted_transfer_ms": s.predicted_transfer_ms,
                 }
                 for s in plan.segments
             ],
@@ -478,6 +481,9 @@ def plan_to_json(plan: AssignmentPlan) -> str:
             "fallback_variant": plan.fallback_variant,
             "predicted_latency_ms": plan.predicted_latency_ms,
             "predicted_accuracy": plan.predicted_accuracy,
+            "slo_ms": plan.slo_ms,
+            "percentile": plan.percentile,
+            "priority": plan.priority,
         }
     )
 
@@ -499,6 +505,9 @@ def plan_from_json(text: str) -> AssignmentPlan | None:
                 artifact_sha256=s.get("artifact_sha256", ""),
                 artifact_size_bytes=s.get("artifact_size_bytes", 0),
                 endpoints=tuple(SegmentEndpoint(**e) for e in s.get("endpoints", ())),
+                predicted_compute_ms=s.get("predicted_compute_ms", 0.0),
+                predicted_queue_ms=s.get("predicted_queue_ms", 0.0),
+                predicted_transfer_ms=s.get("predicted_transfer_ms", 0.0),
             )
             for s in d["segments"]
         ),
@@ -508,6 +517,9 @@ def plan_from_json(text: str) -> AssignmentPlan | None:
         fallback_variant=d.get("fallback_variant", ""),
         predicted_latency_ms=d.get("predicted_latency_ms", 0.0),
         predicted_accuracy=d.get("predicted_accuracy", 0.0),
+        slo_ms=d.get("slo_ms", 0.0),
+        percentile=d.get("percentile", 0.0),
+        priority=d.get("priority", 0),
     )
 
 

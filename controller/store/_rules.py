@@ -145,14 +145,21 @@ def placement(plan: AssignmentPlan | None) -> tuple[object, ...]:
     latency must not send the device a new version."""
     if plan is None:
         return ()
+    unpredicted = tuple(
+        replace(s, predicted_compute_ms=0.0, predicted_queue_ms=0.0, predicted_transfer_ms=0.0)
+        for s in plan.segments
+    )
     return (
         plan.deployment,
         plan.pattern,
-        plan.segments,
+        unpredicted,
         plan.edge_pool,
         plan.edge_node,
         plan.cloud_pool,
         plan.fallback_variant,
+        plan.slo_ms,
+        plan.percentile,
+        plan.priority,
     )
 
 

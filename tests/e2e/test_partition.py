@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -252,6 +253,25 @@ def test_a_request_flows_phone_edge_cloud_and_equals_the_whole_model(
             assert float(np.max(np.abs(outputs[name] - want))) <= 1e-5, name
         else:
             assert np.array_equal(outputs[name], want), name
+
+    # Each request's hops reach the controller as telemetry: measured beside the plan's prediction.
+    def latency() -> dict[str, Any]:
+        doc: dict[str, Any] = json.loads(fleet.ctl("latency", "phone-1", "-o", "json"))
+        return doc
+
+    requests = -(-len(x) // 50) + 1
+    wait_until(lambda: latency()["measured"] >= requests, timeout=CONVERGE_S, what="the phone's telemetry")
+    summary = latency()
+    assert summary["paths"] == {"partitioned": requests} and summary["outcomes"] == {"ok": requests}
+    assert summary["predicted_ms"] > 0 and summary["percentile"] == 95 and summary["slo_ms"] > 0
+    hops = summary["hops"]
+    assert [(h["tier"], h["device"], h["requests"]) for h in hops] == [
+        ("device", "phone-1", requests),
+        ("edge", "edge-1", requests),
+        ("cloud", "cloud-1", requests),
+    ]
+    assert all(h["compute_ms"]["p50"] > 0 and h["compute_ms"]["predicted"] > 0 for h in hops)
+    assert hops[1]["transfer_ms"]["predicted"] > 0 and hops[0]["transfer_ms"]["predicted"] == 0
 
 
 def test_the_serving_agent_refuses_bad_requests_and_stays_healthy(fleet: Fleet) -> None:

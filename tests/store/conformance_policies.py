@@ -86,7 +86,15 @@ class PolicyRules:
             artifact_size_bytes=1000,
             plan=PLAN,
         )
-        repredicted = replace(PLAN, predicted_latency_ms=25.0, predicted_accuracy=0.995)
+        repredicted = replace(
+            PLAN,
+            predicted_latency_ms=25.0,
+            predicted_accuracy=0.995,
+            segments=tuple(
+                replace(s, predicted_compute_ms=4.0, predicted_queue_ms=1.0, predicted_transfer_ms=2.0)
+                for s in PLAN.segments
+            ),
+        )
         same, changed = store.set_assignment(
             "p1",
             model_name="minilm",
@@ -112,6 +120,31 @@ class PolicyRules:
             "p1", model_name="minilm", variant="int8", artifact_sha256=SHA, artifact_size_bytes=1000
         )
         assert changed and hand.assignment is not None and hand.assignment.plan is None
+        # A new objective is a change: the device's record of what it must meet follows the policy.
+        _, changed = store.set_assignment(
+            "p1",
+            model_name="minilm",
+            variant="int8",
+            artifact_sha256=SHA,
+            artifact_size_bytes=1000,
+            plan=PLAN,
+        )
+        assert changed
+        _, changed = store.set_assignment(
+            "p1",
+            model_name="minilm",
+            variant="int8",
+            artifact_sha256=SHA,
+            artifact_size_bytes=1000,
+            plan=replace(PLAN, slo_ms=40.0, percentile=99.0),
+        )
+        assert changed
+        stored = store.get_device("p1").assignment
+        assert (
+            stored is not None
+            and stored.plan is not None
+            and (stored.plan.slo_ms, stored.plan.percentile) == (40.0, 99.0)
+        )
 
     # --- links -----------------------------------------------------------------------------------
 

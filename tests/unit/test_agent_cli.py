@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.cli import _links
+from agent.cli import _advertise, _links
 from common.errors import InvalidArgument
 from common.types import LinkMeasurement
 
@@ -38,3 +38,11 @@ def test_bad_links_are_refused_by_flag(spec: str) -> None:
 def test_a_pool_given_twice_is_refused() -> None:
     with pytest.raises(InvalidArgument, match="twice"):
         _links(["e=1/1", "e=2/2"])
+
+
+def test_advertise_is_checked_as_an_address() -> None:
+    assert _advertise("") == ""
+    assert _advertise("10.0.0.7:7001") == "10.0.0.7:7001"
+    for bad in ("10.0.0.7", "host:0", "host:99999", ":7001"):
+        with pytest.raises(InvalidArgument, match="--advertise"):
+            _advertise(bad)

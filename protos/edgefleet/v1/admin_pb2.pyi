@@ -314,3 +314,77 @@ class ListPolicyAppliesResponse(_message.Message):
     APPLIES_FIELD_NUMBER: _ClassVar[int]
     applies: _containers.RepeatedCompositeFieldContainer[PolicyApply]
     def __init__(self, applies: _Optional[_Iterable[_Union[PolicyApply, _Mapping]]] = ...) -> None: ...
+
+class GetDeviceLatencyRequest(_message.Message):
+    __slots__ = ("device_id", "window")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    window: int
+    def __init__(self, device_id: _Optional[str] = ..., window: _Optional[int] = ...) -> None: ...
+
+class HopLatency(_message.Message):
+    __slots__ = ("tier", "device_id", "requests", "compute_ms_p50", "compute_ms_p95", "queue_ms_p50", "transfer_ms_p50", "mean_batch_size", "predicted_compute_ms", "predicted_queue_ms", "predicted_transfer_ms")
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_MS_P50_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_MS_P95_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_MS_P50_FIELD_NUMBER: _ClassVar[int]
+    TRANSFER_MS_P50_FIELD_NUMBER: _ClassVar[int]
+    MEAN_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_COMPUTE_MS_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_QUEUE_MS_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_TRANSFER_MS_FIELD_NUMBER: _ClassVar[int]
+    tier: str
+    device_id: str
+    requests: int
+    compute_ms_p50: float
+    compute_ms_p95: float
+    queue_ms_p50: float
+    transfer_ms_p50: float
+    mean_batch_size: float
+    predicted_compute_ms: float
+    predicted_queue_ms: float
+    predicted_transfer_ms: float
+    def __init__(self, tier: _Optional[str] = ..., device_id: _Optional[str] = ..., requests: _Optional[int] = ..., compute_ms_p50: _Optional[float] = ..., compute_ms_p95: _Optional[float] = ..., queue_ms_p50: _Optional[float] = ..., transfer_ms_p50: _Optional[float] = ..., mean_batch_size: _Optional[float] = ..., predicted_compute_ms: _Optional[float] = ..., predicted_queue_ms: _Optional[float] = ..., predicted_transfer_ms: _Optional[float] = ...) -> None: ...
+
+class OutcomeCount(_message.Message):
+    __slots__ = ("name", "count")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    count: int
+    def __init__(self, name: _Optional[str] = ..., count: _Optional[int] = ...) -> None: ...
+
+class DeviceLatency(_message.Message):
+    __slots__ = ("device_id", "window", "requests", "outcomes", "paths", "measured", "p50_ms", "p95_ms", "p99_ms", "percentile", "at_percentile_ms", "predicted_ms", "slo_ms", "hops")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    OUTCOMES_FIELD_NUMBER: _ClassVar[int]
+    PATHS_FIELD_NUMBER: _ClassVar[int]
+    MEASURED_FIELD_NUMBER: _ClassVar[int]
+    P50_MS_FIELD_NUMBER: _ClassVar[int]
+    P95_MS_FIELD_NUMBER: _ClassVar[int]
+    P99_MS_FIELD_NUMBER: _ClassVar[int]
+    PERCENTILE_FIELD_NUMBER: _ClassVar[int]
+    AT_PERCENTILE_MS_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_MS_FIELD_NUMBER: _ClassVar[int]
+    SLO_MS_FIELD_NUMBER: _ClassVar[int]
+    HOPS_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    window: int
+    requests: int
+    outcomes: _containers.RepeatedCompositeFieldContainer[OutcomeCount]
+    paths: _containers.RepeatedCompositeFieldContainer[OutcomeCount]
+    measured: int
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    percentile: float
+    at_percentile_ms: float
+    predicted_ms: float
+    slo_ms: float
+    hops: _containers.RepeatedCompositeFieldContainer[HopLatency]
+    def __init__(self, device_id: _Optional[str] = ..., window: _Optional[int] = ..., requests: _Optional[int] = ..., outcomes: _Optional[_Iterable[_Union[OutcomeCount, _Mapping]]] = ..., paths: _Optional[_Iterable[_Union[OutcomeCount, _Mapping]]] = ..., measured: _Optional[int] = ..., p50_ms: _Optional[float] = ..., p95_ms: _Optional[float] = ..., p99_ms: _Optional[float] = ..., percentile: _Optional[float] = ..., at_percentile_ms: _Optional[float] = ..., predicted_ms: _Optional[float] = ..., slo_ms: _Optional[float] = ..., hops: _Optional[_Iterable[_Union[HopLatency, _Mapping]]] = ...) -> None: ...

@@ -105,6 +105,11 @@ class AdminServiceStub:
                 request_serializer=edgefleet_dot_v1_dot_admin__pb2.ListPolicyAppliesRequest.SerializeToString,
                 response_deserializer=edgefleet_dot_v1_dot_admin__pb2.ListPolicyAppliesResponse.FromString,
                 _registered_method=True)
+        self.GetDeviceLatency = channel.unary_unary(
+                '/edgefleet.v1.AdminService/GetDeviceLatency',
+                request_serializer=edgefleet_dot_v1_dot_admin__pb2.GetDeviceLatencyRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_admin__pb2.DeviceLatency.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -204,6 +209,14 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetDeviceLatency(self, request, context):
+        """A device's recent requests against its plan: latency at the deployment's percentile beside the
+        prediction and the SLO, and each hop's measured queue, compute and transfer beside the plan's.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -276,6 +289,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ListPolicyApplies,
                     request_deserializer=edgefleet_dot_v1_dot_admin__pb2.ListPolicyAppliesRequest.FromString,
                     response_serializer=edgefleet_dot_v1_dot_admin__pb2.ListPolicyAppliesResponse.SerializeToString,
+            ),
+            'GetDeviceLatency': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDeviceLatency,
+                    request_deserializer=edgefleet_dot_v1_dot_admin__pb2.GetDeviceLatencyRequest.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_admin__pb2.DeviceLatency.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -656,6 +674,33 @@ class AdminService:
             '/edgefleet.v1.AdminService/ListPolicyApplies',
             edgefleet_dot_v1_dot_admin__pb2.ListPolicyAppliesRequest.SerializeToString,
             edgefleet_dot_v1_dot_admin__pb2.ListPolicyAppliesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDeviceLatency(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.AdminService/GetDeviceLatency',
+            edgefleet_dot_v1_dot_admin__pb2.GetDeviceLatencyRequest.SerializeToString,
+            edgefleet_dot_v1_dot_admin__pb2.DeviceLatency.FromString,
             options,
             channel_credentials,
             insecure,

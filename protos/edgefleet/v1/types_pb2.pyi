@@ -115,7 +115,7 @@ class Assignment(_message.Message):
     def __init__(self, version: _Optional[int] = ..., model_name: _Optional[str] = ..., variant: _Optional[str] = ..., artifact_sha256: _Optional[str] = ..., artifact_size_bytes: _Optional[int] = ..., plan: _Optional[_Union[AssignmentPlan, _Mapping]] = ..., serve: _Optional[_Iterable[_Union[ServedSegment, _Mapping]]] = ...) -> None: ...
 
 class AssignmentPlan(_message.Message):
-    __slots__ = ("deployment", "pattern", "segments", "edge_pool", "edge_node", "cloud_pool", "fallback_variant", "predicted_latency_ms", "predicted_accuracy")
+    __slots__ = ("deployment", "pattern", "segments", "edge_pool", "edge_node", "cloud_pool", "fallback_variant", "predicted_latency_ms", "predicted_accuracy", "slo_ms", "percentile", "priority")
     DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
     PATTERN_FIELD_NUMBER: _ClassVar[int]
     SEGMENTS_FIELD_NUMBER: _ClassVar[int]
@@ -125,6 +125,9 @@ class AssignmentPlan(_message.Message):
     FALLBACK_VARIANT_FIELD_NUMBER: _ClassVar[int]
     PREDICTED_LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
     PREDICTED_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    SLO_MS_FIELD_NUMBER: _ClassVar[int]
+    PERCENTILE_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
     deployment: str
     pattern: str
     segments: _containers.RepeatedCompositeFieldContainer[PlannedSegment]
@@ -134,10 +137,13 @@ class AssignmentPlan(_message.Message):
     fallback_variant: str
     predicted_latency_ms: float
     predicted_accuracy: float
-    def __init__(self, deployment: _Optional[str] = ..., pattern: _Optional[str] = ..., segments: _Optional[_Iterable[_Union[PlannedSegment, _Mapping]]] = ..., edge_pool: _Optional[str] = ..., edge_node: _Optional[str] = ..., cloud_pool: _Optional[str] = ..., fallback_variant: _Optional[str] = ..., predicted_latency_ms: _Optional[float] = ..., predicted_accuracy: _Optional[float] = ...) -> None: ...
+    slo_ms: float
+    percentile: float
+    priority: int
+    def __init__(self, deployment: _Optional[str] = ..., pattern: _Optional[str] = ..., segments: _Optional[_Iterable[_Union[PlannedSegment, _Mapping]]] = ..., edge_pool: _Optional[str] = ..., edge_node: _Optional[str] = ..., cloud_pool: _Optional[str] = ..., fallback_variant: _Optional[str] = ..., predicted_latency_ms: _Optional[float] = ..., predicted_accuracy: _Optional[float] = ..., slo_ms: _Optional[float] = ..., percentile: _Optional[float] = ..., priority: _Optional[int] = ...) -> None: ...
 
 class PlannedSegment(_message.Message):
-    __slots__ = ("tier", "start_cut", "end_cut", "precision", "where", "artifact_sha256", "artifact_size_bytes", "endpoints")
+    __slots__ = ("tier", "start_cut", "end_cut", "precision", "where", "artifact_sha256", "artifact_size_bytes", "endpoints", "predicted_compute_ms", "predicted_queue_ms", "predicted_transfer_ms")
     TIER_FIELD_NUMBER: _ClassVar[int]
     START_CUT_FIELD_NUMBER: _ClassVar[int]
     END_CUT_FIELD_NUMBER: _ClassVar[int]
@@ -146,6 +152,9 @@ class PlannedSegment(_message.Message):
     ARTIFACT_SHA256_FIELD_NUMBER: _ClassVar[int]
     ARTIFACT_SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_COMPUTE_MS_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_QUEUE_MS_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_TRANSFER_MS_FIELD_NUMBER: _ClassVar[int]
     tier: str
     start_cut: int
     end_cut: int
@@ -154,7 +163,10 @@ class PlannedSegment(_message.Message):
     artifact_sha256: str
     artifact_size_bytes: int
     endpoints: _containers.RepeatedCompositeFieldContainer[SegmentEndpoint]
-    def __init__(self, tier: _Optional[str] = ..., start_cut: _Optional[int] = ..., end_cut: _Optional[int] = ..., precision: _Optional[str] = ..., where: _Optional[str] = ..., artifact_sha256: _Optional[str] = ..., artifact_size_bytes: _Optional[int] = ..., endpoints: _Optional[_Iterable[_Union[SegmentEndpoint, _Mapping]]] = ...) -> None: ...
+    predicted_compute_ms: float
+    predicted_queue_ms: float
+    predicted_transfer_ms: float
+    def __init__(self, tier: _Optional[str] = ..., start_cut: _Optional[int] = ..., end_cut: _Optional[int] = ..., precision: _Optional[str] = ..., where: _Optional[str] = ..., artifact_sha256: _Optional[str] = ..., artifact_size_bytes: _Optional[int] = ..., endpoints: _Optional[_Iterable[_Union[SegmentEndpoint, _Mapping]]] = ..., predicted_compute_ms: _Optional[float] = ..., predicted_queue_ms: _Optional[float] = ..., predicted_transfer_ms: _Optional[float] = ...) -> None: ...
 
 class SegmentEndpoint(_message.Message):
     __slots__ = ("device_id", "address", "weight")
