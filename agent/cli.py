@@ -176,6 +176,7 @@ def infer(
                     "model_sha256": response.model_sha256,
                     "latency_ms": response.latency_ms,
                     "path": response.path,
+                    "fallback_reason": response.fallback_reason or None,
                     "hops": hops,
                     "outputs": {k: v.tolist() for k, v in outputs.items()},
                 }
@@ -187,6 +188,8 @@ def infer(
         print(
             f"model {response.model_sha256[:12]}, {response.latency_ms:.2f} ms on the agent ({response.path})"
         )
+        if response.fallback_reason:
+            print(f"  degraded: {response.fallback_reason}")
         for h in hops:
             print(
                 f"  {h['tier']:<6} {h['device_id']}: queue {h['queue_ms']:.2f} ms, compute {h['compute_ms']:.2f} ms,"

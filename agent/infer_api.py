@@ -11,7 +11,10 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from agent.partition import Route, budget_deadline
+from agent.core import events as ev
+from agent.partition import HopUnavailable, Route, budget_deadline
+from agent.runtime import LoadedModel
+from agent.serving.breaker import Outcome as PathOutcome
 from common import limits, serde
 from common.errors import EdgefleetError, InvalidArgument, PermanentError
 from common.tensors import from_tensor, to_tensor
@@ -23,6 +26,16 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 #: Models whose runs typically take less than this run on the event loop thread itself.
 INLINE_BELOW_MS = 1.0
+#: Of a partitioned request's budget, at least this much is kept to answer from the fallback.
+MIN_FALLBACK_RESERVE_S = 0.005
+
+
+def fallback_reserve_s(model: LoadedModel, rows: int) -> float:
+    """How much of the budget to keep for answering ``rows`` from ``model`` if the path fails late:
+    three times its typical time per row (a run is slower than typical on a busy host)."""
+    return max(MIN_FALLBACK_RESERVE_S, 3.0 * model.typical_row_ms * max(1, rows) / 1000.0)
+
+
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
@@ -77,29 +90,97 @@ class InferApi(serde.AgentServiceServicer):
 
     async def _infer_partitioned(self, route: Route, request: Any, context: Context) -> Any:
         """This device's segment, then the peers that run the rest, within the caller's deadline.
-        A hop that cannot be reached or answer in time fails the request at once, with its name."""
+        When the path is down (a hop unreachable, failing or too slow for the budget) the device's
+        fallback variant answers instead, marked degraded, and the path is probed with backoff
+        (``PathBreaker``) until it is healthy again. Without a fallback the error names the hop."""
         started = time.perf_counter()
+        host = self._daemon.segments
+        fallback = self._daemon.slot.active  # the plan's whole fallback variant
         sha = route.own.sha256 if route.own is not None else route.hops[0].segment_sha256
-        hops: tuple[HopTiming, ...] = ()
         try:
             req = serde.infer_request_from_pb(request)
             arrays = {t.name: from_tensor(t) for t in req.inputs}
-            deadline = budget_deadline(context.time_remaining())
-            outputs, hops = await self._daemon.segments.infer_partitioned(
-                route, arrays, req.output_names, deadline
-            )
-            response = InferResponse(
-                outputs=tuple(to_tensor(name, value) for name, value in outputs.items()),
-                model_sha256=sha,
-                latency_ms=(time.perf_counter() - started) * 1000.0,
-                hops=hops,
-                path="partitioned",
-            )
+        except EdgefleetError as exc:
+            self._record(sha, started, Outcome.INVALID_INPUT, exc.message, path="partitioned")
+            await serde.abort_with_error_async(context, exc)
+        deadline = budget_deadline(context.time_remaining())
+        # Keep enough of the budget to answer from the fallback if the path fails late.
+        rows = min((a.shape[0] for a in arrays.values() if a.ndim), default=1)
+        reserve_s = fallback_reserve_s(fallback, rows) if fallback is not None else 0.0
+        ticket = host.breaker.allow()
+        if ticket is not None and deadline - reserve_s <= time.monotonic():
+            host.breaker.done(ticket, PathOutcome.ABANDONED)  # the caller's budget, not the path's fault
+            ticket, reason = None, "the budget leaves no time for the partitioned path"
+        else:
+            reason = host.breaker.last_failure
+        if ticket is not None:
+            try:
+                outputs, hops = await host.infer_partitioned(
+                    route, arrays, req.output_names, deadline - reserve_s
+                )
+            except asyncio.CancelledError:
+                host.breaker.done(ticket, PathOutcome.ABANDONED)
+                raise
+            except InvalidArgument as exc:  # the request's fault, not the path's
+                host.breaker.done(ticket, PathOutcome.ABANDONED)
+                self._record(sha, started, Outcome.INVALID_INPUT, exc.message, path="partitioned")
+                await serde.abort_with_error_async(context, exc)
+            except EdgefleetError as exc:
+                if host.breaker.done(ticket, PathOutcome.FAILURE, exc.message):
+                    self._daemon.dispatch(ev.PathChanged(degraded=True, reason=exc.message))
+                if fallback is None:
+                    self._record(sha, started, Outcome.ERROR, exc.message, path="partitioned")
+                    await serde.abort_with_error_async(context, exc)
+                reason = exc.message
+            else:
+                if host.breaker.done(ticket, PathOutcome.SUCCESS):
+                    self._daemon.dispatch(
+                        ev.PathChanged(degraded=False, reason="the partitioned path answers again")
+                    )
+                response = InferResponse(
+                    outputs=tuple(to_tensor(name, value) for name, value in outputs.items()),
+                    model_sha256=sha,
+                    latency_ms=(time.perf_counter() - started) * 1000.0,
+                    hops=hops,
+                    path="partitioned",
+                )
+                self._record(sha, started, Outcome.OK, "", path="partitioned", hops=hops)
+                return serde.infer_response_to_pb(response)
+        if fallback is None:
+            error = HopUnavailable(f"the partitioned path is down ({reason}) and this device has no fallback")
+            self._record(sha, started, Outcome.ERROR, error.message, path="partitioned")
+            await serde.abort_with_error_async(context, error)
+        return await self._answer_from_fallback(fallback, arrays, req.output_names, started, reason, context)
+
+    async def _answer_from_fallback(
+        self,
+        model: LoadedModel,
+        arrays: dict[str, Any],
+        output_names: tuple[str, ...],
+        started: float,
+        reason: str,
+        context: Context,
+    ) -> Any:
+        device_id = self._daemon.identity.device_id if self._daemon.identity else ""
+        try:
+            run_started = time.perf_counter()
+            loop = asyncio.get_running_loop()
+            outputs = await loop.run_in_executor(self._pool, model.infer, arrays, output_names)
+            compute_ms = (time.perf_counter() - run_started) * 1000.0
         except EdgefleetError as exc:
             outcome = Outcome.INVALID_INPUT if isinstance(exc, InvalidArgument) else Outcome.ERROR
-            self._record(sha, started, outcome, exc.message, path="partitioned")
+            self._record(model.sha256, started, outcome, exc.message, path="fallback")
             await serde.abort_with_error_async(context, exc)
-        self._record(sha, started, Outcome.OK, "", path="partitioned", hops=hops)
+        hops = (HopTiming(device_id, "device", compute_ms=compute_ms),) if device_id else ()
+        response = InferResponse(
+            outputs=tuple(to_tensor(name, value) for name, value in outputs.items()),
+            model_sha256=model.sha256,
+            latency_ms=(time.perf_counter() - started) * 1000.0,
+            hops=hops,
+            path="fallback",
+            fallback_reason=reason[: limits.MAX_TEXT_CHARS],
+        )
+        self._record(model.sha256, started, Outcome.OK, reason, path="fallback", hops=hops)
         return serde.infer_response_to_pb(response)
 
     def _record(

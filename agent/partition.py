@@ -31,6 +31,7 @@ from agent.runtime import LoadedModel, load_model
 from agent.serving import codec
 from agent.serving.balancer import Balancer, Endpoint
 from agent.serving.batcher import BatchResult, DynamicBatcher
+from agent.serving.breaker import PathBreaker
 from common import limits, serde
 from common.errors import DeadlineExceeded, InvalidArgument, TransientError
 from common.tensors import from_tensor, to_tensor
@@ -127,6 +128,8 @@ class SegmentHost:
         self._threads = threads
         self._executor = executor
         self.route: Route | None = None
+        #: Whether requests take the route or the fallback; a new route starts healthy.
+        self.breaker = self._new_breaker()
         self._served: dict[str, Served] = {}
         self._sessions: dict[str, LoadedModel] = {}
         self.peers = Peers()
@@ -156,6 +159,8 @@ class SegmentHost:
                 model = sessions[seg.artifact_sha256]
                 served[seg.artifact_sha256] = Served(seg, model, self._batcher(seg, model))
             retired = [s for sha, s in self._served.items() if served.get(sha) is not s]
+            if _hops_of(route) != _hops_of(self.route):
+                self.breaker = self._new_breaker()
             self.route, self._served = route, served
             needed = {sha for sha, _ in a.segment_artifacts()}
             self._sessions = {sha: m for sha, m in sessions.items() if sha in needed}
@@ -170,6 +175,9 @@ class SegmentHost:
             else "local",
             len(served),
         )
+
+    def _new_breaker(self) -> PathBreaker:
+        return PathBreaker(clock=time.monotonic, rng=random.Random(), name=f"device={self.device_id}")
 
     def _batcher(self, seg: ServedSegment, model: LoadedModel) -> DynamicBatcher:
         return DynamicBatcher(
@@ -287,6 +295,10 @@ class SegmentHost:
         self, served: Served, arrays: Mapping[str, np.ndarray], *, priority: int, deadline: float
     ) -> BatchResult:
         return await served.batcher.submit(arrays, priority=priority, deadline=deadline)
+
+
+def _hops_of(route: Route | None) -> tuple[RouteHop, ...]:
+    return route.hops if route is not None else ()
 
 
 def _route(a: Assignment, sessions: Mapping[str, LoadedModel], links: Mapping[str, float]) -> Route | None:

@@ -65,6 +65,8 @@ class LoadedModel:
         #: Smoothed wall time of one run (ms); callers use it to decide whether a hop to a worker
         #: thread is worth more than the run itself. Seeded by the smoke test.
         self.typical_run_ms = 0.0
+        #: The same per row of the batch (ms): what a request of n rows is expected to take.
+        self.typical_row_ms = 0.0
         #: How long ``load_model`` took, smoke test included (ms).
         self.load_ms = 0.0
         self._run_options = ort.RunOptions()
@@ -97,6 +99,8 @@ class LoadedModel:
             self.typical_run_ms += (
                 0.1 * (elapsed_ms - self.typical_run_ms) if self.typical_run_ms else elapsed_ms
             )
+            row_ms = elapsed_ms / _rows(feeds)
+            self.typical_row_ms += 0.1 * (row_ms - self.typical_row_ms) if self.typical_row_ms else row_ms
         except OrtInvalidArgument as exc:
             # Data-dependent problems the specs cannot express (e.g. mismatched dynamic dims).
             raise InvalidArgument(f"model {self.model_name!r} rejected the input: {exc}") from exc
@@ -236,3 +240,8 @@ class ModelSlot:
         with self._lock:
             previous, self._active = self._active, new
             return previous
+
+
+def _rows(feeds: Mapping[str, np.ndarray]) -> int:
+    """The batch size of a request (the first dimension of its inputs; 1 for scalars)."""
+    return max(1, min((a.shape[0] for a in feeds.values() if a.ndim), default=1))

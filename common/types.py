@@ -722,7 +722,8 @@ class InferResponse:
     model_sha256: str
     latency_ms: float
     hops: tuple[HopTiming, ...] = ()
-    path: str = "local"  # local | partitioned
+    path: str = "local"  # local | partitioned | fallback (degraded: the partitioned path is down)
+    fallback_reason: str = ""
 
 
 @dataclass(frozen=True, slots=True)

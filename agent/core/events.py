@@ -102,6 +102,15 @@ class SegmentsFailed:
 
 
 @dataclass(frozen=True, slots=True)
+class PathChanged:
+    """The partitioned path went down (``degraded``: requests are answered by the fallback) or came
+    back; recorded as a device event so the controller sees what an outage cost."""
+
+    degraded: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class InferenceDone:
     record: InferenceRecord
 
@@ -142,6 +151,7 @@ Event = (
     | ModelLoaded
     | ModelLoadFailed
     | InferenceDone
+    | PathChanged
     | ProfileArtifactsReady
     | ProfileArtifactsFailed
     | ProfileDone

@@ -708,6 +708,15 @@ class AgentCore:
     def _on_inference(self, event: ev.InferenceDone, out: list[act.Action]) -> None:
         self._append_record(event.record, out)
 
+    def _on_path_changed(self, event: ev.PathChanged, out: list[act.Action]) -> None:
+        kind = "path_degraded" if event.degraded else "path_restored"
+        version = self._segments.version if self._segments is not None else 0
+        log.warning("device=%s %s: %s", self.device_id, kind, event.reason)
+        self._append_record(
+            DeviceEvent(kind=kind, message=event.reason[: limits.MAX_TEXT_CHARS], assignment_version=version),
+            out,
+        )
+
     def _record_event(self, kind: str, message: str, a: Assignment) -> None:
         # Events are appended without persisting the reservation here; the caller persists a snapshot.
         self._append_record(
@@ -802,6 +811,7 @@ _ANY_STATE: dict[type, _Handler] = {
     ev.ModelLoaded: AgentCore._on_model_loaded,
     ev.ModelLoadFailed: AgentCore._on_model_load_failed,
     ev.InferenceDone: AgentCore._on_inference,
+    ev.PathChanged: AgentCore._on_path_changed,
     ev.SegmentsReady: AgentCore._on_segments_ready,
     ev.SegmentsFailed: AgentCore._on_segments_failed,
     ev.ProfileArtifactsReady: AgentCore._on_profile_artifacts_ready,

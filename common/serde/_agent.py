@@ -71,6 +71,7 @@ def infer_response_to_pb(r: InferResponse) -> agent_pb.InferResponse:
         latency_ms=r.latency_ms,
         hops=[hop_timing_to_pb(h) for h in r.hops],
         path=r.path,
+        fallback_reason=r.fallback_reason,
     )
 
 
@@ -83,6 +84,7 @@ def infer_response_from_pb(pb: agent_pb.InferResponse) -> InferResponse:
         latency_ms=_latency("latency_ms", pb.latency_ms),
         hops=hops_from_pb("hops", pb.hops),
         path=pb.path or "local",
+        fallback_reason=_text(pb.fallback_reason),
     )
 
 

@@ -2103,3 +2103,15 @@ def test_restart_prepares_the_acknowledged_segments_from_the_cache_before_connec
     out = h2.recv(v1)
     assert not of_type(out, act.PrepareSegments)
     assert [a.version for a in sent(out, AssignmentAck)] == [1]
+
+
+def test_path_changes_are_recorded_as_device_events_while_offline_too() -> None:
+    h = Harness()
+    h.start()  # never connected: the outage's cost is still counted
+    v1 = _partitioned(1)
+    h.core._segments = v1  # as a restore from the snapshot would set it
+    h.step(ev.PathChanged(degraded=True, reason="edge hop edge-1 is unreachable"))
+    h.step(ev.PathChanged(degraded=False, reason="the partitioned path answers again"))
+    events = [r.body for r in pending_records(h.core) if isinstance(r.body, DeviceEvent)]
+    assert [(e.kind, e.assignment_version) for e in events] == [("path_degraded", 1), ("path_restored", 1)]
+    assert "edge-1" in events[0].message

@@ -117,6 +117,15 @@ def test_infer_response_carries_the_path_and_every_hop() -> None:
         path="partitioned",
     )
     assert serde.infer_response_from_pb(serde.infer_response_to_pb(resp)) == resp
+    degraded = InferResponse(
+        outputs=(X,),
+        model_sha256=SHA_MODEL,
+        latency_ms=2.0,
+        hops=(HopTiming("p1", "device", compute_ms=2.0),),
+        path="fallback",
+        fallback_reason="edge hop edge-1 (127.0.0.1:7001) is unreachable",
+    )
+    assert serde.infer_response_from_pb(serde.infer_response_to_pb(degraded)) == degraded
     local = InferResponse(outputs=(X,), model_sha256=SHA_MODEL, latency_ms=1.0)
     assert serde.infer_response_from_pb(serde.infer_response_to_pb(local)).path == "local"
 

@@ -16,18 +16,20 @@ class InferRequest(_message.Message):
     def __init__(self, inputs: _Optional[_Iterable[_Union[_types_pb2.Tensor, _Mapping]]] = ..., output_names: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class InferResponse(_message.Message):
-    __slots__ = ("outputs", "model_sha256", "latency_ms", "hops", "path")
+    __slots__ = ("outputs", "model_sha256", "latency_ms", "hops", "path", "fallback_reason")
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
     LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
     HOPS_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_REASON_FIELD_NUMBER: _ClassVar[int]
     outputs: _containers.RepeatedCompositeFieldContainer[_types_pb2.Tensor]
     model_sha256: str
     latency_ms: float
     hops: _containers.RepeatedCompositeFieldContainer[_types_pb2.HopTiming]
     path: str
-    def __init__(self, outputs: _Optional[_Iterable[_Union[_types_pb2.Tensor, _Mapping]]] = ..., model_sha256: _Optional[str] = ..., latency_ms: _Optional[float] = ..., hops: _Optional[_Iterable[_Union[_types_pb2.HopTiming, _Mapping]]] = ..., path: _Optional[str] = ...) -> None: ...
+    fallback_reason: str
+    def __init__(self, outputs: _Optional[_Iterable[_Union[_types_pb2.Tensor, _Mapping]]] = ..., model_sha256: _Optional[str] = ..., latency_ms: _Optional[float] = ..., hops: _Optional[_Iterable[_Union[_types_pb2.HopTiming, _Mapping]]] = ..., path: _Optional[str] = ..., fallback_reason: _Optional[str] = ...) -> None: ...
 
 class RunSegmentRequest(_message.Message):
     __slots__ = ("segment_sha256", "inputs", "route", "priority", "origin_device", "request_id", "output_names", "tier")
