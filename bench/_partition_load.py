@@ -1,0 +1,131 @@
+"""Closed-loop load on one serving agent's ``SegmentService.RunSegment`` over real gRPC (loopback),
+for ``bench/partition.py``: ``callers`` concurrent asyncio callers on one channel, each sending one
+row, waiting for the answer, sending the next, each with a deadline; what the serving agent says in
+its hop timing (queue, compute, batch size) is kept next to the caller's own latency."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import grpc.aio
+import numpy as np
+
+from common import limits, serde
+from common.tensors import to_tensor
+from common.types import RunSegmentRequest
+
+
+@dataclass
+class LoadCell:
+    callers: int
+    mode: str  # "off" | "on"
+    requests: int = 0
+    seconds: float = 0.0
+    errors: int = 0
+    error_kinds: dict[str, int] = field(default_factory=dict)
+    latencies_ms: list[float] = field(default_factory=list)
+    batch_sizes: list[int] = field(default_factory=list)
+    queue_ms: list[float] = field(default_factory=list)
+    #: compute of each answer's batch, with that batch's size
+    compute_ms: list[tuple[int, float]] = field(default_factory=list)
+    #: CPU seconds the serving agent's process and this (client) process used, and the wall seconds
+    #: they were measured over (warm-up included)
+    server_cpu_s: float = 0.0
+    client_cpu_s: float = 0.0
+    wall_s: float = 0.0
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+    def pct(self, q: float) -> float:
+        return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
+
+    @property
+    def mean_batch(self) -> float:
+        return float(np.mean(self.batch_sizes)) if self.batch_sizes else 0.0
+
+    def full_batch_compute_ms(self, size: int) -> list[float]:
+        return [c for b, c in self.compute_ms if b >= size]
+
+
+def requests_pb(sha256: str, rows: list[dict[str, np.ndarray]], tier: str) -> list[Any]:
+    """One serialised-ready RunSegment request per input row (built once, reused by every call)."""
+    return [
+        serde.run_segment_request_to_pb(
+            RunSegmentRequest(
+                segment_sha256=sha256,
+                inputs=tuple(to_tensor(name, np.ascontiguousarray(value)) for name, value in row.items()),
+                tier=tier,
+                request_id=f"bench-{i}",
+                origin_device="bench",
+            )
+        )
+        for i, row in enumerate(rows)
+    ]
+
+
+async def _drive(
+    stub: Any, requests: list[Any], callers: int, seconds: float, deadline_s: float, cell: LoadCell | None
+) -> None:
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    stop = started + seconds
+    latencies: list[float] = []
+    sizes: list[int] = []
+    queues: list[float] = []
+    computes: list[tuple[int, float]] = []
+    kinds: dict[str, int] = {}
+
+    async def caller(k: int) -> None:
+        req = requests[k % len(requests)]
+        while loop.time() < stop:
+            t0 = time.perf_counter()
+            try:
+                pb = await stub.RunSegment(req, timeout=deadline_s)
+            except grpc.aio.AioRpcError as exc:
+                code = serde.error_from_rpc_error(exc).code
+                kinds[code] = kinds.get(code, 0) + 1
+                await asyncio.sleep(0.001)
+                continue
+            latencies.append((time.perf_counter() - t0) * 1e3)
+            hop = serde.run_segment_response_from_pb(pb).hops[0]
+            sizes.append(hop.batch_size)
+            queues.append(hop.queue_ms)
+            computes.append((hop.batch_size, hop.compute_ms))
+
+    await asyncio.gather(*(caller(k) for k in range(callers)))
+    elapsed = loop.time() - started
+    if cell is not None:
+        cell.requests += len(latencies)
+        cell.seconds += elapsed
+        cell.errors += sum(kinds.values())
+        for k, v in kinds.items():
+            cell.error_kinds[k] = cell.error_kinds.get(k, 0) + v
+        cell.latencies_ms += latencies
+        cell.batch_sizes += sizes
+        cell.queue_ms += queues
+        cell.compute_ms += computes
+
+
+async def run_cell(
+    address: str,
+    requests: list[Any],
+    cell: LoadCell,
+    *,
+    seconds: float,
+    warmup_s: float,
+    deadline_s: float,
+) -> None:
+    """Warm up, then measure ``cell.callers`` callers for ``seconds``, adding to ``cell``."""
+    channel = grpc.aio.insecure_channel(address, options=limits.GRPC_MESSAGE_OPTIONS)
+    try:
+        stub = serde.SegmentServiceStub(channel)
+        await _drive(stub, requests, cell.callers, warmup_s, deadline_s, None)
+        await _drive(stub, requests, cell.callers, seconds, deadline_s, cell)
+    finally:
+        await channel.close(None)
