@@ -89,10 +89,16 @@ def merge(
 ) -> HardwareClassSpec:
     """``base`` with the fields a ``HardwareClass`` policy sets replaced (scales per precision).
 
-    A latency scale given without a batch scale also sets the batch scale, so that a policy that
-    says "int8 is 3x slower here" is not contradicted by the catalog's batch figure."""
+    A latency scale given without a batch scale moves the batch scale by the same ratio, so that a
+    policy that says "int8 is 3x slower here" is not contradicted by the catalog's batch figure —
+    and one that restates the catalog's latency scale changes nothing."""
     lat = {**base.latency_scale, **(latency_scale or {})}
-    bat = {**base.batch_scale, **(latency_scale or {}), **(batch_scale or {})}
+    bat = dict(base.batch_scale)
+    for p, new in (latency_scale or {}).items():
+        old = base.latency_scale.get(p, 1.0)
+        batch = base.batch_scale.get(p, old)
+        bat[p] = batch * new / old if old > 0 else new
+    bat.update(batch_scale or {})
     return HardwareClassSpec(
         name=base.name,
         precisions=precisions if precisions is not None else base.precisions,

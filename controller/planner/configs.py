@@ -11,20 +11,41 @@ Segments run blocks ``[a, b)``: the device ``[0, a)``, the edge ``[a, e)``, the 
 A device segment may be empty (the phone only forwards its inputs: full offload); a segment placed on
 a serving tier never is.
 
-Latency model (predicted at the deployment's percentile):
+Latency model. What is predicted is not uniformly the deployment's percentile: compute is
+deterministic, the round trip is taken at p95 for SLOs at p90 and above (where measured), but the
+queueing term is the *mean* wait (a busy node's p95 wait is several times its mean, so the tail of
+requests queued behind others is under-stated; the utilisation cap is what keeps it short) and
+bandwidth is the link's mean. In detail:
 
 * compute of a segment on a class: the sum of its blocks' batch-1 times less one call overhead per
-  extra block (the additive model ``controller.toolchain.profile`` validates), from the class's
-  measured profile where agents reported one, else the host's times the class's scale (``catalog``);
-* queueing on a serving tier: the mean wait of an M/D/1 queue at the pool's utilisation cap,
-  ``rho / (2 (1 - rho)) * service``, plus the batcher's maximum delay when batching is on;
+  extra block (the additive model ``controller.toolchain.profile`` validates), never less than its
+  slowest block (nor than ``MIN_SEGMENT_MS``: an overhead larger than the blocks it is taken from
+  must not make a segment free), from the class's measured profile where agents reported one, else
+  the host's times the class's scale (``catalog``);
+* batching on a serving tier (``Batching`` with ``max_batch_size > 1`` and a delay > 0; otherwise it
+  is off, as in ``agent/serving/batcher.py``): the expected batch is ``min(max_batch_size, max(1,
+  rate_at_node * max_queue_delay))``, where ``rate_at_node`` is the deployment's request rate times
+  the devices the pool serves for it, over the pool's nodes — the rate a node sees when all of them
+  offload, so it is an *upper* bound: the batch's call time (the compute a request waits for) is not
+  under-estimated, and the per-sample cost (what slots are charged) is the cheapest such a node
+  reaches; fewer offloading devices form smaller batches. A batch's call time is interpolated
+  linearly between the profiled batch-1 and batch-32 figures of the segment (extrapolated beyond
+  32; a batch never costs less than one request alone, nor more than its requests one by one). A
+  model without a batch-32 profile is served a request at a time (batch 1);
+* queueing on a serving tier: the mean wait of an M/D/1 queue at the pool's utilisation cap ``rho``
+  (planned as if the node were that busy, whatever its planned load), ``rho / (2 (1 - rho)) *
+  service``, where ``service`` is the call time (of the expected batch when batching); without
+  batching divided by ``slots_per_node`` (M/D/c approximated as M/D/1 over c servers); a batching
+  segment runs one batch at a time, so there c = 1 and the batcher's maximum delay is added (an
+  upper bound on how long a batch takes to form);
 * each hop: a round trip plus the request's crossing bytes and the response's output bytes at the
   link's bandwidth.
 
 Quality: a configuration running one precision everywhere has that whole variant's measured quality;
 a mix loses, per block, what that block alone lost at its precision (additive, from the block
 sensitivities measured at import). Shared capacity: ``rate * service / 1000`` slots, where the
-service time is per sample at batch 32 when the serving tier batches, else the batch-1 time.
+service time is the per-sample cost (a batch's call time over its expected batch) when the serving
+tier batches, else the batch-1 time.
 """
 
 from __future__ import annotations
@@ -36,7 +57,9 @@ import numpy as np
 import numpy.typing as npt
 
 from controller.planner.types import (
+    BATCH_SIZES,
     HOST,
+    Batching,
     DeploymentInput,
     HardwareClassSpec,
     Link,
@@ -52,6 +75,10 @@ B = npt.NDArray[np.bool_]
 
 #: Precision index in the table's precision columns; -1 marks an empty segment.
 NONE = -1
+#: The least time a non-empty segment takes (ms), whatever the overheads subtracted.
+MIN_SEGMENT_MS = 1e-3
+#: The batch size the batched profile is measured at.
+PROFILED_BATCH = BATCH_SIZES[-1]
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +117,12 @@ class ConfigTable:
     hop2_bytes: F  # edge <-> cloud
     #: Every column is about the same configuration at the same row.
     size: int
+    #: The serving tiers' classes and precisions (None: the tier is not available).
+    edge_tier: Tier_ | None = None
+    cloud_tier: Tier_ | None = None
+    #: The batch a request of a batching deployment is expected to run in, per serving tier (1: off).
+    edge_batch: float = 1.0
+    cloud_batch: float = 1.0
 
     @property
     def queue_ms(self) -> F:
@@ -104,40 +137,76 @@ class ConfigTable:
     def uses_shared(self) -> B:
         return np.asarray(self.pattern != int(Pattern.LOCAL))
 
+    @property
+    def uses_edge(self) -> B:
+        """Rows with an edge segment: each needs an edge node, whatever load it puts on it."""
+        return np.asarray(self.pe != NONE)
+
 
 class _Times:
-    """Prefix sums of a model's block times on one class, one row per precision of the table:
-    the time of any segment of any row is two lookups, for whole columns of configurations at once."""
+    """Prefix sums of a model's block times on one class, one row per precision of the table, at
+    batch 1 and at the profiled batch (per call): the time of any segment of any row is a few
+    lookups, for whole columns of configurations at once."""
 
     def __init__(self, model: PlannerModel, spec: HardwareClassSpec, allowed: tuple[str, ...]) -> None:
-        nb = model.blocks
-        self.b1 = np.zeros((len(model.precisions), nb + 1))
-        self.per_sample = np.zeros((len(model.precisions), nb + 1))
+        nb, npre = model.blocks, len(model.precisions)
+        self.b1 = np.zeros((npre, nb + 1))
+        self.bn = np.zeros((npre, nb + 1))
+        #: The slowest block of every range [start, end), per precision (the floor of a segment).
+        self.max1 = np.zeros((npre, nb + 1, nb + 1))
+        self.maxn = np.zeros((npre, nb + 1, nb + 1))
+        #: Precisions with a batched profile (a model with a fixed batch of 1 has none).
+        self.batched = np.zeros(npre, dtype=bool)
         self.overhead_b1 = _overhead(model, spec, 1)
-        # Per precision: one without a batch-32 profile pays a whole call per sample.
-        self.overhead_sample = np.full(len(model.precisions), _overhead(model, spec, 32) / 32.0)
+        self.overhead_bn = _overhead(model, spec, PROFILED_BATCH)
         for i, p in enumerate(model.precisions):
             if p not in allowed:
                 continue
             b1 = _block_times(model, spec, p, 1, spec.latency_scale.get(p, 1.0))
-            b32 = _block_times(model, spec, p, 32, spec.batch_scale.get(p, 1.0))
+            bn = _block_times(model, spec, p, PROFILED_BATCH, spec.batch_scale.get(p, 1.0))
             assert b1 is not None  # batch 1 is always profiled (_block_times raises otherwise)
             self.b1[i, 1:] = np.cumsum(b1)
-            # A model with a fixed batch of 1 has no batch-32 profile: a sample then costs a call.
-            if b32 is not None:
-                self.per_sample[i, 1:] = np.cumsum(b32 / 32.0)
-            else:
-                self.per_sample[i, 1:] = self.b1[i, 1:]
-                self.overhead_sample[i] = self.overhead_b1
+            self.max1[i] = _range_max(b1)
+            if bn is not None:
+                self.batched[i] = True
+                self.bn[i, 1:] = np.cumsum(bn)
+                self.maxn[i] = _range_max(bn)
 
-    def segment(self, p: I, start: I, end: I, *, per_sample: bool = False) -> F:
-        """Time of blocks [start, end) at precision index p, row by row; 0 where p is NONE or the
-        segment is empty. Less one call overhead per block beyond the first (the additive model)."""
-        sums = self.per_sample if per_sample else self.b1
+    def segment(self, p: I, start: I, end: I) -> F:
+        """Batch-1 time of blocks [start, end) at precision index p, row by row; 0 where p is NONE or
+        the segment is empty. Less one call overhead per block beyond the first (the additive
+        model), never less than its slowest block nor ``MIN_SEGMENT_MS``."""
+        return self._call(self.b1, self.max1, self.overhead_b1, p, start, end)
+
+    def batch_call(self, p: I, start: I, end: I, batch: float) -> tuple[F, F]:
+        """(the call time of a batch of ``batch`` rows, the rows it really holds) per row: ``batch``
+        where the precision has a batched profile, 1 where it has none (served one at a time)."""
+        t1 = self.segment(p, start, end)
         row = np.where(p == NONE, 0, p)
-        overhead = self.overhead_sample[row] if per_sample else self.overhead_b1
-        value = sums[row, end] - sums[row, start] - (end - start - 1) * overhead
-        return np.where((p == NONE) | (end <= start), 0.0, np.maximum(value, 0.0))
+        rows = np.where(self.batched[row], batch, 1.0)
+        if batch <= 1.0:
+            return t1, rows
+        tn = self._call(self.bn, self.maxn, self.overhead_bn, p, start, end)
+        # Linear in the rows between the two profiled sizes; per row never dearer than a call alone,
+        # a batch never cheaper than a single request.
+        per_row = np.clip((tn - t1) / (PROFILED_BATCH - 1), 0.0, t1)
+        return np.where(rows > 1.0, t1 + (rows - 1.0) * per_row, t1), rows
+
+    def _call(self, sums: F, maxima: F, overhead: float, p: I, start: I, end: I) -> F:
+        row = np.where(p == NONE, 0, p)
+        s, e = np.clip(start, 0, sums.shape[1] - 1), np.clip(end, 0, sums.shape[1] - 1)
+        value = sums[row, e] - sums[row, s] - (e - s - 1) * overhead
+        value = np.maximum(np.maximum(value, maxima[row, s, e]), MIN_SEGMENT_MS)
+        return np.where((p == NONE) | (end <= start), 0.0, value)
+
+
+def _range_max(times: F) -> F:
+    """``out[s, e]`` = the largest of ``times[s:e]`` (0 where e <= s)."""
+    n = len(times)
+    out = np.zeros((n + 1, n + 1))
+    for s in range(n):
+        out[s, s + 1 :] = np.maximum.accumulate(times[s:])
+    return out
 
 
 def _block_times(model: PlannerModel, spec: HardwareClassSpec, p: str, batch: int, scale: float) -> F | None:
@@ -177,9 +246,13 @@ def build_table(
     device_spec: HardwareClassSpec,
     edge: tuple[PoolInput, HardwareClassSpec] | None,
     cloud: tuple[PoolInput, HardwareClassSpec] | None,
+    arrivals: tuple[float, float] = (0.0, 0.0),
 ) -> ConfigTable:
     """Every configuration a device of ``device_spec`` in ``deployment`` could run, given the edge
-    and cloud pools it can reach (None: that tier is not available to it)."""
+    and cloud pools it can reach (None: that tier is not available to it). ``arrivals``: the
+    requests/s one node of the edge pool and one worker of the cloud pool would see for this
+    deployment if all of its devices they serve offloaded there (what the expected batch is taken
+    from when the deployment batches; see the module's docstring)."""
     nblocks = model.blocks
     precisions = model.precisions
     index = {p: i for i, p in enumerate(precisions)}
@@ -210,7 +283,7 @@ def build_table(
                         rows.append((Pattern.DEVICE_EDGE_CLOUD, a, e, pd, index[pe], index[pc]))
     arr = np.asarray(rows, dtype=np.int64).reshape(-1, 6)
     cols = [arr[:, i] for i in range(6)]
-    return _columns(model, deployment, dev, edge, edge_tier, cloud, cloud_tier, *cols)
+    return _columns(model, deployment, dev, edge, edge_tier, cloud, cloud_tier, arrivals, *cols)
 
 
 def _columns(
@@ -221,6 +294,7 @@ def _columns(
     edge_tier: Tier_ | None,
     cloud: tuple[PoolInput, HardwareClassSpec] | None,
     cloud_tier: Tier_ | None,
+    arrivals: tuple[float, float],
     pattern: I,
     a: I,
     e: I,
@@ -246,9 +320,13 @@ def _columns(
 
     lost = _lookup(loss, pd, a)
     head = np.where(local, variant_bytes[np.where(pd == NONE, 0, pd)], _lookup(weights, pd, a))
-    edge_ms, edge_slots, edge_wait = _serving(edge_times_of(model, edge_tier), edge, pe, a, e, deployment)
+    edge_batch = expected_batch(deployment.batching, arrivals[0]) if edge_tier is not None else 1.0
+    cloud_batch = expected_batch(deployment.batching, arrivals[1]) if cloud_tier is not None else 1.0
+    edge_ms, edge_slots, edge_wait = _serving(
+        edge_times_of(model, edge_tier), edge, pe, a, e, deployment, edge_batch
+    )
     cloud_ms, cloud_slots, cloud_wait = _serving(
-        edge_times_of(model, cloud_tier), cloud, pc, e, end, deployment
+        edge_times_of(model, cloud_tier), cloud, pc, e, end, deployment, cloud_batch
     )
     lost = lost + _lookup(loss, pe, e) - _lookup(loss, pe, a) + _lookup(loss, pc, end) - _lookup(loss, pc, e)
     # One precision everywhere: the whole variant's measured quality; a mix: the additive estimate.
@@ -290,11 +368,29 @@ def _columns(
         hop1_bytes=hop1,
         hop2_bytes=hop2,
         size=n,
+        edge_tier=edge_tier,
+        cloud_tier=cloud_tier,
+        edge_batch=edge_batch,
+        cloud_batch=cloud_batch,
     )
 
 
 def edge_times_of(model: PlannerModel, tier: Tier_ | None) -> _Times | None:
     return _Times(model, tier.spec, tier.precisions) if tier is not None else None
+
+
+def batching_on(batching: Batching | None) -> bool:
+    """Whether a serving node batches at all (``agent/serving/batcher.py``: a batch of at most one
+    row, or no delay to wait for others, is no batching)."""
+    return batching is not None and batching.max_batch_size > 1 and batching.max_queue_delay_ms > 0
+
+
+def expected_batch(batching: Batching | None, rate_at_node: float) -> float:
+    """``min(max_batch_size, max(1, rate_at_node * max_queue_delay))``: the rows that arrive while a
+    batch waits for its delay, at most a full batch; 1 where batching is off."""
+    if batching is None or not batching_on(batching):
+        return 1.0
+    return float(min(batching.max_batch_size, max(1.0, rate_at_node * batching.max_queue_delay_ms / 1000.0)))
 
 
 def _serving(
@@ -304,19 +400,28 @@ def _serving(
     start: I,
     end: I,
     deployment: DeploymentInput,
+    batch: float,
 ) -> tuple[F, F, F]:
-    """Per row: (compute ms of a request on the serving tier, slots it occupies at the deployment's
-    request rate, queueing ms); zeros where the tier is not used."""
+    """Per row: (compute ms of a request on the serving tier — its batch's call time when batching —,
+    slots it occupies at the deployment's request rate, mean queueing ms); zeros where the tier is
+    not used."""
     if times is None or pool is None:
         zeros = np.zeros(len(p))
         return zeros, zeros, zeros
-    compute = times.segment(p, start, end)
-    batching = deployment.batching
-    service = times.segment(p, start, end, per_sample=True) if batching is not None else compute
-    rho = min(pool[0].utilization_cap, 0.95)
-    wait = rho / (2.0 * (1.0 - rho)) * service
-    if batching is not None:
-        wait = np.where(p == NONE, 0.0, wait + batching.max_queue_delay_ms)
+    spec = pool[0]
+    rho = min(spec.utilization_cap, 0.95)
+    factor = rho / (2.0 * (1.0 - rho))
+    if batching_on(deployment.batching):
+        assert deployment.batching is not None
+        compute, rows = times.batch_call(p, start, end, batch)
+        service = compute / rows
+        # One batch at a time per segment: one server; plus the batcher's delay (at most).
+        wait = factor * compute + deployment.batching.max_queue_delay_ms
+    else:
+        compute = times.segment(p, start, end)
+        service = compute
+        wait = factor * compute / max(spec.slots_per_node, 1)  # M/D/c as M/D/1 over c servers
+    wait = np.where(p == NONE, 0.0, wait)
     slots = deployment.request_rate * service / 1000.0
     return compute, slots, wait
 

@@ -65,6 +65,7 @@ def solve_exact(data: PlanInput, *, time_limit_s: float = 120.0) -> ExactResult:
         index, devices = b.index, b.devices
         t = index.table
         rows = np.arange(t.size)
+        uses_edge = t.uses_edge
         for d in range(len(devices)):
             scores = index.score(devices, np.full(len(rows), d), rows, Prices())
             free = scores[t.pattern == int(Pattern.LOCAL)]
@@ -73,7 +74,7 @@ def solve_exact(data: PlanInput, *, time_limit_s: float = 120.0) -> ExactResult:
             options: list[tuple[float, list[tuple[int, float]]]] = [(UNSERVED_SCORE, [])]
             for r in undominated(scores, t.edge_slots, t.cloud_slots, best_free):
                 cloud = [(resources[b.cloud_pool], float(t.cloud_slots[r]))] if t.cloud_slots[r] > 0 else []
-                if t.edge_slots[r] > 0:
+                if uses_edge[r]:
                     for n in nodes[b.edge_pool]:
                         edge = (resources[f"{b.edge_pool}/{n}"], float(t.edge_slots[r]))
                         options.append((float(scores[r]), [edge, *cloud]))

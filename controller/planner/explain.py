@@ -181,12 +181,16 @@ def bucket_plans(
             binding=_binding(meets_slo and meets_acc, can[d]),
             reason="",
         )
-        reason = _reason(plan, bucket, can[d], local_best[i])
         note = notes.get(device_id)
-        alts = _alternatives(bucket, d, row) if device_id in explain_devices else ()
-        plans.append(
-            dataclasses.replace(plan, reason=f"{reason}; {note}" if note else reason, alternatives=alts)
+        reason = "; ".join(
+            [
+                _reason(plan, bucket, d, row, can[d], local_best[i]),
+                *disclosures(bucket, row),
+                *([note] if note else []),
+            ]
         )
+        alts = _alternatives(bucket, d, row) if device_id in explain_devices else ()
+        plans.append(dataclasses.replace(plan, reason=reason, alternatives=alts))
     return plans, missing
 
 
@@ -311,30 +315,179 @@ def describe_key(key: ConfigKey, t: ConfigTable) -> str:
     return f"{key.pattern.label}: " + ", ".join(parts)
 
 
-def _reason(plan: DevicePlan, bucket: Bucket, can: Possible, local: tuple[float, float, str] | None) -> str:
+def _reason(
+    plan: DevicePlan, bucket: Bucket, d: int, row: int, can: Possible, local: tuple[float, float, str] | None
+) -> str:
     t = bucket.index.table
     what = describe_key(plan.key, t)
     slo = f"{plan.slo_ms:g} ms p{t.deployment.percentile:g} SLO"
     floor = f"{plan.min_quality:g} accuracy floor"
     measured = f"{plan.latency_ms:.1f} ms, accuracy {plan.quality:.4f}"
+    kept = _kept_by_hysteresis(bucket, d, row, can.best_row)
     if plan.binding is None:
         tail = ""
         if plan.key.pattern is not Pattern.LOCAL and local is not None:
             lat, q, name = local
             tail = f"; local {name} would take {lat:.1f} ms at accuracy {q:.4f}"
-        return f"{what}: {measured} (meets the {slo} and the {floor}){tail}"
+        return f"{what}: {measured} (meets the {slo} and the {floor}){tail}" + (f"; {kept}" if kept else "")
     if plan.binding is Binding.ACCURACY:
-        best_q = float(np.max(t.quality))
-        return f"{what}: {measured}; nothing it can run reaches the {floor} (best {best_q:.4f})"
+        return f"{what}: {measured}; {accuracy_note(bucket, d)}"
     if plan.binding is Binding.LATENCY:
         return f"{what}: {measured}; nothing that meets the {floor} meets the {slo}: this is the closest"
     if plan.binding is Binding.CAPACITY and can.best_row != NONE:
-        want = key_of(t, can.best_row, bucket.edge_pool, bucket.cloud_pool)
-        return (
-            f"{what}: {measured}; {describe_key(want, t)} would meet its objectives, but the shared "
-            "capacity it needs went to other devices (higher priority, or a better use of it)"
-        )
+        if kept:
+            return f"{what}: {measured}; {kept}"
+        return f"{what}: {measured}; {capacity_note(bucket, d, can.best_row)}"
     return f"{what}: {measured}"
+
+
+def _kept_by_hysteresis(bucket: Bucket, d: int, row: int, best: int) -> str:
+    """Why the device stays on its current configuration although ``best`` scores higher, when the
+    gain is within the hysteresis margin ('' otherwise)."""
+    if best in (NONE, row) or int(bucket.current[d]) != row:
+        return ""
+    index = bucket.index
+    dev = np.asarray([d, d])
+    scores = index.score(bucket.devices, dev, np.asarray([row, best]), Prices())
+    gain = float(scores[1] - scores[0])
+    margin = index.weights.hysteresis
+    if not (_EPS < gain <= margin + _EPS):
+        return ""
+    want = key_of(index.table, best, bucket.edge_pool, bucket.cloud_pool)
+    return (
+        f"kept as it is by hysteresis: {describe_key(want, index.table)} would score {gain:.4f} more, "
+        f"below the hysteresis margin of {margin:g}"
+    )
+
+
+def _over_capacity(bucket: Bucket, row: int) -> str:
+    """'' when one device on ``row`` fits the shared capacity; else how far it is over (its edge share
+    against one node, its cloud share against the whole pool)."""
+    t = bucket.index.table
+    rate = f"{t.deployment.request_rate:g} req/s"
+    if t.pe[row] != NONE and t.edge_slots[row] > bucket.edge_node_slots + _EPS:
+        return (
+            f"needs {t.edge_slots[row]:.2f} slots of an edge node at {rate}, and a node of {bucket.edge_pool} "
+            f"holds {bucket.edge_node_slots:.2f}"
+        )
+    if t.cloud_slots[row] > bucket.cloud_pool_slots + _EPS:
+        return (
+            f"needs {t.cloud_slots[row]:.2f} slots of {bucket.cloud_pool} at {rate}, and the pool holds "
+            f"{bucket.cloud_pool_slots:.2f}"
+        )
+    return ""
+
+
+def _best_meeting_that_fits_alone(bucket: Bucket, d: int) -> int:
+    """The device's best configuration meeting both objectives whose shared load fits an empty node
+    and pool (-1: none) — dense over the table, for the few devices whose best one does not."""
+    index, devices = bucket.index, bucket.devices
+    t = index.table
+    rows = np.arange(t.size)
+    dev = np.full(t.size, d)
+    lat = index.latency(devices, dev, rows)
+    ok = (
+        index.fits(devices, dev, index.row_group)
+        & (lat <= index.slo + _EPS)
+        & (t.quality >= index.floor - _EPS)
+        & (~t.uses_edge | (t.edge_slots <= bucket.edge_node_slots + _EPS))
+        & (t.cloud_slots <= bucket.cloud_pool_slots + _EPS)
+    )
+    if not ok.any():
+        return NONE
+    scores = np.where(ok, index.score(devices, dev, rows, Prices()), -np.inf)
+    return int(np.argmax(scores))
+
+
+def capacity_note(bucket: Bucket, d: int, best: int) -> str:
+    """Why a device that could meet its objectives with free capacity does not: the capacity went to
+    others, or what it needs is more than a node (or pool) holds even empty."""
+    t = bucket.index.table
+    want = describe_key(key_of(t, best, bucket.edge_pool, bucket.cloud_pool), t)
+    over = _over_capacity(bucket, best)
+    taken = "the shared capacity it needs went to other devices (higher priority, or a better use of it)"
+    if not over:
+        return f"{want} would meet its objectives, but {taken}"
+    alone = _best_meeting_that_fits_alone(bucket, d)
+    if alone == NONE:
+        return (
+            f"{want} would meet its objectives but {over}: nothing that meets them fits the shared "
+            "capacity even alone"
+        )
+    other = describe_key(key_of(t, alone, bucket.edge_pool, bucket.cloud_pool), t)
+    return f"{want} would meet its objectives but {over}; {other} would fit, but {taken}"
+
+
+def offload_note(bucket: Bucket, d: int) -> str:
+    """Why a device that can run nothing locally got no offloaded configuration either."""
+    index, devices = bucket.index, bucket.devices
+    t = index.table
+    rows = np.flatnonzero(t.uses_shared)
+    dev = np.full(len(rows), d)
+    fits = index.fits(devices, dev, index.row_group[rows]) & np.isfinite(index.latency(devices, dev, rows))
+    rows = rows[fits]
+    head = "nothing it can run locally fits its memory, and"
+    if len(rows) and all(_over_capacity(bucket, int(r)) for r in rows):
+        least = int(rows[np.argmin(t.edge_slots[rows] + t.cloud_slots[rows])])
+        return f"{head} the least shared capacity it can offload with {_over_capacity(bucket, least)}"
+    return f"{head} the shared capacity it needs to offload went to other devices"
+
+
+def accuracy_note(bucket: Bucket, d: int) -> str:
+    """Why nothing meets the floor: the best accuracy among what fits the device's memory, and
+    whether something that reaches the floor exists but does not fit."""
+    index, devices = bucket.index, bucket.devices
+    t = index.table
+    rows = np.arange(t.size)
+    dev = np.full(t.size, d)
+    fits = index.fits(devices, dev, index.row_group) & np.isfinite(index.latency(devices, dev, rows))
+    floor = f"{index.floor:g} accuracy floor"
+    best = float(np.max(t.quality[fits], initial=0.0))
+    text = f"nothing that fits its memory reaches the {floor} (the best that fits: {best:.4f})"
+    reaching = index.sorted_rows  # the rows that meet the floor
+    if len(reaching):
+        need = t.head_bytes[reaching] + np.where(t.uses_shared[reaching], devices.fallback_bytes[d], 0.0)
+        text += (
+            f"; configurations reaching it need at least {_mib(float(need.min()))} of memory, "
+            f"{_mib(float(devices.usable_bytes[d]))} may be used"
+        )
+    return text
+
+
+def disclosures(bucket: Bucket, row: int) -> list[str]:
+    """What a reason must own up to about the figures behind it: a class nobody described, timed as
+    the controller host (``catalog``), and an accuracy that is an estimate (``inputs``)."""
+    t = bucket.index.table
+    out: list[str] = []
+    tiers = [("device", t.device)]
+    if row != NONE and t.pe[row] != NONE and t.edge_tier is not None:
+        tiers.append((f"edge pool {bucket.edge_pool}", t.edge_tier))
+    if row != NONE and t.pc[row] != NONE and t.cloud_tier is not None:
+        tiers.append((f"cloud pool {bucket.cloud_pool}", t.cloud_tier))
+    for who, tier in tiers:
+        spec = tier.spec
+        if spec.source != "unknown":
+            continue
+        measured = all((spec.name, p, 1) in t.model.block_ms for p in tier.precisions)
+        times = "its block times as measured on it" if measured else "block times as the host's (scale 1)"
+        memory = f", {_mib(spec.memory_bytes)} of memory unless it reports its own" if who == "device" else ""
+        out.append(
+            f"the {who}'s hardware class {spec.name!r} is in neither the catalog nor a HardwareClass "
+            f"policy: treated as the controller host ({times}, every precision{memory})"
+        )
+    used = (
+        {t.precisions[int(p)] for p in (t.pd[row], t.pe[row], t.pc[row]) if p != NONE}
+        if row != NONE
+        else set()
+    )
+    if len(used) > 1 and t.model.estimated_loss:  # a mix: its accuracy is the additive estimate
+        estimated = sorted(used & t.model.estimated_loss)
+        if estimated:
+            out.append(
+                f"its accuracy is an estimate: the blocks' own losses at {', '.join(estimated)} were not "
+                "measured, so the whole variant's loss is spread over them"
+            )
+    return out
 
 
 def _best_local(
@@ -382,7 +535,14 @@ def _alternatives(bucket: Bucket, d: int, chosen: int) -> tuple[Alternative, ...
                 memory_bytes=int(t.head_bytes[r] + (0 if t.pattern[r] == 0 else devices.fallback_bytes[d])),
                 score=float(scores[r]),
                 why_not=_why_not(
-                    index, r, float(latency[r]), bool(fits[r]), float(scores[r]), float(scores[chosen])
+                    bucket,
+                    d,
+                    r,
+                    chosen,
+                    float(latency[r]),
+                    bool(fits[r]),
+                    float(scores[r]),
+                    float(scores[chosen]),
                 ),
                 cut_indices=tuple(cut_index(t, b) for b in key_of(t, r).cuts),
             )
@@ -390,7 +550,17 @@ def _alternatives(bucket: Bucket, d: int, chosen: int) -> tuple[Alternative, ...
     return tuple(out)
 
 
-def _why_not(index: TableIndex, row: int, latency: float, fits: bool, score: float, chosen: float) -> str:
+def _why_not(
+    bucket: Bucket,
+    d: int,
+    row: int,
+    chosen_row: int,
+    latency: float,
+    fits: bool,
+    score: float,
+    chosen: float,
+) -> str:
+    index = bucket.index
     t = index.table
     if not fits:
         return "does not fit the device's memory (with its fallback)"
@@ -402,6 +572,15 @@ def _why_not(index: TableIndex, row: int, latency: float, fits: bool, score: flo
     if reasons:
         return "; ".join(reasons)
     if score > chosen + _EPS:
+        margin = index.weights.hysteresis
+        if int(bucket.current[d]) == chosen_row and score - chosen <= margin + _EPS:
+            return (
+                f"better by {score - chosen:.4f}, below the hysteresis margin of {margin:g}: the current "
+                "configuration is kept"
+            )
+        over = _over_capacity(bucket, row)
+        if over:
+            return f"better, but it {over}"
         return "better, but the shared capacity it needs went to other devices"
     return f"scores lower ({score:.4f} vs {chosen:.4f}: accuracy, latency and capacity weighed)"
 

@@ -13,7 +13,10 @@ the blocks in proportion to their fp32 time, and the model says so (``estimated_
 explanation never passes an estimate off as a measurement.
 
 Hardware classes whose agents profiled the blocks (``Model.class_profiles``, the median over the
-devices of the class) get those times; the planner scales the host's for the others.
+devices of the class) get those times; the planner scales the host's for the others. The same goes
+for the call overhead a segment of several blocks saves per extra block: the host's as measured at
+import (``Model.call_overhead``), a class's median where its agents reported one
+(``Model.class_call_overhead``).
 """
 
 from __future__ import annotations
@@ -83,6 +86,14 @@ def planner_model(model: Model) -> PlannerModel | None:
     block_loss = {p: measured.get(p) or tuple((1.0 - quality[p]) * s for s in share) for p in precisions}
     block_loss["fp32"] = (0.0,) * len(spans)
     times.update(_class_times(model, spans))
+    overheads = {(HOST, c.batch_size): c.latency_ms for c in model.call_overhead if c.latency_ms >= 0}
+    overheads.update(
+        {
+            (c.hardware_class, c.batch_size): c.latency_ms
+            for c in model.class_call_overhead
+            if c.devices > 0 and c.latency_ms >= 0
+        }
+    )
     by_index = {c.index: c for c in model.cut_points}
     boundary = [_bytes(fp32.inputs), *(_cut_bytes(by_index.get(c)) for c in cuts), _bytes(fp32.outputs)]
     return PlannerModel(
@@ -94,6 +105,7 @@ def planner_model(model: Model) -> PlannerModel | None:
         block_bytes=block_bytes,
         block_loss=block_loss,
         variants={p: VariantInfo(p, variants[p].size_bytes, quality[p]) for p in precisions},
+        call_overhead_ms=overheads,
         estimated_loss=frozenset(p for p in precisions if p != "fp32" and p not in measured),
     )
 
@@ -180,6 +192,7 @@ def plan_input(
     *,
     links: Mapping[str, Mapping[str, Link]] | None = None,
     current: Mapping[str, ConfigKey] | None = None,
+    current_edge_node: Mapping[str, str] | None = None,
     weights: Weights | None = None,
 ) -> PlanInput:
     """What the planner reads, from applied (or candidate) policies and the controller's view of the
@@ -189,7 +202,8 @@ def plan_input(
     Devices that serve a pool (its nodes: matched by the pool and reporting the address of their
     SegmentService) are not planned as clients, whatever groups select them: they run other devices'
     segments. ``links`` are measured links by device and pool name;
-    ``current`` each device's configuration now (for hysteresis)."""
+    ``current`` each device's configuration now and ``current_edge_node`` the edge node it uses (for
+    hysteresis)."""
     by_id = sorted(devices, key=lambda d: d.id)
     pools: list[PoolInput] = []
     servers: set[str] = set()
@@ -269,6 +283,7 @@ def plan_input(
         pools=tuple(pools),
         hardware=hardware_classes(policies),
         current=dict(current or {}),
+        current_edge_node=dict(current_edge_node or {}),
         weights=weights or Weights(),
     )
 

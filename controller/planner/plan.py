@@ -8,9 +8,11 @@
    more than the hysteresis.
 3. Shared capacity, by priority: the highest priority's devices are allocated first
    (``allocate``), then the next priority gets what is left, and so on.
-4. Devices offloading to an edge pool are placed on its nodes (fullest-first decreasing: the
-   biggest loads first, each on the node with the most room); a cloud pool balances load over its
-   workers by itself, so it is planned as one.
+4. Devices offloading to an edge pool are placed on its nodes: each on its current node
+   (``PlanInput.current_edge_node``) where it still fits, the others fullest-first decreasing (the
+   biggest loads first, each on the node with the most room); under contention the hysteresis is on
+   the current configuration *at* its current node. A cloud pool balances load over its workers by
+   itself, so it is planned as one.
 5. Every device's plan says what runs where, predicted latency (compute, queueing and transfer per
    hop), accuracy, memory, its fallback, and why (``explain``).
 """
@@ -25,7 +27,7 @@ import numpy as np
 
 from controller.planner import catalog, explain
 from controller.planner.allocate import Bucket, allocate, edge_resource
-from controller.planner.configs import NONE, ConfigTable, I, build_table
+from controller.planner.configs import NONE, ConfigTable, I, batching_on, build_table
 from controller.planner.search import Devices, TableIndex
 from controller.planner.types import (
     Binding,
@@ -79,11 +81,17 @@ def prepare(data: PlanInput) -> Prepared:
     for m in members:
         edge, cloud = m.edge.name if m.edge else "", m.cloud.name if m.cloud else ""
         groups[(m.deployment.name, m.device.hardware_class, edge, cloud)].append(m)
+    # Devices each pool serves per deployment: what a batching node's arrival rate is taken from.
+    clients: dict[tuple[str, str], int] = defaultdict(int)
+    for m in members:
+        for pool in (m.edge, m.cloud):
+            if pool is not None:
+                clients[(m.deployment.name, pool.name)] += 1
     indexes: dict[tuple[object, ...], TableIndex] = {}
     prepared = Prepared([], [], [], infeasible, unplanned, notes)
     for key in sorted(groups):
         ms = groups[key]
-        index = _index_for(ms[0], specs, data, indexes)
+        index = _index_for(ms[0], specs, data, indexes, clients)
         table = index.table
         fb_rows = [_fallback_row(table, m.usable) for m in ms]
         devices = Devices.of(
@@ -103,7 +111,23 @@ def prepare(data: PlanInput) -> Prepared:
             ],
             dtype=np.int64,
         )
-        prepared.buckets.append(Bucket(index, devices, key[2], key[3], current))
+        edge_pool, cloud_pool = ms[0].edge, ms[0].cloud
+        nodes = set(edge_pool.nodes) if edge_pool is not None else set()
+        current_node: tuple[str, ...] = ()
+        if nodes and data.current_edge_node:
+            current_node = tuple(_current_node(data, m.device.id, key[2], nodes) for m in ms)
+        prepared.buckets.append(
+            Bucket(
+                index,
+                devices,
+                key[2],
+                key[3],
+                current,
+                current_node=current_node,
+                edge_node_slots=edge_pool.node_capacity_slots if edge_pool is not None else 0.0,
+                cloud_pool_slots=cloud_pool.capacity_slots if cloud_pool is not None else 0.0,
+            )
+        )
         prepared.members.append(ms)
         prepared.fallbacks.append(fb_rows)
     return prepared
@@ -138,21 +162,13 @@ def plan(data: PlanInput, *, explain_devices: Collection[str] = ()) -> Plan:
         can = explain.possible(b) if missing else []
         for d in missing:
             m = ms[d]
+            owned = explain.disclosures(b, NONE)
             if can[d].fits:
-                why = (
-                    "nothing it can run locally fits its memory, and the shared capacity it needs to "
-                    "offload went to other devices"
-                )
+                why = "; ".join([explain.offload_note(b, d), *owned])
                 infeasible.append(Infeasible(m.device.id, m.deployment.name, Binding.CAPACITY, why))
             else:
-                infeasible.append(
-                    Infeasible(
-                        m.device.id,
-                        m.deployment.name,
-                        Binding.MEMORY,
-                        explain.nothing_fits(b.index, m.usable),
-                    )
-                )
+                why = "; ".join([explain.nothing_fits(b.index, m.usable), *owned])
+                infeasible.append(Infeasible(m.device.id, m.deployment.name, Binding.MEMORY, why))
     plans.sort(key=lambda p: p.device_id)
     infeasible.sort(key=lambda x: x.device_id)
     return Plan(
@@ -165,24 +181,49 @@ def plan(data: PlanInput, *, explain_devices: Collection[str] = ()) -> Plan:
 
 
 def _index_for(
-    m: _Member, specs: _Specs, data: PlanInput, cache: dict[tuple[object, ...], TableIndex]
+    m: _Member,
+    specs: _Specs,
+    data: PlanInput,
+    cache: dict[tuple[object, ...], TableIndex],
+    clients: Mapping[tuple[str, str], int],
 ) -> TableIndex:
     """The table for a member's kind of device. Tables are shared by content: a hundred edge sites
     with the same hardware and link to the cloud have one table, whose rows each bucket reads with
     its own pool names."""
     edge = (m.edge, specs.get(m.edge.hardware_class)) if m.edge else None
     cloud = (m.cloud, specs.get(m.cloud.hardware_class)) if m.cloud else None
+    dep = m.deployment
+
+    def arrivals(pool: PoolInput | None) -> float:
+        """Requests/s at one node of ``pool`` if every device it serves for the deployment offloaded."""
+        if pool is None or not batching_on(dep.batching):
+            return 0.0  # only a batching node's expected batch depends on it
+        return dep.request_rate * clients.get((dep.name, pool.name), 0) / max(len(pool.nodes), 1)
+
+    rates = (arrivals(m.edge), arrivals(m.cloud))
     content = (
-        m.deployment.name,
+        dep.name,
         m.device.hardware_class,
-        None if m.edge is None else (m.edge.hardware_class, m.edge.utilization_cap, m.edge.cloud_link),
-        None if m.cloud is None else (m.cloud.hardware_class, m.cloud.utilization_cap, m.cloud.default_link),
+        None
+        if m.edge is None
+        else (m.edge.hardware_class, m.edge.utilization_cap, m.edge.slots_per_node, m.edge.cloud_link),
+        None
+        if m.cloud is None
+        else (m.cloud.hardware_class, m.cloud.utilization_cap, m.cloud.slots_per_node, m.cloud.default_link),
+        rates,
     )
     index = cache.get(content)
     if index is None:
-        table = build_table(m.model, m.deployment, m.spec, edge, cloud)
+        table = build_table(m.model, dep, m.spec, edge, cloud, rates)
         index = cache[content] = TableIndex(table, data.weights)
     return index
+
+
+def _current_node(data: PlanInput, device_id: str, pool: str, nodes: Collection[str]) -> str:
+    """The edge node a device's current plan uses, where it is still a node of the device's pool."""
+    node = data.current_edge_node.get(device_id, "")
+    key = data.current.get(device_id)
+    return node if node in nodes and (key is None or key.edge_pool in ("", pool)) else ""
 
 
 class _Specs:

@@ -123,6 +123,10 @@ class TableIndex:
         span = float(np.max(self.sorted_base, initial=0.0)) + 1.0
         self._span = span
         self._keys = self.sorted_group * span + self.sorted_base
+        #: The price-independent part of ``best_meeting`` (and the local rows' scores) for the last
+        #: devices asked about: capacity allocation asks about the same devices at many prices.
+        self._geometry: tuple[Devices, B, I, F] | None = None
+        self._local: tuple[Devices, I, F] | None = None
 
     # --- scores -----------------------------------------------------------------------------------
 
@@ -180,16 +184,14 @@ class TableIndex:
 
     # --- search -----------------------------------------------------------------------------------
 
-    def best_meeting(self, devices: Devices, prices: Prices) -> tuple[I, F]:
-        """Per device: its best configuration that meets the SLO and the floor, and its score;
-        row -1 and score -inf where none does."""
+    def _where(self, devices: Devices) -> tuple[B, I, F]:
+        """Per (device, group), device-major: whether some tail of the group meets for the device,
+        the position in the sorted rows of the slowest tail that does, and the first hop's share of
+        the score (``wl * link / slo``). Cached for the last ``devices``."""
+        cached = self._geometry
+        if cached is not None and cached[0] is devices:
+            return cached[1], cached[2], cached[3]
         n = len(devices)
-        best_row = np.full(n, NONE, dtype=np.int64)
-        best_score = np.full(n, -np.inf)
-        if n == 0 or len(self.sorted_rows) == 0:
-            return best_row, best_score
-        const = self.device_independent(self.sorted_rows, prices)
-        run_value, run_row = _running_max(const, self.sorted_group, self.groups)
         dev = np.repeat(np.arange(n), self.groups)
         grp = np.tile(np.arange(self.groups), n)
         link = self.link_ms(devices, dev, grp)
@@ -200,13 +202,45 @@ class TableIndex:
         )
         ok &= (pos >= self.group_start[grp]) & (pos < self.group_stop[grp])
         pos = np.where(ok, pos, 0)
-        value = np.where(ok, run_value[pos] - self.weights.latency_weight * link / self.slo, -np.inf)
-        rows = np.where(ok, self.sorted_rows[run_row[pos]], NONE)
+        link_term = np.where(ok, self.weights.latency_weight * link / self.slo, 0.0)
+        self._geometry = (devices, ok, pos, link_term)
+        return ok, pos, link_term
+
+    def best_meeting(self, devices: Devices, prices: Prices) -> tuple[I, F]:
+        """Per device: its best configuration that meets the SLO and the floor, and its score;
+        row -1 and score -inf where none does."""
+        n = len(devices)
+        best_row = np.full(n, NONE, dtype=np.int64)
+        best_score = np.full(n, -np.inf)
+        if n == 0 or len(self.sorted_rows) == 0:
+            return best_row, best_score
+        const = self.device_independent(self.sorted_rows, prices)
+        run_value, run_row = _running_max(const, self.sorted_group, self.groups)
+        ok, pos, link_term = self._where(devices)
+        value = np.where(ok, run_value[pos] - link_term, -np.inf)
         per_device = value.reshape(n, self.groups)
         pick = np.argmax(per_device, axis=1)
-        best_score = per_device[np.arange(n), pick]
-        best_row = np.where(np.isfinite(best_score), rows.reshape(n, self.groups)[np.arange(n), pick], NONE)
+        at = np.arange(n) * self.groups + pick
+        best_score = value[at]
+        best_row = np.where(np.isfinite(best_score), self.sorted_rows[run_row[pos[at]]], NONE)
         return best_row, best_score
+
+    def local_best(self, devices: Devices) -> tuple[I, F]:
+        """Per device, its best local row and that row's score (local rows take no shared capacity,
+        so no price changes it); cached for the last ``devices``."""
+        cached = self._local
+        if cached is not None and cached[0] is devices:
+            return cached[1], cached[2]
+        local = np.flatnonzero(self.table.pattern == int(Pattern.LOCAL))
+        n, k = len(devices), len(local)
+        if not k:
+            rows, scores = np.full(n, NONE, dtype=np.int64), np.full(n, -np.inf)
+        else:
+            s = self.score(devices, np.repeat(np.arange(n), k), np.tile(local, n), Prices()).reshape(n, k)
+            pick = np.argmax(s, axis=1)
+            rows, scores = local[pick], s[np.arange(n), pick]
+        self._local = (devices, rows, scores)
+        return rows, scores
 
     def best_effort(self, devices: Devices, dev: I, prices: Prices) -> tuple[I, F]:
         """Per device in ``dev``: its best configuration over *every* row (exact, dense), for devices
@@ -214,6 +248,8 @@ class TableIndex:
         size = self.table.size
         out_rows = np.full(len(dev), NONE, dtype=np.int64)
         out_score = np.full(len(dev), -np.inf)
+        if size == 0:  # nothing the deployment allows runs on this class
+            return out_rows, out_score
         chunk = max(1, _DENSE_CELLS // max(size, 1))
         for lo in range(0, len(dev), chunk):
             part = dev[lo : lo + chunk]
@@ -240,14 +276,9 @@ class TableIndex:
         rows, scores = self.best_meeting(devices, prices)
         priced = bool(prices.edge or prices.cloud)
         if priced:
-            local = np.flatnonzero(self.table.pattern == int(Pattern.LOCAL))
-            if len(local):
-                n, k = len(devices), len(local)
-                s = self.score(devices, np.repeat(np.arange(n), k), np.tile(local, n), prices).reshape(n, k)
-                pick = np.argmax(s, axis=1)
-                local_score = s[np.arange(n), pick]
-                better = local_score > scores
-                rows[better], scores[better] = local[pick[better]], local_score[better]
+            local_row, local_score = self.local_best(devices)
+            better = local_score > scores
+            rows[better], scores[better] = local_row[better], local_score[better]
         missing = np.flatnonzero(~np.isfinite(scores))
         if effort is not None and len(missing):
             known = missing[effort[missing] != NONE] if not priced else np.flatnonzero(effort != NONE)

@@ -121,8 +121,10 @@ class PlannerModel:
     """One model as the planner sees it: blocks between its profiled cut points.
 
     ``block_ms[(hardware_class, precision, batch)]`` holds per-block latency (ms per call at batch 1;
-    ms per *call* at batch 32 too — divided by 32 where a per-sample cost is needed), measured on
-    ``HOST`` or, for a hardware class, the median over devices of that class that profiled it.
+    ms per *call* at batch 32 too — a batch of another size is interpolated between the two, see
+    ``configs``), measured on ``HOST`` or, for a hardware class, the median over devices of that
+    class that profiled it. ``call_overhead_ms[(hardware_class or HOST, batch)]``: the cost of one
+    call at that batch, which a segment of several blocks pays once.
     ``block_loss[p][k]`` is the quality lost when block k alone runs at p (0 for fp32);
     ``block_bytes[p][k]`` its weights at p.
     """

@@ -62,22 +62,72 @@ def _overhead(model: PlannerModel, spec: HardwareClassSpec, batch: int) -> float
     return model.call_overhead_ms.get((HOST, batch), 0.0) * scale
 
 
+def _floor(blocks: list[float], start: int, end: int, overhead: float) -> float:
+    """Blocks [start, end) as one call: their sum less the extra calls' overheads, never less than
+    the slowest of them nor 1 microsecond."""
+    part = blocks[start:end]
+    return max(sum(part) - (len(part) - 1) * overhead, max(part), 1e-3)
+
+
 def segment_ms(model: PlannerModel, spec: HardwareClassSpec, p: str, start: int, end: int) -> float:
     if end <= start:
         return 0.0
     blocks = _times(model, spec, p, 1)
     assert blocks is not None
-    return max(sum(blocks[start:end]) - (end - start - 1) * _overhead(model, spec, 1), 0.0)
+    return _floor(blocks, start, end, _overhead(model, spec, 1))
 
 
-def sample_ms(model: PlannerModel, spec: HardwareClassSpec, p: str, start: int, end: int) -> float:
-    if end <= start:
-        return 0.0
+def batch_ms(
+    model: PlannerModel, spec: HardwareClassSpec, p: str, start: int, end: int, batch: float
+) -> tuple[float, float]:
+    """(call time of a batch of ``batch`` rows, the rows it holds): linear between the batch-1 and
+    batch-32 calls, per row at most a call alone and at least nothing; batch 1 without a batch-32
+    profile."""
+    one = segment_ms(model, spec, p, start, end)
     blocks = _times(model, spec, p, 32)
-    if blocks is None:
-        return segment_ms(model, spec, p, start, end)
-    per = [b / 32.0 for b in blocks]
-    return max(sum(per[start:end]) - (end - start - 1) * _overhead(model, spec, 32) / 32.0, 0.0)
+    if blocks is None or batch <= 1.0 or end <= start:
+        return one, 1.0
+    full = _floor(blocks, start, end, _overhead(model, spec, 32))
+    per_row = min(max((full - one) / 31.0, 0.0), one)
+    return one + (batch - 1.0) * per_row, batch
+
+
+def deployment_of(data: PlanInput, device_id: str) -> DeploymentInput | None:
+    """The highest-priority deployment selecting the device (ties: by name)."""
+    deps = [d for d in data.deployments if device_id in d.device_ids]
+    return min(deps, key=lambda d: (-d.priority, d.name)) if deps else None
+
+
+def pools_of(
+    data: PlanInput, device_id: str, dep: DeploymentInput
+) -> tuple[PoolInput | None, PoolInput | None]:
+    """The first edge and the first cloud pool of the deployment the device can reach."""
+    if not dep.partitioning:
+        return None, None
+    by_name = {p.name: p for p in data.pools}
+
+    def first(tier: Tier) -> PoolInput | None:
+        names = dep.edge_pools if tier is Tier.EDGE else dep.cloud_pools
+        if not names:
+            names = tuple(sorted(p.name for p in data.pools if p.tier is tier))
+        for name in names:
+            p = by_name.get(name)
+            if p and p.tier is tier and p.nodes and (p.clients is None or device_id in p.clients):
+                return p
+        return None
+
+    return first(Tier.EDGE), first(Tier.CLOUD)
+
+
+def clients(data: PlanInput, dep: DeploymentInput, pool: PoolInput) -> int:
+    """Devices of the deployment that the pool serves (their first pool of its tier)."""
+    count = 0
+    for device in data.devices:
+        if deployment_of(data, device.id) is not dep:
+            continue
+        edge, cloud = pools_of(data, device.id, dep)
+        count += pool in (edge, cloud)
+    return count
 
 
 def allowed(dep: DeploymentInput, tier: Tier, spec: HardwareClassSpec, model: PlannerModel) -> list[str]:
@@ -144,13 +194,24 @@ def options(
     if not dep.partitioning:
         return out, fb_name
 
+    served = {pool.name: clients(data, dep, pool) for pool in (edge, cloud) if pool is not None}
+
     def serve(
         pool: PoolInput, pspec: HardwareClassSpec, p: str, start: int, end: int
     ) -> tuple[float, float, float]:
-        compute = segment_ms(model, pspec, p, start, end)
-        service = sample_ms(model, pspec, p, start, end) if dep.batching else compute
         rho = min(pool.utilization_cap, 0.95)
-        wait = rho / (2 * (1 - rho)) * service + (dep.batching.max_queue_delay_ms if dep.batching else 0.0)
+        mean = rho / (2 * (1 - rho))
+        b = dep.batching
+        if b is not None and b.max_batch_size > 1 and b.max_queue_delay_ms > 0:
+            rate = dep.request_rate * served[pool.name] / len(pool.nodes)
+            batch = min(b.max_batch_size, max(1.0, rate * b.max_queue_delay_ms / 1000.0))
+            compute, rows = batch_ms(model, pspec, p, start, end, batch)
+            wait = mean * compute + b.max_queue_delay_ms
+            service = compute / rows
+        else:
+            compute = segment_ms(model, pspec, p, start, end)
+            wait = mean * compute / pool.slots_per_node
+            service = compute
         return compute, wait, dep.request_rate * service / 1000.0
 
     def quality(parts: list[tuple[str, int, int]]) -> float:

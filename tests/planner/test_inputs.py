@@ -8,7 +8,9 @@ import dataclasses
 from common.types import (
     BlockAccuracy,
     BlockProfile,
+    CallOverhead,
     ClassBlockProfile,
+    ClassCallOverhead,
     CutPoint,
     DataType,
     Device,
@@ -17,8 +19,8 @@ from common.types import (
     ModelVariant,
     TensorSpec,
 )
-from controller.planner.inputs import plan_input, planner_model
-from controller.planner.types import HOST, Tier
+from controller.planner.inputs import hardware_classes, plan_input, planner_model
+from controller.planner.types import HOST, ConfigKey, Pattern, Tier
 from controller.policy import load_policy_texts
 
 SPEC_IN = TensorSpec("x", DataType.FLOAT32, (-1, 64))
@@ -157,3 +159,43 @@ def test_policies_resolve_against_the_fleet() -> None:
     )  # override, field by field
     assert phone.memory_bytes == 2**30 and phone.source == "policy:phone-cpu"
     assert set(data.models) == {"m"}
+
+
+def test_call_overheads_reach_the_planner_model_by_class_and_batch() -> None:
+    m = dataclasses.replace(
+        model(),
+        call_overhead=(CallOverhead(1, 0.02), CallOverhead(32, 0.05)),
+        class_call_overhead=(
+            ClassCallOverhead("phone-cpu", 1, 0.3, devices=4),
+            ClassCallOverhead("edge-npu", 1, 0.9, devices=0),  # nobody measured it: not used
+        ),
+    )
+    pm = planner_model(m)
+    assert pm is not None
+    assert pm.call_overhead_ms == {(HOST, 1): 0.02, (HOST, 32): 0.05, ("phone-cpu", 1): 0.3}
+    bare = planner_model(model())
+    assert bare is not None and bare.call_overhead_ms == {}
+
+
+def test_a_hardware_class_policy_restating_the_catalog_changes_nothing() -> None:
+    text = """
+apiVersion: edgefleet.io/v1alpha1
+kind: HardwareClass
+metadata: {name: edge-npu}
+spec: {latencyScale: {int8: 0.15}}
+"""
+    (spec,) = hardware_classes(load_policy_texts({"h.yaml": text})).values()
+    assert spec.batch_scale["int8"] == 0.05 and spec.latency_scale["int8"] == 0.15
+
+
+def test_the_current_edge_node_is_passed_through() -> None:
+    policies = load_policy_texts(POLICIES)
+    key = ConfigKey(Pattern.DEVICE_EDGE, (1,), ("fp32", "fp32"), "edge", "")
+    data = plan_input(
+        policies,
+        [device("p1", "phone-cpu", region="eu")],
+        {"m": model()},
+        current={"p1": key},
+        current_edge_node={"p1": "e1"},
+    )
+    assert data.current == {"p1": key} and data.current_edge_node == {"p1": "e1"}

@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 
-from controller.planner import plan, synthetic
+from controller.planner import catalog, plan, synthetic
 from controller.planner.exact import objective, solve_exact
 from controller.planner.types import (
     HOST,
@@ -27,6 +27,7 @@ from controller.planner.types import (
 from tests.planner import reference
 
 MIB = 2**20
+PRECISIONS4 = ("fp32", "fp16", "int8", "int4")
 
 
 def tiny_model(local_ms: float = 40.0) -> PlannerModel:
@@ -213,3 +214,152 @@ def test_contended_fleet_is_within_two_percent_of_the_exact_optimum() -> None:
     assert any(u.used_slots >= 0.9 * u.capacity_slots for u in result.usage if u.tier is Tier.EDGE)
     for u in result.usage:
         assert u.used_slots <= u.capacity_slots + 1e-9
+
+
+# --- re-planning, node placement and explanations (review findings) ------------------------------
+
+
+def test_replanning_a_contended_fleet_keeps_every_device_on_its_configuration_and_node() -> None:
+    # Three nodes of one site, shared by two priorities, full: before hysteresis covered the node,
+    # re-planning this moved devices between the site's nodes although nothing had changed.
+    data = synthetic.instance(
+        3,
+        devices=100,
+        cuts=8,
+        edge_sites=1,
+        nodes_per_site=3,
+        slots_per_node=1,
+        cloud_workers=2,
+        cloud_slots=2,
+        slo_ms=30.0,
+        request_rate=20.0,
+        priorities=(0, 5),
+    )
+    first = plan(data)
+    nodes = {p.edge_node for p in first.devices if p.edge_node}
+    assert len(nodes) == 3  # every node serves someone...
+    assert all(
+        u.used_slots >= 0.9 * u.capacity_slots for u in first.usage if u.node in nodes
+    )  # ...and is full
+    again = plan(
+        dataclasses.replace(
+            data,
+            current={p.device_id: p.key for p in first.devices},
+            current_edge_node={p.device_id: p.edge_node for p in first.devices if p.edge_node},
+        )
+    )
+    before = {p.device_id: (p.key, p.edge_node) for p in first.devices}
+    moved = [p.device_id for p in again.devices if (p.key, p.edge_node) != before[p.device_id]]
+    assert moved == []
+
+
+def test_a_device_stays_on_its_current_node_when_it_fits_there() -> None:
+    data = fleet(4, slots=100, nodes=3)
+    first = plan(data)
+    assert {p.edge_node for p in first.devices} >= {"e0", "e1"}
+    # Tell the planner they all run on e2 now: there is room, so there they stay.
+    again = plan(
+        dataclasses.replace(
+            data,
+            current={p.device_id: p.key for p in first.devices},
+            current_edge_node={p.device_id: "e2" for p in first.devices},
+        )
+    )
+    assert {p.edge_node for p in again.devices} == {"e2"}
+
+
+def test_an_edge_segment_always_takes_time_and_a_node() -> None:
+    # A call overhead larger than the blocks it is subtracted from once made the whole edge segment
+    # free: no slots, so no node, and load nobody tracked.
+    data = synthetic.instance(1, devices=3, cuts=4, edge_sites=1, nodes_per_site=2)
+    devices = tuple(
+        dataclasses.replace(d, links={k: Link(500.0, 2.0) for k in d.links}) for d in data.devices
+    )
+    slow_phone = HardwareClassSpec(
+        "phone-cpu",
+        ("fp32", "fp16", "int8", "int4"),
+        4 * 1024 * MIB,
+        dict.fromkeys(PRECISIONS4, 20.0),
+        dict.fromkeys(PRECISIONS4, 20.0),
+    )
+    edge = dataclasses.replace(catalog.resolve("edge-npu"), call_overhead_ms=5.0, source="policy:edge-npu")
+    result = plan(
+        dataclasses.replace(data, devices=devices, hardware={"edge-npu": edge, "phone-cpu": slow_phone})
+    )
+    on_edge = [p for p in result.devices if p.key.pattern is Pattern.DEVICE_EDGE]
+    assert on_edge
+    model = next(iter(data.models.values()))
+    for p in on_edge:
+        (seg,) = [s for s in p.segments if s.tier is Tier.EDGE]
+        slowest = max(model.block_ms[(HOST, seg.precision, 1)][seg.start : seg.end])
+        assert (
+            seg.compute_ms >= slowest * edge.latency_scale[seg.precision] - 1e-9
+        )  # never below its slowest block
+        assert seg.slots > 0 and p.edge_node and seg.where == p.edge_node
+    assert sum(u.devices for u in result.usage if u.tier is Tier.EDGE) == len(on_edge)
+
+
+def test_a_device_whose_best_configuration_needs_more_than_a_node_is_told_so() -> None:
+    data = fleet(1, slots=1)
+    data = dataclasses.replace(
+        data, deployments=(dataclasses.replace(data.deployments[0], request_rate=2000.0),)
+    )
+    (p,) = plan(data, explain_devices={"p00"}).devices
+    assert p.binding is Binding.CAPACITY
+    assert "needs 3.20 slots of an edge node" in p.reason and "a node of edge holds 0.50" in p.reason
+    assert "went to other devices" not in p.reason
+    edge = next(a for a in p.alternatives if a.key.pattern is Pattern.DEVICE_EDGE)
+    assert "a node of edge holds 0.50" in edge.why_not
+
+
+def test_a_configuration_kept_by_hysteresis_is_explained_as_such() -> None:
+    data = fleet(1, slots=100)
+    current = ConfigKey(Pattern.DEVICE_EDGE, (1,), ("int8", "fp32"), "edge", "")
+    weights = dataclasses.replace(data.weights, hysteresis=0.01)
+    (p,) = plan(
+        dataclasses.replace(data, current={"p00": current}, weights=weights), explain_devices={"p00"}
+    ).devices
+    assert p.key == current and p.binding is None
+    assert "kept as it is by hysteresis" in p.reason and "below the hysteresis margin of 0.01" in p.reason
+    better = max(p.alternatives, key=lambda a: a.score)
+    assert better.score > p.score and "hysteresis" in better.why_not and "capacity" not in better.why_not
+
+
+def test_the_accuracy_floor_message_names_memory_when_what_reaches_it_does_not_fit() -> None:
+    data = fleet(1, slots=100)
+    data = dataclasses.replace(
+        data,
+        devices=(dataclasses.replace(data.devices[0], memory_bytes=20 * MIB),),
+        deployments=(dataclasses.replace(data.deployments[0], partitioning=False, slo_ms=100.0),),
+    )
+    (p,) = plan(data).devices
+    assert p.binding is Binding.ACCURACY
+    # The best over what fits (int8), not over configurations it cannot hold (fp32's 1.0).
+    assert "the best that fits: 0.9900" in p.reason and "1.0000" not in p.reason
+    assert "need at least 40.0 MiB of memory, 16.0 MiB may be used" in p.reason
+
+
+def test_reasons_own_up_to_estimated_accuracy_and_unknown_hardware() -> None:
+    data = fleet(1, slots=1)
+    model = dataclasses.replace(tiny_model(), estimated_loss=frozenset({"int8"}))
+    data = dataclasses.replace(
+        data,
+        models={"m": model},
+        deployments=(dataclasses.replace(data.deployments[0], request_rate=400.0),),
+    )
+    (p,) = plan(data).devices
+    assert len(set(p.key.precisions)) > 1  # a mix: int8 on the device, fp32 on the edge
+    assert "its accuracy is an estimate" in p.reason and "int8" in p.reason
+    # Measured variants (one precision everywhere) need no such note.
+    uniform = plan(
+        dataclasses.replace(data, deployments=(dataclasses.replace(data.deployments[0], request_rate=100.0),))
+    )
+    assert all("estimate" not in d.reason for d in uniform.devices if len(set(d.key.precisions)) == 1)
+    # A class nobody described is timed as the host, and its reason says so (an infeasible one too).
+    mystery = dataclasses.replace(data.devices[0], hardware_class="mystery-soc", memory_bytes=0)
+    (q,) = plan(dataclasses.replace(data, devices=(mystery,))).devices
+    assert "'mystery-soc' is in neither the catalog nor a HardwareClass policy" in q.reason
+    tiny = dataclasses.replace(mystery, memory_bytes=MIB)
+    off = dataclasses.replace(data.deployments[0], partitioning=False)
+    (x,) = plan(dataclasses.replace(data, devices=(tiny,), deployments=(off,))).infeasible
+    assert x.binding is Binding.MEMORY and "neither the catalog nor a HardwareClass policy" in x.reason
