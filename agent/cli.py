@@ -81,6 +81,14 @@ def run(
         ),
     ] = "",
     threads: Annotated[int, typer.Option(help="onnxruntime intra-op threads.")] = 1,
+    transport: Annotated[
+        str,
+        typer.Option(
+            help="The control channel: grpc (the Connect stream to --controller) or mqtt (through the "
+            "--mqtt broker). Enrollment and model downloads always use gRPC to --controller."
+        ),
+    ] = "grpc",
+    mqtt: Annotated[str, typer.Option(help="HOST:PORT of the MQTT 5 broker, for --transport mqtt.")] = "",
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
     log_format: Annotated[str, typer.Option(help="text or json.")] = "text",
 ) -> None:
@@ -100,6 +108,8 @@ def run(
             links=_links(link or []),
             threads=threads,
             advertise=_advertise(advertise),
+            transport=transport,
+            mqtt=_mqtt(transport, mqtt),
         )
         code = asyncio.run(run_agent(config))
     except EdgefleetError as exc:
@@ -108,6 +118,21 @@ def run(
         err.print(f"[red]error[/red]: {exc}")
         raise typer.Exit(1) from None
     raise typer.Exit(code)
+
+
+def _mqtt(transport: str, address: str) -> str:
+    """``--transport``/``--mqtt`` checked together: bad input exits 2 before anything starts."""
+    if transport not in ("grpc", "mqtt"):
+        raise InvalidArgument(f"--transport {transport!r}: use grpc or mqtt")
+    if transport == "grpc":
+        if address:
+            raise InvalidArgument("--mqtt is only used with --transport mqtt")
+        return ""
+    if not address:
+        raise InvalidArgument("--transport mqtt needs --mqtt HOST:PORT (the broker)")
+    from common.serde import address as check_address
+
+    return check_address("--mqtt", address)
 
 
 def _advertise(value: str) -> str:

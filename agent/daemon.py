@@ -12,7 +12,7 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +32,8 @@ from agent.partition import SegmentHost
 from agent.runtime import ModelLoadError, ModelSlot, load_model
 from agent.segment_api import SegmentApi
 from agent.state import DataDir
+from agent.transport import ChannelClosed, Connection, Transport
+from agent.transport import grpc as grpc_transport
 from common import limits, serde
 from common.errors import EdgefleetError, InvalidArgument, NotFound, PermanentError, TransientError
 from common.types import (
@@ -58,6 +60,8 @@ CHANNEL_OPTIONS = [
     ("grpc.min_reconnect_backoff_ms", 250),
     ("grpc.max_reconnect_backoff_ms", 5_000),
 ]
+#: Control messages a connection holds before its transport has taken them (gRPC: written to the
+#: stream; MQTT: acknowledged by the broker); one more resets the connection.
 OUTBOUND_QUEUE = 1024
 ENROLL_TIMEOUT_S = 15.0
 #: Infer/GetStatus calls served at once; more are refused with RESOURCE_EXHAUSTED, so a flood of
@@ -82,36 +86,10 @@ class AgentConfig:
     backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
     fetch_backoff: BackoffPolicy = field(default_factory=lambda: BackoffPolicy(base_s=1.0, cap_s=60.0))
     welcome_timeout_s: float = 15.0
-
-
-class _Outbound:
-    """The request side of one control stream: a bounded queue that the core's Sends go into."""
-
-    def __init__(self, maxsize: int) -> None:
-        self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=maxsize)
-        self._closed = False
-
-    def put(self, item: Any) -> bool:
-        """Queue ``item``; False when the queue is full (the controller is not reading)."""
-        try:
-            self._queue.put_nowait(item)
-        except asyncio.QueueFull:
-            return False
-        return True
-
-    def close(self) -> None:
-        """End the request stream. Never raises and needs no queue space: a full queue means the
-        generator is not waiting, and it checks the flag before every item it takes."""
-        self._closed = True
-        with contextlib.suppress(asyncio.QueueFull):
-            self._queue.put_nowait(None)  # wakes a generator waiting on an empty queue
-
-    async def requests(self) -> AsyncIterator[Any]:
-        while True:
-            item = await self._queue.get()
-            if item is None or self._closed:
-                return
-            yield item
+    #: The control channel: ``grpc`` (the Connect stream to ``controller``) or ``mqtt`` (through the
+    #: broker at ``mqtt``, HOST:PORT). Enrollment and artifacts always go over gRPC to ``controller``.
+    transport: str = "grpc"
+    mqtt: str = ""
 
 
 class _Abandoned(Exception):
@@ -124,9 +102,12 @@ _FetchOutcome = tuple[EdgefleetError, AssignmentFailure | None] | None
 
 
 class AgentDaemon:
-    def __init__(self, config: AgentConfig, *, controller_stub: Any = None) -> None:
+    def __init__(
+        self, config: AgentConfig, *, controller_stub: Any = None, transport: Transport | None = None
+    ) -> None:
         """``controller_stub`` stands in for the ControllerService stub (tests); by default ``start``
-        opens a channel to ``config.controller``."""
+        opens a channel to ``config.controller``. ``transport`` replaces the control channel the config
+        names (tests, the simulator: e.g. an in-process one)."""
         self.config = config
         self.data = DataDir(config.data_dir)
         self.cache = ArtifactCache(self.data.artifacts)
@@ -152,8 +133,10 @@ class AgentDaemon:
         self._stub: Any = controller_stub
         self._server: grpc.aio.Server | None = None
         self._infer_api: InferApi | None = None
-        self._outbound: _Outbound | None = None
-        self._stream: Any = None
+        self._transport: Transport | None = transport
+        #: The open control connection, and the task connecting/reading it.
+        self._connection: Connection | None = None
+        self._stream_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         #: Downloads in progress, by sha256, whoever asked for the bytes (an assignment, a profile).
         self._downloads: dict[str, asyncio.Task[_FetchOutcome]] = {}
@@ -184,6 +167,8 @@ class AgentDaemon:
         if self._stub is None:
             self._channel = grpc.aio.insecure_channel(self.config.controller, options=CHANNEL_OPTIONS)
             self._stub = serde.ControllerServiceStub(self._channel)
+        if self._transport is None:
+            self._transport = self._make_transport()
         server = grpc.aio.server(
             options=limits.GRPC_MESSAGE_OPTIONS,
             maximum_concurrent_rpcs=MAX_CONCURRENT_INFER_RPCS,
@@ -210,6 +195,17 @@ class AgentDaemon:
         # Whatever a previous run left behind and no longer needs. Partial downloads stay: the
         # controller will resend the assignment they belong to, and they resume.
         self._prune_cache(drop_partials=False)
+
+    def _make_transport(self) -> Transport:
+        if self.config.transport == "grpc":
+            return grpc_transport.GrpcTransport(self._stub, max_queued=OUTBOUND_QUEUE)
+        if self.config.transport == "mqtt":
+            from agent.transport.mqtt import MqttConfig, MqttTransport
+
+            if not self.config.mqtt:
+                raise InvalidArgument("--transport mqtt needs --mqtt HOST:PORT (the broker)")
+            return MqttTransport(MqttConfig.parse(self.config.mqtt, max_queued=OUTBOUND_QUEUE))
+        raise InvalidArgument(f"unknown transport {self.config.transport!r}: use grpc or mqtt")
 
     @property
     def address(self) -> str:
@@ -243,6 +239,8 @@ class AgentDaemon:
                 self._infer_api.close()
         await self.segments.aclose()
         self._segment_pool.shutdown(wait=False)
+        if self._transport is not None:
+            await self._transport.aclose()  # e.g. MQTT's goodbye (offline status) of the last connection
         if self._channel is not None:
             await self._channel.close(None)
 
@@ -308,10 +306,7 @@ class AgentDaemon:
 
     def _metadata(self) -> tuple[tuple[str, str], ...]:
         assert self.identity is not None
-        return (
-            ("x-edgefleet-device-id", self.identity.device_id),
-            ("authorization", f"Bearer {self.identity.credential}"),
-        )
+        return grpc_transport.metadata(self.identity)
 
     # --- enrollment and the control stream ------------------------------------------------------
 
@@ -343,56 +338,66 @@ class AgentDaemon:
 
     def _open_stream(self, identity: DeviceIdentity) -> None:
         self._close_stream()
-        outbound = _Outbound(OUTBOUND_QUEUE)
-        call = self._stub.Connect(outbound.requests(), metadata=self._metadata())
-        self._outbound, self._stream = outbound, call
-        self._spawn(self._read_stream(call))
-        # Defer: the core is still inside step() for the event that asked for this stream.
-        asyncio.get_running_loop().call_soon(self.dispatch, ev.StreamOpened())
+        # A task: connecting may take a while (MQTT: TCP, CONNACK, SUBACK); the core is told StreamOpened
+        # once it has, outside of the step() that asked for the stream.
+        self._stream_task = self._spawn(self._run_stream(identity))
 
-    async def _read_stream(self, call: Any) -> None:
+    async def _run_stream(self, identity: DeviceIdentity) -> None:
+        assert self._transport is not None
+        task = asyncio.current_task()
         error: EdgefleetError
         try:
-            async for pb in call:
-                self.dispatch(ev.MessageReceived(serde.controller_message_from_pb(pb)))
-            error = TransientError("the controller ended the control stream")
-        except grpc.aio.AioRpcError as exc:
-            error = serde.error_from_rpc_error(exc)
+            connection = await self._transport.connect(identity)
         except EdgefleetError as exc:
-            log.error("device=%s controller sent a bad message: %s", self.core.device_id, exc)
             error = exc
         except Exception as exc:
-            log.exception("device=%s control stream failed", self.core.device_id)
-            error = TransientError(f"control stream failed: {exc!r}")
-        if call is not self._stream:
-            call.cancel()
-            return  # we closed (or replaced) it ourselves; the core knows
+            log.exception("device=%s control stream failed to open", self.core.device_id)
+            error = TransientError(f"control stream failed to open: {exc!r}")
+        else:
+            if self._stream_task is not task:  # closed (or replaced) while connecting
+                connection.close()
+                return
+            self._connection = connection
+            self.dispatch(ev.StreamOpened())
+            try:
+                while True:
+                    self.dispatch(ev.MessageReceived(await connection.receive()))
+            except EdgefleetError as exc:
+                error = exc
+            except Exception as exc:
+                log.exception("device=%s control stream failed", self.core.device_id)
+                error = TransientError(f"control stream failed: {exc!r}")
+            if self._connection is not connection:
+                return  # we closed (or replaced) it ourselves; the core knows
+        if self._stream_task is not task:
+            return
         self._close_stream()
         self.dispatch(ev.StreamClosed(error))
 
     def _close_stream(self) -> None:
-        """Tear down the control stream, if any. Never raises: the call is cancelled first (gRPC then
-        stops reading our requests), and ending the request generator needs no space in its queue."""
-        call, self._stream = self._stream, None
-        outbound, self._outbound = self._outbound, None
-        if call is not None:
-            call.cancel()
-        if outbound is not None:
-            outbound.close()
+        """Tear down the control connection, if any. Never raises, never blocks (a transport's goodbye
+        finishes in the background)."""
+        task, self._stream_task = self._stream_task, None
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.close()  # its reader sees the connection is no longer ours and stops
+        elif task is not None and task is not asyncio.current_task():
+            task.cancel()  # still connecting
 
     def _send(self, message: AgentMessage) -> None:
-        outbound = self._outbound
-        if outbound is None:
+        connection = self._connection
+        if connection is None:
             return  # not connected: the core re-sends what matters after reconnecting
-        if outbound.put(serde.agent_message_to_pb(message)):
-            return
-        log.warning(
-            "device=%s outbound queue full (%d messages); resetting the stream",
-            self.core.device_id,
-            OUTBOUND_QUEUE,
-        )
-        self._close_stream()
-        self.dispatch(ev.StreamClosed(TransientError("outbound queue full: the controller is not reading")))
+        try:
+            connection.send(message)
+        except ChannelClosed:
+            return  # it has ended: its reader tells the core why
+        except TransientError as exc:  # e.g. full: the other end is not taking messages
+            log.warning("device=%s %s; resetting the stream", self.core.device_id, exc)
+            self._close_stream()
+            self.dispatch(ev.StreamClosed(exc))
+        except EdgefleetError as exc:  # this message can never go (e.g. too large); the link is fine
+            log.error("device=%s cannot send a %s: %s", self.core.device_id, type(message).__name__, exc)
 
     # --- artifacts ------------------------------------------------------------------------------
 

@@ -57,3 +57,19 @@ MAX_ROUTE_HOPS = 2
 #: Telemetry records a latency summary reads by default, and at most (a device's latest).
 DEFAULT_LATENCY_WINDOW = 1000
 MAX_LATENCY_WINDOW = 20_000
+
+#: MQTT transport (common/mqtt): the largest payload either side publishes or accepts, refused with an
+#: error naming the topic; a broker's max_packet_size should allow MAX_MQTT_PACKET_BYTES.
+MAX_MQTT_PAYLOAD_BYTES = 1 * MIB
+#: A packet's room for the topic and properties on top of its payload.
+MAX_MQTT_PACKET_BYTES = MAX_MQTT_PAYLOAD_BYTES + 16 * 1024
+#: QoS 1 publishes one MQTT client holds unacknowledged (in flight plus queued) before it refuses more:
+#: far below MQTT's 65,535 packet ids, whose wrap would otherwise reuse the id of a message in flight.
+MQTT_AGENT_MAX_UNACKED = 1024
+MQTT_BRIDGE_MAX_UNACKED = 16_384
+#: QoS 1 publishes in flight at once per client (lowered to the broker's Receive Maximum when smaller).
+MQTT_MAX_INFLIGHT = 100
+#: QoS 1 messages the broker may send a client before it has acknowledged them (its Receive Maximum):
+#: the agent acknowledges a message once its core has taken it, the bridge once the hub has handled it.
+MQTT_AGENT_RECEIVE_MAXIMUM = 64
+MQTT_BRIDGE_RECEIVE_MAXIMUM = 1024

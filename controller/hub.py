@@ -1,6 +1,6 @@
 """Connected devices' control streams, and the reconcile loop that pushes desired state to them.
 
-Transport-neutral: a transport (gRPC today, the MQTT bridge later) opens a ``Session`` per
+Transport-neutral: a transport (the gRPC servicer, the MQTT bridge, in-process) opens a ``Session`` per
 connected device, feeds agent messages to ``Hub.handle`` and writes out what ``Session.next``
 yields. The store is called through ``Db``, one worker thread, so SQLite never blocks the loop;
 only store calls belong on that thread (file I/O and CPU work go to ``asyncio.to_thread``), since
@@ -136,6 +136,9 @@ class Hub:
         #: Told when something the fleet plan depends on changed (links, hardware, a new device, a
         #: profile); the controller's re-planner listens. Never raises into the stream handler.
         self.on_fleet_change: Callable[[str], None] | None = None
+        #: Told a device id whenever its desired assignment may have changed (every ``kick``), connected
+        #: or not: the MQTT bridge keeps the device's retained desired state current. Never raises.
+        self.on_desired_change: Callable[[str], None] | None = None
 
     def _fleet_changed(self, reason: str) -> None:
         listener = self.on_fleet_change
@@ -299,6 +302,11 @@ class Hub:
         """Push a device's desired state now (called right after an assignment changes)."""
         if self._stopping:
             return
+        if self.on_desired_change is not None:
+            try:
+                self.on_desired_change(device_id)
+            except Exception:
+                log.exception("device=%s desired-change listener failed", device_id)
         session = self._sessions.get(device_id)
         if session is None:
             return  # it gets its assignment with the welcome when it connects

@@ -1,4 +1,5 @@
-"""``fleetctl serve``: the controller process (gRPC for agents and fleetctl, reconcile jobs)."""
+"""``fleetctl serve``: the controller process (gRPC for agents and fleetctl, the optional MQTT bridge,
+reconcile jobs)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import logging
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -21,6 +23,9 @@ from controller.service.clock import Clock, SystemClock
 from controller.service.segments import SegmentBuilder
 from controller.service.sync import SyncPolicy
 from controller.store.sqlite import SqliteStore
+
+if TYPE_CHECKING:
+    from controller.api.mqtt_bridge import MqttBridge, MqttBridgeConfig
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +51,8 @@ class ControllerConfig:
     #: Re-plan the applied policies this long after the fleet last changed, and at least this often.
     replan_settle_s: float = 2.0
     replan_every_s: float = 60.0
+    #: Also serve agents over MQTT through this broker (``fleetctl serve --mqtt``); None: gRPC only.
+    mqtt: MqttBridgeConfig | None = None
 
 
 class Controller:
@@ -72,6 +79,7 @@ class Controller:
         self.hub.on_fleet_change = self.replanner.mark
         self._server: grpc.aio.Server | None = None
         self._scheduler: AsyncIOScheduler | None = None
+        self.bridge: MqttBridge | None = None
         self.port = 0
 
     async def start(self) -> None:
@@ -101,6 +109,12 @@ class Controller:
             raise OSError(f"cannot listen on {self.config.listen}")
         await server.start()
         self._server = server
+        if self.config.mqtt is not None:
+            from controller.api.mqtt_bridge import MqttBridge
+
+            self.bridge = MqttBridge(self.db, self.hub, self.clock, self.config.mqtt)
+            self.hub.on_desired_change = self.bridge.desired_changed
+            await self.bridge.start()  # connects in the background: a broker that is down is retried
         scheduler = AsyncIOScheduler()
         scheduler.add_job(
             self.hub.reconcile,
@@ -134,7 +148,8 @@ class Controller:
         1. the hub stops: scheduled reconciles and kicks become no-ops, no new stream opens, and the
            scheduler starts no further job;
         2. the server stops accepting calls while the open streams are ended (told UNAVAILABLE, so agents
-           back off and reconnect to the restarted controller) and in-flight calls get ``grace_s``;
+           back off and reconnect to the restarted controller) and in-flight calls get ``grace_s``; the
+           MQTT bridge publishes the same to its devices (close notices) and disconnects from the broker;
         3. a reconcile pass or kick already running finishes; then the scheduler shuts down (with nothing
            left to cancel);
         4. the store closes; a call that straggles in after that gets ``ShuttingDown`` (UNAVAILABLE).
@@ -151,6 +166,12 @@ class Controller:
             for error in ended:  # not expected; still close the store below
                 if isinstance(error, BaseException):
                     log.error("error while stopping the server: %s", error, exc_info=error)
+        bridge, self.bridge = self.bridge, None
+        if bridge is not None:
+            try:
+                await bridge.stop()
+            except Exception:
+                log.exception("error while stopping the MQTT bridge")
         await self.hub.drain()
         if scheduler is not None:
             scheduler.shutdown(wait=False)
@@ -167,6 +188,8 @@ async def serve(config: ControllerConfig) -> None:
         loop.add_signal_handler(sig, stop.set)
     # Tell whoever started us (tests, scripts) where we listen, once we really do.
     print(f"controller listening on {controller.address}", flush=True)
+    if config.mqtt is not None:
+        print(f"controller bridging MQTT broker {config.mqtt.host}:{config.mqtt.port}", flush=True)
     await stop.wait()
     log.info("shutting down")
     await controller.stop()

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from controller.toolchain.digits import DigitsArtifacts, build_digits_model
+from tests.mqtt_broker import Mosquitto
+from tests.mqtt_broker import available as mosquitto_available
 
 
 @pytest.fixture(scope="session")
@@ -27,3 +30,18 @@ def eval_npz(digits_model: DigitsArtifacts, tmp_path_factory: pytest.TempPathFac
     path = tmp_path_factory.mktemp("eval") / "digits_eval.npz"
     np.savez(path, input=x.astype(np.float32), labels=y.astype(np.int64))
     return path
+
+
+@pytest.fixture
+def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
+    """A private Mosquitto 2 on a free loopback port (never the machine's own on 1883), with a temporary
+    config and persistence on; ``stop``/``kill``/``restart`` it at will. Always stopped afterwards."""
+    if not mosquitto_available():
+        pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
+    broker = Mosquitto(tmp_path_factory.mktemp("mosquitto"))
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.close()
+        assert not broker.running, "the test broker outlived its test"

@@ -16,7 +16,8 @@ it); everything else talks protobuf through it, always as ``from common import s
 
 The code lives in private submodules by area; import names from here, never from them:
 ``_validate`` (shared field checks), ``_types`` (types.proto), ``_control`` (controller.proto),
-``_admin`` (admin.proto), ``_agent`` (agent.proto), ``_grpc`` (service stubs and ``add_*`` wrappers).
+``_admin`` (admin.proto), ``_agent`` (agent.proto), ``_grpc`` (service stubs and ``add_*`` wrappers),
+``_wire`` (control messages as bytes, for the MQTT and in-process transports).
 """
 
 from __future__ import annotations
@@ -227,6 +228,12 @@ from common.serde._types import (
     tensor_spec_to_pb,
     tensor_to_pb,
 )
+from common.serde._wire import (
+    agent_message_from_bytes,
+    agent_message_to_bytes,
+    controller_message_from_bytes,
+    controller_message_to_bytes,
+)
 
 __all__ = [
     "ERROR_CODE_KEY",
@@ -252,7 +259,9 @@ __all__ = [
     "add_SegmentServiceServicer_to_server",
     "address",
     "admin_pb",
+    "agent_message_from_bytes",
     "agent_message_from_pb",
+    "agent_message_to_bytes",
     "agent_message_to_pb",
     "agent_pb",
     "agent_status_from_pb",
@@ -293,7 +302,9 @@ __all__ = [
     "class_block_profile_to_pb",
     "class_call_overhead_from_pb",
     "class_call_overhead_to_pb",
+    "controller_message_from_bytes",
     "controller_message_from_pb",
+    "controller_message_to_bytes",
     "controller_message_to_pb",
     "controller_pb",
     "create_token_request_from_pb",

@@ -68,6 +68,12 @@ def serve(
         str, typer.Option(help="HOST:PORT for agents and fleetctl (port 0 picks a free one).")
     ] = (DEFAULT_CONTROLLER),
     heartbeat_interval: Annotated[str, typer.Option(help="How often agents send heartbeats.")] = "5s",
+    mqtt: Annotated[
+        str,
+        typer.Option(
+            help="HOST:PORT of an MQTT 5 broker: also serve agents that use --transport mqtt (off by default)."
+        ),
+    ] = "",
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
     log_format: Annotated[str, typer.Option(help="text or json.")] = "text",
 ) -> None:
@@ -79,8 +85,13 @@ def serve(
     configure_logging(log_level, log_format)
     try:
         hb_ms = parse_duration(heartbeat_interval) * 1000
+        bridge = None
+        if mqtt:
+            from controller.api.mqtt_bridge import MqttBridgeConfig
+
+            bridge = MqttBridgeConfig.parse(mqtt)
         config = ControllerConfig(
-            data_dir=data_dir, listen=listen, policy=SyncPolicy(heartbeat_interval_ms=hb_ms)
+            data_dir=data_dir, listen=listen, policy=SyncPolicy(heartbeat_interval_ms=hb_ms), mqtt=bridge
         )
         asyncio.run(run_server(config))
     except EdgefleetError as exc:
