@@ -28,6 +28,7 @@ from controller.cli.main import app as fleetctl_app
 from controller.client import AdminClient
 from controller.server import Controller, ControllerConfig
 from controller.service.sync import SyncPolicy
+from simulator.processes import Proc, start_agent, terminate_all, wait_until
 from tests.integration.harness import write_add_model
 from tests.mqtt_broker import Mosquitto
 from tests.transport.conformance import eventually, run_clean
@@ -243,3 +244,52 @@ def test_cli_transport_flags_are_checked_before_anything_starts(tmp_path: Path) 
     assert not (tmp_path / "a").exists()
     result = runner.invoke(fleetctl_app, ["serve", "--data-dir", str(tmp_path / "c"), "--mqtt", "nowhere"])
     assert result.exit_code == 2 and "--mqtt: 'nowhere' is not HOST:PORT" in result.output, result.output
+
+
+@pytest.mark.e2e
+def test_processes_over_mqtt_start_serve_and_stop_cleanly(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    """``fleetctl serve --mqtt`` and ``fleet-agent run --transport mqtt`` as real processes: the agent
+    connects through the broker; SIGTERM stops each with exit 0, the agent's goodbye makes it offline at
+    once, and the bridge leaves the broker with a DISCONNECT (a graceful leave, not a dropped socket)."""
+    procs: list[Proc] = []
+    try:
+        controller = Proc(
+            "controller",
+            [
+                "-m",
+                "controller.cli.main",
+                "serve",
+                "--data-dir",
+                str(tmp_path / "c"),
+                "--listen",
+                "127.0.0.1:0",
+                "--mqtt",
+                mosquitto.address,
+                "--heartbeat-interval",
+                "1s",
+            ],
+            registry=procs,
+        )
+        address = controller.wait_for_line("controller listening on").rsplit(" ", 1)[1]
+        controller.wait_for_line("controller bridging MQTT broker")
+        with AdminClient(address) as client:
+            token = client.create_token(ttl_s=600, uses=1).token
+            agent_proc, _ = start_agent(
+                address,
+                tmp_path / "a",
+                "phone-cpu",
+                token=token,
+                device_id="phone-1",
+                registry=procs,
+                extra=["--transport", "mqtt", "--mqtt", mosquitto.address],
+            )
+            wait_until(lambda: client.get_device("phone-1").connected, timeout=20, what="connected over MQTT")
+            assert agent_proc.terminate() == 0
+            wait_until(lambda: not client.get_device("phone-1").connected, timeout=5, what="offline at once")
+        assert controller.terminate() == 0
+        assert "Client Edgefleet-Controller disconnected." in mosquitto.log_text(), mosquitto.log_text()[
+            -2000:
+        ]
+        assert "mqtt bridge stopped" in controller.log()
+    finally:
+        terminate_all(procs)
