@@ -19,7 +19,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,12 +32,14 @@ from agent.serving import codec
 from agent.serving.balancer import Balancer, Endpoint
 from agent.serving.batcher import BatchResult, DynamicBatcher
 from agent.serving.breaker import PathBreaker
+from agent.serving.linkmeter import LinkMeter
 from common import limits, serde
 from common.errors import DeadlineExceeded, InvalidArgument, TransientError
 from common.tensors import from_tensor, to_tensor
 from common.types import (
     Assignment,
     HopTiming,
+    LinkMeasurement,
     RouteHop,
     RunSegmentRequest,
     SegmentEndpoint,
@@ -134,6 +136,10 @@ class SegmentHost:
         self._sessions: dict[str, LoadedModel] = {}
         self.peers = Peers()
         self._lock = asyncio.Lock()
+        #: What each hop to a pool costs, from this agent's own traffic (reported as its links).
+        self.links_meter = LinkMeter(clock=time.monotonic, bandwidth_mbps=self.links)
+        #: Called with the links worth reporting (the daemon hands them to the core).
+        self.on_links: Callable[[tuple[LinkMeasurement, ...]], None] | None = None
 
     # --- preparing an assignment ------------------------------------------------------------------
 
@@ -287,9 +293,18 @@ class SegmentHost:
         if later:
             spent = sum(h.queue_ms + h.compute_ms + h.transfer_ms for h in later)
             first = later[0]
+            transfer_ms = max(0.0, elapsed_ms - spent)
             later[0] = HopTiming(first.device_id, first.tier, first.queue_ms, first.compute_ms,
-                                 max(0.0, elapsed_ms - spent), first.batch_size)  # fmt: skip
+                                 transfer_ms, first.batch_size)  # fmt: skip
+            nbytes = sum(len(t.data) for t in request.inputs) + sum(len(t.data) for t in response.outputs)
+            self._measured(hop.pool, transfer_ms, nbytes)
         return {t.name: decode(t) for t in response.outputs}, tuple(later)
+
+    def _measured(self, pool: str, transfer_ms: float, nbytes: int) -> None:
+        self.links_meter.record(pool, transfer_ms, nbytes)
+        due = self.links_meter.due()
+        if due and self.on_links is not None:
+            self.on_links(due)
 
     async def run_served(
         self, served: Served, arrays: Mapping[str, np.ndarray], *, priority: int, deadline: float
@@ -306,12 +321,15 @@ def _route(a: Assignment, sessions: Mapping[str, LoadedModel], links: Mapping[st
     if plan is None or plan.pattern == "local":
         return None
     own = a.own_segment
+    pools = {"edge": plan.edge_pool, "cloud": plan.cloud_pool}
     hops = tuple(
-        RouteHop(s.artifact_sha256, s.endpoints, s.tier) for s in plan.segments if s.tier != "device"
+        RouteHop(s.artifact_sha256, s.endpoints, s.tier, pools.get(s.tier, ""))
+        for s in plan.segments
+        if s.tier != "device"
     )
     if not hops or any(not h.endpoints for h in hops):
         raise InvalidArgument(f"v{a.version}: a partitioned plan without a worker for every hop")
-    pool = plan.edge_pool if hops[0].tier == "edge" else plan.cloud_pool
+    pool = hops[0].pool
     return Route(
         a.version,
         sessions[own.artifact_sha256] if own is not None else None,

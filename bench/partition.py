@@ -10,8 +10,10 @@ Needs the cached all-MiniLM-L6-v2 export (``make minilm``; exits 2 without it). 
 a 2-core box. One run does, in order:
 
 1. **link**: round trips to a bare gRPC echo server on loopback (``bench/_fleet.echo_server``): the
-   median RTT of a tiny message and the bandwidth from the extra time of a 64 KiB one. Agents do not
-   measure links yet, so this is what the phone is told (``--link``) and what the pools' links say.
+   median RTT of a tiny message and the bandwidth from the extra time of a 64 KiB one: what the phone
+   is told (``--link``) and what the pools' links say at first. With ``--link-warmup`` (default 64)
+   the agents then measure their links from partitioned traffic on the first pair and report them
+   (phone -> edge on the phone, edge -> cloud on the edge node), and every prediction uses those.
 2. **fleet**: the real controller (hosted on a thread of this process, so the bench can set the plans
    it wants through the controller's own apply path, ``bench/_partition_fleet.py``) and three real
    ``fleet-agent`` processes on loopback: ``phone-1`` (phone-cpu), ``edge-1`` (edge-npu, the edge
@@ -104,6 +106,7 @@ from common.types import InferResponse, Model
 from controller.planner import ConfigKey, DevicePlan, Pattern, Tier
 from controller.planner.inputs import planner_model
 from controller.toolchain.minilm import MiniLMArtifacts, cached_minilm
+from simulator.processes import wait_until
 
 console = Console()
 if not console.is_terminal:
@@ -426,22 +429,18 @@ def run_cut_pairs(
     blocks = planner_model(model).blocks  # type: ignore[union-attr]
     results: list[CutResult] = []
     with AgentClient(fleet.agents[PHONE], timeout_s=10.0) as client:
-        for a, e, precisions in CONFIGS:
-            if not (0 <= a < e < blocks):
-                note(f"skipping cuts {a},{e}: the model has {blocks} blocks")
-                continue
+
+        def call(row: dict[str, np.ndarray], c: AgentClient = client) -> tuple[InferResponse, float]:
+            t0 = time.perf_counter()
+            r = c.infer_response(row, timeout=10.0)
+            return r, (time.perf_counter() - t0) * 1e3
+
+        def switch(a: int, e: int, precisions: tuple[str, ...]) -> Forced:
+            """Force the pair, wait until the phone answers over its path."""
             forced = force_plan(fleet, policy_set, PHONE, config_key(a, e, precisions))
             wait_converged(fleet, [PHONE, EDGE, CLOUD])
-            p = forced.plan
-            label = describe_cuts(p, labels)
-
-            def call(row: dict[str, np.ndarray], c: AgentClient = client) -> tuple[InferResponse, float]:
-                t0 = time.perf_counter()
-                r = c.infer_response(row, timeout=10.0)
-                return r, (time.perf_counter() - t0) * 1e3
-
             # The phone switches its route once it has loaded the new segments: wait for the path.
-            want_tiers = [s.tier.value for s in p.segments]
+            want_tiers = [s.tier.value for s in forced.plan.segments]
             first = {k: v[:1] for k, v in feeds.items()}
             deadline = time.monotonic() + 30.0
             while True:
@@ -451,10 +450,38 @@ def run_cut_pairs(
                 except EdgefleetError as exc:  # e.g. a hop still loading its new segment
                     state = ("error", [str(exc)])
                 if state == ("partitioned", want_tiers):
-                    break
+                    return forced
                 if time.monotonic() > deadline:
-                    raise BenchError(f"{label}: the phone answers {state}, not partitioned {want_tiers}")
+                    raise BenchError(f"cuts {a},{e}: the phone answers {state}, not partitioned {want_tiers}")
                 time.sleep(0.1)
+
+        if args.link_warmup:
+            # The agents measure their links from their own partitioned traffic (the hop's round trip
+            # less what the later hops report; agent/serving/linkmeter.py) and report them; the
+            # planner predicts with what they measured. Warm them up on one pair first.
+            switch(*CONFIGS[0])
+            for i in range(args.link_warmup):
+                call({k: v[i % n : i % n + 1] for k, v in feeds.items()})
+
+            def measured() -> dict[str, Any] | None:
+                devices = fleet.devices()
+                phone = {m.pool: m for m in devices[PHONE].links}.get("edge")
+                edge = {m.pool: m for m in devices[EDGE].links}.get("cloud")
+                if phone is None or edge is None or phone.rtt_p95_ms == 0:
+                    return None
+                return {"phone->edge": phone, "edge->cloud": edge}
+
+            links = wait_until(measured, timeout=30.0, what="the agents to report their measured links")
+            assert links is not None
+            for hop, m in links.items():
+                note(f"measured link {hop}: rtt median {m.rtt_ms:.2f} ms, p95 {m.rtt_p95_ms:.2f} ms")
+        for a, e, precisions in CONFIGS:
+            if not (0 <= a < e < blocks):
+                note(f"skipping cuts {a},{e}: the model has {blocks} blocks")
+                continue
+            forced = switch(a, e, precisions)
+            p = forced.plan
+            label = describe_cuts(p, labels)
             for i in range(args.warmup):
                 call({k: v[i : i + 1] for k, v in warm.items()})
             m = Measured()
@@ -845,6 +872,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--requests", type=int, default=ACCURACY_ROWS, help="measured requests per cut pair")
     parser.add_argument("--warmup", type=int, default=16, help="warm-up requests per cut pair")
+    parser.add_argument(
+        "--link-warmup",
+        type=int,
+        default=64,
+        help="requests on the first pair before predicting, so the agents measure and report their links (0: predict "
+        "with the links as told)",
+    )
     parser.add_argument(
         "--seconds", type=float, default=1.5, help="measured seconds per batching cell and round"
     )

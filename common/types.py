@@ -731,6 +731,7 @@ class RouteHop:
     segment_sha256: str
     endpoints: tuple[SegmentEndpoint, ...]
     tier: str
+    pool: str = ""
 
 
 @dataclass(frozen=True, slots=True)

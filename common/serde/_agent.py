@@ -100,6 +100,7 @@ def run_segment_request_to_pb(r: RunSegmentRequest) -> agent_pb.RunSegmentReques
                 segment_sha256=h.segment_sha256,
                 endpoints=[segment_endpoint_to_pb(e) for e in h.endpoints],
                 tier=h.tier,
+                pool=h.pool,
             )
             for h in r.route
         ],
@@ -125,7 +126,8 @@ def run_segment_request_from_pb(pb: agent_pb.RunSegmentRequest) -> RunSegmentReq
         endpoints = segment_endpoints_from_pb(h.endpoints, path=f"{at}.endpoints")
         if not endpoints:
             _fail(f"{at}.endpoints", "empty: nobody to send it to")
-        route.append(RouteHop(_sha256(f"{at}.segment_sha256", h.segment_sha256), endpoints, h.tier))
+        pool = _name(f"{at}.pool", h.pool, required=False)
+        route.append(RouteHop(_sha256(f"{at}.segment_sha256", h.segment_sha256), endpoints, h.tier, pool))
     output_names: list[str] = []
     for i, name in enumerate(pb.output_names):
         _nonempty(f"output_names[{i}]", name)

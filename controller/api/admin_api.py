@@ -96,10 +96,7 @@ class AdminApi(PolicyRpcs, serde.AdminServiceServicer):
 
         def read(store: Store) -> DeviceLatency:
             device = store.get_device(device_id)
-            records = store.list_telemetry(
-                device_id, after_sequence=max(0, device.last_sequence - window), limit=window
-            )
-            return latency.summarize(device, records, window=window)
+            return latency.summarize(device, store.latest_telemetry(device_id, limit=window), window=window)
 
         return serde.device_latency_to_pb(await self._db.run(read, self._db.store))
 

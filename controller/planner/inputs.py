@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import statistics
 from collections.abc import Mapping, Sequence
 
 from common.types import CutPoint, Device, Model, ModelVariant, TensorSpec
@@ -207,6 +208,8 @@ def plan_input(
     by_id = sorted(devices, key=lambda d: d.id)
     pools: list[PoolInput] = []
     servers: set[str] = set()
+    links = links or {}
+    cloud_pools = {n for n, p in policies.compute_pools.items() if p.spec.tier == "cloud"}
     for name, pool in sorted(policies.compute_pools.items()):
         spec = pool.spec
         # Only agents that told us where peers reach them can serve (an agent too old to, or never
@@ -225,7 +228,8 @@ def plan_input(
                 slots_per_node=spec.slots_per_node,
                 utilization_cap=spec.utilization_cap,
                 default_link=_link(spec.default_link),
-                cloud_link=_link(spec.cloud_link) if spec.cloud_link is not None else None,
+                cloud_link=_measured_cloud_link(nodes, links, cloud_pools)
+                or (_link(spec.cloud_link) if spec.cloud_link is not None else None),
                 clients=clients,
             )
         )
@@ -265,7 +269,6 @@ def plan_input(
         for name in sorted(wanted)
         if name in models and (pm := planner_model(models[name])) is not None
     }
-    links = links or {}
     inputs = tuple(
         DeviceInput(
             id=d.id,
@@ -304,6 +307,22 @@ def hardware_classes(policies: PolicySet) -> dict[str, PlannerClassSpec]:
         )
         out[name] = dataclasses.replace(merged, name=name)
     return out
+
+
+def _measured_cloud_link(
+    nodes: Sequence[str], links: Mapping[str, Mapping[str, Link]], cloud_pools: set[str]
+) -> Link | None:
+    """An edge pool's path on to the cloud as its nodes measured it from the traffic they forward
+    (the median over the nodes that did), or None when none has: then the policy's ``cloudLink``."""
+    measured = [link for n in nodes for pool, link in links.get(n, {}).items() if pool in cloud_pools]
+    if not measured:
+        return None
+    p95 = [m.rtt_p95_ms for m in measured if m.rtt_p95_ms is not None]
+    return Link(
+        bandwidth_mbps=statistics.median(m.bandwidth_mbps for m in measured),
+        rtt_ms=statistics.median(m.rtt_ms for m in measured),
+        rtt_p95_ms=statistics.median(p95) if p95 else None,
+    )
 
 
 def _link(link: PolicyLink) -> Link:

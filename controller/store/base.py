@@ -202,6 +202,11 @@ class Store(ABC):
     ) -> list[TelemetryRecord]:
         """Stored records of a device with sequence > after_sequence, ascending, at most ``limit``."""
 
+    @abstractmethod
+    def latest_telemetry(self, device_id: str, *, limit: int) -> list[TelemetryRecord]:
+        """A device's latest ``limit`` stored records (by sequence: sequences have gaps, a restart
+        numbers above a reserved block), ascending. NotFound for an unknown device."""
+
     # --- models ---------------------------------------------------------------------------------
 
     @abstractmethod

@@ -293,6 +293,13 @@ class InMemoryStore(Store):
             start = bisect.bisect_right(stored.sequences, after_sequence)
             return [stored.by_sequence[s] for s in stored.sequences[start : start + limit]]
 
+    def latest_telemetry(self, device_id: str, *, limit: int) -> list[TelemetryRecord]:
+        _rules.check_limit(limit)
+        with self._locked():
+            self._device(device_id)
+            stored = self._telemetry[device_id]
+            return [stored.by_sequence[s] for s in stored.sequences[-limit:]] if limit else []
+
     # --- models ---------------------------------------------------------------------------------
 
     def add_model_variant(self, name: str, variant: ModelVariant, *, now_ms: int) -> tuple[Model, bool]:

@@ -367,6 +367,16 @@ class SqliteStore(Store):
             )
             return [_codec.telemetry_from_row(r) for r in rows]
 
+    def latest_telemetry(self, device_id: str, *, limit: int) -> list[TelemetryRecord]:
+        _rules.check_limit(limit)
+        with self._tx(write=False):
+            self._load_device(device_id)
+            rows = self._db.query(
+                "SELECT * FROM telemetry WHERE device_id = ? ORDER BY sequence DESC LIMIT ?",
+                [device_id, limit],
+            )
+            return [_codec.telemetry_from_row(r) for r in reversed(list(rows))]
+
     # --- models ---------------------------------------------------------------------------------
 
     def add_model_variant(self, name: str, variant: ModelVariant, *, now_ms: int) -> tuple[Model, bool]:

@@ -20,7 +20,7 @@ from common.types import (
     TensorSpec,
 )
 from controller.planner.inputs import hardware_classes, plan_input, planner_model
-from controller.planner.types import HOST, ConfigKey, Pattern, Tier
+from controller.planner.types import HOST, ConfigKey, Link, Pattern, Tier
 from controller.policy import load_policy_texts
 
 SPEC_IN = TensorSpec("x", DataType.FLOAT32, (-1, 64))
@@ -199,3 +199,43 @@ def test_the_current_edge_node_is_passed_through() -> None:
         current_edge_node={"p1": "e1"},
     )
     assert data.current == {"p1": key} and data.current_edge_node == {"p1": "e1"}
+
+
+def test_an_edge_pools_path_to_the_cloud_is_what_its_nodes_measured() -> None:
+    text = {
+        **POLICIES,
+        "cloud.yaml": """
+apiVersion: edgefleet.io/v1alpha1
+kind: ComputePool
+metadata: {name: gpu}
+spec:
+  tier: cloud
+  hardwareClass: cloud-gpu
+  nodes: {selector: {matchLabels: {role: gpu}}}
+  defaultLink: {bandwidthMbps: 100, rttMs: 40}
+""",
+    }
+    policies = load_policy_texts(text)
+    edge = [
+        dataclasses.replace(
+            device(f"e{i}", "edge-npu", region="eu", role="edge"), endpoint=f"127.0.0.1:{5000 + i}"
+        )
+        for i in (1, 2, 3)
+    ]
+    measured = {
+        "e1": {"gpu": Link(100.0, 4.0, 6.0)},
+        "e2": {"gpu": Link(100.0, 5.0, 9.0)},
+        "e3": {"gpu": Link(100.0, 30.0, 50.0)},
+        "p1": {"edge": Link(40.0, 2.5, 3.0)},  # a phone's own measured link stays the phone's
+    }
+    data = plan_input(
+        policies, [device("p1", "phone-cpu", region="eu"), *edge], {"m": model()}, links=measured
+    )
+    pools = {p.name: p for p in data.pools}
+    assert pools["edge"].cloud_link == Link(100.0, 5.0, 9.0)  # the median over the nodes
+    assert next(d for d in data.devices if d.id == "p1").links == {"edge": Link(40.0, 2.5, 3.0)}
+    # No node measured it: the policy's cloudLink (its default here) stands.
+    data = plan_input(policies, [device("p1", "phone-cpu", region="eu"), *edge], {"m": model()})
+    told = policies.compute_pools["edge"].spec.cloud_link
+    assert told is not None
+    assert {p.name: p for p in data.pools}["edge"].cloud_link == Link(told.bandwidth_mbps, told.rtt_ms)

@@ -120,6 +120,22 @@ class DataRules:
         assert seqs(after=5) == []
         assert seqs(limit=0) == []
 
+    def test_latest_telemetry_is_the_last_records_whatever_the_gaps(self, store: Store) -> None:
+        enrolled(store, "dev-1", "dev-2")
+        _append(store, [1, 2, 3, 1001, 1002, 5000])  # restarts number above a reserved block
+        _append(store, [7, 8], device_id="dev-2")
+
+        def seqs(limit: int) -> list[int]:
+            return [r.sequence for r in store.latest_telemetry("dev-1", limit=limit)]
+
+        assert seqs(4) == [3, 1001, 1002, 5000]
+        assert seqs(100) == [1, 2, 3, 1001, 1002, 5000]
+        assert seqs(0) == []
+        with pytest.raises(InvalidArgument):
+            store.latest_telemetry("dev-1", limit=-1)
+        with pytest.raises(NotFound):
+            store.latest_telemetry("ghost", limit=1)
+
     def test_negative_limit_is_invalid(self, store: Store) -> None:
         enrolled(store, "dev-1")
         _append(store, [1])

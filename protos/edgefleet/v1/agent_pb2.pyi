@@ -52,14 +52,16 @@ class RunSegmentRequest(_message.Message):
     def __init__(self, segment_sha256: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[_types_pb2.Tensor, _Mapping]]] = ..., route: _Optional[_Iterable[_Union[RouteHop, _Mapping]]] = ..., priority: _Optional[int] = ..., origin_device: _Optional[str] = ..., request_id: _Optional[str] = ..., output_names: _Optional[_Iterable[str]] = ..., tier: _Optional[str] = ...) -> None: ...
 
 class RouteHop(_message.Message):
-    __slots__ = ("segment_sha256", "endpoints", "tier")
+    __slots__ = ("segment_sha256", "endpoints", "tier", "pool")
     SEGMENT_SHA256_FIELD_NUMBER: _ClassVar[int]
     ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
     TIER_FIELD_NUMBER: _ClassVar[int]
+    POOL_FIELD_NUMBER: _ClassVar[int]
     segment_sha256: str
     endpoints: _containers.RepeatedCompositeFieldContainer[_types_pb2.SegmentEndpoint]
     tier: str
-    def __init__(self, segment_sha256: _Optional[str] = ..., endpoints: _Optional[_Iterable[_Union[_types_pb2.SegmentEndpoint, _Mapping]]] = ..., tier: _Optional[str] = ...) -> None: ...
+    pool: str
+    def __init__(self, segment_sha256: _Optional[str] = ..., endpoints: _Optional[_Iterable[_Union[_types_pb2.SegmentEndpoint, _Mapping]]] = ..., tier: _Optional[str] = ..., pool: _Optional[str] = ...) -> None: ...
 
 class RunSegmentResponse(_message.Message):
     __slots__ = ("outputs", "hops")
