@@ -6,16 +6,20 @@ import asyncio
 import json
 import math
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import numpy as np
 import typer
 from rich.console import Console
 
 from common.cli_errors import exit_for
+from common.durations import parse_duration
 from common.errors import EdgefleetError, InvalidArgument
 from common.logs import configure_logging
 from common.types import LinkMeasurement, validate_name
+
+if TYPE_CHECKING:
+    from agent.outbox import OutboxBudget
 
 app = typer.Typer(help="The edgefleet device agent.", no_args_is_help=True, pretty_exceptions_enable=False)
 err = Console(stderr=True)
@@ -80,6 +84,28 @@ def run(
             "set it when listening on 0.0.0.0 or behind NAT)."
         ),
     ] = "",
+    outbox_max_mb: Annotated[
+        float, typer.Option(help="Disk the unacknowledged telemetry may take (MiB) before the policy drops.")
+    ] = 256.0,
+    outbox_max_age: Annotated[
+        str, typer.Option(help="Unacknowledged telemetry older than this is dropped (e.g. 7d, 36h).")
+    ] = "7d",
+    outbox_policy: Annotated[
+        str,
+        typer.Option(help="Over budget: drop-oldest (keep the newest) or reject-newest (keep the oldest)."),
+    ] = "drop-oldest",
+    outbox_sync: Annotated[
+        str,
+        typer.Option(
+            help="normal: records survive the agent being killed; full: also a power cut (an fsync per record)."
+        ),
+    ] = "normal",
+    keepalive: Annotated[
+        str,
+        typer.Option(
+            help="Ping the controller this often (e.g. 20s); a ping unanswered for half of it means the link is dead."
+        ),
+    ] = "20s",
     threads: Annotated[int, typer.Option(help="onnxruntime intra-op threads.")] = 1,
     transport: Annotated[
         str,
@@ -110,6 +136,9 @@ def run(
             advertise=_advertise(advertise),
             transport=transport,
             mqtt=_mqtt(transport, mqtt),
+            outbox_budget=_outbox_budget(outbox_max_mb, outbox_max_age, outbox_policy),
+            outbox_sync=_choice("--outbox-sync", outbox_sync, ("normal", "full")),
+            keepalive_s=_keepalive(keepalive),
         )
         code = asyncio.run(run_agent(config))
     except EdgefleetError as exc:
@@ -118,6 +147,30 @@ def run(
         err.print(f"[red]error[/red]: {exc}")
         raise typer.Exit(1) from None
     raise typer.Exit(code)
+
+
+def _outbox_budget(max_mb: float, max_age: str, policy: str) -> OutboxBudget:
+    from agent.outbox import DropPolicy, OutboxBudget
+
+    if not math.isfinite(max_mb) or max_mb < 0.0625:
+        raise InvalidArgument(f"--outbox-max-mb {max_mb:g}: at least 0.0625 (64 KiB)")
+    chosen = _choice("--outbox-policy", policy, tuple(p.value for p in DropPolicy))
+    return OutboxBudget(
+        max_bytes=int(max_mb * 2**20), max_age_s=float(parse_duration(max_age)), policy=DropPolicy(chosen)
+    )
+
+
+def _keepalive(text: str) -> float:
+    seconds = parse_duration(text)
+    if not 1 <= seconds <= 3600:
+        raise InvalidArgument(f"--keepalive {text!r}: between 1s and 1h")
+    return float(seconds)
+
+
+def _choice(flag: str, value: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise InvalidArgument(f"{flag} {value!r}: one of {', '.join(allowed)}")
+    return value
 
 
 def _mqtt(transport: str, address: str) -> str:

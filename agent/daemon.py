@@ -28,6 +28,7 @@ from agent.core import events as ev
 from agent.core.backoff import BackoffPolicy
 from agent.core.machine import profile_artifacts
 from agent.infer_api import InferApi
+from agent.outbox import Outbox, OutboxBudget, SqliteOutbox
 from agent.partition import SegmentHost
 from agent.runtime import ModelLoadError, ModelSlot, load_model
 from agent.segment_api import SegmentApi
@@ -50,16 +51,31 @@ from common.types import (
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-CHANNEL_OPTIONS = [
-    *limits.GRPC_MESSAGE_OPTIONS,
-    ("grpc.keepalive_time_ms", 20_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    # The core owns the retry schedule (jittered); keep the channel's own backoff short under it.
-    ("grpc.initial_reconnect_backoff_ms", 250),
-    ("grpc.min_reconnect_backoff_ms", 250),
-    ("grpc.max_reconnect_backoff_ms", 5_000),
-]
+
+def channel_options(keepalive_s: float = 20.0) -> list[tuple[str, int]]:
+    """The controller channel's options: a keepalive ping every ``keepalive_s`` (answered within half
+    of it, or the connection is dead) — how a link that silently drops everything is told from a
+    quiet one."""
+    return [
+        *limits.GRPC_MESSAGE_OPTIONS,
+        ("grpc.keepalive_time_ms", int(keepalive_s * 1000)),
+        ("grpc.keepalive_timeout_ms", max(500, int(keepalive_s * 500))),
+        # What current gRPC actually enforces for an unanswered ping (keepalive_timeout_ms alone is
+        # not: measured on 1.85, a black-holed stream stayed "READY" for a minute without it).
+        ("grpc.http2.ping_timeout_ms", max(500, int(keepalive_s * 500))),
+        ("grpc.keepalive_permit_without_calls", 1),
+        # Keep pinging a stream that carries nothing (gRPC otherwise stops after two pings without
+        # data, and spaces them minutes apart): a black-holed link is then found within keepalive_s.
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.http2.min_time_between_pings_ms", int(keepalive_s * 1000)),
+        # The core owns the retry schedule (jittered); keep the channel's own backoff short under it.
+        ("grpc.initial_reconnect_backoff_ms", 250),
+        ("grpc.min_reconnect_backoff_ms", 250),
+        ("grpc.max_reconnect_backoff_ms", 5_000),
+    ]
+
+
+CHANNEL_OPTIONS = channel_options()
 #: Control messages a connection holds before its transport has taken them (gRPC: written to the
 #: stream; MQTT: acknowledged by the broker); one more resets the connection.
 OUTBOUND_QUEUE = 1024
@@ -90,6 +106,17 @@ class AgentConfig:
     #: broker at ``mqtt``, HOST:PORT). Enrollment and artifacts always go over gRPC to ``controller``.
     transport: str = "grpc"
     mqtt: str = ""
+    #: The telemetry outbox's budget (what unacknowledged records may take on disk, and for how
+    #: long) and its fsync policy (see ``agent.outbox``).
+    outbox_budget: OutboxBudget = field(default_factory=OutboxBudget)
+    outbox_sync: str = "normal"
+    #: gRPC keepalive to the controller (seconds between pings; a ping unanswered for half of it
+    #: ends the connection).
+    keepalive_s: float = 20.0
+
+
+#: The telemetry outbox, in the data dir.
+OUTBOX_FILE = "outbox.sqlite3"
 
 
 class _Abandoned(Exception):
@@ -126,6 +153,8 @@ class AgentDaemon:
             wall_clock_ms=lambda: time.time_ns() // 1_000_000,
             rng=random.Random(),
         )
+        #: Unacknowledged telemetry, durable: opened by ``start``.
+        self.outbox: Outbox | None = None
         self.identity: DeviceIdentity | None = None
         self.exit_reason: str | None = None
         self.port = 0
@@ -158,6 +187,7 @@ class AgentDaemon:
             executor=self._segment_pool,
             links={m.pool: m.bandwidth_mbps for m in config.links},
         )
+        self.segments.on_links = lambda links: self.dispatch(ev.LinksMeasured(links))
         #: One segment preparation at a time, in the order the core asked.
         self._segments_lock = asyncio.Lock()
 
@@ -165,7 +195,9 @@ class AgentDaemon:
 
     async def start(self) -> None:
         if self._stub is None:
-            self._channel = grpc.aio.insecure_channel(self.config.controller, options=CHANNEL_OPTIONS)
+            self._channel = grpc.aio.insecure_channel(
+                self.config.controller, options=channel_options(self.config.keepalive_s)
+            )
             self._stub = serde.ControllerServiceStub(self._channel)
         if self._transport is None:
             self._transport = self._make_transport()
@@ -191,7 +223,21 @@ class AgentDaemon:
         self.identity = self.data.load_identity()
         if self.identity is not None:
             self.segments.device_id = self.identity.device_id
-        self.dispatch(ev.Started(self.identity, self.data.load_snapshot()))
+        self.outbox = SqliteOutbox(
+            self.data.root / OUTBOX_FILE,
+            self.config.outbox_budget,
+            wall_ms=lambda: time.time_ns() // 1_000_000,
+            synchronous=self.config.outbox_sync,
+        )
+        held = self.outbox.state()
+        if held.count:
+            log.info(
+                "outbox holds %d unacknowledged records (%d..%d)",
+                held.count,
+                held.first_sequence,
+                held.last_sequence,
+            )
+        self.dispatch(ev.Started(self.identity, self.data.load_snapshot(), held))
         # Whatever a previous run left behind and no longer needs. Partial downloads stay: the
         # controller will resend the assignment they belong to, and they resume.
         self._prune_cache(drop_partials=False)
@@ -204,7 +250,13 @@ class AgentDaemon:
 
             if not self.config.mqtt:
                 raise InvalidArgument("--transport mqtt needs --mqtt HOST:PORT (the broker)")
-            return MqttTransport(MqttConfig.parse(self.config.mqtt, max_queued=OUTBOUND_QUEUE))
+            return MqttTransport(
+                MqttConfig.parse(
+                    self.config.mqtt,
+                    max_queued=OUTBOUND_QUEUE,
+                    keepalive_s=max(1, round(self.config.keepalive_s)),
+                )
+            )
         raise InvalidArgument(f"unknown transport {self.config.transport!r}: use grpc or mqtt")
 
     @property
@@ -243,6 +295,8 @@ class AgentDaemon:
             await self._transport.aclose()  # e.g. MQTT's goodbye (offline status) of the last connection
         if self._channel is not None:
             await self._channel.close(None)
+        if self.outbox is not None:
+            self.outbox.close()
 
     # --- the core loop --------------------------------------------------------------------------
 
@@ -293,10 +347,37 @@ class AgentDaemon:
                 self.segments.device_id = identity.device_id
             case act.PersistSnapshot(snapshot=snapshot):
                 self.data.save_snapshot(snapshot)
+            case (
+                act.AppendTelemetry() | act.DeleteTelemetry() | act.LoadTelemetry() | act.RenumberTelemetry()
+            ):
+                self._outbox_action(action)
             case act.Fatal(reason=reason):
                 log.error("device=%s agent cannot continue: %s", self.core.device_id, reason)
                 self.exit_reason = reason
                 self.stop()
+
+    def _outbox_action(self, action: act.Action) -> None:
+        """Carried out at once, in order: an append is on disk before the step's later actions run
+        (e.g. the reply to the request it records, or a batch that carries it)."""
+        outbox = self.outbox
+        if outbox is None:
+            return
+        match action:
+            case act.AppendTelemetry(record=record):
+                for trimmed in outbox.append(record):
+                    self._later(
+                        ev.OutboxTrimmed(trimmed.dropped, trimmed.first_sequence, trimmed.last_sequence)
+                    )
+            case act.DeleteTelemetry(up_to_sequence=up_to):
+                outbox.delete_through(up_to)
+            case act.LoadTelemetry(after_sequence=after, limit=limit):
+                self._later(ev.TelemetryLoaded(outbox.load(after, limit), requested=limit))
+            case act.RenumberTelemetry(start_at=start):
+                outbox.renumber(start)
+
+    def _later(self, event: ev.Event) -> None:
+        """Dispatch once the current step is done (the core is not re-entrant)."""
+        asyncio.get_running_loop().call_soon(self.dispatch, event)
 
     def _spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         task = asyncio.get_running_loop().create_task(coro)

@@ -32,7 +32,9 @@ from common.types import (
     Hello,
     ProfileReport,
     ProfileRequest,
+    TelemetryAck,
     TelemetryBatch,
+    Welcome,
 )
 from controller.service import profiles, sync
 from controller.service.clock import Clock
@@ -96,10 +98,16 @@ class Session:
         self.sent_at = 0.0
         #: Profile requests sent on this stream (by request id) and when: resent after resend_after_s.
         self.profile_sent: dict[str, float] = {}
+        #: The highest telemetry sequence told to the device as stored (welcome watermark, acks).
+        self.telemetry_acked = 0
 
     def offer(self, message: ControllerMessage) -> None:
         if self.closed:
             return
+        if isinstance(message, Welcome):
+            self.telemetry_acked = max(self.telemetry_acked, message.telemetry_watermark)
+        elif isinstance(message, TelemetryAck):
+            self.telemetry_acked = max(self.telemetry_acked, message.up_to_sequence)
         try:
             self._queue.put_nowait(message)
         except asyncio.QueueFull:
@@ -225,6 +233,9 @@ class Hub:
             reason = await self._db.run(sync.on_heartbeat, store, session.device_id, message, now_ms=now_ms)
             if reason:
                 self._fleet_changed(reason)
+            # The answer tells the agent its controller is alive (it reconnects when nothing comes):
+            # what it already knows, so repeating it is harmless.
+            session.offer(TelemetryAck(up_to_sequence=session.telemetry_acked))
         elif isinstance(message, TelemetryBatch):
             for reply in await self._db.run(
                 sync.on_telemetry, store, session.device_id, message, now_ms=now_ms

@@ -34,7 +34,11 @@ GRPC_OPTIONS = [
     # Detect dead agents' TCP connections even when their streams are idle.
     ("grpc.keepalive_time_ms", 20_000),
     ("grpc.keepalive_timeout_ms", 10_000),
-    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    # gRPC >= 1.6x enforces an unanswered ping with this, not keepalive_timeout (default one minute).
+    ("grpc.http2.ping_timeout_ms", 10_000),
+    # Agents may ping as often as once a second (fleet-agent --keepalive, default 20 s) to notice a
+    # black-holed link quickly; a peer pinging faster is told to calm down (GOAWAY).
+    ("grpc.http2.min_ping_interval_without_data_ms", 1_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.max_concurrent_streams", 10_000),
 ]

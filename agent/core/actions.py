@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from agent.core.snapshot import AgentSnapshot
-from common.types import AgentMessage, Assignment, DeviceIdentity, ProfileRequest
+from common.types import AgentMessage, Assignment, DeviceIdentity, ProfileRequest, TelemetryRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +91,41 @@ class Fatal:
     reason: str
 
 
+# --- the telemetry outbox (durable, on the driver's disk; see agent.core.telemetry) -----------------
+
+
+@dataclass(frozen=True, slots=True)
+class AppendTelemetry:
+    """Write the record to the outbox before anything sends it (the driver enforces the outbox's
+    budget, answering with OutboxTrimmed for what it drops)."""
+
+    record: TelemetryRecord
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteTelemetry:
+    """The controller has every record up to this sequence: delete them from the outbox."""
+
+    up_to_sequence: int
+
+
+@dataclass(frozen=True, slots=True)
+class LoadTelemetry:
+    """Read up to ``limit`` records after ``after_sequence`` from the outbox, oldest first; answer
+    with TelemetryLoaded."""
+
+    after_sequence: int
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class RenumberTelemetry:
+    """Renumber every record in the outbox, in order, from ``start_at`` (the controller holds
+    sequences above ours: our state was lost)."""
+
+    start_at: int
+
+
 Action = (
     Enroll
     | OpenStream
@@ -104,4 +139,8 @@ Action = (
     | PersistIdentity
     | PersistSnapshot
     | Fatal
+    | AppendTelemetry
+    | DeleteTelemetry
+    | LoadTelemetry
+    | RenumberTelemetry
 )

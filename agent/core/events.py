@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from agent.core.snapshot import AgentSnapshot
+from agent.core.telemetry import OutboxState
 from common.errors import EdgefleetError
 from common.types import (
     Assignment,
@@ -12,7 +13,9 @@ from common.types import (
     ControllerMessage,
     DeviceIdentity,
     InferenceRecord,
+    LinkMeasurement,
     ProfileReport,
+    TelemetryRecord,
 )
 
 
@@ -22,6 +25,8 @@ class Started:
 
     identity: DeviceIdentity | None
     snapshot: AgentSnapshot | None
+    #: What the telemetry outbox holds (records a previous run made and the controller never acked).
+    outbox: OutboxState | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +107,32 @@ class SegmentsFailed:
 
 
 @dataclass(frozen=True, slots=True)
+class TelemetryLoaded:
+    """The outbox's answer to LoadTelemetry (``requested``: the limit it was asked for)."""
+
+    records: tuple[TelemetryRecord, ...]
+    requested: int
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxTrimmed:
+    """The outbox dropped ``dropped`` records with sequences in ``first..last`` to stay within its
+    budget (size or age): they are gone."""
+
+    dropped: int
+    first_sequence: int
+    last_sequence: int
+
+
+@dataclass(frozen=True, slots=True)
+class LinksMeasured:
+    """The device measured its links to these pools from its own traffic (they replace what it was
+    told for the same pools)."""
+
+    links: tuple[LinkMeasurement, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class PathChanged:
     """The partitioned path went down (``degraded``: requests are answered by the fallback) or came
     back; recorded as a device event so the controller sees what an outage cost."""
@@ -152,6 +183,9 @@ Event = (
     | ModelLoadFailed
     | InferenceDone
     | PathChanged
+    | LinksMeasured
+    | TelemetryLoaded
+    | OutboxTrimmed
     | ProfileArtifactsReady
     | ProfileArtifactsFailed
     | ProfileDone

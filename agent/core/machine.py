@@ -27,7 +27,7 @@ from agent.core import actions as act
 from agent.core import events as ev
 from agent.core.backoff import BackoffPolicy
 from agent.core.snapshot import AgentSnapshot, FailedVersion
-from agent.core.telemetry import Telemetry
+from agent.core.telemetry import OutboxState, Telemetry
 from common import limits
 from common.errors import NotFound, PermanentError, TransientError, Unauthenticated
 from common.types import (
@@ -82,11 +82,19 @@ class CoreConfig:
     #: A controller that has not welcomed us this long after we opened the stream is treated as a
     #: lost stream (close, back off, reconnect) rather than waited for forever.
     welcome_timeout_s: float = 15.0
+    #: A controller that answers nothing (not even a heartbeat) for this many heartbeat intervals is
+    #: treated as gone: the stream is closed and reopened (a black-holed link looks just like a quiet
+    #: one to the transport).
+    silence_intervals: float = 3.0
+    #: ...but never less than this: a round trip is not promised faster than this, whatever the
+    #: heartbeat interval.
+    min_silence_s: float = 1.0
     #: A batch not acked within this long is sent again (the controller dedups by sequence).
     telemetry_ack_timeout_s: float = 15.0
     #: Small batches wait at most this long, so telemetry does not cost one message per request.
     telemetry_flush_interval_s: float = 1.0
     max_batch: int = limits.MAX_TELEMETRY_BATCH
+    #: Unsent records kept in memory (the next batches); the rest wait in the driver's outbox.
     max_pending: int = limits.MAX_PENDING_TELEMETRY
     #: Profile requests queued behind the running one (more are dropped: the controller resends),
     #: and finished reports kept to answer a repeated request without profiling again.
@@ -117,11 +125,13 @@ class AgentCore:
         self._connect_attempt = 0
         self._reconnect_at: float | None = None
         self._welcome_deadline: float | None = None
+        #: When the controller was last heard on this stream (READY only).
+        self._silent_after: float | None = None
         self._heartbeat_interval_s = config.heartbeat_interval_s
         self._next_heartbeat_at: float | None = None
         self._telemetry = Telemetry(
             max_batch=config.max_batch,
-            max_pending=config.max_pending,
+            window=config.max_pending,
             ack_timeout_s=config.telemetry_ack_timeout_s,
             flush_interval_s=config.telemetry_flush_interval_s,
         )
@@ -135,6 +145,8 @@ class AgentCore:
         self._segments_retry_at: float | None = None
         #: Where peers reach this device's SegmentService (set by the driver once it listens).
         self.endpoint = ""
+        #: The links the device reports: as configured, then as measured from its traffic.
+        self._links: tuple[LinkMeasurement, ...] = config.links
         # Block profiles. Tuples, replaced rather than mutated, so step()'s undo log restores them.
         #: The request being fetched or run, and whether it is running (False: fetching).
         self._profile: ProfileRequest | None = None
@@ -209,7 +221,7 @@ class AgentCore:
             self._profile_retry_at,
         ]
         if self.link is Link.READY:
-            candidates += [self._next_heartbeat_at, self._telemetry.next_due()]
+            candidates += [self._next_heartbeat_at, self._telemetry.next_due(), self._silent_after]
         times = [t for t in candidates if t is not None]
         return min(times) if times else None
 
@@ -218,7 +230,7 @@ class AgentCore:
         # Undo log: the core's own fields by a shallow copy (they are immutable values, bar the acks
         # dict); the telemetry queue journals its own changes, so a step costs no copy of it.
         saved, saved_acks = self.__dict__.copy(), dict(self._unsent_acks)
-        self._telemetry.begin()
+        self._telemetry.begin(out)
         try:
             handler = _TRANSITIONS.get((self.link, type(event))) or _ANY_STATE.get(type(event))
             if handler is None:
@@ -244,7 +256,10 @@ class AgentCore:
 
     def _on_started(self, event: ev.Started, out: list[act.Action]) -> None:
         if event.snapshot is not None:
-            self._restore(event.snapshot, out)
+            self._restore(event.snapshot, event.outbox, out)
+        elif event.outbox is not None:
+            # No snapshot (first boot, or it was lost) but records a previous run made: send them.
+            self._telemetry.restore(0, 0, event.outbox, self._clock())
         if event.identity is not None:
             self.identity = event.identity
             self._open_stream(out)
@@ -255,11 +270,11 @@ class AgentCore:
             self.link = Link.FATAL
             out.append(act.Fatal("no device identity in the data dir and no bootstrap token given"))
 
-    def _restore(self, snap: AgentSnapshot, out: list[act.Action]) -> None:
+    def _restore(self, snap: AgentSnapshot, outbox: OutboxState | None, out: list[act.Action]) -> None:
         self.reported = snap.reported
         self._last_known_good = snap.last_known_good
         self._failed = snap.failed
-        self._telemetry.restore(snap.sequence_reserved_until, snap.records_dropped)
+        self._telemetry.restore(snap.sequence_reserved_until, snap.records_dropped, outbox, self._clock())
         if snap.active is not None:
             # Serve the last acknowledged model straight from the local cache: no controller needed.
             self._active = snap.active
@@ -309,7 +324,7 @@ class AgentCore:
                     reported=self.reported,
                     telemetry_watermark=self._telemetry.last_used_sequence,
                     records_dropped=self._telemetry.records_dropped,
-                    links=self._config.links,
+                    links=self._links,
                     endpoint=self.endpoint,
                 )
             )
@@ -332,6 +347,7 @@ class AgentCore:
 
     def _link_down(self) -> None:
         self._welcome_deadline = None
+        self._silent_after = None
         self._next_heartbeat_at = None
         # Whatever was in flight was not acknowledged: it goes out again after reconnecting.
         self._telemetry.requeue_inflight(self._clock())
@@ -367,6 +383,11 @@ class AgentCore:
             out.append(act.Enroll())
 
     def _on_message(self, event: ev.MessageReceived, out: list[act.Action]) -> None:
+        self._handle_message(event, out)
+        if self.link is Link.READY:  # heard from: it is alive
+            self._silent_after = self._clock() + self._silence_s()
+
+    def _handle_message(self, event: ev.MessageReceived, out: list[act.Action]) -> None:
         msg = event.message
         if isinstance(msg, Welcome):
             self._on_welcome(msg, out)
@@ -708,6 +729,40 @@ class AgentCore:
     def _on_inference(self, event: ev.InferenceDone, out: list[act.Action]) -> None:
         self._append_record(event.record, out)
 
+    def _on_telemetry_loaded(self, event: ev.TelemetryLoaded, out: list[act.Action]) -> None:
+        self._telemetry.loaded(event.records, requested=event.requested, now=self._clock())
+
+    def _on_outbox_trimmed(self, event: ev.OutboxTrimmed, out: list[act.Action]) -> None:
+        log.warning(
+            "device=%s outbox over its budget: dropped %d records (sequences %d..%d)",
+            self.device_id,
+            event.dropped,
+            event.first_sequence,
+            event.last_sequence,
+        )
+        self._telemetry.trimmed(event.dropped, event.first_sequence, event.last_sequence)
+        # The count is reported with the next hello; keep it across a restart.
+        out.append(act.PersistSnapshot(self.snapshot()))
+
+    def _on_links_measured(self, event: ev.LinksMeasured, out: list[act.Action]) -> None:
+        measured = {m.pool: m for m in event.links}
+        links = tuple(
+            sorted(
+                (*(m for m in self._links if m.pool not in measured), *measured.values()),
+                key=lambda m: m.pool,
+            )
+        )
+        if links == self._links:
+            return
+        self._links = links
+        log.info(
+            "device=%s measured links: %s",
+            self.device_id,
+            ", ".join(f"{m.pool} rtt {m.rtt_ms:g}/{m.rtt_p95_ms:g} ms" for m in measured.values()),
+        )
+        if self.link is Link.READY:  # the planner's input changed: tell the controller now
+            out.append(act.Send(Heartbeat(sent_at_ms=self._wall_ms(), links=links)))
+
     def _on_path_changed(self, event: ev.PathChanged, out: list[act.Action]) -> None:
         kind = "path_degraded" if event.degraded else "path_restored"
         version = self._segments.version if self._segments is not None else 0
@@ -732,8 +787,19 @@ class AgentCore:
 
     # --- timers (READY only) ----------------------------------------------------------------------
 
+    def _silence_s(self) -> float:
+        return max(self._config.min_silence_s, self._config.silence_intervals * self._heartbeat_interval_s)
+
     def _on_time(self, out: list[act.Action]) -> None:
         now = self._clock()
+        if self._silent_after is not None and now >= self._silent_after:
+            reason = (
+                f"the controller answered nothing for {self._silence_s():g}s "
+                f"({self._config.silence_intervals:g} heartbeat intervals, at least {self._config.min_silence_s:g}s)"
+            )
+            out.append(act.CloseStream(reason))
+            self._back_off(None, reason)
+            return
         if self._next_heartbeat_at is not None and now >= self._next_heartbeat_at:
             out.append(act.Send(Heartbeat(sent_at_ms=self._wall_ms())))
             self._next_heartbeat_at = now + self._heartbeat_interval_s
@@ -812,6 +878,9 @@ _ANY_STATE: dict[type, _Handler] = {
     ev.ModelLoadFailed: AgentCore._on_model_load_failed,
     ev.InferenceDone: AgentCore._on_inference,
     ev.PathChanged: AgentCore._on_path_changed,
+    ev.LinksMeasured: AgentCore._on_links_measured,
+    ev.TelemetryLoaded: AgentCore._on_telemetry_loaded,
+    ev.OutboxTrimmed: AgentCore._on_outbox_trimmed,
     ev.SegmentsReady: AgentCore._on_segments_ready,
     ev.SegmentsFailed: AgentCore._on_segments_failed,
     ev.ProfileArtifactsReady: AgentCore._on_profile_artifacts_ready,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Final
 
 from edgefleet.v1 import controller_pb2 as controller_pb
+from google.protobuf.message import DecodeError
 
 from common.errors import InvalidArgument
 from common.limits import (
@@ -188,6 +189,20 @@ def telemetry_record_to_pb(r: TelemetryRecord) -> controller_pb.TelemetryRecord:
     return controller_pb.TelemetryRecord(
         sequence=r.sequence, timestamp_ms=r.timestamp_ms, event=device_event_to_pb(r.body)
     )
+
+
+def telemetry_record_to_bytes(r: TelemetryRecord) -> bytes:
+    """A record as bytes (the agent's outbox stores these)."""
+    return bytes(telemetry_record_to_pb(r).SerializeToString())
+
+
+def telemetry_record_from_bytes(data: bytes) -> TelemetryRecord:
+    """InvalidArgument for bytes that are not a record (a corrupt outbox row)."""
+    try:
+        pb = controller_pb.TelemetryRecord.FromString(data)
+    except DecodeError as exc:
+        _fail("record", f"not a telemetry record: {exc}")
+    return telemetry_record_from_pb(pb)
 
 
 def telemetry_record_from_pb(pb: controller_pb.TelemetryRecord, *, path: str = "record") -> TelemetryRecord:

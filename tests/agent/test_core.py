@@ -23,7 +23,7 @@ from agent.core import actions as act
 from agent.core import events as ev
 from agent.core.backoff import BackoffPolicy
 from agent.core.snapshot import AgentSnapshot, FailedVersion
-from agent.core.telemetry import SEQUENCE_BLOCK, Telemetry
+from agent.core.telemetry import SEQUENCE_BLOCK, OutboxState, Telemetry
 from common.errors import EdgefleetError, NotFound, PermanentError, TransientError, Unauthenticated
 from common.types import (
     Assignment,
@@ -147,6 +147,9 @@ def _comparable(obj: object, skip: tuple[str, ...] = ()) -> dict[str, Any]:
     return out
 
 
+OUTBOX_ACTIONS = (act.AppendTelemetry, act.DeleteTelemetry, act.LoadTelemetry, act.RenumberTelemetry)
+
+
 class Harness:
     """One core, its fake clock and a log of every action it emitted."""
 
@@ -157,12 +160,45 @@ class Harness:
             self.config, clock=self.clock, wall_clock_ms=self.clock.wall_ms, rng=random.Random(seed)
         )
         self.log: list[act.Action] = []
+        self.outbox: dict[int, TelemetryRecord] = {}
+        self.outbox_log: list[act.Action] = []
+        self.loads: list[act.Action] = []
 
     def step(self, event: Any) -> list[act.Action]:
+        """One step; returns its actions but the outbox's, which the harness carries out itself
+        (``outbox``, by sequence) the way a driver would, logging them in ``outbox_log``."""
         out = self.core.step(event)
         assert isinstance(out, list)
         self.log.extend(out)
-        return out
+        kept = []
+        for a in out:
+            if isinstance(a, OUTBOX_ACTIONS):
+                self.outbox_log.append(a)
+                self._run_outbox(a)
+            else:
+                kept.append(a)
+        return kept
+
+    def _run_outbox(self, a: act.Action) -> None:
+        match a:
+            case act.AppendTelemetry(record=record):
+                assert record.sequence not in self.outbox, "a sequence written twice"
+                self.outbox[record.sequence] = record
+            case act.DeleteTelemetry(up_to_sequence=up_to):
+                for seq in [s for s in self.outbox if s <= up_to]:
+                    del self.outbox[seq]
+            case act.LoadTelemetry():
+                self.loads.append(a)
+            case act.RenumberTelemetry(start_at=start):
+                ordered = [self.outbox[s] for s in sorted(self.outbox)]
+                self.outbox = {start + i: replace(r, sequence=start + i) for i, r in enumerate(ordered)}
+
+    def answer_load(self) -> list[act.Action]:
+        """Answer the oldest LoadTelemetry from the harness's outbox."""
+        load = self.loads.pop(0)
+        assert isinstance(load, act.LoadTelemetry)
+        records = tuple(self.outbox[s] for s in sorted(self.outbox) if s > load.after_sequence)[: load.limit]
+        return self.step(ev.TelemetryLoaded(records, requested=load.limit))
 
     def recv(self, message: Any) -> list[act.Action]:
         return self.step(ev.MessageReceived(message))
@@ -814,10 +850,10 @@ def test_telemetry_ack_clears_the_batch() -> None:
     for i in range(3):
         h.step(ev.InferenceDone(rec(i)))
     batch = sent(h.tick(1.0), TelemetryBatch)[0]
-    # A partial ack does not clear the batch: it goes out again after the timeout.
+    # A partial ack leaves the rest of the batch, which goes out again after the timeout.
     h.recv(TelemetryAck(batch.records[0].sequence))
-    assert h.core.pending_telemetry == 3
-    assert sent(h.tick(5.0), TelemetryBatch) == [batch]
+    assert h.core.pending_telemetry == 2
+    assert sent(h.tick(5.0), TelemetryBatch) == [TelemetryBatch(batch.records[1:])]
     h.recv(TelemetryAck(batch.records[-1].sequence))
     assert h.core.pending_telemetry == 0
     for _ in range(5):
@@ -886,23 +922,36 @@ def test_records_made_offline_are_flushed_right_after_the_welcome() -> None:
     assert len(batches) == 1 and latencies(batches[0]) == [0, 1, 2]
 
 
-def test_pending_telemetry_is_bounded_dropping_the_oldest_and_counting() -> None:
-    h = Harness(max_pending=5, max_batch=100, telemetry_flush_interval_s=1.0)
+def drain(h: Harness, rounds: int = 40) -> list[float]:
+    """Run the link until the outbox is empty: answer loads, ack every batch; the latencies sent."""
+    got: list[float] = []
+    seen = 0
+    for _ in range(rounds):
+        if h.loads:
+            h.answer_load()
+        h.tick(1.0)
+        batches = sent(h.log, TelemetryBatch)[seen:]
+        seen += len(batches)
+        for b in batches:
+            got += latencies(b)
+            h.recv(TelemetryAck(b.records[-1].sequence))
+        if not h.outbox and not h.loads:
+            break
+    return got
+
+
+def test_memory_holds_a_window_and_the_rest_waits_in_the_outbox_in_order() -> None:
+    h = Harness(max_pending=5, max_batch=2, telemetry_flush_interval_s=1.0, telemetry_ack_timeout_s=60.0)
     h.start()  # connecting: nothing can be sent
     for i in range(8):
         h.step(ev.InferenceDone(rec(i)))
-    assert h.core.pending_telemetry == 5
-    assert h.core.records_dropped == 3
-    assert h.core.snapshot().records_dropped == 3
-    hello = sent(h.step(ev.StreamOpened()), Hello)[0]
-    assert hello.records_dropped == 3
-    assert hello.telemetry_watermark >= 8
-    h.recv(Welcome(heartbeat_interval_ms=QUIET_HEARTBEAT_MS, telemetry_watermark=0))
-    h.tick(1.0)
-    batches = sent(h.log, TelemetryBatch)
-    assert [latencies(b) for b in batches] == [[3, 4, 5, 6, 7]]
-    seqs = [r.sequence for r in batches[0].records]
-    assert seqs == sorted(seqs) and len(set(seqs)) == 5
+    # Every record is in the outbox; memory holds the oldest five; nothing is dropped.
+    assert sorted(h.outbox) == list(range(1, 9))
+    assert [r.body.latency_ms for r in h.core._telemetry.pending()] == [0, 1, 2, 3, 4]
+    assert h.core.pending_telemetry == 8 and h.core.records_dropped == 0
+    h.connect()
+    assert drain(h) == [float(i) for i in range(8)]  # each once, in order
+    assert h.outbox == {} and h.core.pending_telemetry == 0
 
 
 def test_pending_bound_holds_after_the_inflight_batch_is_requeued() -> None:
@@ -912,10 +961,99 @@ def test_pending_bound_holds_after_the_inflight_batch_is_requeued() -> None:
         h.step(ev.InferenceDone(rec(i)))  # a full batch: sent at once
     assert len(sent(h.log, TelemetryBatch)) == 1
     for i in range(4, 10):
-        h.step(ev.InferenceDone(rec(i)))  # pending is now at its bound
+        h.step(ev.InferenceDone(rec(i)))  # memory is now at its bound
     h.step(ev.StreamClosed())
     h.step(ev.InferenceDone(rec(10)))
-    assert h.core._telemetry.waiting <= 6
+    t = h.core._telemetry
+    assert len(list(t.pending())) + len(t.inflight) <= 6
+    assert len(h.outbox) == 11 and t.waiting == 11
+
+
+def test_records_reach_the_outbox_before_any_batch_carries_them_and_acks_delete_them() -> None:
+    h = Harness(max_batch=2, telemetry_flush_interval_s=1.0)
+    h.ready()
+    h.step(ev.InferenceDone(rec(1)))
+    h.step(ev.InferenceDone(rec(2)))  # a full batch: sent in this same step
+    kinds = [
+        type(a)
+        for a in h.log
+        if isinstance(a, act.AppendTelemetry)
+        or (isinstance(a, act.Send) and isinstance(a.message, TelemetryBatch))
+    ]
+    assert kinds.index(act.AppendTelemetry) < kinds.index(act.Send)
+    assert kinds.count(act.AppendTelemetry) == 2 and kinds[-1] is act.Send
+    (batch,) = sent(h.log, TelemetryBatch)
+    h.recv(TelemetryAck(batch.records[-1].sequence))
+    assert act.DeleteTelemetry(batch.records[-1].sequence) in h.outbox_log
+    assert h.outbox == {}
+
+
+def test_restart_sends_what_the_outbox_kept_and_numbers_new_records_above_it() -> None:
+    h1 = Harness()
+    h1.start()
+    for i in range(3):
+        h1.step(ev.InferenceDone(rec(i)))
+    kept = dict(h1.outbox)  # the process dies: only the outbox and the snapshot survive
+    snap = h1.core.snapshot()
+
+    h2 = Harness()
+    h2.outbox = kept
+    first, last = min(kept), max(kept)
+    h2.step(ev.Started(IDENT, snap, OutboxState(len(kept), first, last)))
+    assert h2.loads and h2.loads[0] == act.LoadTelemetry(after_sequence=0, limit=h2.config.max_pending)
+    h2.answer_load()
+    assert h2.core.pending_telemetry == 3
+    h2.step(ev.InferenceDone(rec(99)))
+    assert max(h2.outbox) > last and len(h2.outbox) == 4
+    h2.connect()
+    batches = sent(h2.tick(1.0), TelemetryBatch)
+    assert [latencies(b) for b in batches] == [[0, 1, 2, 99]]
+
+
+def test_outbox_drops_are_counted_reported_and_persisted() -> None:
+    h = Harness()
+    h.start()
+    for i in range(5):
+        h.step(ev.InferenceDone(rec(i)))
+    for seq in (1, 2, 3):
+        del h.outbox[seq]
+    out = h.step(ev.OutboxTrimmed(dropped=3, first_sequence=1, last_sequence=3))
+    assert h.core.records_dropped == 3
+    assert of_type(out, act.PersistSnapshot)[-1].snapshot.records_dropped == 3
+    assert [r.sequence for r in h.core._telemetry.pending()] == [4, 5]  # memory matches the outbox
+    hello = sent(h.step(ev.StreamOpened()), Hello)[0]
+    assert hello.records_dropped == 3
+
+
+def test_records_made_while_a_load_is_out_wait_their_turn() -> None:
+    h = Harness(max_pending=4, max_batch=2, telemetry_flush_interval_s=1.0, telemetry_ack_timeout_s=60.0)
+    h.ready()
+    for i in range(8):
+        h.step(ev.InferenceDone(rec(i)))  # the first two go out at once, memory fills, the rest waits
+    assert h.core._telemetry.unloaded > 0
+    seen = 0
+    for round_ in range(30):
+        if round_ % 3 == 1:
+            h.step(ev.InferenceDone(rec(100 + round_)))  # more, some while a load is out
+        if h.loads and round_ % 2:
+            h.answer_load()
+        h.tick(1.0)
+        batches = sent(h.log, TelemetryBatch)[seen:]
+        seen += len(batches)
+        for b in batches:
+            h.recv(TelemetryAck(b.records[-1].sequence))
+    drain(h)
+    first_sends: dict[int, float] = {}
+    for b in sent(h.log, TelemetryBatch):
+        for r in b.records:
+            assert isinstance(r.body, InferenceRecord)
+            first_sends.setdefault(r.sequence, r.body.latency_ms)
+    made = sorted(
+        (a.record for a in h.outbox_log if isinstance(a, act.AppendTelemetry)), key=lambda r: r.sequence
+    )
+    # Every record went out, first in sequence order, none skipped.
+    assert list(first_sends) == [r.sequence for r in made]
+    assert h.outbox == {}
 
 
 # --- restart ---------------------------------------------------------------------------------------
@@ -1417,35 +1555,39 @@ def _full(h: Harness, n: int) -> None:
 def test_failed_inference_step_leaves_a_full_queue_unchanged(
     ready: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # At the bound, an append also drops the oldest record; then the step fails (when ready: the
-    # clock, read again by the timer pass after the append; otherwise: right after the trim). Both
-    # changes to the queue, and the dropped-records count, must be undone.
-    h = Harness(max_pending=50, max_batch=100, telemetry_flush_interval_s=1000.0)
+    # At the window's bound an append goes to the outbox only; then the step fails (when ready: the
+    # clock, read again by the timer pass after the append; otherwise: right after the append). The
+    # changes must be undone and the step's outbox actions never reach the driver.
+    h = Harness(max_pending=50, max_batch=10, telemetry_flush_interval_s=1000.0)
     if ready:
         h.ready()
     else:
         h.start()
     _full(h, 60)
-    assert h.core.records_dropped == 10
+    assert (
+        h.core._telemetry.unloaded == (10 if not ready else h.core._telemetry.unloaded)
+        and h.core.records_dropped == 0
+    )
     before = state_of(h.core)
     if ready:
         h.clock.readings_left = 1
     else:
-        trim = Telemetry._trim
+        append = Telemetry.append
 
-        def trim_then_fail(self: Telemetry) -> None:
-            trim(self)
-            raise RuntimeError("injected after the trim")
+        def append_then_fail(self: Telemetry, *args: Any, **kwargs: Any) -> bool:
+            append(self, *args, **kwargs)
+            raise RuntimeError("injected after the append")
 
-        monkeypatch.setattr(Telemetry, "_trim", trim_then_fail)
+        monkeypatch.setattr(Telemetry, "append", append_then_fail)
     assert h.core.step(ev.InferenceDone(rec(999))) == []
     h.clock.readings_left = None
     monkeypatch.undo()
     assert state_of(h.core) == before
     # And the core carries on as if the failed step never happened.
     h.step(ev.InferenceDone(rec(1000)))
-    assert [r.body.latency_ms for r in pending_records(h.core)][-2:] == [59.0, 1000.0]
-    assert h.core.records_dropped == 11
+    kept = [h.outbox[seq].body for seq in sorted(h.outbox)]
+    assert [b.latency_ms for b in kept if isinstance(b, InferenceRecord)][-2:] == [59.0, 1000.0]
+    assert h.core.records_dropped == 0
 
 
 def test_failed_inference_step_that_had_cut_a_batch_is_undone(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -1661,10 +1803,19 @@ class CoreMachine(RuleBasedStateMachine):
         assert acked <= self.max_version
         self.max_acked = acked
 
+    @rule()
+    def outbox_answers(self) -> None:
+        if self.h.loads:
+            self.h.answer_load()
+
     @invariant()
     def telemetry_is_bounded(self) -> None:
         cfg = self.h.config
-        assert self.h.core.pending_telemetry <= cfg.max_pending + cfg.max_batch
+        t = self.h.core._telemetry
+        assert len(list(t.pending())) + len(t.inflight) <= max(cfg.max_pending, cfg.max_batch)
+        # What memory holds, the outbox holds too (nothing unacknowledged lives only in memory).
+        for r in (*t.inflight, *t.pending()):
+            assert self.h.outbox.get(r.sequence) == r
 
 
 TestCoreRandomInterleavings = CoreMachine.TestCase
@@ -1712,6 +1863,7 @@ def _random_walk(seed: int, steps: int) -> CoreMachine:
         lambda: m.model_event(some(m.assignments), "load_failed"),
         lambda: m.inference(rng.randint(1, 5)),
         lambda: m.do(ev.MessageReceived(TelemetryAck(rng.randint(0, max(m.last_first_sent, 0))))),
+        m.outbox_answers,
     ]
     for _ in range(steps):
         rng.choice(rules)()
@@ -2115,3 +2267,50 @@ def test_path_changes_are_recorded_as_device_events_while_offline_too() -> None:
     events = [r.body for r in pending_records(h.core) if isinstance(r.body, DeviceEvent)]
     assert [(e.kind, e.assignment_version) for e in events] == [("path_degraded", 1), ("path_restored", 1)]
     assert "edge-1" in events[0].message
+
+
+def test_measured_links_replace_the_configured_ones_and_are_sent_at_once() -> None:
+    told = (LinkMeasurement("edge", 50.0, 8.0), LinkMeasurement("gpu", 20.0, 60.0))
+    h = Harness(links=told)
+    h.ready()
+    measured = LinkMeasurement("edge", 50.0, 3.2, 5.1)
+    out = h.step(ev.LinksMeasured((measured,)))
+    (beat,) = sent(out, Heartbeat)
+    assert beat.links == (measured, told[1])
+    assert h.step(ev.LinksMeasured((measured,))) == []  # nothing new: nothing sent
+    h.step(ev.StreamClosed())
+    assert of_type(h.tick_at(h.wakeup()), act.OpenStream)
+    hello = sent(h.step(ev.StreamOpened()), Hello)[0]
+    assert hello.links == (measured, told[1])
+
+
+def test_a_controller_that_goes_silent_is_left_and_reconnected_to() -> None:
+    # A black-holed link: the transport sees nothing wrong, but the controller answers nothing.
+    h = Harness()
+    h.ready(heartbeat_ms=1000)
+    for _ in range(5):  # answered heartbeats keep the stream
+        beats = sent(h.tick(1.0), Heartbeat)
+        assert beats
+        h.recv(TelemetryAck(0))
+    assert h.core.link is Link.READY
+    silent_from = h.clock.now
+    h.tick(2.9)
+    assert h.core.link is Link.READY  # not yet three intervals
+    out = h.tick_at(silent_from + 3.0)
+    assert h.core.link is Link.BACKOFF
+    (close,) = of_type(out, act.CloseStream)
+    assert "answered nothing for 3s (3 heartbeat intervals" in close.reason
+    # And it reconnects after its backoff, as after any lost stream.
+    assert of_type(h.tick_at(h.wakeup()), act.OpenStream)
+
+
+def test_silence_is_never_judged_faster_than_the_floor() -> None:
+    # A 10 ms heartbeat must not turn a normal round trip into a "lost" stream.
+    h = Harness()
+    h.ready(heartbeat_ms=10)
+    silent_from = h.clock.now
+    h.tick_at(silent_from + 0.5)
+    assert h.core.link is Link.READY
+    out = h.tick_at(silent_from + 1.0)
+    assert h.core.link is Link.BACKOFF
+    assert "at least 1s" in of_type(out, act.CloseStream)[0].reason

@@ -15,7 +15,7 @@ import pytest
 from common import limits, serde
 from common.errors import AlreadyExists, InvalidArgument, NotFound, ResourceExhausted
 from common.grpc_errors import ERROR_CODE_KEY
-from common.types import Heartbeat
+from common.types import Heartbeat, TelemetryAck
 from controller.api import admin_api
 from controller.toolchain.digits import DigitsArtifacts
 from tests.integration.harness import (
@@ -251,6 +251,7 @@ def test_import_does_not_stall_the_control_plane(
                 # The import is parked inside that stage: the rest of the controller carries on.
                 stream, _ = await asyncio.wait_for(agent.online(), SERVED_WITHIN_S)
                 await asyncio.wait_for(stream.send(Heartbeat(sent_at_ms=1)), SERVED_WITHIN_S)
+                await asyncio.wait_for(stream.expect(TelemetryAck), SERVED_WITHIN_S)  # answered: alive
                 await asyncio.wait_for(stream.expect_nothing_else(), SERVED_WITHIN_S)
                 device = await asyncio.wait_for(fleet.device("phone-1"), SERVED_WITHIN_S)
                 assert device.connected

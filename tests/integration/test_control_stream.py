@@ -121,6 +121,25 @@ def test_hello_is_welcomed_and_connection_is_tracked(tmp_path: Path) -> None:
     run(scenario())
 
 
+def test_heartbeats_are_answered_with_what_is_stored_so_a_silent_controller_can_be_told(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> None:
+        async with running_controller(tmp_path) as fleet:
+            agent = await fleet.enroll("phone-1")
+            stream, _ = await agent.online()
+            await stream.send(Heartbeat(sent_at_ms=0))
+            assert await stream.expect(TelemetryAck) == TelemetryAck(up_to_sequence=0)
+            await stream.send(telemetry(1, 5))
+            assert await stream.expect(TelemetryAck) == TelemetryAck(up_to_sequence=5)
+            await stream.send(Heartbeat(sent_at_ms=0))
+            # The answer repeats what the device has already been told: acking it again is harmless.
+            assert await stream.expect(TelemetryAck) == TelemetryAck(up_to_sequence=5)
+            await stream.expect_nothing_else()
+
+    run(scenario())
+
+
 def test_half_closed_stream_disconnects_the_device(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with running_controller(tmp_path) as fleet:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.cli import _advertise, _links
+from agent.cli import _advertise, _keepalive, _links
 from common.errors import InvalidArgument
 from common.types import LinkMeasurement
 
@@ -46,3 +46,30 @@ def test_advertise_is_checked_as_an_address() -> None:
     for bad in ("10.0.0.7", "host:0", "host:99999", ":7001"):
         with pytest.raises(InvalidArgument, match="--advertise"):
             _advertise(bad)
+
+
+def test_outbox_flags_are_checked() -> None:
+    from agent.cli import _choice, _outbox_budget
+    from agent.outbox import DropPolicy
+
+    budget = _outbox_budget(32, "36h", "reject-newest")
+    assert (budget.max_bytes, budget.max_age_s, budget.policy) == (
+        32 * 2**20,
+        36 * 3600.0,
+        DropPolicy.REJECT_NEWEST,
+    )
+    with pytest.raises(InvalidArgument, match="--outbox-max-mb"):
+        _outbox_budget(0.01, "7d", "drop-oldest")
+    with pytest.raises(InvalidArgument, match="--outbox-policy 'keep-all'"):
+        _outbox_budget(32, "7d", "keep-all")
+    with pytest.raises(InvalidArgument, match="duration"):
+        _outbox_budget(32, "a week", "drop-oldest")
+    with pytest.raises(InvalidArgument, match="--outbox-sync"):
+        _choice("--outbox-sync", "always", ("normal", "full"))
+
+
+def test_keepalive_is_a_bounded_duration() -> None:
+    assert _keepalive("2s") == 2.0 and _keepalive("1m") == 60.0
+    for bad in ("0s", "2h", "soon"):
+        with pytest.raises(InvalidArgument):
+            _keepalive(bad)
