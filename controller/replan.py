@@ -17,12 +17,40 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from common.serde import ApplyRequest
 from controller.hub import Db, Hub
 from controller.service import policies
 from controller.service.clock import Clock
 from controller.service.segments import SegmentBuilder
 
 log = logging.getLogger(__name__)
+
+
+async def apply_policies(
+    db: Db, hub: Hub, clock: Clock, lock: asyncio.Lock, segments: SegmentBuilder, req: ApplyRequest
+) -> policies.Applied:
+    """``fleetctl apply``: plan the new policy set against the fleet, build the segments it needs,
+    record the apply and the devices' new versions in one write, then push to the changed devices.
+    Under the same lock as re-plans, so the two never interleave. Raises ``PolicyErrors``."""
+    async with lock:
+        snapshot = await db.run(policies.read, db.store)
+        prepared = await asyncio.to_thread(
+            policies.prepare_apply,
+            snapshot,
+            req.files,
+            applied_by=req.applied_by,
+            git_commit=req.git_commit,
+            git_dirty=req.git_dirty,
+            source=req.source,
+            message=req.message,
+            now_ms=clock.now_ms(),
+        )
+        built = await segments.ensure(dict(snapshot.models), policies.segment_keys(prepared.planned))
+        assignments = policies.materialize(prepared.planned, built)
+        applied = await db.run(policies.commit_apply, db.store, prepared, assignments)
+    for device in applied.outcome.changed:
+        await hub.kick(device.id)
+    return applied
 
 
 class Replanner:

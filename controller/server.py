@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -85,13 +86,26 @@ class Controller:
         self._scheduler: AsyncIOScheduler | None = None
         self.bridge: MqttBridge | None = None
         self.port = 0
+        self._jobs: list[asyncio.Task[None]] = []
 
-    async def start(self) -> None:
-        if self._server is not None:
+    async def start(self, *, serve: bool = True) -> None:
+        """Open the store and start the periodic jobs; with ``serve`` also the gRPC server (and the
+        MQTT bridge). Without it (the simulator's virtual engine) devices reach the hub in-process
+        and the jobs run as plain loop timers, which follow the loop's clock, virtual or not."""
+        if self._server is not None or self._jobs:
             return
         stale = await self.db.run(self.db.store.mark_all_disconnected)
         if stale:
             log.info("cleared %d stale connections from a previous run", stale)
+        if not serve:
+            loop = asyncio.get_running_loop()
+            self._jobs = [
+                loop.create_task(
+                    _every(self.config.reconcile_interval_s, self.hub.reconcile), name="reconcile"
+                ),
+                loop.create_task(_every(1.0, self._replan), name="replan"),
+            ]
+            return
         server = grpc.aio.server(options=GRPC_OPTIONS)
         serde.add_ControllerServiceServicer_to_server(
             DeviceApi(self.db, self.hub, self.artifacts, self.clock), server
@@ -162,6 +176,12 @@ class Controller:
         scheduler, self._scheduler = self._scheduler, None
         if scheduler is not None:
             scheduler.pause()
+        jobs, self._jobs = self._jobs, []
+        for job in jobs:
+            job.cancel()
+        await asyncio.gather(*jobs, return_exceptions=True)
+        if jobs:  # no server: the in-process streams are ended by their owner (InProcessServer)
+            await self.hub.close_all(ShuttingDown())
         server, self._server = self._server, None
         if server is not None:
             ended = await asyncio.gather(
@@ -181,6 +201,20 @@ class Controller:
             scheduler.shutdown(wait=False)
         await self.db.aclose()
         log.info("controller stopped")
+
+
+async def _every(interval_s: float, job: Callable[[], Awaitable[object]]) -> None:
+    """Run ``job`` every ``interval_s`` (after it finishes: never two at once), logging a failure."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await job()
+        except ShuttingDown:
+            return
+        except Exception:
+            log.exception(
+                "periodic job %s failed; it runs again in %gs", getattr(job, "__name__", job), interval_s
+            )
 
 
 async def serve(config: ControllerConfig) -> None:

@@ -19,6 +19,7 @@ from controller.api.errors import Context, unary
 from controller.hub import Db, Hub
 from controller.planner import report
 from controller.policy import PolicyErrors
+from controller.replan import apply_policies
 from controller.service import policies
 from controller.service.clock import Clock
 from controller.service.segments import SegmentBuilder
@@ -55,26 +56,12 @@ class PolicyRpcs:
     @unary
     async def ApplyPolicies(self, request: Any, context: Context) -> Any:
         req = serde.apply_policies_request_from_pb(request)
-        async with self._policy_lock:
-            snapshot = await self._db.run(policies.read, self._db.store)
-            prepared = await _detect(
-                policies.prepare_apply,
-                snapshot,
-                req.files,
-                applied_by=req.applied_by,
-                git_commit=req.git_commit,
-                git_dirty=req.git_dirty,
-                source=req.source,
-                message=req.message,
-                now_ms=self._clock.now_ms(),
+        try:
+            applied = await apply_policies(
+                self._db, self._hub, self._clock, self._policy_lock, self._segments, req
             )
-            built = await self._segments.ensure(
-                dict(snapshot.models), policies.segment_keys(prepared.planned)
-            )
-            assignments = policies.materialize(prepared.planned, built)
-            applied = await self._db.run(policies.commit_apply, self._db.store, prepared, assignments)
-        for device in applied.outcome.changed:
-            await self._hub.kick(device.id)
+        except PolicyErrors as exc:
+            raise _short(exc) from exc
         return serde.apply_policies_response_to_pb(
             applied.outcome.record, changed=applied.outcome.recorded, changes=applied.changes
         )

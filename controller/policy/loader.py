@@ -19,7 +19,7 @@ import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
@@ -33,6 +33,8 @@ from controller.policy.models import API_VERSION, KINDS, PolicyDocument
 from controller.policy.policyset import DocumentLocation, Loc, PolicyKey, PolicySet, format_path
 
 log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=BaseModel)
 
 POLICY_SUFFIXES = (".yaml", ".yml")
 _KNOWN_KINDS = ", ".join(KINDS)
@@ -196,6 +198,26 @@ def _parse(file: str, text: str) -> tuple[list[_RawDocument], list[PolicyError]]
 
 
 # --- validation --------------------------------------------------------------------------------
+
+
+def validate_document(file: str, text: str, model: type[M]) -> tuple[M | None, list[PolicyError]]:
+    """One YAML document (not a policy: e.g. a simulator scenario) validated against ``model``, with
+    the same line-numbered, YAML-worded errors as policy files."""
+    docs, errors = _parse(file, text)
+    if errors:
+        return None, errors
+    if len(docs) != 1 or not isinstance(docs[0].data, dict):
+        return None, [PolicyError(file, 1, 1, "", "expected exactly one YAML mapping")]
+    doc = docs[0]
+    where = DocumentLocation(file, doc.positions)
+    try:
+        return model.model_validate(doc.data), []
+    except ValidationError as exc:
+        out = []
+        for e in exc.errors():
+            line, col = where.at(_loc(e))
+            out.append(PolicyError(file, line, col, format_path(_loc(e)), _message(e, model)))
+        return None, out
 
 
 def read_policy_texts(texts: Mapping[str, str]) -> PolicyLoad:

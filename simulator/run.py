@@ -1,0 +1,471 @@
+"""One scenario run, the same for both engines: build the fleet, bring it up, play the timeline,
+sample, drain, account for every record, check the assertions, return the report.
+
+Everything here takes its time from the running loop (real or virtual) and its randomness from the
+scenario's seed, so on the virtual engine a run repeats exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from common.types import HardwareProfile, LinkMeasurement, PolicyFile
+from controller.policy.loader import policy_files
+from simulator.device import DeviceSpec, GroupStats, SimDevice
+from simulator.faults import LinkMode
+from simulator.hosts import ControllerHost
+from simulator.scenario import Assertion, Event, Scenario
+
+log = logging.getLogger(__name__)
+
+#: After the workload stops: how long the run waits for every record to reach the controller.
+DRAIN_S = 120.0
+#: How often convergence after an event is checked (finer than the report's samples).
+CONVERGENCE_POLL_S = 1.0
+#: Devices started per ramp step (``connect_rate`` per second overall).
+RAMP_STEP_S = 0.1
+
+Progress = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class _EventResult:
+    at_s: float
+    kind: str
+    detail: str
+    converged_s: float | None = None
+
+
+@dataclass
+class _Run:
+    scenario: Scenario
+    host: ControllerHost
+    base: Path
+    rng: random.Random
+    devices: list[SimDevice] = field(default_factory=list)
+    by_group: dict[str, list[SimDevice]] = field(default_factory=dict)
+    stats: dict[str, GroupStats] = field(default_factory=dict)
+    events: list[_EventResult] = field(default_factory=list)
+    series: dict[str, list[float]] = field(default_factory=dict)
+    watchers: set[asyncio.Task[None]] = field(default_factory=set)
+    first_apply_at: float | None = None
+    first_apply_converged: float | None = None
+    t0: float = 0.0
+    next_index: dict[str, int] = field(default_factory=dict)
+
+    def now(self) -> float:
+        return asyncio.get_running_loop().time() - self.t0
+
+
+async def run_scenario(
+    scenario: Scenario, host: ControllerHost, *, base: Path, engine: str, progress: Progress | None = None
+) -> dict[str, Any]:
+    wall_started = time.monotonic()
+    run = _Run(scenario, host, base, random.Random(scenario.seed))
+    run.series = {k: [] for k in ("t_s", "connected", "converged", "answered", "degraded", "failed")}
+    loop = asyncio.get_running_loop()
+    await host.start()
+    run.t0 = loop.time()
+    try:
+        for group in scenario.fleet:
+            run.stats[group.name] = GroupStats()
+            run.by_group[group.name] = []
+        specs = [spec for group in scenario.fleet for spec in _specs(run, group.name, group.count)]
+        ramp = _spawn(run, _ramp(run, specs))
+        timeline = _spawn(run, _timeline(run))
+        sampler = _spawn(run, _sample_forever(run, progress))
+        await asyncio.sleep(scenario.duration)
+        await timeline
+        await ramp
+        for d in run.devices:
+            d.stop_workload()
+        await _drain(run)
+        sampler.cancel()
+        await _sample(run)
+        records = await _account(run)
+        for w in list(run.watchers):
+            w.cancel()
+        await asyncio.gather(*run.watchers, return_exceptions=True)
+        connected_at_end = sum(d.connected for d in run.devices)
+        usage = host.usage()
+        report = _report(run, engine, records, connected_at_end, usage, time.monotonic() - wall_started)
+    finally:
+        await asyncio.gather(*(d.stop() for d in run.devices), return_exceptions=True)
+        await host.aclose()
+    return report
+
+
+def _spawn(run: _Run, coro: Any) -> asyncio.Task[None]:
+    task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
+    run.watchers.add(task)
+    task.add_done_callback(run.watchers.discard)
+    return task
+
+
+# --- the fleet -----------------------------------------------------------------------------------------
+
+
+def _specs(run: _Run, group_name: str, count: int) -> list[DeviceSpec]:
+    group = next(g for g in run.scenario.fleet if g.name == group_name)
+    start = run.next_index.get(group_name, 0)
+    run.next_index[group_name] = start + count
+    specs = []
+    for i in range(start, start + count):
+        device_id = f"{group.name}-{i:05d}"
+        rng = random.Random(f"{run.scenario.seed}:{device_id}:links")
+        links = tuple(
+            LinkMeasurement(
+                link.pool, round(link.bandwidth_mbps.sample(rng), 3), round(link.rtt_ms.sample(rng), 3)
+            )
+            for link in group.links
+        )
+        labels = {"fleet-sim/group": group.name, **group.labels}
+        hardware = HardwareProfile(
+            hardware_class=group.hardware_class,
+            cpu_cores=4,
+            memory_bytes=4 << 30,
+            labels=labels,
+            agent_version="sim",
+        )
+        specs.append(DeviceSpec(device_id, group.name, hardware, links, group.request_rate))
+    return specs
+
+
+def _new_device(run: _Run, spec: DeviceSpec) -> SimDevice:
+    w = run.scenario.workload
+    loop = asyncio.get_running_loop()
+
+    def rate_factor(t: float) -> float:
+        if not w.diurnal_amplitude:
+            return 1.0
+        return 1.0 + w.diurnal_amplitude * math.sin(2 * math.pi * (t - run.t0) / w.period)
+
+    from simulator.vclock import EPOCH_MS
+
+    device = SimDevice(
+        spec,
+        transport=run.host.transport(len(run.devices)),
+        enroll=run.host.enroll,
+        stats=run.stats[spec.group],
+        rng=random.Random(f"{run.scenario.seed}:{spec.device_id}"),
+        wall_ms=lambda: EPOCH_MS + int(loop.time() * 1000),
+        rate_factor=rate_factor,
+        latency_sigma=w.latency_sigma,
+        heartbeat_s=run.scenario.controller.heartbeat_interval,
+    )
+    run.devices.append(device)
+    run.by_group[spec.group].append(device)
+    return device
+
+
+async def _ramp(run: _Run, specs: list[DeviceSpec]) -> None:
+    """Start devices at ``connect_rate`` per second (a fleet that comes up, not a thundering herd)."""
+    per_step = max(1, round(run.scenario.controller.connect_rate * RAMP_STEP_S))
+    for i in range(0, len(specs), per_step):
+        for spec in specs[i : i + per_step]:
+            _new_device(run, spec).start()
+        if i + per_step < len(specs):
+            await asyncio.sleep(RAMP_STEP_S)
+
+
+# --- the timeline ----------------------------------------------------------------------------------------
+
+
+async def _timeline(run: _Run) -> None:
+    for event in sorted(run.scenario.timeline, key=lambda e: e.at):
+        delay = event.at - run.now()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        result = _EventResult(round(run.now(), 3), event.kind, _describe(event))
+        run.events.append(result)
+        log.info("t=%.1fs %s: %s", result.at_s, result.kind, result.detail)
+        await _apply_event(run, event, result)
+
+
+def _describe(event: Event) -> str:
+    b = event.body
+    match event.kind:
+        case "apply":
+            return str(b)
+        case "cut_links" | "blackhole":
+            return f"{b.percent:g}% of {b.group} for {b.duration:g}s"
+        case "drop_bandwidth":
+            return f"{b.percent:g}% of {b.group} to {b.factor:g}x bandwidth for {b.duration:g}s"
+        case "restart_controller":
+            return f"down for {b.down_for:g}s"
+        case "join" | "leave":
+            return f"{b.count} devices of {b.group}"
+    return ""
+
+
+def _pick(run: _Run, group: str, percent: float) -> list[SimDevice]:
+    devices = [d for d in run.by_group[group] if d.running]
+    n = round(len(devices) * percent / 100)
+    return sorted(run.rng.sample(devices, n), key=lambda d: d.spec.device_id) if n else []
+
+
+async def _apply_event(run: _Run, event: Event, result: _EventResult) -> None:
+    b = event.body
+    match event.kind:
+        case "apply":
+            files = _policy_files(run.base / b)
+            if run.first_apply_at is None:
+                run.first_apply_at = run.now()
+            changed = await run.host.apply(files, f"fleet-sim {run.scenario.name}: {b}")
+            result.detail += f" ({changed} devices changed)"
+            _watch(run, result, settle_from=run.now())
+        case "cut_links" | "blackhole" | "drop_bandwidth":
+            picked = _pick(run, b.group, b.percent)
+            mode = {"cut_links": LinkMode.CUT, "blackhole": LinkMode.BLACKHOLE}.get(event.kind)
+            for d in picked:
+                if mode is not None:
+                    d.link.set(mode)
+                else:
+                    d.measure_links(b.factor)
+            _spawn(run, _restore_after(run, result, picked, b.duration, event.kind))
+        case "restart_controller":
+            await run.host.restart(b.down_for)
+            _watch(run, result, settle_from=run.now())
+        case "join":
+            for spec in _specs(run, b.group, b.count):
+                _new_device(run, spec).start()
+            _watch(run, result, settle_from=run.now())
+        case "leave":
+            for d in _pick(run, b.group, 100)[: b.count]:
+                d.stop_workload()
+                await d.stop()
+            _watch(run, result, settle_from=run.now())
+
+
+async def _restore_after(
+    run: _Run, result: _EventResult, picked: list[SimDevice], duration: float, kind: str
+) -> None:
+    await asyncio.sleep(duration)
+    for d in picked:
+        if kind == "drop_bandwidth":
+            d.measure_links(1.0)
+        else:
+            d.link.set(LinkMode.UP)
+    _watch(run, result, settle_from=run.now())
+
+
+def _watch(run: _Run, result: _EventResult, *, settle_from: float) -> None:
+    """Record how long after ``settle_from`` every running device is connected and converged."""
+
+    async def watch() -> None:
+        while True:
+            connected = all(d.connected for d in run.devices if d.running)
+            if connected and await run.host.unconverged() == 0:
+                result.converged_s = round(run.now() - settle_from, 3)
+                if result.kind == "apply" and run.first_apply_converged is None:
+                    assert run.first_apply_at is not None
+                    run.first_apply_converged = round(run.now() - run.first_apply_at, 3)
+                return
+            await asyncio.sleep(CONVERGENCE_POLL_S)
+
+    _spawn(run, watch())
+
+
+def _policy_files(path: Path) -> list[PolicyFile]:
+    files, errors = policy_files([path])
+    if errors:
+        raise ValueError("; ".join(str(e) for e in errors))
+    return [PolicyFile(str(f.relative_to(path.parent)), f.read_text(encoding="utf-8")) for f in files]
+
+
+# --- sampling, draining, accounting ------------------------------------------------------------------------
+
+
+async def _sample_forever(run: _Run, progress: Progress | None) -> None:
+    while True:
+        await _sample(run)
+        if progress is not None:
+            progress({k: v[-1] for k, v in run.series.items()} | {"devices": len(run.devices)})
+        await asyncio.sleep(run.scenario.sample_every)
+
+
+async def _sample(run: _Run) -> None:
+    s = run.series
+    running = [d for d in run.devices if d.running]
+    s["t_s"].append(round(run.now(), 3))
+    s["connected"].append(sum(d.connected for d in running))
+    try:
+        s["converged"].append(len(running) - await run.host.unconverged())
+    except Exception:  # the controller is down (a restart): nobody is known to have converged
+        s["converged"].append(0)
+    s["answered"].append(sum(g.answered for g in run.stats.values()))
+    s["degraded"].append(sum(g.degraded for g in run.stats.values()))
+    s["failed"].append(sum(g.failed for g in run.stats.values()))
+
+
+async def _drain(run: _Run) -> None:
+    deadline = run.now() + DRAIN_S
+    while run.now() < deadline:
+        if all(d.outbox.state().count == 0 for d in run.devices if d.running):
+            return
+        await asyncio.sleep(CONVERGENCE_POLL_S)
+    left = sum(d.outbox.state().count for d in run.devices if d.running)
+    log.warning("records still unacknowledged after a %gs drain: %d", DRAIN_S, left)
+
+
+async def _account(run: _Run) -> dict[str, int]:
+    seen = await run.host.records()
+    produced = delivered = dropped = duplicated = lost = 0
+    for d in run.devices:
+        got = seen.get(d.spec.device_id)
+        received = got.received if got is not None else 0
+        produced += d.produced
+        delivered += min(received, d.produced)
+        dropped += d.dropped
+        duplicated += max(0, received - d.produced)
+        lost += max(0, d.produced - received - d.dropped)
+    return {
+        "produced": produced,
+        "delivered": delivered,
+        "dropped": dropped,
+        "duplicated": duplicated,
+        "lost": lost,
+    }
+
+
+# --- the report --------------------------------------------------------------------------------------------
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+def _report(
+    run: _Run,
+    engine: str,
+    records: dict[str, int],
+    connected_at_end: int,
+    usage: dict[str, float],
+    wall_s: float,
+) -> dict[str, Any]:
+    sc = run.scenario
+    groups = []
+    for g in sc.fleet:
+        st = run.stats[g.name]
+        served = [
+            d.serving for d in run.by_group[g.name] if d.serving is not None and d.serving.plan is not None
+        ]
+        predicted = [a.plan.predicted_latency_ms for a in served if a.plan is not None]
+        slo = [a.plan.slo_ms for a in served if a.plan is not None and a.plan.slo_ms > 0]
+        groups.append(
+            {
+                "group": g.name,
+                "hardware_class": g.hardware_class,
+                "devices": len(run.by_group[g.name]),
+                "requests": st.requests,
+                "p50_ms": round(_percentile(st.latencies, 0.5), 3),
+                "p95_ms": round(_percentile(st.latencies, 0.95), 3),
+                "predicted_ms": round(statistics.median(predicted), 3) if predicted else 0.0,
+                "slo_ms": max(slo) if slo else 0.0,
+                "attainment": round(st.slo_met / st.slo_requests, 4) if st.slo_requests else 0.0,
+                "degraded": st.degraded,
+                "failed": st.failed,
+            }
+        )
+    answered = sum(s.answered for s in run.stats.values())
+    degraded = sum(s.degraded for s in run.stats.values())
+    failed = sum(s.failed for s in run.stats.values())
+    slo_requests = sum(s.slo_requests for s in run.stats.values())
+    slo_met = sum(s.slo_met for s in run.stats.values())
+    messages = sum(d.messages for d in run.devices)
+    elapsed = wall_s if engine == "realtime" else max(run.now(), 1e-9)
+    report: dict[str, Any] = {
+        "scenario": sc.name,
+        "engine": engine,
+        "seed": sc.seed,
+        "devices": len(run.devices),
+        "duration_s": sc.duration,
+        "wall_s": round(wall_s, 3),
+        "converged_s": run.first_apply_converged,
+        "events": [e.__dict__ for e in run.events],
+        "availability": {"answered": answered, "degraded": degraded, "failed": failed},
+        "records": records,
+        "slo": {
+            "requests": slo_requests,
+            "attainment": round(slo_met / slo_requests, 4) if slo_requests else 0.0,
+        },
+        "groups": groups,
+        "controller": {
+            "cpu_s": round(usage["cpu_s"], 3),
+            "cpu_percent": round(100 * usage["cpu_s"] / wall_s, 1) if wall_s > 0 else 0.0,
+            "rss_mb_peak": round(usage["rss_mb_peak"], 1),
+            # Realtime: per wall second; virtual: per simulated second.
+            "messages_per_s": round(messages / elapsed, 1),
+        },
+        "timeseries": run.series,
+        "connected_at_end": connected_at_end,
+        "controller_restarts": run.host.restarts,
+    }
+    report["assertions"] = [_check(a, report, run) for a in sc.assertions]
+    report["passed"] = all(a["passed"] for a in report["assertions"])
+    return report
+
+
+def _check(a: Assertion, report: dict[str, Any], run: _Run) -> dict[str, Any]:
+    kind, value = a.kind, a.value
+    av, rec = report["availability"], report["records"]
+    requests = av["answered"] + av["failed"]
+    match kind:
+        case "converged_within":
+            applies = [e for e in run.events if e.kind == "apply"]
+            worst = [e.converged_s for e in applies]
+            ok = bool(applies) and all(c is not None and c <= value for c in worst)
+            detail = (
+                ", ".join("never" if c is None else f"{c:g}s" for c in worst) or "no apply in the timeline"
+            )
+            return {"name": f"converged_within {value:g}s", "passed": ok, "detail": f"converged in {detail}"}
+        case "records_lost_max":
+            return {
+                "name": f"records_lost <= {value}",
+                "passed": rec["lost"] <= value,
+                "detail": f"{rec['lost']} lost",
+            }
+        case "records_duplicated_max":
+            return {
+                "name": f"records_duplicated <= {value}",
+                "passed": rec["duplicated"] <= value,
+                "detail": f"{rec['duplicated']} duplicated",
+            }
+        case "slo_attainment_min":
+            got = report["slo"]["attainment"]
+            return {"name": f"slo_attainment >= {value:g}", "passed": got >= value, "detail": f"{got:.4f}"}
+        case "degraded_max":
+            got = av["degraded"] / requests if requests else 0.0
+            return {
+                "name": f"degraded <= {value:g}",
+                "passed": got <= value,
+                "detail": f"{got:.4f} of {requests}",
+            }
+        case "failed_max":
+            got = av["failed"] / requests if requests else 0.0
+            return {
+                "name": f"failed <= {value:g}",
+                "passed": got <= value,
+                "detail": f"{got:.4f} of {requests}",
+            }
+        case "all_connected":
+            running = sum(1 for d in run.devices if d.running)
+            ok = (report["connected_at_end"] == running) == value
+            return {
+                "name": "all_connected",
+                "passed": ok,
+                "detail": f"{report['connected_at_end']}/{running}",
+            }
+    raise AssertionError(kind)
