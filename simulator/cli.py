@@ -108,7 +108,12 @@ def _run(sc: Scenario, engine: str, data_dir: Path, base: Path) -> dict[str, Any
     c = sc.controller
     host: ControllerHost
     if engine == "virtual":
-        host = VirtualHost(data_dir, heartbeat_s=c.heartbeat_interval, reconcile_s=c.reconcile_interval)
+        host = VirtualHost(
+            data_dir,
+            heartbeat_s=c.heartbeat_interval,
+            reconcile_s=c.reconcile_interval,
+            replan_every_s=c.replan_every,
+        )
     else:
         host = RealtimeHost(
             data_dir, heartbeat_s=c.heartbeat_interval, reconcile_s=c.reconcile_interval, channels=c.channels
@@ -130,7 +135,9 @@ def _run(sc: Scenario, engine: str, data_dir: Path, base: Path) -> dict[str, Any
             )
             bar.update(task, completed=min(sc.duration, sample["t_s"]), status=status)
 
-        coro = run_scenario(sc, host, base=base, engine=engine, progress=progress)
+        # Realtime: each check lists the whole fleet over the admin API, so not every second.
+        poll_s = 1.0 if engine == "virtual" else 5.0
+        coro = run_scenario(sc, host, base=base, engine=engine, progress=progress, poll_s=poll_s)
         if engine == "virtual":
             return vclock.run(coro)  # type: ignore[no-any-return]
         return asyncio.run(coro)

@@ -125,6 +125,8 @@ class SimDevice:
         self._degraded = False
         self._blackhole_paid = False
         self.links = spec.links
+        #: (hardware class, precision) -> the whole model's latency there, shared by the fleet.
+        self.local_ms: dict[tuple[str, str], float] = {}
         self.running = False
         #: Records the core put in the outbox (the only ones that can be delivered), and dropped.
         self.produced = 0
@@ -378,20 +380,14 @@ class SimDevice:
             stats.slo_met += latency <= plan.slo_ms
         return InferenceRecord(a.artifact_sha256, round(latency, 3), Outcome.OK, path=path)
 
-    @staticmethod
-    def _fallback_ms(a: Assignment) -> float:
-        """The whole model on the device (an estimate: the plan predicts only the hops it planned):
-        its own segment's compute per block, times every block of the model."""
+    def _fallback_ms(self, a: Assignment) -> float:
+        """The whole model on the device, at the fallback variant's precision (the plan predicts
+        only the hops it planned; the run estimates the rest as the planner would a local plan)."""
         assert a.plan is not None
-
-        def blocks(start: int, end: int) -> int:  # end 0: up to the outputs, taken as one block on
-            return max(1, (end or start + 1) - start)
-
-        own = next((s for s in a.plan.segments if s.tier == "device"), None)
-        if own is None:
-            return a.plan.predicted_latency_ms
-        total = sum(blocks(s.start_cut, s.end_cut) for s in a.plan.segments)
-        return own.predicted_compute_ms * total / blocks(own.start_cut, own.end_cut)
+        variant = a.plan.fallback_variant or a.variant
+        precision = next((p for p in ("fp32", "fp16", "int8", "int4") if variant.startswith(p)), "fp32")
+        estimate = self.local_ms.get((self.spec.hardware.hardware_class, precision))
+        return estimate if estimate is not None else a.plan.predicted_latency_ms
 
     # --- faults -------------------------------------------------------------------------------------
 

@@ -27,7 +27,7 @@ from agent.transport.grpc import GrpcTransport
 from agent.transport.inproc import InProcessTransport
 from common import serde
 from common.errors import TransientError
-from common.types import DeviceIdentity, HardwareProfile, PolicyFile
+from common.types import Device, DeviceIdentity, HardwareProfile, Model, PolicyFile
 from controller.api.inproc import InProcessServer, InProcessWire
 from controller.client import AdminClient
 from controller.replan import apply_policies
@@ -87,6 +87,9 @@ class ControllerHost(abc.ABC):
     async def records(self) -> dict[str, DeviceRecords]: ...
 
     @abc.abstractmethod
+    async def model(self, name: str) -> Model: ...
+
+    @abc.abstractmethod
     def usage(self) -> dict[str, float]:
         """The controller's CPU seconds and peak memory so far."""
 
@@ -95,8 +98,11 @@ class ControllerHost(abc.ABC):
 
 
 class VirtualHost(ControllerHost):
-    def __init__(self, data_dir: Path, *, heartbeat_s: float, reconcile_s: float) -> None:
+    def __init__(
+        self, data_dir: Path, *, heartbeat_s: float, reconcile_s: float, replan_every_s: float = 60.0
+    ) -> None:
         super().__init__(data_dir, heartbeat_s=heartbeat_s, reconcile_s=reconcile_s)
+        self.replan_every_s = replan_every_s
         self.controller: Controller | None = None
         self._server: InProcessServer | None = None
         self._transport = InProcessTransport(self, max_queued=OUTBOUND_QUEUE)
@@ -108,6 +114,7 @@ class VirtualHost(ControllerHost):
             self.data_dir,
             policy=SyncPolicy(heartbeat_interval_ms=int(self.heartbeat_s * 1000)),
             reconcile_interval_s=self.reconcile_s,
+            replan_every_s=self.replan_every_s,
         )
         controller = Controller(config, clock=LoopClock(loop))
         await controller.start(serve=False)
@@ -179,6 +186,10 @@ class VirtualHost(ControllerHost):
         devices = await c.db.run(c.db.store.list_devices)
         return {d.id: DeviceRecords(d.records_received, d.records_dropped) for d in devices}
 
+    async def model(self, name: str) -> Model:
+        c = self._up()
+        return await c.db.run(c.db.store.get_model, name)
+
     def usage(self) -> dict[str, float]:
         # The controller shares this process with the devices: what is reported is the whole run's.
         return {"cpu_s": time.process_time() - self._cpu_at_start, "rss_mb_peak": _peak_rss_mb(os.getpid())}
@@ -190,18 +201,24 @@ class RealtimeHost(ControllerHost):
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.proc: Proc | None = None
-        self._channels = [
-            grpc.aio.insecure_channel(
-                self.address, options=[*channel_options(20.0), ("grpc.use_local_subchannel_pool", 1)]
-            )
-            for _ in range(channels)
-        ]
-        self._stubs = [serde.ControllerServiceStub(ch) for ch in self._channels]
-        self._transports = [GrpcTransport(stub, max_queued=OUTBOUND_QUEUE) for stub in self._stubs]
+        self._channel_count = channels
+        # Made on the run's loop (a grpc.aio channel belongs to the loop it was created on).
+        self._channels: list[grpc.aio.Channel] = []
+        self._stubs: list[Any] = []
+        self._transports: list[GrpcTransport] = []
+        self._listed: tuple[float, list[Device]] | None = None
         self._cpu_before = 0.0  # CPU of earlier processes (before a restart)
         self._peak_mb = 0.0
 
     async def start(self) -> None:
+        if not self._channels:
+            # Separate subchannel pools: otherwise channels with the same target share one connection.
+            options = [*channel_options(20.0), ("grpc.use_local_subchannel_pool", 1)]
+            self._channels = [
+                grpc.aio.insecure_channel(self.address, options=options) for _ in range(self._channel_count)
+            ]
+            self._stubs = [serde.ControllerServiceStub(ch) for ch in self._channels]
+            self._transports = [GrpcTransport(stub, max_queued=OUTBOUND_QUEUE) for stub in self._stubs]
         self.proc, _ = await asyncio.to_thread(
             start_controller,
             self.data_dir,
@@ -245,18 +262,29 @@ class RealtimeHost(ControllerHost):
         return serde.enroll_response_from_pb(response)
 
     async def apply(self, files: list[PolicyFile], message: str) -> int:
-        _, changed, _ = await asyncio.to_thread(
+        _, _, changes = await asyncio.to_thread(
             self._admin, lambda a: a.apply_policies(files, applied_by="fleet-sim", message=message)
         )
-        return int(changed)
+        return len(changes)
+
+    async def _devices(self, max_age_s: float) -> list[Device]:
+        """The fleet as the controller lists it; a listing younger than ``max_age_s`` is reused (the
+        sampler and the convergence watchers would otherwise each list 10,000 devices)."""
+        now = time.monotonic()
+        if self._listed is None or now - self._listed[0] > max_age_s:
+            devices = await asyncio.to_thread(self._admin, lambda a: a.list_devices())
+            self._listed = (time.monotonic(), devices)
+        return self._listed[1]
 
     async def unconverged(self) -> int:
-        devices = await asyncio.to_thread(self._admin, lambda a: a.list_devices())
-        return sum(1 for d in devices if not d.converged)
+        return sum(1 for d in await self._devices(1.0) if not d.converged)
 
     async def records(self) -> dict[str, DeviceRecords]:
-        devices = await asyncio.to_thread(self._admin, lambda a: a.list_devices())
+        devices = await self._devices(0.0)
         return {d.id: DeviceRecords(d.records_received, d.records_dropped) for d in devices}
+
+    async def model(self, name: str) -> Model:
+        return await asyncio.to_thread(self._admin, lambda a: a.get_model(name))
 
     def usage(self) -> dict[str, float]:
         if self.proc is None:

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.types import HardwareProfile, LinkMeasurement, PolicyFile
-from controller.policy.loader import policy_files
+from common.types import BlockProfile, HardwareProfile, LinkMeasurement, PolicyFile
+from controller.policy.loader import load_policies, policy_files
 from simulator.device import DeviceSpec, GroupStats, SimDevice
 from simulator.faults import LinkMode
 from simulator.hosts import ControllerHost
@@ -29,8 +29,6 @@ log = logging.getLogger(__name__)
 
 #: After the workload stops: how long the run waits for every record to reach the controller.
 DRAIN_S = 120.0
-#: How often convergence after an event is checked (finer than the report's samples).
-CONVERGENCE_POLL_S = 1.0
 #: Devices started per ramp step (``connect_rate`` per second overall).
 RAMP_STEP_S = 0.1
 
@@ -57,8 +55,10 @@ class _Run:
     events: list[_EventResult] = field(default_factory=list)
     series: dict[str, list[float]] = field(default_factory=dict)
     watchers: set[asyncio.Task[None]] = field(default_factory=set)
-    first_apply_at: float | None = None
-    first_apply_converged: float | None = None
+    poll_s: float = 1.0
+    blocks: tuple[BlockProfile, ...] = ()
+    #: (hardware class, precision) -> the whole model's latency there (see ``_local_estimates``).
+    local_ms: dict[tuple[str, str], float] = field(default_factory=dict)
     t0: float = 0.0
     next_index: dict[str, int] = field(default_factory=dict)
 
@@ -67,13 +67,22 @@ class _Run:
 
 
 async def run_scenario(
-    scenario: Scenario, host: ControllerHost, *, base: Path, engine: str, progress: Progress | None = None
+    scenario: Scenario,
+    host: ControllerHost,
+    *,
+    base: Path,
+    engine: str,
+    progress: Progress | None = None,
+    poll_s: float = 1.0,
 ) -> dict[str, Any]:
+    """``poll_s``: how often convergence after an event is checked (each check lists the fleet)."""
     wall_started = time.monotonic()
-    run = _Run(scenario, host, base, random.Random(scenario.seed))
+    run = _Run(scenario, host, base, random.Random(scenario.seed), poll_s=poll_s)
     run.series = {k: [] for k in ("t_s", "connected", "converged", "answered", "degraded", "failed")}
     loop = asyncio.get_running_loop()
     await host.start()
+    model = await host.model(scenario.model.name)
+    run.blocks = model.block_profiles
     run.t0 = loop.time()
     try:
         for group in scenario.fleet:
@@ -162,6 +171,7 @@ def _new_device(run: _Run, spec: DeviceSpec) -> SimDevice:
         latency_sigma=w.latency_sigma,
         heartbeat_s=run.scenario.controller.heartbeat_interval,
     )
+    device.local_ms = run.local_ms
     run.devices.append(device)
     run.by_group[spec.group].append(device)
     return device
@@ -218,9 +228,8 @@ async def _apply_event(run: _Run, event: Event, result: _EventResult) -> None:
     match event.kind:
         case "apply":
             files = _policy_files(run.base / b)
-            if run.first_apply_at is None:
-                run.first_apply_at = run.now()
             changed = await run.host.apply(files, f"fleet-sim {run.scenario.name}: {b}")
+            _local_estimates(run, run.base / b)
             result.detail += f" ({changed} devices changed)"
             _watch(run, result, settle_from=run.now())
         case "cut_links" | "blackhole" | "drop_bandwidth":
@@ -266,13 +275,25 @@ def _watch(run: _Run, result: _EventResult, *, settle_from: float) -> None:
             connected = all(d.connected for d in run.devices if d.running)
             if connected and await run.host.unconverged() == 0:
                 result.converged_s = round(run.now() - settle_from, 3)
-                if result.kind == "apply" and run.first_apply_converged is None:
-                    assert run.first_apply_at is not None
-                    run.first_apply_converged = round(run.now() - run.first_apply_at, 3)
                 return
-            await asyncio.sleep(CONVERGENCE_POLL_S)
+            await asyncio.sleep(run.poll_s)
 
     _spawn(run, watch())
+
+
+def _local_estimates(run: _Run, policies: Path) -> None:
+    """What the whole model costs on each hardware class at each precision, for requests served by
+    the fallback: the host-measured blocks times the class's latency scale (as the planner
+    estimates a local plan), plus its call overhead."""
+    classes = load_policies([policies]).hardware_classes
+    run.local_ms.clear()
+    for name, hc in classes.items():
+        scales = hc.spec.latency_scale or {}
+        overhead = hc.spec.call_overhead_ms or 0.0
+        for precision, scale in scales.items():
+            blocks = [b.latency_ms for b in run.blocks if b.precision == precision and b.batch_size == 1]
+            if blocks:
+                run.local_ms[(name, str(precision))] = sum(blocks) * scale + overhead
 
 
 def _policy_files(path: Path) -> list[PolicyFile]:
@@ -312,7 +333,7 @@ async def _drain(run: _Run) -> None:
     while run.now() < deadline:
         if all(d.outbox.state().count == 0 for d in run.devices if d.running):
             return
-        await asyncio.sleep(CONVERGENCE_POLL_S)
+        await asyncio.sleep(run.poll_s)
     left = sum(d.outbox.state().count for d in run.devices if d.running)
     log.warning("records still unacknowledged after a %gs drain: %d", DRAIN_S, left)
 
@@ -393,7 +414,8 @@ def _report(
         "devices": len(run.devices),
         "duration_s": sc.duration,
         "wall_s": round(wall_s, 3),
-        "converged_s": run.first_apply_converged,
+        # The first apply's: how long the fleet took to run the plan it was given.
+        "converged_s": next((e.converged_s for e in run.events if e.kind == "apply"), None),
         "events": [e.__dict__ for e in run.events],
         "availability": {"answered": answered, "degraded": degraded, "failed": failed},
         "records": records,

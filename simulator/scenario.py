@@ -90,6 +90,9 @@ class ModelSpec(_Model):
 class ControllerSpec(_Model):
     heartbeat_interval: Seconds = 10.0
     reconcile_interval: Seconds = 1.0
+    #: Virtual engine: the re-planner's periodic pass (the realtime controller keeps its default, 60 s);
+    #: planning 100,000 devices takes seconds of real CPU, so a simulated day wants fewer passes.
+    replan_every: Seconds = 60.0
     #: Realtime engine: how devices reach the controller.
     transport: Literal["grpc", "mqtt"] = "grpc"
     #: Realtime engine: gRPC channels the devices' streams are multiplexed over.
