@@ -16,6 +16,7 @@ $(STAMP): pyproject.toml
 
 demo: venv
 	$(PY) scripts/demo.py
+	$(PY) -m simulator.cli run simulator/scenarios/quickstart.yaml --report .demo/quickstart.json --html .demo/quickstart.html
 
 test: venv
 	$(PY) -m pytest -q

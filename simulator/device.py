@@ -169,7 +169,7 @@ class SimDevice:
 
     @property
     def connected(self) -> bool:
-        return self.core.link is Link.READY
+        return self.running and self.core.link is Link.READY
 
     # --- driving the core ---------------------------------------------------------------------------
 

@@ -198,7 +198,8 @@ async def _timeline(run: _Run) -> None:
         result = _EventResult(round(run.now(), 3), event.kind, _describe(event))
         run.events.append(result)
         log.info("t=%.1fs %s: %s", result.at_s, result.kind, result.detail)
-        await _apply_event(run, event, result)
+        # Each on its own: an apply to 10,000 devices takes a while, and the next event keeps its time.
+        _spawn(run, _apply_event(run, event, result))
 
 
 def _describe(event: Event) -> str:
@@ -228,10 +229,18 @@ async def _apply_event(run: _Run, event: Event, result: _EventResult) -> None:
     match event.kind:
         case "apply":
             files = _policy_files(run.base / b)
+            started = time.monotonic()
             changed = await run.host.apply(files, f"fleet-sim {run.scenario.name}: {b}")
+            log.info(
+                "apply %s: %d devices changed, the call took %.1fs wall",
+                b,
+                changed,
+                time.monotonic() - started,
+            )
             _local_estimates(run, run.base / b)
             result.detail += f" ({changed} devices changed)"
-            _watch(run, result, settle_from=run.now())
+            # From the moment the operator applied: the call itself is part of converging.
+            _watch(run, result, settle_from=result.at_s)
         case "cut_links" | "blackhole" | "drop_bandwidth":
             picked = _pick(run, b.group, b.percent)
             mode = {"cut_links": LinkMode.CUT, "blackhole": LinkMode.BLACKHOLE}.get(event.kind)
@@ -243,16 +252,17 @@ async def _apply_event(run: _Run, event: Event, result: _EventResult) -> None:
             _spawn(run, _restore_after(run, result, picked, b.duration, event.kind))
         case "restart_controller":
             await run.host.restart(b.down_for)
-            _watch(run, result, settle_from=run.now())
+            _watch(run, result, settle_from=result.at_s + b.down_for)
         case "join":
             for spec in _specs(run, b.group, b.count):
                 _new_device(run, spec).start()
             _watch(run, result, settle_from=run.now())
         case "leave":
-            for d in _pick(run, b.group, 100)[: b.count]:
+            # Decommissioned: no new requests, what they hold is delivered, then they power off.
+            leaving = _pick(run, b.group, 100)[: b.count]
+            for d in leaving:
                 d.stop_workload()
-                await d.stop()
-            _watch(run, result, settle_from=run.now())
+            _spawn(run, _leave(run, result, leaving))
 
 
 async def _restore_after(
@@ -267,13 +277,27 @@ async def _restore_after(
     _watch(run, result, settle_from=run.now())
 
 
+async def _leave(run: _Run, result: _EventResult, leaving: list[SimDevice]) -> None:
+    deadline = run.now() + DRAIN_S
+    # An observer's poll: the devices' outboxes signal nothing, and must not be changed to.
+    while run.now() < deadline and any(d.outbox.state().count for d in leaving):  # noqa: ASYNC110
+        await asyncio.sleep(run.poll_s)
+    for d in leaving:
+        await d.stop()
+    _watch(run, result, settle_from=run.now())
+
+
 def _watch(run: _Run, result: _EventResult, *, settle_from: float) -> None:
     """Record how long after ``settle_from`` every running device is connected and converged."""
 
     async def watch() -> None:
         while True:
             connected = all(d.connected for d in run.devices if d.running)
-            if connected and await run.host.unconverged() == 0:
+            try:
+                settled = connected and await run.host.unconverged() == 0
+            except Exception:  # the controller is down (a restart): not settled yet
+                settled = False
+            if settled:
                 result.converged_s = round(run.now() - settle_from, 3)
                 return
             await asyncio.sleep(run.poll_s)
