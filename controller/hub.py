@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
@@ -329,6 +329,26 @@ class Hub:
             if self._sessions.get(device_id) is session:
                 self._push_if_pending(session, device)
 
+    def kick_devices(self, devices: Iterable[Device]) -> None:
+        """``kick`` for devices whose new state the caller already holds (an apply's changed devices,
+        as committed): no store read per device, so an apply to 10,000 devices pushes in one pass
+        instead of 10,000 round trips through the store thread."""
+        if self._stopping:
+            return
+        for device in devices:
+            if self.on_desired_change is not None:
+                try:
+                    self.on_desired_change(device.id)
+                except Exception:
+                    log.exception("device=%s desired-change listener failed", device.id)
+            session = self._sessions.get(device.id)
+            if session is None:
+                continue  # it gets its assignment with the welcome when it connects
+            if not session.hello_seen:
+                session.kick_deferred = True
+                continue
+            self._push_if_pending(session, device)
+
     async def kick_profiles(self, device_id: str) -> None:
         """Send a device its pending profile requests now (called right after one is made)."""
         if self._stopping:
@@ -374,13 +394,18 @@ class Hub:
                 # The stream may have ended or been superseded (by one not yet past its hello) meanwhile.
                 if current is not None and current.hello_seen:
                     self._push_if_pending(current, device)
-            by_device: dict[str, list[ProfileRequest]] = {device_id: [] for device_id in live}
+            by_device: dict[str, list[ProfileRequest]] = {}
             for device_id, request in requests:
                 by_device.setdefault(device_id, []).append(request)
-            for device_id, pending in by_device.items():
+            for device_id in live:
                 current = self._sessions.get(device_id)
-                if current is not None and current.hello_seen:
-                    self._push_profiles(current, pending)
+                # A session with nothing pending and nothing sent has nothing to resend or forget.
+                if (
+                    current is not None
+                    and current.hello_seen
+                    and (device_id in by_device or current.profile_sent)
+                ):
+                    self._push_profiles(current, by_device.get(device_id, []))
 
     async def close_all(self, reason: Exception | None = None) -> None:
         """End every open stream (with ``reason``, if given) and record the devices as disconnected."""

@@ -48,8 +48,7 @@ async def apply_policies(
         built = await segments.ensure(dict(snapshot.models), policies.segment_keys(prepared.planned))
         assignments = policies.materialize(prepared.planned, built)
         applied = await db.run(policies.commit_apply, db.store, prepared, assignments)
-    for device in applied.outcome.changed:
-        await hub.kick(device.id)
+    hub.kick_devices(applied.outcome.changed)
     return applied
 
 

@@ -96,6 +96,9 @@ def run(
         data_dir = copy_for_run(prepared, Path(tmp))
         result = _run(sc, engine, data_dir, scenario.parent)
     report_mod.render_summary(result, Console())
+    for path in (report, html):
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
     if report is not None:
         report_mod.write_json(result, report)
         console.print(f"report written to {report}")
@@ -135,6 +138,8 @@ def _run(sc: Scenario, engine: str, data_dir: Path, base: Path) -> dict[str, Any
                 f"converged {sample['converged']} answered {sample['answered']} degraded {sample['degraded']}"
             )
             bar.update(task, completed=min(sc.duration, sample["t_s"]), status=status)
+            if not console.is_terminal:  # a log (CI, a file): a plain line per sample instead of the bar
+                console.print(status, highlight=False, markup=False)
 
         # Realtime: each check lists the whole fleet over the admin API, so not every second.
         poll_s = 1.0 if engine == "virtual" else 5.0

@@ -36,6 +36,7 @@ from common.types import (
     Outcome,
 )
 from simulator import faults
+from simulator.realrt import RealRuntime
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,8 @@ class GroupStats:
     failed: int = 0
     slo_requests: int = 0
     slo_met: int = 0
+    #: Requests whose on-device compute was timed with real onnxruntime.
+    real_requests: int = 0
     predicted_ms: list[float] = field(default_factory=list)
     latencies: list[float] = field(default_factory=list)
     seen: int = 0
@@ -127,6 +130,10 @@ class SimDevice:
         self.links = spec.links
         #: (hardware class, precision) -> the whole model's latency there, shared by the fleet.
         self.local_ms: dict[tuple[str, str], float] = {}
+        #: (hardware class, precision) -> (latency scale, call overhead ms), from the applied policies.
+        self.scales: dict[tuple[str, str], tuple[float, float]] = {}
+        #: Set for the devices that time their own compute with real onnxruntime.
+        self.real: RealRuntime | None = None
         self.running = False
         #: Records the core put in the outbox (the only ones that can be delivered), and dropped.
         self.produced = 0
@@ -352,7 +359,9 @@ class SimDevice:
         plan = a.plan
         path, latency = "local", 0.0
         if plan is None or plan.pattern == "local" or self._segments_for != a.version:
-            latency = (plan.predicted_latency_ms if plan is not None else 1.0) * self._noise()
+            real = self._real_ms(a.artifact_sha256, a.variant)
+            predicted = plan.predicted_latency_ms if plan is not None else 1.0
+            latency = real if real is not None else predicted * self._noise()
         elif self.link.up:
             if self._degraded:
                 self._degraded = False
@@ -361,13 +370,17 @@ class SimDevice:
             path = "partitioned"
             for s in plan.segments:
                 transfer = s.predicted_transfer_ms / self.link.bandwidth_factor
-                latency += (s.predicted_compute_ms + s.predicted_queue_ms + transfer) * self._noise()
+                compute = self._real_ms(s.artifact_sha256, s.precision) if s.tier == "device" else None
+                if compute is None:
+                    compute = s.predicted_compute_ms * self._noise()
+                latency += compute + (s.predicted_queue_ms + transfer) * self._noise()
         else:
             path = "fallback"
             if not self._degraded:
                 self._degraded = True
                 self._later(0.0, ev.PathChanged(degraded=True, reason=f"link {self.link.mode.value}"))
-            latency = self._fallback_ms(a) * self._noise()
+            real = self._real_ms(a.artifact_sha256, plan.fallback_variant or a.variant)
+            latency = real if real is not None else self._fallback_ms(a) * self._noise()
             if self.link.mode is faults.LinkMode.BLACKHOLE and not self._blackhole_paid:
                 self._blackhole_paid = True
                 latency += BLACKHOLE_PENALTY_MS
@@ -380,12 +393,22 @@ class SimDevice:
             stats.slo_met += latency <= plan.slo_ms
         return InferenceRecord(a.artifact_sha256, round(latency, 3), Outcome.OK, path=path)
 
+    def _real_ms(self, sha256: str, variant: str) -> float | None:
+        """This device's compute timed for real: onnxruntime on this host x the class's scale."""
+        if self.real is None:
+            return None
+        scale = self.scales.get((self.spec.hardware.hardware_class, _precision(variant)))
+        measured = self.real.time_ms(sha256) if scale is not None else None
+        if measured is None or scale is None:
+            return None
+        self.stats.real_requests += 1
+        return measured * scale[0] + scale[1]
+
     def _fallback_ms(self, a: Assignment) -> float:
         """The whole model on the device, at the fallback variant's precision (the plan predicts
         only the hops it planned; the run estimates the rest as the planner would a local plan)."""
         assert a.plan is not None
-        variant = a.plan.fallback_variant or a.variant
-        precision = next((p for p in ("fp32", "fp16", "int8", "int4") if variant.startswith(p)), "fp32")
+        precision = _precision(a.plan.fallback_variant or a.variant)
         estimate = self.local_ms.get((self.spec.hardware.hardware_class, precision))
         return estimate if estimate is not None else a.plan.predicted_latency_ms
 
@@ -399,3 +422,7 @@ class SimDevice:
             for m in self.spec.links
         )
         self.dispatch(ev.LinksMeasured(self.links))
+
+
+def _precision(variant: str) -> str:
+    return next((p for p in ("fp32", "fp16", "int8", "int4") if variant.startswith(p)), "fp32")

@@ -23,6 +23,7 @@ from controller.policy.loader import load_policies, policy_files
 from simulator.device import DeviceSpec, GroupStats, SimDevice
 from simulator.faults import LinkMode
 from simulator.hosts import ControllerHost
+from simulator.realrt import RealRuntime
 from simulator.scenario import Assertion, Event, Scenario
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,8 @@ class _Run:
     blocks: tuple[BlockProfile, ...] = ()
     #: (hardware class, precision) -> the whole model's latency there (see ``_local_estimates``).
     local_ms: dict[tuple[str, str], float] = field(default_factory=dict)
+    scales: dict[tuple[str, str], tuple[float, float]] = field(default_factory=dict)
+    real: RealRuntime | None = None
     t0: float = 0.0
     next_index: dict[str, int] = field(default_factory=dict)
 
@@ -78,6 +81,8 @@ async def run_scenario(
     """``poll_s``: how often convergence after an event is checked (each check lists the fleet)."""
     wall_started = time.monotonic()
     run = _Run(scenario, host, base, random.Random(scenario.seed), poll_s=poll_s)
+    if scenario.workload.real_fraction > 0:
+        run.real = RealRuntime(host.data_dir / "artifacts", seed=scenario.seed)
     run.series = {k: [] for k in ("t_s", "connected", "converged", "answered", "degraded", "failed")}
     loop = asyncio.get_running_loop()
     await host.start()
@@ -172,6 +177,13 @@ def _new_device(run: _Run, spec: DeviceSpec) -> SimDevice:
         heartbeat_s=run.scenario.controller.heartbeat_interval,
     )
     device.local_ms = run.local_ms
+    device.scales = run.scales
+    # Which devices run real onnxruntime: a fixed draw per device id, so joins and scaling keep it.
+    if (
+        run.real is not None
+        and random.Random(f"{run.scenario.seed}:{spec.device_id}:real").random() < w.real_fraction
+    ):
+        device.real = run.real
     run.devices.append(device)
     run.by_group[spec.group].append(device)
     return device
@@ -311,10 +323,12 @@ def _local_estimates(run: _Run, policies: Path) -> None:
     estimates a local plan), plus its call overhead."""
     classes = load_policies([policies]).hardware_classes
     run.local_ms.clear()
+    run.scales.clear()
     for name, hc in classes.items():
         scales = hc.spec.latency_scale or {}
         overhead = hc.spec.call_overhead_ms or 0.0
         for precision, scale in scales.items():
+            run.scales[(name, str(precision))] = (scale, overhead)
             blocks = [b.latency_ms for b in run.blocks if b.precision == precision and b.batch_size == 1]
             if blocks:
                 run.local_ms[(name, str(precision))] = sum(blocks) * scale + overhead
@@ -422,6 +436,7 @@ def _report(
                 "attainment": round(st.slo_met / st.slo_requests, 4) if st.slo_requests else 0.0,
                 "degraded": st.degraded,
                 "failed": st.failed,
+                "real_requests": st.real_requests,
             }
         )
     answered = sum(s.answered for s in run.stats.values())

@@ -78,6 +78,10 @@ class Workload(_Model):
     period: Seconds = 86_400.0
     #: Simulated latency = the plan's prediction for the hop x lognormal(0, sigma).
     latency_sigma: float = Field(default=0.15, ge=0, le=2)
+    #: This share of devices times its own compute with real onnxruntime (x its class's latency
+    #: scale) instead of drawing it; their timings are real, so a run with them does not repeat
+    #: to the millisecond.
+    real_fraction: float = Field(default=0.0, ge=0, le=1)
 
 
 class ModelSpec(_Model):

@@ -15,6 +15,7 @@ fallback variant on its own; the plan (segments, pools, node) travels with the a
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -221,7 +222,9 @@ def materialize(
             elif seg.tier == Tier.CLOUD.value:
                 pool = pools[a.plan.cloud_pool]
                 nodes, weight = pool.nodes, float(pool.slots_per_node)
-            endpoints = tuple(e for n in nodes if (e := endpoint(n, weight)) is not None)
+            endpoints = tuple(
+                e for n in route_nodes(a.device_id, nodes) if (e := endpoint(n, weight)) is not None
+            )
             for n in nodes:
                 serve[n].setdefault(
                     sha,
@@ -262,6 +265,24 @@ def materialize(
             )
         )
     return tuple(out)
+
+
+#: Cloud workers a device is told of for one hop: a pool of 500 would not fit in a route (at most
+#: ``MAX_SEGMENT_ENDPOINTS``), and a handful is enough to spread load and ride out a worker's loss.
+ENDPOINTS_PER_HOP = 16
+
+
+def route_nodes(device_id: str, nodes: Sequence[str]) -> tuple[str, ...]:
+    """The pool nodes one device routes a hop to: all of a small pool; of a large one the
+    ``ENDPOINTS_PER_HOP`` with the highest rendezvous hash of (device, node), so every node gets an
+    even share of the devices, and a node joining or leaving moves only the devices that ranked it."""
+    if len(nodes) <= ENDPOINTS_PER_HOP:
+        return tuple(nodes)
+
+    def rank(node: str) -> bytes:
+        return hashlib.blake2b(f"{device_id}\0{node}".encode(), digest_size=8).digest()
+
+    return tuple(sorted(sorted(nodes, key=rank, reverse=True)[:ENDPOINTS_PER_HOP]))
 
 
 def _links(devices: Iterable[Device]) -> dict[str, dict[str, Link]]:

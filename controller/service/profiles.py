@@ -133,9 +133,10 @@ def _offer(model: Model) -> tuple[str, tuple[ProfileBlock, ...], tuple[int, ...]
     return fp32.sha256, tuple(blocks.values()), batches
 
 
-def pending_requests(store: Store, device_ids: Collection[str]) -> list[tuple[str, ProfileRequest]]:
-    """(device id, message) for every request of ``device_ids`` still waiting for its report. A request
-    whose model no longer offers block artifacts is skipped (with a warning), never sent half-made."""
+def pending_requests(store: Store, device_ids: Collection[str] | None) -> list[tuple[str, ProfileRequest]]:
+    """(device id, message) for every request of ``device_ids`` (None: every device) still waiting
+    for its report. A request whose model no longer offers block artifacts is skipped (with a
+    warning), never sent half-made."""
     pending = store.list_pending_profile_requests(device_ids)
     models: dict[str, Model] = {}
     out: list[tuple[str, ProfileRequest]] = []

@@ -104,12 +104,22 @@ def on_heartbeat(store: Store, device_id: str, heartbeat: Heartbeat, *, now_ms: 
     return ""
 
 
+#: Above this many connected devices the reconcile pass reads the whole fleet's unacknowledged
+#: devices and pending requests in one scan and keeps the connected ones: measured with 100,000
+#: connected devices, hundreds of ``IN (...)`` batches cost most of the controller's time.
+SCAN_WHOLE_FLEET_ABOVE = 1_000
+
+
 def due_for(
     store: Store, device_ids: Collection[str]
 ) -> tuple[list[Device], list[tuple[str, ProfileRequest]]]:
     """What the reconcile pass may have to resend to ``device_ids``, in one store-thread call: the
     devices with an unacknowledged assignment, and every profile request still waiting for its report."""
-    return store.list_unacked(device_ids), profiles.pending_requests(store, device_ids)
+    if len(device_ids) <= SCAN_WHOLE_FLEET_ABOVE:
+        return store.list_unacked(device_ids), profiles.pending_requests(store, device_ids)
+    wanted = device_ids if isinstance(device_ids, set | frozenset) else set(device_ids)
+    unacked = [d for d in store.list_unacked() if d.id in wanted]
+    return unacked, [(d, r) for d, r in profiles.pending_requests(store, None) if d in wanted]
 
 
 def on_telemetry(

@@ -473,9 +473,13 @@ def test_failed_version_is_retried_by_assigning_it_again(
     run(scenario())
 
 
+@pytest.mark.parametrize("scan_above", [sync.SCAN_WHOLE_FLEET_ABOVE, 0], ids=["by-ids", "whole-fleet-scan"])
 def test_reconcile_pass_is_one_store_call(
-    tmp_path: Path, digits_model: DigitsArtifacts, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, digits_model: DigitsArtifacts, monkeypatch: pytest.MonkeyPatch, scan_above: int
 ) -> None:
+    # A large fleet is read in one scan and filtered to the connected devices: same answer.
+    monkeypatch.setattr(sync, "SCAN_WHOLE_FLEET_ABOVE", scan_above)
+
     async def scenario() -> None:
         async with running_controller(tmp_path) as fleet:
             sha = await _digits(fleet, digits_model)
@@ -503,7 +507,7 @@ def test_reconcile_pass_is_one_store_call(
             assert calls == ["due_for"]  # unacked assignments and unanswered profile requests at once
             # ... and that one call found the one device still owing an ack.
             assert (await streams["phone-1"].expect(Assignment)).version == 1
-            monkeypatch.undo()
+            monkeypatch.setattr(db, "run", real_run)
             for stream in streams.values():
                 await stream.expect_nothing_else()
 

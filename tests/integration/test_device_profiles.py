@@ -24,6 +24,7 @@ from common.errors import EdgefleetError, InvalidArgument, NotFound, PermanentEr
 from common.types import PHONE_CPU, BlockTiming, CallOverhead, Model, ProfileReport, ProfileRequest
 from controller.client import AdminClient
 from controller.server import Controller
+from controller.service import sync
 from controller.toolchain.digits import DigitsArtifacts
 from simulator.processes import free_port
 from tests.agent.test_daemon import FAST, admin, controller_on, eventually
@@ -180,12 +181,19 @@ def _check_median(model: Model, reports: list[object]) -> None:
         assert grid[cell].error == ""
 
 
+@pytest.mark.parametrize("scan_above", [sync.SCAN_WHOLE_FLEET_ABOVE, 0], ids=["by-ids", "whole-fleet-scan"])
 def test_a_request_is_resent_until_its_report_arrives_and_a_stale_report_keeps_the_stream(
-    tmp_path: Path, digits_model: DigitsArtifacts, eval_npz: Path
+    tmp_path: Path,
+    digits_model: DigitsArtifacts,
+    eval_npz: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    scan_above: int,
 ) -> None:
     """Over the real protocol with a scripted agent and the controller's fake clock: a request goes out
     when made, again after resend_after_s, again with a reconnecting device's hello, and never once
-    its report is stored; a report nobody asked for is logged and refused, not a stream error."""
+    its report is stored; a report nobody asked for is logged and refused, not a stream error. The
+    reconcile pass finds it the same way whether it reads by device ids or scans the whole fleet."""
+    monkeypatch.setattr(sync, "SCAN_WHOLE_FLEET_ABOVE", scan_above)
 
     async def scenario() -> None:
         async with running_controller(tmp_path / "controller") as fleet:
