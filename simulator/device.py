@@ -85,6 +85,7 @@ class DeviceSpec:
     hardware: HardwareProfile
     links: tuple[LinkMeasurement, ...]
     request_rate: float
+    index: int = 0  # within its group
 
 
 class SimDevice:

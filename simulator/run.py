@@ -150,7 +150,7 @@ def _specs(run: _Run, group_name: str, count: int) -> list[DeviceSpec]:
             labels=labels,
             agent_version="sim",
         )
-        specs.append(DeviceSpec(device_id, group.name, hardware, links, group.request_rate))
+        specs.append(DeviceSpec(device_id, group.name, hardware, links, group.request_rate, index=i))
     return specs
 
 
@@ -178,11 +178,10 @@ def _new_device(run: _Run, spec: DeviceSpec) -> SimDevice:
     )
     device.local_ms = run.local_ms
     device.scales = run.scales
-    # Which devices run real onnxruntime: a fixed draw per device id, so joins and scaling keep it.
-    if (
-        run.real is not None
-        and random.Random(f"{run.scenario.seed}:{spec.device_id}:real").random() < w.real_fraction
-    ):
+    # Which devices run real onnxruntime: every 1/real_fraction-th of each group, so the share is
+    # exact however small the fleet, and a device keeps its role when others join.
+    f = w.real_fraction
+    if run.real is not None and math.floor((spec.index + 1) * f) > math.floor(spec.index * f):
         device.real = run.real
     run.devices.append(device)
     run.by_group[spec.group].append(device)
