@@ -34,7 +34,7 @@ from common.types import (
 from controller.api.mqtt_bridge import MqttBridgeConfig
 from controller.server import Controller, ControllerConfig
 from controller.service import enrollment
-from tests.mqtt_broker import Mosquitto
+from simulator.broker import Mosquitto
 
 HW = HardwareProfile(hardware_class="phone-cpu", cpu_cores=4, memory_bytes=4 << 30)
 

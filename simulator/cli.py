@@ -88,6 +88,13 @@ def run(
         os.execv(sys.executable, [sys.executable, "-m", "simulator.cli", *sys.argv[1:]])
     configure_logging(log_level, "text")
     sc = _load(scenario, devices, seed)
+    if any(e.kind == "restart_broker" for e in sc.timeline) and (engine, sc.controller.transport) != (
+        "realtime",
+        "mqtt",
+    ):
+        _fail(
+            "restart_broker needs --engine realtime and controller.transport: mqtt (the virtual engine has no broker)"
+        )
     try:
         prepared = prepared_data_dir(sc.model, scenario_dir=scenario.parent, cache=cache)
     except EdgefleetError as exc:
@@ -120,7 +127,11 @@ def _run(sc: Scenario, engine: str, data_dir: Path, base: Path) -> dict[str, Any
         )
     else:
         host = RealtimeHost(
-            data_dir, heartbeat_s=c.heartbeat_interval, reconcile_s=c.reconcile_interval, channels=c.channels
+            data_dir,
+            heartbeat_s=c.heartbeat_interval,
+            reconcile_s=c.reconcile_interval,
+            channels=c.channels,
+            transport=c.transport,
         )
     with Progress(
         TextColumn("[bold]{task.description}"),

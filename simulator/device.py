@@ -174,6 +174,7 @@ class SimDevice:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self._transport.aclose()  # e.g. MQTT's goodbye; nothing for a shared gRPC channel
 
     @property
     def connected(self) -> bool:

@@ -102,6 +102,9 @@ class FaultyTransport(Transport):
         self._inner = inner
         self._link = link
 
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
     async def connect(self, identity: DeviceIdentity) -> Connection:
         while self._link.mode is LinkMode.BLACKHOLE:
             # A SYN into a black hole is never answered; the agent's own deadline gives up on it.

@@ -25,8 +25,9 @@ from agent.daemon import channel_options
 from agent.transport.base import Transport
 from agent.transport.grpc import GrpcTransport
 from agent.transport.inproc import InProcessTransport
+from agent.transport.mqtt import MqttConfig, MqttTransport
 from common import serde
-from common.errors import TransientError
+from common.errors import InvalidArgument, TransientError
 from common.types import Device, DeviceIdentity, HardwareProfile, Model, PolicyFile
 from controller.api.inproc import InProcessServer, InProcessWire
 from controller.client import AdminClient
@@ -34,12 +35,14 @@ from controller.replan import apply_policies
 from controller.server import Controller, ControllerConfig
 from controller.service import enrollment
 from controller.service.sync import SyncPolicy
+from simulator.broker import Mosquitto
 from simulator.processes import Proc, free_port, start_controller
 from simulator.vclock import LoopClock
 
 #: Control messages a device's connection holds before it is reset (as the daemon's).
 OUTBOUND_QUEUE = 1024
 TOKEN_USES = 1_000_000
+BRIDGE_QUEUE = "max_queued_messages 1000000\n"
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +70,9 @@ class ControllerHost(abc.ABC):
         await asyncio.sleep(down_for)
         await self.start()
         self.restarts += 1
+
+    async def restart_broker(self, down_for: float) -> None:
+        raise InvalidArgument("restart_broker needs the realtime engine with controller.transport: mqtt")
 
     @abc.abstractmethod
     def transport(self, index: int) -> Transport:
@@ -196,8 +202,19 @@ class VirtualHost(ControllerHost):
 
 
 class RealtimeHost(ControllerHost):
-    def __init__(self, data_dir: Path, *, heartbeat_s: float, reconcile_s: float, channels: int) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        heartbeat_s: float,
+        reconcile_s: float,
+        channels: int,
+        transport: str = "grpc",
+    ) -> None:
         super().__init__(data_dir, heartbeat_s=heartbeat_s, reconcile_s=reconcile_s)
+        self.transport_kind = transport
+        #: MQTT: a private Mosquitto for the run (enrollment stays on gRPC, as for real agents).
+        self.broker: Mosquitto | None = None
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.proc: Proc | None = None
@@ -219,6 +236,13 @@ class RealtimeHost(ControllerHost):
             ]
             self._stubs = [serde.ControllerServiceStub(ch) for ch in self._channels]
             self._transports = [GrpcTransport(stub, max_queued=OUTBOUND_QUEUE) for stub in self._stubs]
+        extra: list[str] = []
+        if self.transport_kind == "mqtt":
+            if self.broker is None:
+                # The bridge's client queues for the whole fleet (Mosquitto's default is 1000).
+                self.broker = Mosquitto(self.data_dir.parent / "broker", extra_config=BRIDGE_QUEUE)
+                await asyncio.to_thread(self.broker.start)
+            extra = ["--mqtt", self.broker.address]
         self.proc, _ = await asyncio.to_thread(
             start_controller,
             self.data_dir,
@@ -226,6 +250,7 @@ class RealtimeHost(ControllerHost):
             heartbeat=f"{max(1, round(self.heartbeat_s))}s",
             log_level="warning",
             timeout=60,
+            extra=extra,
         )
         if not self.token:
             created = await asyncio.to_thread(
@@ -244,12 +269,24 @@ class RealtimeHost(ControllerHost):
         await self.stop()
         for ch in self._channels:
             await ch.close(None)
+        if self.broker is not None:
+            await asyncio.to_thread(self.broker.close)
+
+    async def restart_broker(self, down_for: float) -> None:
+        if self.broker is None:
+            await super().restart_broker(down_for)
+            return
+        await asyncio.to_thread(self.broker.stop)
+        await asyncio.sleep(down_for)
+        await asyncio.to_thread(self.broker.start)  # the same port
 
     def _admin(self, fn: Any) -> Any:
         with AdminClient(self.address, timeout_s=120) as admin:
             return fn(admin)
 
     def transport(self, index: int) -> Transport:
+        if self.broker is not None:  # one MQTT client per device, all driven from this loop
+            return MqttTransport(MqttConfig.parse(self.broker.address, max_queued=OUTBOUND_QUEUE))
         return self._transports[index % len(self._transports)]
 
     async def enroll(self, device_id: str, credential: str, hardware: HardwareProfile) -> DeviceIdentity:

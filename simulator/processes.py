@@ -162,6 +162,7 @@ def start_controller(
     log_level: str = "debug",
     timeout: float = 30.0,
     registry: list[Proc] | None = None,
+    extra: Sequence[str] = (),
 ) -> tuple[Proc, str]:
     """A controller on ``127.0.0.1:port`` (0: any free port); returns it and its actual address.
 
@@ -178,7 +179,7 @@ def start_controller(
     ]
     if heartbeat is not None:
         args += ["--heartbeat-interval", heartbeat]
-    args += ["--log-level", log_level]
+    args += ["--log-level", log_level, *extra]
     proc = Proc("controller", args, registry=registry)
     line = proc.wait_for_line("controller listening on", timeout)
     return proc, line.rsplit(" ", 1)[1]

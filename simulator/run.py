@@ -222,7 +222,7 @@ def _describe(event: Event) -> str:
             return f"{b.percent:g}% of {b.group} for {b.duration:g}s"
         case "drop_bandwidth":
             return f"{b.percent:g}% of {b.group} to {b.factor:g}x bandwidth for {b.duration:g}s"
-        case "restart_controller":
+        case "restart_controller" | "restart_broker":
             return f"down for {b.down_for:g}s"
         case "join" | "leave":
             return f"{b.count} devices of {b.group}"
@@ -263,6 +263,9 @@ async def _apply_event(run: _Run, event: Event, result: _EventResult) -> None:
             _spawn(run, _restore_after(run, result, picked, b.duration, event.kind))
         case "restart_controller":
             await run.host.restart(b.down_for)
+            _watch(run, result, settle_from=result.at_s + b.down_for)
+        case "restart_broker":
+            await run.host.restart_broker(b.down_for)
             _watch(run, result, settle_from=result.at_s + b.down_for)
         case "join":
             for spec in _specs(run, b.group, b.count):

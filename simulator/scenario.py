@@ -134,6 +134,8 @@ class Event(_Model):
     blackhole: Cut | None = None
     drop_bandwidth: BandwidthDrop | None = None
     restart_controller: Restart | None = None
+    #: Realtime engine with ``controller.transport: mqtt`` only.
+    restart_broker: Restart | None = None
     join: Churn | None = None
     leave: Churn | None = None
 
@@ -153,7 +155,16 @@ class Event(_Model):
         return getattr(self, self.kind)
 
 
-_EVENT_KINDS = ("apply", "cut_links", "blackhole", "drop_bandwidth", "restart_controller", "join", "leave")
+_EVENT_KINDS = (
+    "apply",
+    "cut_links",
+    "blackhole",
+    "drop_bandwidth",
+    "restart_controller",
+    "restart_broker",
+    "join",
+    "leave",
+)
 
 
 class Assertion(_Model):

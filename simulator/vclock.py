@@ -36,9 +36,7 @@ class _JumpingSelector(selectors.DefaultSelector):
         # Nothing on this loop waits on sockets; real descriptors (the loop's self-pipe) are polled
         # only every few hundred turns, not with a system call on every one.
         self._turns += 1
-        if timeout == 0 and self._turns % 256:
-            return []
-        ready = super().select(0)
+        ready = [] if self._turns % 256 else super().select(0)
         if ready or timeout == 0:
             return ready
         if timeout is None:  # nothing scheduled: only an outside wakeup can make progress

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from controller.toolchain.digits import DigitsArtifacts, build_digits_model
-from tests.mqtt_broker import Mosquitto
-from tests.mqtt_broker import available as mosquitto_available
+from simulator.broker import Mosquitto
+from simulator.broker import available as mosquitto_available
 
 
 @pytest.fixture(scope="session")

@@ -13,8 +13,8 @@ from agent.transport import Transport
 from agent.transport.mqtt import MqttConfig, MqttTransport
 from common.mqtt.client import AsyncClient, Incoming, Settings, subscription
 from controller.api.mqtt_bridge import MqttBridge, MqttBridgeConfig
+from simulator.broker import Mosquitto
 from tests.integration.harness import running_controller
-from tests.mqtt_broker import Mosquitto
 from tests.transport.conformance import WAIT_S, Harness
 
 

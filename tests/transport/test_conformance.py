@@ -17,8 +17,8 @@ from common.errors import TransientError
 from common.mqtt import protocol as proto
 from common.types import DeviceIdentity
 from controller.api.inproc import InProcessServer, InProcessWire
+from simulator.broker import Mosquitto
 from tests.integration.harness import running_controller
-from tests.mqtt_broker import Mosquitto
 from tests.transport.conformance import Harness, TransportConformance
 from tests.transport.mqtt_kit import mqtt_harness
 

@@ -28,9 +28,9 @@ from controller.cli.main import app as fleetctl_app
 from controller.client import AdminClient
 from controller.server import Controller, ControllerConfig
 from controller.service.sync import SyncPolicy
+from simulator.broker import Mosquitto
 from simulator.processes import Proc, start_agent, terminate_all, wait_until
 from tests.integration.harness import write_add_model
-from tests.mqtt_broker import Mosquitto
 from tests.transport.conformance import eventually, run_clean
 
 pytestmark = pytest.mark.timeout(90)

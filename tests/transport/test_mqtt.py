@@ -29,8 +29,8 @@ from common.types import (
     TelemetryAck,
     Welcome,
 )
+from simulator.broker import Mosquitto
 from tests.integration.harness import HW, telemetry, write_add_model
-from tests.mqtt_broker import Mosquitto
 from tests.transport.conformance import Harness, eventually, expect, expect_end, receive, run_clean
 from tests.transport.mqtt_kit import Observer, bridge_of, mqtt_harness
 

@@ -15,7 +15,7 @@ import pytest
 
 from common.errors import PermanentError, TransientError
 from common.mqtt.client import MAX_UNACKED_LIMIT, AsyncClient, Incoming, QueueFull, Settings, subscription
-from tests.mqtt_broker import Mosquitto
+from simulator.broker import Mosquitto
 from tests.transport.conformance import eventually, run_clean
 
 pytestmark = pytest.mark.timeout(60)

@@ -1,5 +1,6 @@
-"""A private Mosquitto for tests: its own loopback port and temporary config, stoppable, restartable,
-never leaked (never the machine's own broker on 1883).
+"""A private Mosquitto (for tests, benches and the simulator's realtime engine): its own loopback
+port and temporary config, stoppable, restartable, never leaked (never the machine's own broker on
+1883).
 
 ``Mosquitto.start`` waits for the broker to say it is running on its log (an event, not a sleep) and
 picks another port if the one it chose was taken meanwhile; ``stop`` is graceful (SIGTERM: the broker
