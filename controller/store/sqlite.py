@@ -340,7 +340,7 @@ class SqliteStore(Store):
 
     def append_telemetry(self, device_id: str, records: Sequence[TelemetryRecord], *, now_ms: int) -> int:
         with self._tx(write=True):
-            self._load_device(device_id)
+            self._require_device(device_id)
             before = self._conn.total_changes
             # Plain executemany, not sqlite-utils' insert_all: after a one-row INSERT OR IGNORE that ignored
             # its row, insert_all looks the row up by rowid, which a WITHOUT ROWID table does not have.
@@ -360,7 +360,7 @@ class SqliteStore(Store):
     ) -> list[TelemetryRecord]:
         _rules.check_limit(limit)
         with self._tx(write=False):
-            self._load_device(device_id)
+            self._require_device(device_id)
             rows = self._db.query(
                 "SELECT * FROM telemetry WHERE device_id = ? AND sequence > ? ORDER BY sequence LIMIT ?",
                 [device_id, after_sequence, limit],
@@ -370,7 +370,7 @@ class SqliteStore(Store):
     def latest_telemetry(self, device_id: str, *, limit: int) -> list[TelemetryRecord]:
         _rules.check_limit(limit)
         with self._tx(write=False):
-            self._load_device(device_id)
+            self._require_device(device_id)
             rows = self._db.query(
                 "SELECT * FROM telemetry WHERE device_id = ? ORDER BY sequence DESC LIMIT ?",
                 [device_id, limit],
@@ -633,6 +633,11 @@ class SqliteStore(Store):
 
     def _one(self, sql: str, *params: object) -> _Row | None:
         return next(self._db.query(sql, list(params)), None)
+
+    def _require_device(self, device_id: str) -> None:
+        """NotFound unless the device exists, without decoding it (telemetry calls only need that)."""
+        if self._one("SELECT 1 AS present FROM devices WHERE id = ?", device_id) is None:
+            raise _rules.device_not_found(device_id)
 
     def _load_device(self, device_id: str) -> Device:
         row = self._one("SELECT * FROM devices WHERE id = ?", device_id)
