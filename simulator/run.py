@@ -42,6 +42,7 @@ class _EventResult:
     kind: str
     detail: str
     converged_s: float | None = None
+    error: str = ""
 
 
 @dataclass
@@ -85,11 +86,11 @@ async def run_scenario(
         run.real = RealRuntime(host.data_dir / "artifacts", seed=scenario.seed)
     run.series = {k: [] for k in ("t_s", "connected", "converged", "answered", "degraded", "failed")}
     loop = asyncio.get_running_loop()
-    await host.start()
-    model = await host.model(scenario.model.name)
-    run.blocks = model.block_profiles
-    run.t0 = loop.time()
     try:
+        await host.start()
+        model = await host.model(scenario.model.name)
+        run.blocks = model.block_profiles
+        run.t0 = loop.time()
         for group in scenario.fleet:
             run.stats[group.name] = GroupStats()
             run.by_group[group.name] = []
@@ -210,7 +211,18 @@ async def _timeline(run: _Run) -> None:
         run.events.append(result)
         log.info("t=%.1fs %s: %s", result.at_s, result.kind, result.detail)
         # Each on its own: an apply to 10,000 devices takes a while, and the next event keeps its time.
-        _spawn(run, _apply_event(run, event, result))
+        _spawn(run, _run_event(run, event, result))
+
+
+async def _run_event(run: _Run, event: Event, result: _EventResult) -> None:
+    """An event that fails (e.g. its policies are refused) is reported and fails the run."""
+    try:
+        await _apply_event(run, event, result)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        result.error = str(exc) or type(exc).__name__
+        log.error("t=%.1fs %s failed: %s", result.at_s, result.kind, result.error)
 
 
 def _describe(event: Event) -> str:
@@ -477,6 +489,10 @@ def _report(
         "controller_restarts": run.host.restarts,
     }
     report["assertions"] = [_check(a, report, run) for a in sc.assertions]
+    failed_events = [e for e in run.events if e.error]
+    if failed_events:
+        detail = "; ".join(f"{e.kind} at {e.at_s:g}s: {e.error}" for e in failed_events)
+        report["assertions"].append({"name": "every event ran", "passed": False, "detail": detail[:2000]})
     report["passed"] = all(a["passed"] for a in report["assertions"])
     return report
 

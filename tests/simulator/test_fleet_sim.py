@@ -293,3 +293,22 @@ def test_a_broker_restart_needs_the_mqtt_realtime_engine(tmp_path: Path, cache: 
     )
     proc = fleet_sim("run", str(scenario), cache=cache, timeout=60)
     assert proc.returncode == 2 and "restart_broker needs --engine realtime" in proc.stderr, proc.stderr
+
+
+def test_an_event_that_fails_fails_the_run_and_says_why(tmp_path: Path, cache: Path) -> None:
+    bad = tmp_path / "bad-policies"
+    bad.mkdir()
+    text = (POLICIES / "rollout" / "digits.yaml").read_text().replace("model: digits", "model: no-such-model")
+    (bad / "digits.yaml").write_text(text)
+    (bad / "fleet.yaml").write_text((POLICIES / "rollout" / "fleet.yaml").read_text())
+    scenario = write_scenario(
+        tmp_path,
+        f"name: bad-apply\nduration: 20s\n{FLEET}timeline:\n  - {{at: 3s, apply: {bad}}}\n"
+        "assertions:\n  - records_lost_max: 0\n",
+    )
+    code, report = run_report(scenario, tmp_path, cache)
+    assert code == 1
+    failed = report["assertions"][-1]
+    assert failed["name"] == "every event ran" and failed["passed"] is False
+    assert "no-such-model" in failed["detail"], failed
+    assert report["events"][0]["error"]
