@@ -152,6 +152,12 @@ class SimDevice:
     # --- lifecycle ----------------------------------------------------------------------------------
 
     def start(self) -> None:
+        """Power on: a fresh core from what was persisted (identity, snapshot, outbox), as after a
+        reboot; the first start is a first boot."""
+        if self.core.link is not Link.STARTING:
+            self.core = self._new_core()
+            # What was loaded is gone with the process; the core restores it from the snapshot.
+            self.serving, self._segments_for, self._degraded = None, 0, False
         self.running = True
         self.dispatch(ev.Started(self.identity, self._snapshot, self.outbox.state()))
         self._schedule_request()

@@ -232,6 +232,8 @@ def _describe(event: Event) -> str:
             return str(b)
         case "cut_links" | "blackhole":
             return f"{b.percent:g}% of {b.group} for {b.duration:g}s"
+        case "reboot":
+            return f"{b.percent:g}% of {b.group} reboot offline, link back after {b.duration:g}s"
         case "drop_bandwidth":
             return f"{b.percent:g}% of {b.group} to {b.factor:g}x bandwidth for {b.duration:g}s"
         case "restart_controller" | "restart_broker":
@@ -273,6 +275,13 @@ async def _apply_event(run: _Run, event: Event, result: _EventResult) -> None:
                 else:
                     d.measure_links(b.factor)
             _spawn(run, _restore_after(run, result, picked, b.duration, event.kind))
+        case "reboot":
+            picked = _pick(run, b.group, b.percent)
+            for d in picked:
+                d.link.set(LinkMode.CUT)
+                await d.stop()
+                d.start()  # a fresh core from its snapshot: it must serve again without the controller
+            _spawn(run, _restore_after(run, result, picked, b.duration, "cut_links"))
         case "restart_controller":
             await run.host.restart(b.down_for)
             _watch(run, result, settle_from=result.at_s + b.down_for)

@@ -136,6 +136,8 @@ class Event(_Model):
     restart_controller: Restart | None = None
     #: Realtime engine with ``controller.transport: mqtt`` only.
     restart_broker: Restart | None = None
+    #: Devices lose their link and reboot while offline; the link comes back after ``for``.
+    reboot: Cut | None = None
     join: Churn | None = None
     leave: Churn | None = None
 
@@ -162,6 +164,7 @@ _EVENT_KINDS = (
     "drop_bandwidth",
     "restart_controller",
     "restart_broker",
+    "reboot",
     "join",
     "leave",
 )

@@ -115,6 +115,7 @@ timeline:
   - {{at: 200s, drop_bandwidth: {{group: phones, percent: 100, factor: 0.1, for: 40s}}}}
   - {{at: 260s, join: {{group: phones, count: 5}}}}
   - {{at: 300s, leave: {{group: phones, count: 3}}}}
+  - {{at: 330s, reboot: {{group: phones, percent: 50, for: 40s}}}}
 assertions:
   - records_lost_max: 0
   - records_duplicated_max: 0
@@ -126,12 +127,24 @@ assertions:
     assert report["controller_restarts"] == 1
     assert report["devices"] == 23 + 5  # the joined ones are counted; the 3 that left stay on record
     events = {e["kind"]: e for e in report["events"]}
-    assert set(events) == {"apply", "blackhole", "restart_controller", "drop_bandwidth", "join", "leave"}
+    assert set(events) == {
+        "apply",
+        "blackhole",
+        "restart_controller",
+        "drop_bandwidth",
+        "join",
+        "leave",
+        "reboot",
+    }
     # The black-holed devices noticed by themselves (nothing told them: no error, no close) and
     # served from their fallback meanwhile; after each fault the whole fleet was back.
     assert report["availability"]["degraded"] > 0
     assert all(e["converged_s"] is not None for e in events.values()), events
     assert report["records"]["produced"] == report["records"]["delivered"]
+    # Rebooted while offline, the phones served their last model from what they had kept: requests
+    # fail only before the first apply (20 phones x 1/s x 5 s); 40 s of 11 phones without a model
+    # would add about 440.
+    assert report["availability"]["failed"] < 200, report["availability"]
 
 
 def test_a_failed_assertion_fails_the_run(tmp_path: Path, cache: Path) -> None:
