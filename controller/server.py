@@ -168,8 +168,8 @@ class Controller:
         2. the server stops accepting calls while the open streams are ended (told UNAVAILABLE, so agents
            back off and reconnect to the restarted controller) and in-flight calls get ``grace_s``; the
            MQTT bridge publishes the same to its devices (close notices) and disconnects from the broker;
-        3. a reconcile pass or kick already running finishes; then the scheduler shuts down (with nothing
-           left to cancel);
+        3. a reconcile pass or kick already running finishes; every device is recorded disconnected in
+           one write; then the scheduler shuts down (with nothing left to cancel);
         4. the store closes; a call that straggles in after that gets ``ShuttingDown`` (UNAVAILABLE).
         """
         self.hub.stop()
@@ -197,6 +197,12 @@ class Controller:
             except Exception:
                 log.exception("error while stopping the MQTT bridge")
         await self.hub.drain()
+        try:
+            await self.db.run(self.db.store.mark_all_disconnected)  # the streams close_all ended
+        except ShuttingDown:
+            pass  # stopped before: the store is closed and was marked then
+        except Exception:
+            log.exception("could not record the devices as disconnected (the next start clears them)")
         if scheduler is not None:
             scheduler.shutdown(wait=False)
         await self.db.aclose()

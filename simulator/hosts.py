@@ -140,6 +140,8 @@ class VirtualHost(ControllerHost):
     async def stop(self) -> None:
         server, self._server = self._server, None
         controller, self.controller = self.controller, None
+        if controller is not None:
+            controller.hub.stop()  # as Controller.stop begins: the streams ended next are not recorded one by one
         if server is not None:
             await server.aclose()
         if controller is not None:

@@ -114,8 +114,9 @@ async def run_scenario(
         usage = host.usage()
         report = _report(run, engine, records, connected_at_end, usage, time.monotonic() - wall_started)
     finally:
-        await asyncio.gather(*(d.stop() for d in run.devices), return_exceptions=True)
+        # The controller first: then the devices' goodbyes cost it nothing (it records them at once).
         await host.aclose()
+        await asyncio.gather(*(d.stop() for d in run.devices), return_exceptions=True)
     return report
 
 
