@@ -122,10 +122,11 @@ class SimDevice:
         self._request_timer: asyncio.TimerHandle | None = None
         self._connection: Connection | None = None
         self._stream: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: dict[asyncio.Task[None], None] = {}  # insertion-ordered (a set follows ids)
         self._handles: set[asyncio.TimerHandle] = set()
         self.serving: Assignment | None = None
         self._segments_for = 0  # version whose segments are ready
+        self._plan_bandwidth = 1.0  # the bandwidth factor in force when the serving plan arrived
         self._degraded = False
         self._blackhole_paid = False
         self.links = spec.links
@@ -222,8 +223,8 @@ class SimDevice:
 
     def _spawn(self, coro: Awaitable[None]) -> asyncio.Task[None]:
         task: asyncio.Task[None] = self._loop.create_task(coro)  # type: ignore[arg-type]
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks[task] = None
+        task.add_done_callback(lambda t: self._tasks.pop(t, None))
         return task
 
     def _execute(self, action: act.Action) -> None:
@@ -237,20 +238,29 @@ class SimDevice:
                 self._close_stream()
             case act.Send(message=message):
                 self._send(message)
+            case act.FetchArtifact(assignment=a) if not self.link.up:
+                down = TransientError("cannot download: the link is down (simulated)")
+                self._later(1.0, ev.ArtifactFailed(a, down))
             case act.FetchArtifact(assignment=a):
                 self._later(self._download_s(a.artifact_size_bytes), ev.ArtifactReady(a))
             case act.LoadModel(assignment=a):
                 self.serving = a  # the swap happens before the core hears of it, as in the daemon
                 self._later(LOAD_S, ev.ModelLoaded(a))
+            case act.PrepareSegments(assignment=a, restore=False) if not self.link.up:
+                # (A restore reads the local cache and needs no link.)
+                reason = "segment artifacts unreachable: the link is down (simulated)"
+                self._later(1.0, ev.SegmentsFailed(a, reason, transient=True))
             case act.PrepareSegments(assignment=a):
                 # The router switches to the new plan as its segments are ready (same model or not).
                 if self.serving is None or a.version >= self.serving.version:
                     self.serving = a
-                self._segments_for = a.version
+                    self._segments_for = a.version
+                    # The planner predicted transfers from the links reported until now.
+                    self._plan_bandwidth = self.link.bandwidth_factor
                 self._later(LOAD_S, ev.SegmentsReady(a))
             case act.FetchProfileArtifacts(request=request):
-                error = PermanentError("a simulated device has no hardware to profile")
-                self._later(0.0, ev.ProfileArtifactsFailed(request.request_id, error))
+                refused = PermanentError("a simulated device has no hardware to profile")
+                self._later(0.0, ev.ProfileArtifactsFailed(request.request_id, refused))
             case act.RunProfile():
                 pass  # never asked: fetching the profile artifacts always fails
             case act.PersistIdentity(identity=identity):
@@ -275,7 +285,7 @@ class SimDevice:
                 self.running = False
 
     def _download_s(self, size_bytes: int) -> float:
-        mbps = min((m.bandwidth_mbps for m in self.links), default=50.0) * self.link.bandwidth_factor
+        mbps = min((m.bandwidth_mbps for m in self.spec.links), default=50.0) * self.link.bandwidth_factor
         return size_bytes * 8 / (mbps * 1e6)
 
     async def _run_enroll(self) -> None:
@@ -285,6 +295,7 @@ class SimDevice:
         except EdgefleetError as exc:
             self.dispatch(ev.EnrollFailed(exc))
         except Exception as exc:
+            log.exception("device=%s enrollment failed unexpectedly", self.spec.device_id)
             self.dispatch(ev.EnrollFailed(TransientError(f"enrollment failed: {exc!r}")))
         else:
             self.dispatch(ev.EnrollSucceeded(identity))
@@ -297,6 +308,7 @@ class SimDevice:
         except EdgefleetError as exc:
             error = exc
         except Exception as exc:
+            log.exception("device=%s control stream failed to open", self.spec.device_id)
             error = TransientError(f"control stream failed to open: {exc!r}")
         else:
             if self._stream is not task:
@@ -312,6 +324,7 @@ class SimDevice:
             except EdgefleetError as exc:
                 error = exc
             except Exception as exc:
+                log.exception("device=%s control stream failed", self.spec.device_id)
                 error = TransientError(f"control stream failed: {exc!r}")
             if self._connection is not connection:
                 return
@@ -368,7 +381,10 @@ class SimDevice:
         path, latency = "local", 0.0
         if plan is None or plan.pattern == "local" or self._segments_for != a.version:
             real = self._real_ms(a.artifact_sha256, a.variant)
-            predicted = plan.predicted_latency_ms if plan is not None else 1.0
+            if plan is not None and plan.pattern != "local":  # its segments are not ready yet
+                predicted = self._fallback_ms(a)
+            else:
+                predicted = plan.predicted_latency_ms if plan is not None else 1.0
             latency = real if real is not None else predicted * self._noise()
         elif self.link.up:
             if self._degraded:
@@ -377,7 +393,7 @@ class SimDevice:
             self._blackhole_paid = False
             path = "partitioned"
             for s in plan.segments:
-                transfer = s.predicted_transfer_ms / self.link.bandwidth_factor
+                transfer = s.predicted_transfer_ms * self._plan_bandwidth / self.link.bandwidth_factor
                 compute = self._real_ms(s.artifact_sha256, s.precision) if s.tier == "device" else None
                 if compute is None:
                     compute = s.predicted_compute_ms * self._noise()

@@ -34,7 +34,7 @@ class Link:
         self.mode = LinkMode.UP
         #: Transfers over the link take 1/factor as long (a bandwidth drop).
         self.bandwidth_factor = 1.0
-        self._open: set[FaultyConnection] = set()
+        self._open: dict[FaultyConnection, None] = {}  # insertion-ordered: a run must repeat
         self._changed: asyncio.Event | None = None
 
     @property
@@ -63,7 +63,7 @@ class FaultyConnection(Connection):
         self._inner = inner
         self._link = link
         self._error: TransientError | None = None
-        link._open.add(self)
+        link._open[self] = None
 
     def send(self, message: AgentMessage) -> None:
         if self._error is not None:
@@ -90,7 +90,7 @@ class FaultyConnection(Connection):
         self._inner.close()  # the pending receive raises, and is turned into ``error``
 
     def close(self) -> None:
-        self._link._open.discard(self)
+        self._link._open.pop(self, None)
         self._inner.close()
 
 

@@ -86,8 +86,8 @@ class ControllerHost(abc.ABC):
         """Apply a policy set; how many devices got a new version."""
 
     @abc.abstractmethod
-    async def unconverged(self) -> int:
-        """Devices whose acknowledged version is behind the desired one."""
+    async def unconverged(self) -> list[str]:
+        """Ids of the devices whose acknowledged version is behind the desired one."""
 
     @abc.abstractmethod
     async def records(self) -> dict[str, DeviceRecords]: ...
@@ -185,9 +185,9 @@ class VirtualHost(ControllerHost):
         applied = await apply_policies(c.db, c.hub, c.clock, c.policy_lock, c.segments, req)
         return len(applied.outcome.changed)
 
-    async def unconverged(self) -> int:
+    async def unconverged(self) -> list[str]:
         c = self._up()
-        return len(await c.db.run(c.db.store.list_unacked))
+        return [d.id for d in await c.db.run(c.db.store.list_unacked)]
 
     async def records(self) -> dict[str, DeviceRecords]:
         c = self._up()
@@ -315,8 +315,8 @@ class RealtimeHost(ControllerHost):
             self._listed = (time.monotonic(), devices)
         return self._listed[1]
 
-    async def unconverged(self) -> int:
-        return sum(1 for d in await self._devices(1.0) if not d.converged)
+    async def unconverged(self) -> list[str]:
+        return [d.id for d in await self._devices(1.0) if not d.converged]
 
     async def records(self) -> dict[str, DeviceRecords]:
         devices = await self._devices(0.0)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.errors import TransientError
 from common.types import BlockProfile, HardwareProfile, LinkMeasurement, PolicyFile
 from controller.policy.loader import load_policies, policy_files
 from simulator.device import DeviceSpec, GroupStats, SimDevice
@@ -58,6 +59,10 @@ class _Run:
     series: dict[str, list[float]] = field(default_factory=dict)
     watchers: set[asyncio.Task[None]] = field(default_factory=set)
     poll_s: float = 1.0
+    event_tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    restores: list[asyncio.Task[None]] = field(default_factory=list)
+    #: Devices that left (decommissioned): the controller still owes them nothing.
+    left: set[str] = field(default_factory=set)
     blocks: tuple[BlockProfile, ...] = ()
     #: (hardware class, precision) -> the whole model's latency there (see ``_local_estimates``).
     local_ms: dict[tuple[str, str], float] = field(default_factory=dict)
@@ -101,6 +106,9 @@ async def run_scenario(
         await asyncio.sleep(scenario.duration)
         await timeline
         await ramp
+        # Faults end by the end of the run (validated); an apply still running is waited for.
+        await asyncio.gather(*run.event_tasks, return_exceptions=True)
+        await asyncio.gather(*run.restores, return_exceptions=True)
         for d in run.devices:
             d.stop_workload()
         await _drain(run)
@@ -114,6 +122,9 @@ async def run_scenario(
         usage = host.usage()
         report = _report(run, engine, records, connected_at_end, usage, time.monotonic() - wall_started)
     finally:
+        for w in list(run.watchers):  # the ramp and events must not start anything now
+            w.cancel()
+        await asyncio.gather(*run.watchers, return_exceptions=True)
         # The controller first: then the devices' goodbyes cost it nothing (it records them at once).
         await host.aclose()
         await asyncio.gather(*(d.stop() for d in run.devices), return_exceptions=True)
@@ -212,7 +223,7 @@ async def _timeline(run: _Run) -> None:
         run.events.append(result)
         log.info("t=%.1fs %s: %s", result.at_s, result.kind, result.detail)
         # Each on its own: an apply to 10,000 devices takes a while, and the next event keeps its time.
-        _spawn(run, _run_event(run, event, result))
+        run.event_tasks.append(_spawn(run, _run_event(run, event, result)))
 
 
 async def _run_event(run: _Run, event: Event, result: _EventResult) -> None:
@@ -275,14 +286,14 @@ async def _apply_event(run: _Run, event: Event, result: _EventResult) -> None:
                     d.link.set(mode)
                 else:
                     d.measure_links(b.factor)
-            _spawn(run, _restore_after(run, result, picked, b.duration, event.kind))
+            run.restores.append(_spawn(run, _restore_after(run, result, picked, b.duration, event.kind)))
         case "reboot":
             picked = _pick(run, b.group, b.percent)
             for d in picked:
                 d.link.set(LinkMode.CUT)
                 await d.stop()
                 d.start()  # a fresh core from its snapshot: it must serve again without the controller
-            _spawn(run, _restore_after(run, result, picked, b.duration, "cut_links"))
+            run.restores.append(_spawn(run, _restore_after(run, result, picked, b.duration, "cut_links")))
         case "restart_controller":
             await run.host.restart(b.down_for)
             _watch(run, result, settle_from=result.at_s + b.down_for)
@@ -320,6 +331,7 @@ async def _leave(run: _Run, result: _EventResult, leaving: list[SimDevice]) -> N
         await asyncio.sleep(run.poll_s)
     for d in leaving:
         await d.stop()
+        run.left.add(d.spec.device_id)
     _watch(run, result, settle_from=run.now())
 
 
@@ -330,8 +342,8 @@ def _watch(run: _Run, result: _EventResult, *, settle_from: float) -> None:
         while True:
             connected = all(d.connected for d in run.devices if d.running)
             try:
-                settled = connected and await run.host.unconverged() == 0
-            except Exception:  # the controller is down (a restart): not settled yet
+                settled = connected and await _unconverged(run) == 0
+            except TransientError:  # the controller is down (a restart): not settled yet
                 settled = False
             if settled:
                 result.converged_s = round(run.now() - settle_from, 3)
@@ -382,12 +394,17 @@ async def _sample(run: _Run) -> None:
     s["t_s"].append(round(run.now(), 3))
     s["connected"].append(sum(d.connected for d in running))
     try:
-        s["converged"].append(len(running) - await run.host.unconverged())
-    except Exception:  # the controller is down (a restart): nobody is known to have converged
+        s["converged"].append(max(0, len(running) - await _unconverged(run)))
+    except TransientError:  # the controller is down (a restart): nobody is known to have converged
         s["converged"].append(0)
     s["answered"].append(sum(g.answered for g in run.stats.values()))
     s["degraded"].append(sum(g.degraded for g in run.stats.values()))
     s["failed"].append(sum(g.failed for g in run.stats.values()))
+
+
+async def _unconverged(run: _Run) -> int:
+    """Running devices behind their desired version (the ones that left are owed nothing)."""
+    return sum(1 for device_id in await run.host.unconverged() if device_id not in run.left)
 
 
 async def _drain(run: _Run) -> None:
@@ -402,7 +419,7 @@ async def _drain(run: _Run) -> None:
 
 async def _account(run: _Run) -> dict[str, int]:
     seen = await run.host.records()
-    produced = delivered = dropped = duplicated = lost = 0
+    produced = delivered = dropped = duplicated = lost = undelivered = 0
     for d in run.devices:
         got = seen.get(d.spec.device_id)
         received = got.received if got is not None else 0
@@ -410,13 +427,17 @@ async def _account(run: _Run) -> dict[str, int]:
         delivered += min(received, d.produced)
         dropped += d.dropped
         duplicated += max(0, received - d.produced)
-        lost += max(0, d.produced - received - d.dropped)
+        waiting = d.outbox.state().count if d.running else 0
+        undelivered += waiting
+        lost += max(0, d.produced - received - d.dropped - waiting)
     return {
         "produced": produced,
         "delivered": delivered,
         "dropped": dropped,
         "duplicated": duplicated,
         "lost": lost,
+        # Still in a running device's outbox when the drain gave up: late, not lost.
+        "undelivered": undelivered,
     }
 
 

@@ -31,6 +31,8 @@ def _seconds(value: Any) -> Any:
 
 
 Seconds = Annotated[float, BeforeValidator(_seconds), Field(ge=0)]
+#: An interval something repeats at: zero would spin (and stop the virtual clock).
+Interval = Annotated[float, BeforeValidator(_seconds), Field(gt=0)]
 Percent = Annotated[float, Field(ge=0, le=100)]
 
 
@@ -75,7 +77,7 @@ class GroupSpec(_Model):
 class Workload(_Model):
     #: 0: a flat rate; 0.5: the rate swings between 50% and 150% of each group's over ``period``.
     diurnal_amplitude: float = Field(default=0.0, ge=0, le=1)
-    period: Seconds = 86_400.0
+    period: Interval = 86_400.0
     #: Simulated latency = the plan's prediction for the hop x lognormal(0, sigma).
     latency_sigma: float = Field(default=0.15, ge=0, le=2)
     #: This share of devices times its own compute with real onnxruntime (x its class's latency
@@ -92,11 +94,11 @@ class ModelSpec(_Model):
 
 
 class ControllerSpec(_Model):
-    heartbeat_interval: Seconds = 10.0
-    reconcile_interval: Seconds = 1.0
+    heartbeat_interval: Interval = 10.0
+    reconcile_interval: Interval = 1.0
     #: Virtual engine: the re-planner's periodic pass (the realtime controller keeps its default, 60 s);
     #: planning 100,000 devices takes seconds of real CPU, so a simulated day wants fewer passes.
-    replan_every: Seconds = 60.0
+    replan_every: Interval = 60.0
     #: Realtime engine: how devices reach the controller.
     transport: Literal["grpc", "mqtt"] = "grpc"
     #: Realtime engine: gRPC channels the devices' streams are multiplexed over.
@@ -111,7 +113,7 @@ class Target(_Model):
 
 
 class Cut(Target):
-    duration: Seconds = Field(alias="for")
+    duration: Interval = Field(alias="for")
 
 
 class BandwidthDrop(Cut):
@@ -204,9 +206,9 @@ class Scenario(_Model):
     name: str = Field(min_length=1)
     description: str = ""
     seed: int = 1
-    duration: Seconds
+    duration: Interval
     #: How often the report samples the fleet (connected, converged, answered).
-    sample_every: Seconds = 5.0
+    sample_every: Interval = 5.0
     model: ModelSpec
     controller: ControllerSpec = Field(default_factory=ControllerSpec)
     workload: Workload = Field(default_factory=Workload)
@@ -224,8 +226,12 @@ class Scenario(_Model):
             group = getattr(body, "group", None)
             if group is not None and group not in names:
                 raise ValueError(f"timeline[{i}].{event.kind}.group: no group {group!r} (groups: {names})")
-            if event.at > self.duration:
-                raise ValueError(f"timeline[{i}].at: {event.at:g}s is after the end ({self.duration:g}s)")
+            lasts = getattr(body, "duration", 0.0) + getattr(body, "down_for", 0.0)
+            if event.at + lasts > self.duration:
+                raise ValueError(
+                    f"timeline[{i}]: {event.kind} at {event.at:g}s lasting {lasts:g}s ends after the run "
+                    f"({self.duration:g}s): every fault must be over before the records are counted"
+                )
         return self
 
     def scaled(self, devices: int | None) -> Scenario:
@@ -269,6 +275,13 @@ def load_scenario(path: Path) -> Scenario:
     if errors or scenario is None:
         raise ScenarioErrors(errors)
     base = path.parent
+    model = scenario.model
+    for name, value in (
+        ("model.source", model.source if model.source != "digits" else ""),
+        ("model.eval_data", model.eval_data),
+    ):
+        if value and not (base / value).is_file():
+            raise InvalidArgument(f"{path}: {name} {value!r}: no such file under {base}")
     for event in scenario.timeline:
         if event.apply is not None and not (base / event.apply).exists():
             raise InvalidArgument(f"{path}: apply {event.apply!r}: no such file or directory under {base}")

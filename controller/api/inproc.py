@@ -88,18 +88,19 @@ class InProcessServer:
     def __init__(self, db: Db, hub: Hub) -> None:
         self._db = db
         self._hub = hub
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._wires: set[InProcessWire] = set()
+        # Insertion-ordered (a set would follow object ids): the simulator's runs must repeat.
+        self._tasks: dict[asyncio.Task[None], None] = {}
+        self._wires: dict[InProcessWire, None] = {}
 
     async def dial(self, device_id: str, credential: str, *, max_queued: int) -> InProcessWire:
         device = await self._db.run(enrollment.authenticate, self._db.store, device_id, credential)
         session = self._hub.open(device.id)
         wire = InProcessWire(device.id, max_queued)
         task = asyncio.get_running_loop().create_task(self._serve(session, wire), name=f"inproc-{device.id}")
-        self._tasks.add(task)
-        self._wires.add(wire)
-        task.add_done_callback(self._tasks.discard)
-        task.add_done_callback(lambda _: self._wires.discard(wire))
+        self._tasks[task] = None
+        self._wires[wire] = None
+        task.add_done_callback(lambda t: self._tasks.pop(t, None))
+        task.add_done_callback(lambda _: self._wires.pop(wire, None))
         return wire
 
     async def _serve(self, session: Session, wire: InProcessWire) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import heapq
 import json
 import logging
 import math
@@ -282,7 +283,7 @@ def route_nodes(device_id: str, nodes: Sequence[str]) -> tuple[str, ...]:
     def rank(node: str) -> bytes:
         return hashlib.blake2b(f"{device_id}\0{node}".encode(), digest_size=8).digest()
 
-    return tuple(sorted(sorted(nodes, key=rank, reverse=True)[:ENDPOINTS_PER_HOP]))
+    return tuple(sorted(heapq.nlargest(ENDPOINTS_PER_HOP, nodes, key=rank)))
 
 
 def _links(devices: Iterable[Device]) -> dict[str, dict[str, Link]]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Container, Sequence
 
 from common.errors import InvalidArgument, NotFound, PermanentError
 from common.types import (
@@ -133,11 +133,15 @@ def _offer(model: Model) -> tuple[str, tuple[ProfileBlock, ...], tuple[int, ...]
     return fp32.sha256, tuple(blocks.values()), batches
 
 
-def pending_requests(store: Store, device_ids: Collection[str] | None) -> list[tuple[str, ProfileRequest]]:
-    """(device id, message) for every request of ``device_ids`` (None: every device) still waiting
-    for its report. A request whose model no longer offers block artifacts is skipped (with a
-    warning), never sent half-made."""
+def pending_requests(
+    store: Store, device_ids: Collection[str] | None, *, among: Container[str] | None = None
+) -> list[tuple[str, ProfileRequest]]:
+    """(device id, message) for every request of ``device_ids`` (None: every device; ``among``: of
+    those, only these) still waiting for its report. A request whose model no longer offers block
+    artifacts is skipped (with a warning), never sent half-made."""
     pending = store.list_pending_profile_requests(device_ids)
+    if among is not None:
+        pending = [r for r in pending if r.device_id in among]
     models: dict[str, Model] = {}
     out: list[tuple[str, ProfileRequest]] = []
     for r in pending:

@@ -118,8 +118,10 @@ def due_for(
     if len(device_ids) <= SCAN_WHOLE_FLEET_ABOVE:
         return store.list_unacked(device_ids), profiles.pending_requests(store, device_ids)
     wanted = device_ids if isinstance(device_ids, set | frozenset) else set(device_ids)
-    unacked = [d for d in store.list_unacked() if d.id in wanted]
-    return unacked, [(d, r) for d, r in profiles.pending_requests(store, None) if d in wanted]
+    # Connected only: after an apply, the offline part of a large fleet owes acks too, and decoding
+    # it every pass would hold up the store thread for nothing.
+    unacked = [d for d in store.list_unacked(connected_only=True) if d.id in wanted]
+    return unacked, profiles.pending_requests(store, None, among=wanted)
 
 
 def on_telemetry(

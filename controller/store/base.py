@@ -103,10 +103,13 @@ class Store(ABC):
         """All devices ordered by id."""
 
     @abstractmethod
-    def list_unacked(self, device_ids: Collection[str] | None = None) -> list[Device]:
+    def list_unacked(
+        self, device_ids: Collection[str] | None = None, *, connected_only: bool = False
+    ) -> list[Device]:
         """Devices whose ``desired_version`` is above their ``acked_version`` (an assignment still to be
         acknowledged), ordered by id; only those among ``device_ids`` when it is given (unknown ids are
-        ignored). One call, however many ids: the reconcile loop asks this once per pass.
+        ignored), only connected ones with ``connected_only``. One call, however many ids: the
+        reconcile loop asks this once per pass.
         """
 
     @abstractmethod

@@ -116,14 +116,20 @@ class InMemoryStore(Store):
         with self._locked():
             return [self._devices[k] for k in sorted(self._devices)]
 
-    def list_unacked(self, device_ids: Collection[str] | None = None) -> list[Device]:
+    def list_unacked(
+        self, device_ids: Collection[str] | None = None, *, connected_only: bool = False
+    ) -> list[Device]:
         with self._locked():
             if device_ids is None:
                 candidates = list(self._devices)
             else:
                 wanted = set(device_ids)
                 candidates = [k for k in wanted if k in self._devices]
-            return [self._devices[k] for k in sorted(candidates) if _rules.is_unacked(self._devices[k])]
+            return [
+                self._devices[k]
+                for k in sorted(candidates)
+                if _rules.is_unacked(self._devices[k]) and (self._devices[k].connected or not connected_only)
+            ]
 
     def get_credential_hash(self, device_id: str) -> str:
         with self._locked():

@@ -158,8 +158,12 @@ class SqliteStore(Store):
         with self._tx(write=False):
             return [_codec.device_from_row(r) for r in self._db.query("SELECT * FROM devices ORDER BY id")]
 
-    def list_unacked(self, device_ids: Collection[str] | None = None) -> list[Device]:
+    def list_unacked(
+        self, device_ids: Collection[str] | None = None, *, connected_only: bool = False
+    ) -> list[Device]:
         unacked = "SELECT * FROM devices WHERE desired_version > acked_version"
+        if connected_only:
+            unacked += " AND connected = 1"
         with self._tx(write=False):
             if device_ids is None:
                 rows = list(self._db.query(f"{unacked} ORDER BY id"))

@@ -158,6 +158,16 @@ class AckRules:
         assert store.list_unacked([]) == []
         assert [d.id for d in store.list_unacked(("pending", "pending"))] == ["pending"]
 
+    def test_list_unacked_connected_only(self, store: Store) -> None:
+        # The reconcile pass of a large fleet: only the connected devices can be sent anything.
+        self._fleet_in_every_state(store)
+        assert [d.id for d in store.list_unacked(connected_only=True)] == ["wiped"]  # said hello
+        hello(store, "pending", acked_version=0)
+        assert [d.id for d in store.list_unacked(connected_only=True)] == ["pending", "wiped"]
+        store.device_disconnected("wiped", now_ms=T0 + 5)
+        assert [d.id for d in store.list_unacked(connected_only=True)] == ["pending"]
+        assert [d.id for d in store.list_unacked()] == ["behind", "pending", "wiped"]
+
     def test_list_unacked_of_many_ids_is_one_call(self, store: Store) -> None:
         # A controller with thousands of connected devices asks about all of them at once.
         self._fleet_in_every_state(store)
