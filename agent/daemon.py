@@ -29,16 +29,17 @@ from agent.core.backoff import BackoffPolicy
 from agent.core.machine import profile_artifacts
 from agent.infer_api import InferApi
 from agent.outbox import Outbox, OutboxBudget, SqliteOutbox
+from agent.outbox import perform as outbox_perform
 from agent.partition import SegmentHost
 from agent.runtime import ModelLoadError, ModelSlot, load_model
 from agent.segment_api import SegmentApi
 from agent.state import DataDir
-from agent.transport import ChannelClosed, Connection, Transport
+from agent.stream import ControlStream
+from agent.transport import Transport
 from agent.transport import grpc as grpc_transport
 from common import limits, serde
 from common.errors import EdgefleetError, InvalidArgument, NotFound, PermanentError, TransientError
 from common.types import (
-    AgentMessage,
     Assignment,
     AssignmentFailure,
     DeviceIdentity,
@@ -163,9 +164,10 @@ class AgentDaemon:
         self._server: grpc.aio.Server | None = None
         self._infer_api: InferApi | None = None
         self._transport: Transport | None = transport
-        #: The open control connection, and the task connecting/reading it.
-        self._connection: Connection | None = None
-        self._stream_task: asyncio.Task[None] | None = None
+        #: The control connection (the task connecting and reading it).
+        self._stream = ControlStream(
+            dispatch=self.dispatch, spawn=self._spawn, device_id=lambda: self.core.device_id
+        )
         self._tasks: set[asyncio.Task[Any]] = set()
         #: Downloads in progress, by sha256, whoever asked for the bytes (an assignment, a profile).
         self._downloads: dict[str, asyncio.Task[_FetchOutcome]] = {}
@@ -201,6 +203,7 @@ class AgentDaemon:
             self._stub = serde.ControllerServiceStub(self._channel)
         if self._transport is None:
             self._transport = self._make_transport()
+        self._stream.transport = self._transport
         server = grpc.aio.server(
             options=limits.GRPC_MESSAGE_OPTIONS,
             maximum_concurrent_rpcs=MAX_CONCURRENT_INFER_RPCS,
@@ -280,7 +283,7 @@ class AgentDaemon:
 
     async def close(self) -> None:
         self.stop()
-        self._close_stream()
+        self._stream.close()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
@@ -324,12 +327,12 @@ class AgentDaemon:
             case act.Enroll():
                 self._spawn(self._enroll())
             case act.OpenStream(identity=identity):
-                self._open_stream(identity)
+                self._stream.open(identity)
             case act.CloseStream(reason=reason):
                 log.info("device=%s closing the control stream: %s", self.core.device_id, reason)
-                self._close_stream()
+                self._stream.close()
             case act.Send(message=message):
-                self._send(message)
+                self._stream.send(message)
             case act.FetchArtifact(assignment=assignment):
                 self._start_fetch(assignment)
             case act.LoadModel(assignment=assignment, restore=restore):
@@ -357,23 +360,9 @@ class AgentDaemon:
                 self.stop()
 
     def _outbox_action(self, action: act.Action) -> None:
-        """Carried out at once, in order: an append is on disk before the step's later actions run
-        (e.g. the reply to the request it records, or a batch that carries it)."""
-        outbox = self.outbox
-        if outbox is None:
-            return
-        match action:
-            case act.AppendTelemetry(record=record):
-                for trimmed in outbox.append(record):
-                    self._later(
-                        ev.OutboxTrimmed(trimmed.dropped, trimmed.first_sequence, trimmed.last_sequence)
-                    )
-            case act.DeleteTelemetry(up_to_sequence=up_to):
-                outbox.delete_through(up_to)
-            case act.LoadTelemetry(after_sequence=after, limit=limit):
-                self._later(ev.TelemetryLoaded(outbox.load(after, limit), requested=limit))
-            case act.RenumberTelemetry(start_at=start):
-                outbox.renumber(start)
+        if self.outbox is not None:
+            for event in outbox_perform(self.outbox, action):
+                self._later(event)
 
     def _later(self, event: ev.Event) -> None:
         """Dispatch once the current step is done (the core is not re-entrant)."""
@@ -416,69 +405,6 @@ class AgentDaemon:
             self.dispatch(ev.EnrollSucceeded(identity))
             return
         self.dispatch(ev.EnrollFailed(error))
-
-    def _open_stream(self, identity: DeviceIdentity) -> None:
-        self._close_stream()
-        # A task: connecting may take a while (MQTT: TCP, CONNACK, SUBACK); the core is told StreamOpened
-        # once it has, outside of the step() that asked for the stream.
-        self._stream_task = self._spawn(self._run_stream(identity))
-
-    async def _run_stream(self, identity: DeviceIdentity) -> None:
-        assert self._transport is not None
-        task = asyncio.current_task()
-        error: EdgefleetError
-        try:
-            connection = await self._transport.connect(identity)
-        except EdgefleetError as exc:
-            error = exc
-        except Exception as exc:
-            log.exception("device=%s control stream failed to open", self.core.device_id)
-            error = TransientError(f"control stream failed to open: {exc!r}")
-        else:
-            if self._stream_task is not task:  # closed (or replaced) while connecting
-                connection.close()
-                return
-            self._connection = connection
-            self.dispatch(ev.StreamOpened())
-            try:
-                while True:
-                    self.dispatch(ev.MessageReceived(await connection.receive()))
-            except EdgefleetError as exc:
-                error = exc
-            except Exception as exc:
-                log.exception("device=%s control stream failed", self.core.device_id)
-                error = TransientError(f"control stream failed: {exc!r}")
-            if self._connection is not connection:
-                return  # we closed (or replaced) it ourselves; the core knows
-        if self._stream_task is not task:
-            return
-        self._close_stream()
-        self.dispatch(ev.StreamClosed(error))
-
-    def _close_stream(self) -> None:
-        """Tear down the control connection, if any. Never raises, never blocks (a transport's goodbye
-        finishes in the background)."""
-        task, self._stream_task = self._stream_task, None
-        connection, self._connection = self._connection, None
-        if connection is not None:
-            connection.close()  # its reader sees the connection is no longer ours and stops
-        elif task is not None and task is not asyncio.current_task():
-            task.cancel()  # still connecting
-
-    def _send(self, message: AgentMessage) -> None:
-        connection = self._connection
-        if connection is None:
-            return  # not connected: the core re-sends what matters after reconnecting
-        try:
-            connection.send(message)
-        except ChannelClosed:
-            return  # it has ended: its reader tells the core why
-        except TransientError as exc:  # e.g. full: the other end is not taking messages
-            log.warning("device=%s %s; resetting the stream", self.core.device_id, exc)
-            self._close_stream()
-            self.dispatch(ev.StreamClosed(exc))
-        except EdgefleetError as exc:  # this message can never go (e.g. too large); the link is fine
-            log.error("device=%s cannot send a %s: %s", self.core.device_id, type(message).__name__, exc)
 
     # --- artifacts ------------------------------------------------------------------------------
 

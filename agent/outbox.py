@@ -27,6 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from agent.core import actions as act
+from agent.core import events as ev
 from agent.core.telemetry import OutboxState
 from common import serde
 from common.errors import InvalidArgument
@@ -359,3 +361,21 @@ class MemoryOutbox(Outbox):
 
 def _runs(*trims: Trimmed | None) -> tuple[Trimmed, ...]:
     return tuple(t for t in trims if t is not None)
+
+
+def perform(outbox: Outbox, action: act.Action) -> list[ev.Event]:
+    """Carry out one of the core's outbox actions, at once (an append is stored before the step's
+    later actions run: the reply to the request it records, or a batch that carries it); the events
+    to give the core once its current step is done (it is not re-entrant)."""
+    match action:
+        case act.AppendTelemetry(record=record):
+            return [
+                ev.OutboxTrimmed(t.dropped, t.first_sequence, t.last_sequence) for t in outbox.append(record)
+            ]
+        case act.DeleteTelemetry(up_to_sequence=up_to):
+            outbox.delete_through(up_to)
+        case act.LoadTelemetry(after_sequence=after, limit=limit):
+            return [ev.TelemetryLoaded(outbox.load(after, limit), requested=limit)]
+        case act.RenumberTelemetry(start_at=start):
+            outbox.renumber(start)
+    return []

@@ -25,7 +25,9 @@ from agent.core import events as ev
 from agent.core.machine import AgentCore, CoreConfig, Link
 from agent.core.snapshot import AgentSnapshot
 from agent.outbox import MemoryOutbox, OutboxBudget
-from agent.transport.base import Connection, Transport
+from agent.outbox import perform as outbox_perform
+from agent.stream import ControlStream
+from agent.transport.base import Transport
 from common.errors import EdgefleetError, PermanentError, TransientError
 from common.types import (
     Assignment,
@@ -120,8 +122,10 @@ class SimDevice:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
         self._request_timer: asyncio.TimerHandle | None = None
-        self._connection: Connection | None = None
-        self._stream: asyncio.Task[None] | None = None
+        self._stream = ControlStream(
+            dispatch=self.dispatch, spawn=self._spawn, device_id=lambda: spec.device_id
+        )
+        self._stream.transport = self._transport
         self._tasks: dict[asyncio.Task[None], None] = {}  # insertion-ordered (a set follows ids)
         self._handles: set[asyncio.TimerHandle] = set()
         self.serving: Assignment | None = None
@@ -141,7 +145,6 @@ class SimDevice:
         #: Records the core put in the outbox (the only ones that can be delivered), and dropped.
         self.produced = 0
         self.dropped = 0
-        self.messages = 0
 
     def _new_core(self) -> AgentCore:
         config = CoreConfig(
@@ -173,7 +176,7 @@ class SimDevice:
         """Power off: the connection closes, timers stop; identity, snapshot and outbox are kept."""
         self.running = False
         self.stop_workload()
-        self._close_stream()
+        self._stream.close()
         for h in (self._timer, *self._handles):
             if h is not None:
                 h.cancel()
@@ -183,6 +186,11 @@ class SimDevice:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self._transport.aclose()  # e.g. MQTT's goodbye; nothing for a shared gRPC channel
+
+    @property
+    def messages(self) -> int:
+        """Control messages sent and received (the report's messages per second)."""
+        return self._stream.messages
 
     @property
     def connected(self) -> bool:
@@ -233,12 +241,11 @@ class SimDevice:
             case act.Enroll():
                 self._spawn(self._run_enroll())
             case act.OpenStream(identity=identity):
-                self._close_stream()
-                self._stream = self._spawn(self._run_stream(identity))
+                self._stream.open(identity)
             case act.CloseStream():
-                self._close_stream()
+                self._stream.close()
             case act.Send(message=message):
-                self._send(message)
+                self._stream.send(message)
             case act.FetchArtifact(assignment=a) if not self.link.up:
                 down = TransientError("cannot download: the link is down (simulated)")
                 self._later(1.0, ev.ArtifactFailed(a, down))
@@ -268,19 +275,15 @@ class SimDevice:
                 self.identity = identity
             case act.PersistSnapshot(snapshot=snapshot):
                 self._snapshot = snapshot
-            case act.AppendTelemetry(record=record):
-                self.produced += 1
-                for trimmed in self.outbox.append(record):
-                    self.dropped += trimmed.dropped
-                    self._later(
-                        0.0, ev.OutboxTrimmed(trimmed.dropped, trimmed.first_sequence, trimmed.last_sequence)
-                    )
-            case act.DeleteTelemetry(up_to_sequence=up_to):
-                self.outbox.delete_through(up_to)
-            case act.LoadTelemetry(after_sequence=after, limit=limit):
-                self._later(0.0, ev.TelemetryLoaded(self.outbox.load(after, limit), requested=limit))
-            case act.RenumberTelemetry(start_at=start):
-                self.outbox.renumber(start)
+            case (
+                act.AppendTelemetry() | act.DeleteTelemetry() | act.LoadTelemetry() | act.RenumberTelemetry()
+            ):
+                if isinstance(action, act.AppendTelemetry):
+                    self.produced += 1
+                for event in outbox_perform(self.outbox, action):
+                    if isinstance(event, ev.OutboxTrimmed):
+                        self.dropped += event.dropped
+                    self._later(0.0, event)
             case act.Fatal(reason=reason):
                 log.error("device=%s cannot continue: %s", self.spec.device_id, reason)
                 self.running = False
@@ -300,60 +303,6 @@ class SimDevice:
             self.dispatch(ev.EnrollFailed(TransientError(f"enrollment failed: {exc!r}")))
         else:
             self.dispatch(ev.EnrollSucceeded(identity))
-
-    async def _run_stream(self, identity: DeviceIdentity) -> None:
-        task = asyncio.current_task()
-        error: EdgefleetError
-        try:
-            connection = await self._transport.connect(identity)
-        except EdgefleetError as exc:
-            error = exc
-        except Exception as exc:
-            log.exception("device=%s control stream failed to open", self.spec.device_id)
-            error = TransientError(f"control stream failed to open: {exc!r}")
-        else:
-            if self._stream is not task:
-                connection.close()
-                return
-            self._connection = connection
-            self.dispatch(ev.StreamOpened())
-            try:
-                while True:
-                    message = await connection.receive()
-                    self.messages += 1
-                    self.dispatch(ev.MessageReceived(message))
-            except EdgefleetError as exc:
-                error = exc
-            except Exception as exc:
-                log.exception("device=%s control stream failed", self.spec.device_id)
-                error = TransientError(f"control stream failed: {exc!r}")
-            if self._connection is not connection:
-                return
-        if self._stream is not task:
-            return
-        self._close_stream()
-        self.dispatch(ev.StreamClosed(error))
-
-    def _close_stream(self) -> None:
-        task, self._stream = self._stream, None
-        connection, self._connection = self._connection, None
-        if connection is not None:
-            connection.close()
-        elif task is not None and task is not asyncio.current_task():
-            task.cancel()
-
-    def _send(self, message: object) -> None:
-        connection = self._connection
-        if connection is None:
-            return
-        try:
-            connection.send(message)  # type: ignore[arg-type]
-            self.messages += 1
-        except TransientError as exc:  # full or closed: the connection is done
-            self._close_stream()
-            self._later(0.0, ev.StreamClosed(exc))
-        except EdgefleetError as exc:
-            log.warning("device=%s message not sent: %s", self.spec.device_id, exc)
 
     # --- the workload ---------------------------------------------------------------------------------
 
