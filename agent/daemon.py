@@ -545,6 +545,7 @@ class AgentDaemon:
                     )
                 else:
                     report = await asyncio.to_thread(profiler.profile_blocks, request, paths, inputs)
+                    report = await profiler.with_dispatch(report)
             except Exception as exc:  # the profiler reports per block; anything else is its bug, reported
                 log.exception(
                     "device=%s profile %s failed unexpectedly", self.core.device_id, request.request_id

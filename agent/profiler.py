@@ -10,13 +10,20 @@ host's and with other devices'. A block that fails to load or run is reported wi
 dropped; nothing here raises for a bad artifact or input.
 
 Blocking and CPU-bound: the daemon runs ``profile_blocks`` in a worker thread, one at a time, so
-serving goes on. Nothing here logs: the daemon reports what happened, with the device id.
+serving goes on. Then, on its event loop, ``with_dispatch`` adds what the agent's own serving path
+costs per segment call beyond the model call (``measure_dispatch``): a block profile times
+``session.run`` alone, but a served segment also goes through the batch queue to its worker thread
+and back, and a phone's own segment to the executor and back (0.2-0.3 ms per segment on the 2-core
+development box, where a MiniLM layer takes 0.7 ms). The planner adds it once per segment. Nothing
+here logs: the daemon reports what happened, with the device id.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import statistics
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -24,7 +31,15 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from common.timing import OVERHEAD_INPUT, TimingConfig, first_line, overhead_model, time_round_robin
+from agent.serving.batcher import DynamicBatcher
+from common.timing import (
+    OVERHEAD_INPUT,
+    TimingConfig,
+    eviction_bytes,
+    first_line,
+    overhead_model,
+    time_round_robin,
+)
 from common.types import BlockTiming, CallOverhead, ProfileBlock, ProfileReport, ProfileRequest
 
 #: As the controller's import profile: a small config, the request chooses the number of runs.
@@ -32,6 +47,9 @@ WARMUP = 1
 MIN_RUNS = 3
 MAX_SECONDS = 0.25
 BURST = 5
+#: The dispatch probe: calls through the serving path (and as many direct ones), at most this long.
+DISPATCH_RUNS = 200
+DISPATCH_SECONDS = 0.5
 
 _Key = tuple[int, int, str]
 
@@ -65,6 +83,7 @@ def profile_blocks(request: ProfileRequest, artifacts: Mapping[str, Path], input
         min_runs=min(MIN_RUNS, request.runs),
         max_seconds=MAX_SECONDS,
         burst=BURST,
+        evict_bytes=eviction_bytes(),
     )
     precisions = list(dict.fromkeys(b.precision for b in request.blocks))
     timings: list[BlockTiming] = []
@@ -108,6 +127,52 @@ def profile_blocks(request: ProfileRequest, artifacts: Mapping[str, Path], input
         model_name=request.model_name,
         timings=tuple(timings),
         call_overhead=tuple(CallOverhead(b, statistics.median(v)) for b, v in overheads.items()),
+    )
+
+
+async def measure_dispatch(batch_sizes: tuple[int, ...] = (1,)) -> dict[int, float]:
+    """Per batch size, the median milliseconds one call costs through the serving path (a
+    ``DynamicBatcher`` with batching off and its own worker thread, as ``SegmentHost`` serves a
+    segment: queue, dispatcher task, thread hand-off and back) beyond the same ``session.run`` of the
+    do-nothing model called directly. Calls alternate between the two, so load from elsewhere
+    slows both alike. Must run on the event loop that serves."""
+    session = _open_session(overhead_model())
+    out: dict[int, float] = {}
+    for batch in dict.fromkeys(batch_sizes):
+        feed = {OVERHEAD_INPUT: np.zeros((batch, 1), dtype=np.float32)}
+
+        def run(feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+            return {"y": session.run(None, dict(feeds))[0]}
+
+        batcher = DynamicBatcher(run, max_batch_size=1, max_queue_delay_s=0.0, name="dispatch-probe")
+        served: list[float] = []
+        direct: list[float] = []
+        try:
+            await batcher.submit(feed)  # the worker thread exists from here on
+            stop = time.perf_counter() + DISPATCH_SECONDS
+            while len(served) < DISPATCH_RUNS and time.perf_counter() < stop:
+                begin = time.perf_counter()
+                run(feed)
+                direct.append(time.perf_counter() - begin)
+                begin = time.perf_counter()
+                await batcher.submit(feed)
+                served.append(time.perf_counter() - begin)
+        finally:
+            await batcher.aclose()
+        out[batch] = max(0.0, statistics.median(served) - statistics.median(direct)) * 1e3
+    return out
+
+
+async def with_dispatch(report: ProfileReport) -> ProfileReport:
+    """``report`` with ``dispatch_ms`` measured (``measure_dispatch``) on each call overhead entry."""
+    if not report.call_overhead:
+        return report
+    dispatch = await measure_dispatch(tuple(c.batch_size for c in report.call_overhead))
+    return dataclasses.replace(
+        report,
+        call_overhead=tuple(
+            dataclasses.replace(c, dispatch_ms=dispatch.get(c.batch_size, 0.0)) for c in report.call_overhead
+        ),
     )
 
 

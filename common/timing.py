@@ -8,8 +8,18 @@ thread) and the fixed-cost model below, and passes one ``lambda: session.run(Non
 Why round-robin, and why in bursts: interleaving makes the numbers comparable on a shared host (a
 burst of load from other processes slows every member of the round alike, instead of whichever one
 was being timed back to back at that moment; on a 2-core box that made a block's time swing 2-3x),
-and a burst of ``burst`` calls per visit keeps tiny models from paying a cold cache on every call (a
-digits block timed 30% slower among 150 segments than among 18 with one call per visit).
+and a burst of ``burst`` calls per visit keeps a tiny model's cache state from depending on how many
+others share the round (a digits block timed 30% slower among 150 segments than among 18 with one
+call per visit); ``evict_bytes`` makes every call equally cold instead.
+
+Why ``evict_bytes``: a block timed back to back runs with its weights in the cache, which a served
+request does not find. Between two requests a phone runs other apps and a serving node other
+segments and other devices' requests, so a block's weights come from memory again: on the 2-core
+development box two MiniLM layers took 1.51 ms warm and 2.05 ms with the last-level cache evicted
+first, and the partitioned requests of ``bench/partition.py`` ran their segments ~30% slower than
+the warm profile said. With ``evict_bytes`` set, every timed call is preceded (untimed) by reading a
+buffer that size, as the serving path finds it; ``eviction_bytes()`` sizes it from this machine's
+last-level cache.
 """
 
 from __future__ import annotations
@@ -18,12 +28,20 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
 
 from common.errors import InvalidArgument
 
 #: Input and output names of the call-overhead model (an Identity on a [batch, 1] float tensor).
 OVERHEAD_INPUT = "edgefleet.call_overhead.x"
 OVERHEAD_OUTPUT = "y"
+#: The last-level cache assumed where the machine does not say (sysfs): generous for a phone, an
+#: edge board or a server alike.
+DEFAULT_LLC_BYTES = 32 << 20
+#: At most this much is read before each timed call, whatever the cache claims.
+MAX_EVICTION_BYTES = 256 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,10 +54,31 @@ class TimingConfig:
     min_runs: int = 3
     max_seconds: float = 0.25
     burst: int = 5
+    #: Bytes read before every timed call (untimed) so it runs with a cold cache; 0: warm.
+    evict_bytes: int = 0
 
     def __post_init__(self) -> None:
         if self.runs < 1 or self.min_runs < 1 or self.warmup < 0 or self.max_seconds <= 0 or self.burst < 1:
             raise InvalidArgument("runs, min_runs and burst must be >= 1, warmup >= 0, max_seconds > 0")
+        if not 0 <= self.evict_bytes <= MAX_EVICTION_BYTES:
+            raise InvalidArgument(
+                f"evict_bytes must be within 0..{MAX_EVICTION_BYTES}, got {self.evict_bytes}"
+            )
+
+
+def eviction_bytes(cache_root: Path = Path("/sys/devices/system/cpu/cpu0/cache")) -> int:
+    """Twice this machine's largest CPU cache (sysfs ``index*/size``; ``DEFAULT_LLC_BYTES`` where it
+    cannot be read): read before a timed call, it leaves none of the block's weights cached."""
+    largest = 0
+    try:
+        for entry in cache_root.glob("index*/size"):
+            text = entry.read_text().strip().upper()
+            unit = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+            digits = text[:-1] if text[-1:] in "KMG" else text
+            largest = max(largest, int(digits) * unit)
+    except (OSError, ValueError):
+        largest = 0
+    return min(2 * (largest or DEFAULT_LLC_BYTES), MAX_EVICTION_BYTES)
 
 
 def time_round_robin(
@@ -66,12 +105,17 @@ def time_round_robin(
             continue
         live.append((k, call))
     samples: dict[int, list[int]] = {k: [] for k, _ in live}
+    # Reading it streams evict_bytes through the caches (numpy: ~2 ms for 64 MiB, where a Python
+    # copy took 30 ms on the development box).
+    scratch = np.ones(config.evict_bytes // 8, dtype=np.uint64) if config.evict_bytes >= 8 else None
     deadline = time.perf_counter() + config.max_seconds * max(len(live), 1)
     done = 0
     while live and done < config.runs and (done < config.min_runs or time.perf_counter() < deadline):
         burst = min(config.burst, config.runs - done)
         for k, call in live:
             for _ in range(burst):
+                if scratch is not None:
+                    scratch.sum()
                 begin = time.perf_counter_ns()
                 call()
                 samples[k].append(time.perf_counter_ns() - begin)

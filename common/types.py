@@ -531,21 +531,26 @@ class BlockTiming:
 @dataclass(frozen=True, slots=True)
 class CallOverhead:
     """The time of one onnxruntime call to a model that does nothing, at one batch size: the fixed
-    cost every block's time includes once (see ``controller.toolchain.profile``)."""
+    cost every block's time includes once (see ``controller.toolchain.profile``). ``dispatch_ms``: what
+    an agent's serving path adds to one segment call beyond the model call (the hand-off to the
+    model's thread and back through its batch queue, ``agent.profiler.measure_dispatch``); a segment
+    pays it once. 0 where nobody measured it (the controller host does not serve)."""
 
     batch_size: int
     latency_ms: float
+    dispatch_ms: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
 class ClassCallOverhead:
     """The call overhead on one hardware class at one batch size: the median over the devices of that
-    class of their latest report (``devices`` of them)."""
+    class of their latest report (``devices`` of them), and the median of their dispatch cost."""
 
     hardware_class: str
     batch_size: int
     latency_ms: float
     devices: int
+    dispatch_ms: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -667,17 +667,25 @@ def model_to_pb(m: Model) -> types_pb.Model:
 
 
 def call_overhead_to_pb(c: CallOverhead) -> types_pb.CallOverhead:
-    return types_pb.CallOverhead(batch_size=c.batch_size, latency_ms=c.latency_ms)
+    return types_pb.CallOverhead(batch_size=c.batch_size, latency_ms=c.latency_ms, dispatch_ms=c.dispatch_ms)
 
 
 def call_overhead_from_pb(pb: types_pb.CallOverhead, *, path: str = "call_overhead") -> CallOverhead:
     _batch_size(_at(path, "batch_size"), pb.batch_size)
-    return CallOverhead(batch_size=pb.batch_size, latency_ms=_latency(_at(path, "latency_ms"), pb.latency_ms))
+    return CallOverhead(
+        batch_size=pb.batch_size,
+        latency_ms=_latency(_at(path, "latency_ms"), pb.latency_ms),
+        dispatch_ms=_latency(_at(path, "dispatch_ms"), pb.dispatch_ms),
+    )
 
 
 def class_call_overhead_to_pb(c: ClassCallOverhead) -> types_pb.ClassCallOverhead:
     return types_pb.ClassCallOverhead(
-        hardware_class=c.hardware_class, batch_size=c.batch_size, latency_ms=c.latency_ms, devices=c.devices
+        hardware_class=c.hardware_class,
+        batch_size=c.batch_size,
+        latency_ms=c.latency_ms,
+        devices=c.devices,
+        dispatch_ms=c.dispatch_ms,
     )
 
 
@@ -688,6 +696,7 @@ def class_call_overhead_from_pb(pb: types_pb.ClassCallOverhead, *, path: str) ->
         batch_size=pb.batch_size,
         latency_ms=_latency(_at(path, "latency_ms"), pb.latency_ms),
         devices=pb.devices,
+        dispatch_ms=_latency(_at(path, "dispatch_ms"), pb.dispatch_ms),
     )
 
 

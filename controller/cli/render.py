@@ -203,6 +203,7 @@ def model_doc(m: Model, manifests: dict[str, dict[str, Any] | None] | None = Non
                 "hardware_class": c.hardware_class,
                 "batch_size": c.batch_size,
                 "latency_ms": c.latency_ms,
+                "dispatch_ms": c.dispatch_ms,
                 "devices": c.devices,
             }
             for c in m.class_call_overhead

@@ -21,7 +21,8 @@ bandwidth is the link's mean. In detail:
   extra block (the additive model ``controller.toolchain.profile`` validates), never less than its
   slowest block (nor than ``MIN_SEGMENT_MS``: an overhead larger than the blocks it is taken from
   must not make a segment free), from the class's measured profile where agents reported one, else
-  the host's times the class's scale (``catalog``);
+  the host's times the class's scale (``catalog``); plus, once, what the class's agents measured
+  their serving path to add to a segment call (``PlannerModel.dispatch_ms``);
 * batching on a serving tier (``Batching`` with ``max_batch_size > 1`` and a delay > 0; otherwise it
   is off, as in ``agent/serving/batcher.py``): the expected batch is ``min(max_batch_size, max(1,
   rate_at_node * max_queue_delay))``, where ``rate_at_node`` is the deployment's request rate times
@@ -159,6 +160,8 @@ class _Times:
         self.batched = np.zeros(npre, dtype=bool)
         self.overhead_b1 = _overhead(model, spec, 1)
         self.overhead_bn = _overhead(model, spec, PROFILED_BATCH)
+        self.dispatch_b1 = model.dispatch_ms.get((spec.name, 1), 0.0)
+        self.dispatch_bn = model.dispatch_ms.get((spec.name, PROFILED_BATCH), self.dispatch_b1)
         for i, p in enumerate(model.precisions):
             if p not in allowed:
                 continue
@@ -176,7 +179,7 @@ class _Times:
         """Batch-1 time of blocks [start, end) at precision index p, row by row; 0 where p is NONE or
         the segment is empty. Less one call overhead per block beyond the first (the additive
         model), never less than its slowest block nor ``MIN_SEGMENT_MS``."""
-        return self._call(self.b1, self.max1, self.overhead_b1, p, start, end)
+        return self._call(self.b1, self.max1, self.overhead_b1, self.dispatch_b1, p, start, end)
 
     def batch_call(self, p: I, start: I, end: I, batch: float) -> tuple[F, F]:
         """(the call time of a batch of ``batch`` rows, the rows it really holds) per row: ``batch``
@@ -186,17 +189,17 @@ class _Times:
         rows = np.where(self.batched[row], batch, 1.0)
         if batch <= 1.0:
             return t1, rows
-        tn = self._call(self.bn, self.maxn, self.overhead_bn, p, start, end)
+        tn = self._call(self.bn, self.maxn, self.overhead_bn, self.dispatch_bn, p, start, end)
         # Linear in the rows between the two profiled sizes; per row never dearer than a call alone,
         # a batch never cheaper than a single request.
         per_row = np.clip((tn - t1) / (PROFILED_BATCH - 1), 0.0, t1)
         return np.where(rows > 1.0, t1 + (rows - 1.0) * per_row, t1), rows
 
-    def _call(self, sums: F, maxima: F, overhead: float, p: I, start: I, end: I) -> F:
+    def _call(self, sums: F, maxima: F, overhead: float, dispatch: float, p: I, start: I, end: I) -> F:
         row = np.where(p == NONE, 0, p)
         s, e = np.clip(start, 0, sums.shape[1] - 1), np.clip(end, 0, sums.shape[1] - 1)
         value = sums[row, e] - sums[row, s] - (e - s - 1) * overhead
-        value = np.maximum(np.maximum(value, maxima[row, s, e]), MIN_SEGMENT_MS)
+        value = np.maximum(np.maximum(value, maxima[row, s, e]), MIN_SEGMENT_MS) + dispatch
         return np.where((p == NONE) | (end <= start), 0.0, value)
 
 

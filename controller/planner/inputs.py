@@ -16,7 +16,8 @@ Hardware classes whose agents profiled the blocks (``Model.class_profiles``, the
 devices of the class) get those times; the planner scales the host's for the others. The same goes
 for the call overhead a segment of several blocks saves per extra block: the host's as measured at
 import (``Model.call_overhead``), a class's median where its agents reported one
-(``Model.class_call_overhead``).
+(``Model.class_call_overhead``), and so does what the class's serving path adds to every segment
+call (its ``dispatch_ms``; nothing for a class no agent measured).
 """
 
 from __future__ import annotations
@@ -95,6 +96,11 @@ def planner_model(model: Model) -> PlannerModel | None:
             if c.devices > 0 and c.latency_ms >= 0
         }
     )
+    dispatch = {
+        (c.hardware_class, c.batch_size): c.dispatch_ms
+        for c in model.class_call_overhead
+        if c.devices > 0 and c.dispatch_ms > 0
+    }
     by_index = {c.index: c for c in model.cut_points}
     boundary = [_bytes(fp32.inputs), *(_cut_bytes(by_index.get(c)) for c in cuts), _bytes(fp32.outputs)]
     return PlannerModel(
@@ -107,6 +113,7 @@ def planner_model(model: Model) -> PlannerModel | None:
         block_loss=block_loss,
         variants={p: VariantInfo(p, variants[p].size_bytes, quality[p]) for p in precisions},
         call_overhead_ms=overheads,
+        dispatch_ms=dispatch,
         estimated_loss=frozenset(p for p in precisions if p != "fp32" and p not in measured),
     )
 

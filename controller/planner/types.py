@@ -125,6 +125,9 @@ class PlannerModel:
     ``configs``), measured on ``HOST`` or, for a hardware class, the median over devices of that
     class that profiled it. ``call_overhead_ms[(hardware_class or HOST, batch)]``: the cost of one
     call at that batch, which a segment of several blocks pays once.
+    ``dispatch_ms[(hardware_class, batch)]``: what that class's agents measured their serving path
+    to add to one segment call (the hand-off to the model's thread and back); every segment on the
+    class pays it once, none where it was not measured.
     ``block_loss[p][k]`` is the quality lost when block k alone runs at p (0 for fp32);
     ``block_bytes[p][k]`` its weights at p.
     """
@@ -138,6 +141,7 @@ class PlannerModel:
     block_loss: Mapping[str, tuple[float, ...]]
     variants: Mapping[str, VariantInfo]
     call_overhead_ms: Mapping[tuple[str, int], float] = field(default_factory=dict)
+    dispatch_ms: Mapping[tuple[str, int], float] = field(default_factory=dict)
     #: Precisions whose per-block losses were not measured and were spread from the whole variant's.
     estimated_loss: frozenset[str] = frozenset()
 

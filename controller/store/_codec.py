@@ -193,11 +193,19 @@ def cut_points_from_json(text: str) -> tuple[CutPoint, ...]:
 
 
 def call_overhead_to_json(items: Sequence[CallOverhead]) -> str:
-    return _dumps([{"batch_size": c.batch_size, "latency_ms": c.latency_ms} for c in items])
+    return _dumps(
+        [
+            {"batch_size": c.batch_size, "latency_ms": c.latency_ms, "dispatch_ms": c.dispatch_ms}
+            for c in items
+        ]
+    )
 
 
 def call_overhead_from_json(text: str) -> tuple[CallOverhead, ...]:
-    return tuple(CallOverhead(int(c["batch_size"]), float(c["latency_ms"])) for c in json.loads(text))
+    return tuple(
+        CallOverhead(int(c["batch_size"]), float(c["latency_ms"]), float(c.get("dispatch_ms", 0.0)))
+        for c in json.loads(text)
+    )
 
 
 def block_profiles_to_json(blocks: Sequence[BlockProfile]) -> str:
@@ -302,7 +310,8 @@ def profile_report_to_json(r: ProfileReport) -> str:
                 for t in r.timings
             ],
             "call_overhead": [
-                {"batch_size": c.batch_size, "latency_ms": c.latency_ms} for c in r.call_overhead
+                {"batch_size": c.batch_size, "latency_ms": c.latency_ms, "dispatch_ms": c.dispatch_ms}
+                for c in r.call_overhead
             ],
             "error": r.error,
         }
@@ -326,7 +335,9 @@ def profile_report_from_json(request_id: str, model_name: str, text: str) -> Pro
             for t in d.get("timings", ())
         ),
         call_overhead=tuple(
-            CallOverhead(batch_size=c["batch_size"], latency_ms=c["latency_ms"])
+            CallOverhead(
+                batch_size=c["batch_size"], latency_ms=c["latency_ms"], dispatch_ms=c.get("dispatch_ms", 0.0)
+            )
             for c in d.get("call_overhead", ())
         ),
         error=d.get("error", ""),

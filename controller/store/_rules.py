@@ -20,6 +20,7 @@ from common.types import (
     AssignmentPlan,
     BlockProfile,
     BootstrapToken,
+    CallOverhead,
     ClassBlockProfile,
     ClassCallOverhead,
     Device,
@@ -259,13 +260,19 @@ def class_profiles(
 
 
 def class_call_overhead(reports: Iterable[DeviceProfileReport]) -> tuple[ClassCallOverhead, ...]:
-    """Per hardware class and batch size: the median call overhead over the devices of that class
-    whose latest report measured it."""
-    times: dict[tuple[str, int], list[float]] = defaultdict(list)
+    """Per hardware class and batch size: the median call overhead (and dispatch cost) over the
+    devices of that class whose latest report measured it."""
+    measured: dict[tuple[str, int], list[CallOverhead]] = defaultdict(list)
     for r in reports:
         for c in r.report.call_overhead:
-            times[(r.hardware_class, c.batch_size)].append(c.latency_ms)
+            measured[(r.hardware_class, c.batch_size)].append(c)
     return tuple(
-        ClassCallOverhead(hardware_class, batch, statistics.median(values), len(values))
-        for (hardware_class, batch), values in sorted(times.items())
+        ClassCallOverhead(
+            hardware_class,
+            batch,
+            statistics.median(c.latency_ms for c in items),
+            len(items),
+            statistics.median(c.dispatch_ms for c in items),
+        )
+        for (hardware_class, batch), items in sorted(measured.items())
     )

@@ -5,6 +5,8 @@ A block is timed as its own extracted segment with ``measure``'s session setting
 intra-op thread, warm-up, median of the timed runs), on the tensors that really reach it: the eval
 rows are run through the fp32 blocks first, so an index tensor (digits' ArgMax) stays in range. The
 blocks of one precision (and the segments of a check) are timed round-robin; see ``_time_together``.
+Every timed call starts with the last-level cache evicted (``common.timing.eviction_bytes``), as a
+served request finds it.
 
 Additive model with a per-call overhead: every block's time includes one onnxruntime call (binding
 inputs and outputs, launching the executor), but a segment of m blocks pays it once, so
@@ -36,6 +38,7 @@ from common.timing import (
     OVERHEAD_INPUT,
     OVERHEAD_OUTPUT,
     TimingConfig,
+    eviction_bytes,
     first_line,
     overhead_model,
     time_round_robin,
@@ -337,6 +340,7 @@ def _time_together(
         min_runs=config.min_runs,
         max_seconds=config.max_seconds,
         burst=BURST,
+        evict_bytes=eviction_bytes(),
     )
     times, run_errors = time_round_robin(calls, timing)
     return times, [error or run_error for error, run_error in zip(errors, run_errors, strict=True)]

@@ -3,14 +3,15 @@ batch size (timings are never asserted, only structure), inputs made by the fp32
 
 from __future__ import annotations
 
+import asyncio
 import io
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from agent.profiler import profile_blocks
-from common.types import ProfileBlock, ProfileRequest
+from agent.profiler import measure_dispatch, profile_blocks, with_dispatch
+from common.types import ProfileBlock, ProfileReport, ProfileRequest
 from controller.onnx_check import inspect_onnx
 from controller.toolchain import quantize
 from controller.toolchain.digits import DigitsArtifacts
@@ -120,3 +121,26 @@ def test_unreadable_inputs_or_a_missing_fp32_chain_fail_the_report(built: tuple[
     )
     report = profile_blocks(no_tail, _paths(profile, work), work / "inputs.npz")
     assert report.timings == () and "do not chain" in report.error
+
+
+@pytest.mark.timeout(60)
+def test_the_dispatch_cost_of_the_serving_path_is_added_to_each_call_overhead(
+    built: tuple[ModelProfile, Path],
+) -> None:
+    profile, work = built
+    report = profile_blocks(_request(profile), _paths(profile, work), work / "inputs.npz")
+    assert report.call_overhead and all(c.dispatch_ms == 0.0 for c in report.call_overhead)
+    measured = asyncio.run(with_dispatch(report))
+    assert [c.batch_size for c in measured.call_overhead] == [c.batch_size for c in report.call_overhead]
+    assert [c.latency_ms for c in measured.call_overhead] == [c.latency_ms for c in report.call_overhead]
+    # Through the batch queue and a worker thread and back costs more than the call alone, always.
+    assert all(c.dispatch_ms > 0.0 for c in measured.call_overhead)
+    assert measured.timings == report.timings
+    # Nothing to add it to: the report is returned as it is (a failed profile has no overheads).
+    failed = ProfileReport("prof-2", "digits", error="boom")
+    assert asyncio.run(with_dispatch(failed)) is failed
+
+
+def test_measure_dispatch_answers_every_batch_size_once() -> None:
+    out = asyncio.run(measure_dispatch((1, 32, 1)))
+    assert sorted(out) == [1, 32] and all(v > 0.0 for v in out.values())

@@ -69,12 +69,19 @@ def _floor(blocks: list[float], start: int, end: int, overhead: float) -> float:
     return max(sum(part) - (len(part) - 1) * overhead, max(part), 1e-3)
 
 
+def _dispatch(model: PlannerModel, spec: HardwareClassSpec, batch: int) -> float:
+    """What the class's serving path adds to one segment call (the batch-1 figure where the batch
+    was not measured; nothing where neither was)."""
+    one = model.dispatch_ms.get((spec.name, 1), 0.0)
+    return model.dispatch_ms.get((spec.name, batch), one)
+
+
 def segment_ms(model: PlannerModel, spec: HardwareClassSpec, p: str, start: int, end: int) -> float:
     if end <= start:
         return 0.0
     blocks = _times(model, spec, p, 1)
     assert blocks is not None
-    return _floor(blocks, start, end, _overhead(model, spec, 1))
+    return _floor(blocks, start, end, _overhead(model, spec, 1)) + _dispatch(model, spec, 1)
 
 
 def batch_ms(
@@ -87,7 +94,7 @@ def batch_ms(
     blocks = _times(model, spec, p, 32)
     if blocks is None or batch <= 1.0 or end <= start:
         return one, 1.0
-    full = _floor(blocks, start, end, _overhead(model, spec, 32))
+    full = _floor(blocks, start, end, _overhead(model, spec, 32)) + _dispatch(model, spec, 32)
     per_row = min(max((full - one) / 31.0, 0.0), one)
     return one + (batch - 1.0) * per_row, batch
 

@@ -73,6 +73,12 @@ def models(draw: st.DrawFn, name: str = "m") -> PlannerModel:
     for klass in measured:
         if draw(st.booleans()):
             overhead[(klass, 1)] = draw(st.floats(0.0, 0.2))
+    dispatch: dict[tuple[str, int], float] = {}
+    for klass in measured:
+        if draw(st.booleans()):
+            dispatch[(klass, 1)] = draw(st.floats(0.0, 0.5))
+            if draw(st.booleans()):
+                dispatch[(klass, 32)] = draw(st.floats(0.0, 0.5))
     return PlannerModel(
         name=name,
         cut_indices=tuple(
@@ -85,6 +91,7 @@ def models(draw: st.DrawFn, name: str = "m") -> PlannerModel:
         block_loss=block_loss,
         variants=variants,
         call_overhead_ms=overhead,
+        dispatch_ms=dispatch,
         estimated_loss=frozenset(p for p in precisions if p != "fp32" and draw(st.booleans())),
     )
 

@@ -469,8 +469,10 @@ class DataRules:
         store.record_profile_report("e1", report("r3", 0.5), now_ms=T0 + 4)
         model = store.get_model("mnist")
         assert model.class_call_overhead == (
-            ClassCallOverhead(EDGE_NPU, 1, 0.005, 1),
-            ClassCallOverhead(PHONE_CPU, 1, 0.02, 2),  # the median of 0.01 and 0.03
+            ClassCallOverhead(EDGE_NPU, 1, 0.005, 1, dispatch_ms=0.05),
+            ClassCallOverhead(
+                PHONE_CPU, 1, 0.02, 2, dispatch_ms=0.2
+            ),  # the medians of 0.01 and 0.03, 0.1 and 0.3
         )
         assert store.list_models() == [model]
 
@@ -487,7 +489,7 @@ def profiled_model(store: Store) -> None:
 
 def report(request_id: str, ms: float, *, failed: str = "") -> ProfileReport:
     """A report timing both blocks of ``profiled_model``: the first at ``ms`` (or failed), the second at
-    2 x ms; its call overhead is ms / 100."""
+    2 x ms; its call overhead is ms / 100, its dispatch cost ms / 10."""
     return ProfileReport(
         request_id=request_id,
         model_name="mnist",
@@ -495,7 +497,7 @@ def report(request_id: str, ms: float, *, failed: str = "") -> ProfileReport:
             BlockTiming(0, 3, "int8", 1, 0.0 if failed else ms, failed),
             BlockTiming(3, 0, "int8", 1, 2 * ms),
         ),
-        call_overhead=(CallOverhead(1, ms / 100),),
+        call_overhead=(CallOverhead(1, ms / 100, dispatch_ms=ms / 10),),
     )
 
 

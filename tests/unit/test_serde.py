@@ -226,7 +226,7 @@ profile_reports = st.builds(
         block_timings, max_size=4, unique_by=lambda t: (t.start_cut, t.end_cut, t.precision, t.batch_size)
     ).map(tuple),
     call_overhead=st.lists(
-        st.builds(CallOverhead, batch_size=profile_batches, latency_ms=latencies),
+        st.builds(CallOverhead, batch_size=profile_batches, latency_ms=latencies, dispatch_ms=latencies),
         max_size=3,
         unique_by=lambda c: c.batch_size,
     ).map(tuple),
@@ -337,7 +337,8 @@ models = st.builds(
         block_accuracy=st.lists(block_accuracies, max_size=3).map(tuple),
         class_profiles=st.lists(class_block_profiles, max_size=3).map(tuple),
         call_overhead=st.lists(
-            st.builds(CallOverhead, st.integers(min_value=1, max_value=256), durations_ms), max_size=2
+            st.builds(CallOverhead, st.integers(min_value=1, max_value=256), durations_ms, durations_ms),
+            max_size=2,
         ).map(tuple),
         class_call_overhead=st.lists(
             st.builds(
@@ -346,6 +347,7 @@ models = st.builds(
                 st.integers(min_value=1, max_value=256),
                 durations_ms,
                 u32,
+                durations_ms,
             ),
             max_size=2,
         ).map(tuple),

@@ -349,24 +349,28 @@ class ClassBlockProfile(_message.Message):
     def __init__(self, hardware_class: _Optional[str] = ..., start_cut: _Optional[int] = ..., end_cut: _Optional[int] = ..., precision: _Optional[str] = ..., batch_size: _Optional[int] = ..., latency_ms: _Optional[float] = ..., devices: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
 
 class CallOverhead(_message.Message):
-    __slots__ = ("batch_size", "latency_ms")
+    __slots__ = ("batch_size", "latency_ms", "dispatch_ms")
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    DISPATCH_MS_FIELD_NUMBER: _ClassVar[int]
     batch_size: int
     latency_ms: float
-    def __init__(self, batch_size: _Optional[int] = ..., latency_ms: _Optional[float] = ...) -> None: ...
+    dispatch_ms: float
+    def __init__(self, batch_size: _Optional[int] = ..., latency_ms: _Optional[float] = ..., dispatch_ms: _Optional[float] = ...) -> None: ...
 
 class ClassCallOverhead(_message.Message):
-    __slots__ = ("hardware_class", "batch_size", "latency_ms", "devices")
+    __slots__ = ("hardware_class", "batch_size", "latency_ms", "devices", "dispatch_ms")
     HARDWARE_CLASS_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
     DEVICES_FIELD_NUMBER: _ClassVar[int]
+    DISPATCH_MS_FIELD_NUMBER: _ClassVar[int]
     hardware_class: str
     batch_size: int
     latency_ms: float
     devices: int
-    def __init__(self, hardware_class: _Optional[str] = ..., batch_size: _Optional[int] = ..., latency_ms: _Optional[float] = ..., devices: _Optional[int] = ...) -> None: ...
+    dispatch_ms: float
+    def __init__(self, hardware_class: _Optional[str] = ..., batch_size: _Optional[int] = ..., latency_ms: _Optional[float] = ..., devices: _Optional[int] = ..., dispatch_ms: _Optional[float] = ...) -> None: ...
 
 class Model(_message.Message):
     __slots__ = ("name", "variants", "created_at_ms", "rejected", "cut_points", "block_profiles", "block_accuracy", "profile_inputs_sha256", "profile_inputs_size_bytes", "eval_data_sha256", "eval_data_size_bytes", "class_profiles", "call_overhead", "class_call_overhead")
