@@ -163,6 +163,7 @@ class AgentDaemon:
         self._stub: Any = controller_stub
         self._server: grpc.aio.Server | None = None
         self._infer_api: InferApi | None = None
+        self._segment_api: SegmentApi | None = None
         self._transport: Transport | None = transport
         #: The control connection (the task connecting and reading it).
         self._stream = ControlStream(
@@ -210,7 +211,8 @@ class AgentDaemon:
         )
         self._infer_api = InferApi(self)
         serde.add_AgentServiceServicer_to_server(self._infer_api, server)
-        serde.add_SegmentServiceServicer_to_server(SegmentApi(self), server)
+        self._segment_api = SegmentApi(self)
+        serde.add_SegmentServiceServicer_to_server(self._segment_api, server)
         self.port = server.add_insecure_port(self.config.listen)
         if self.port == 0:
             raise OSError(f"cannot listen on {self.config.listen}")
@@ -289,6 +291,8 @@ class AgentDaemon:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         if self._server is not None:
+            if self._segment_api is not None:
+                self._segment_api.close()  # idle peer streams end now, not at the grace period's end
             await self._server.stop(2.0)
             if self._infer_api is not None:
                 self._infer_api.close()

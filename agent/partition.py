@@ -7,9 +7,10 @@ daemon) loads what an assignment needs, swaps the route and the served set in as
 what is no longer needed, so a request in flight finishes on what it started with.
 
 ``forward`` sends a segment's outputs to the next hop: one worker of the hop's pool, picked by weight
-(``Balancer``, ejecting workers that keep failing), with the caller's remaining budget as the gRPC
-deadline, activations raw or compressed when that pays for the link (``codec``). The hop answers with
-the final outputs and the timing of every later hop; this one adds the transfer it measured.
+(``Balancer``, ejecting workers that keep failing), on a long-lived stream to it (``StreamPool``)
+with the caller's remaining budget in the request, activations raw or compressed when that pays for
+the link (``codec``). The hop answers with the final outputs and the timing of every later hop; this
+one adds the transfer it measured.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from agent.serving.balancer import Balancer, Endpoint
 from agent.serving.batcher import BatchResult, DynamicBatcher
 from agent.serving.breaker import PathBreaker
 from agent.serving.linkmeter import LinkMeter
+from agent.serving.streams import SegmentCallFailed, StreamPool
 from common import limits, serde
 from common.errors import DeadlineExceeded, InvalidArgument, TransientError
 from common.tensors import from_tensor, to_tensor
@@ -85,10 +87,11 @@ class Served:
 
 
 class Peers:
-    """gRPC channels to peers' SegmentService, one per address (bounded), and a balancer per hop."""
+    """gRPC channels to peers' SegmentService, one per address (bounded) with its pool of streams,
+    and a balancer per hop."""
 
     def __init__(self, *, rng: random.Random | None = None) -> None:
-        self._channels: dict[str, tuple[grpc.aio.Channel, serde.SegmentServiceStub]] = {}
+        self._channels: dict[str, tuple[grpc.aio.Channel, StreamPool]] = {}
         self._balancers: dict[tuple[str, ...], Balancer] = {}
         self._rng = rng or random.Random()
 
@@ -104,20 +107,25 @@ class Peers:
             found.update(eps)
         return found
 
-    def stub(self, address: str) -> serde.SegmentServiceStub:
+    def streams(self, address: str) -> StreamPool:
         entry = self._channels.get(address)
         if entry is None:
             if len(self._channels) >= MAX_PEER_CHANNELS:
-                old, (channel, _) = next(iter(self._channels.items()))
+                old, (channel, pool) = next(iter(self._channels.items()))
                 del self._channels[old]
-                asyncio.get_running_loop().create_task(channel.close(None))
+                asyncio.get_running_loop().create_task(_close(channel, pool))
             channel = grpc.aio.insecure_channel(address, options=limits.GRPC_MESSAGE_OPTIONS)
-            entry = self._channels[address] = (channel, serde.SegmentServiceStub(channel))
+            entry = self._channels[address] = (channel, StreamPool(serde.SegmentServiceStub(channel)))
         return entry[1]
 
     async def aclose(self) -> None:
         channels, self._channels = self._channels, {}
-        await asyncio.gather(*(c.close(None) for c, _ in channels.values()), return_exceptions=True)
+        await asyncio.gather(*(_close(c, p) for c, p in channels.values()), return_exceptions=True)
+
+
+async def _close(channel: grpc.aio.Channel, pool: StreamPool) -> None:
+    await pool.aclose()
+    await channel.close(None)
 
 
 class SegmentHost:
@@ -263,25 +271,26 @@ class SegmentHost:
             request_id=request_id or uuid.uuid4().hex,
             output_names=tuple(output_names),
             tier=hop.tier,
+            budget_ms=remaining * 1000,
         )
         started = time.perf_counter()
         try:
-            pb = await self.peers.stub(endpoint.address).RunSegment(
-                serde.run_segment_request_to_pb(request), timeout=remaining
+            pb = await self.peers.streams(endpoint.address).call(
+                serde.run_segment_request_to_pb(request), remaining
             )
-        except grpc.aio.AioRpcError as exc:
-            error = serde.error_from_rpc_error(exc)
+        except SegmentCallFailed as exc:
+            error, status = exc.error, exc.status
             # A worker that refused in time (deadline, a full queue) is healthy; one that could not
             # be reached or broke is not.
             balancer.report(
                 endpoint,
-                ok=exc.code() in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INVALID_ARGUMENT),
+                ok=status in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INVALID_ARGUMENT),
             )
-            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED or isinstance(error, DeadlineExceeded):
+            if status == grpc.StatusCode.DEADLINE_EXCEEDED or isinstance(error, DeadlineExceeded):
                 raise DeadlineExceeded(
                     f"{hop.tier} hop {endpoint.name} ({endpoint.address}) did not answer within the budget: {error}"
                 ) from None
-            if exc.code() == grpc.StatusCode.UNAVAILABLE:
+            if status == grpc.StatusCode.UNAVAILABLE:
                 raise HopUnavailable(
                     f"{hop.tier} hop {endpoint.name} ({endpoint.address}) is unreachable: {error}"
                 ) from None

@@ -5,12 +5,20 @@ stale sender: its plan is older than ours, so it must not be answered with the w
 that do not match the segment, a budget that is already spent or that the batch queue says cannot be
 met; run the segment in its batch (``agent.serving.batcher``); forward the outputs to the next hop
 when the route goes on; answer with the outputs and this hop's timing first.
+
+Two ways in, one ``run_segment``: ``RunSegment`` (unary: the gRPC deadline and the request's
+``budget_ms``, the sooner, are its budget; an error aborts the call) and ``RunSegments`` (a stream
+of requests, one at a time: the budget is ``budget_ms``; an error is answered in-band and the stream
+goes on). A stream idle for ``STREAM_IDLE_S`` is ended by the server, so streams that callers
+forgot do not pile up; ``close`` ends the idle ones at once when the agent stops.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -19,13 +27,16 @@ from agent.partition import budget_deadline, decode
 from common import serde
 from common.errors import DeadlineExceeded, EdgefleetError, InvalidArgument, PermanentError
 from common.tensors import to_tensor
-from common.types import HopTiming, RunSegmentResponse
+from common.types import HopTiming, RunSegmentRequest, RunSegmentResponse
 
 if TYPE_CHECKING:
     from agent.daemon import AgentDaemon
 
 log = logging.getLogger(__name__)
 Context = grpc.aio.ServicerContext[Any, Any]
+
+#: A RunSegments stream with no request for this long is ended (the caller opens a new one).
+STREAM_IDLE_S = 60.0
 
 
 class UnknownSegment(PermanentError):
@@ -37,54 +48,103 @@ class UnknownSegment(PermanentError):
 class SegmentApi(serde.SegmentServiceServicer):
     def __init__(self, daemon: AgentDaemon) -> None:
         self._daemon = daemon
+        #: The idle-timeout scopes of streams waiting for their next request (``close`` fires them).
+        self._idle: set[asyncio.Timeout] = set()
+        self._closing = False
 
     async def RunSegment(self, request: Any, context: Context) -> Any:
-        host = self._daemon.segments
         try:
             req = serde.run_segment_request_from_pb(request)
-            deadline = budget_deadline(context.time_remaining())
-            if deadline <= time.monotonic():
-                raise DeadlineExceeded("the request arrived with its budget spent")
-            served = host.served(req.segment_sha256)
-            if served is None:
-                raise UnknownSegment(
-                    f"this device does not serve segment {req.segment_sha256[:12]}: the sender's plan is stale "
-                    "(or this device's is newer); ask the controller"
-                )
-            arrays = {t.name: decode(t) for t in req.inputs}
-            result = await host.run_served(served, arrays, priority=req.priority, deadline=deadline)
-            me = HopTiming(
-                host.device_id,
-                req.tier,
-                queue_ms=result.queue_s * 1000,
-                compute_ms=result.compute_s * 1000,
-                batch_size=result.batch_size,
-            )
-            outputs = result.outputs
-            later: tuple[HopTiming, ...] = ()
-            if req.route:
-                outputs, later = await host.forward(
-                    req.route,
-                    outputs,
-                    req.output_names,
-                    deadline,
-                    priority=req.priority,
-                    request_id=req.request_id,
-                    origin=req.origin_device,
-                )
-            elif req.output_names:
-                missing = [n for n in req.output_names if n not in outputs]
-                if missing:
-                    raise InvalidArgument(f"unknown output(s) {', '.join(map(repr, missing))}")
-                outputs = {n: outputs[n] for n in req.output_names}
-            response = RunSegmentResponse(tuple(to_tensor(n, v) for n, v in outputs.items()), (me, *later))
+            response = await self.run_segment(req, _deadline(req, context.time_remaining()))
         except EdgefleetError as exc:
-            if not isinstance(exc, InvalidArgument | UnknownSegment | DeadlineExceeded):
-                log.warning(
-                    "device=%s RunSegment for %s failed: %s",
-                    host.device_id,
-                    request.origin_device or "?",
-                    exc,
-                )
+            self._log_failure(request, exc)
             await serde.abort_with_error_async(context, exc)
         return serde.run_segment_response_to_pb(response)
+
+    async def RunSegments(self, requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
+        stream = aiter(requests)
+        while not self._closing:
+            try:
+                async with asyncio.timeout(STREAM_IDLE_S) as idle:
+                    self._idle.add(idle)
+                    try:
+                        request = await anext(stream)
+                    finally:
+                        self._idle.discard(idle)
+            except (StopAsyncIteration, TimeoutError):
+                return  # the caller is done, or forgot the stream, or this agent is stopping
+            try:
+                req = serde.run_segment_request_from_pb(request)
+                outcome: RunSegmentResponse | EdgefleetError = await self.run_segment(
+                    req, _deadline(req, None)
+                )
+            except EdgefleetError as exc:
+                self._log_failure(request, exc)
+                outcome = exc
+            yield serde.segment_result_to_pb(outcome)
+
+    def close(self) -> None:
+        """End every stream that is waiting for its next request (those running one answer it first)."""
+        self._closing = True
+        loop = asyncio.get_running_loop()
+        for idle in list(self._idle):
+            idle.reschedule(loop.time())
+
+    async def run_segment(self, req: RunSegmentRequest, deadline: float) -> RunSegmentResponse:
+        """Run ``req`` on this agent and the rest of its route by ``deadline`` (monotonic); raises
+        EdgefleetError (UnknownSegment, InvalidArgument, DeadlineExceeded, what the batch or the
+        next hop failed with)."""
+        host = self._daemon.segments
+        if deadline <= time.monotonic():
+            raise DeadlineExceeded("the request arrived with its budget spent")
+        served = host.served(req.segment_sha256)
+        if served is None:
+            raise UnknownSegment(
+                f"this device does not serve segment {req.segment_sha256[:12]}: the sender's plan is stale "
+                "(or this device's is newer); ask the controller"
+            )
+        arrays = {t.name: decode(t) for t in req.inputs}
+        result = await host.run_served(served, arrays, priority=req.priority, deadline=deadline)
+        me = HopTiming(
+            host.device_id,
+            req.tier,
+            queue_ms=result.queue_s * 1000,
+            compute_ms=result.compute_s * 1000,
+            batch_size=result.batch_size,
+        )
+        outputs = result.outputs
+        later: tuple[HopTiming, ...] = ()
+        if req.route:
+            outputs, later = await host.forward(
+                req.route,
+                outputs,
+                req.output_names,
+                deadline,
+                priority=req.priority,
+                request_id=req.request_id,
+                origin=req.origin_device,
+            )
+        elif req.output_names:
+            missing = [n for n in req.output_names if n not in outputs]
+            if missing:
+                raise InvalidArgument(f"unknown output(s) {', '.join(map(repr, missing))}")
+            outputs = {n: outputs[n] for n in req.output_names}
+        return RunSegmentResponse(tuple(to_tensor(n, v) for n, v in outputs.items()), (me, *later))
+
+    def _log_failure(self, request: Any, exc: EdgefleetError) -> None:
+        # A refusal the caller is told about in full is not this agent's problem to log.
+        if not isinstance(exc, InvalidArgument | UnknownSegment | DeadlineExceeded):
+            log.warning(
+                "device=%s RunSegment for %s failed: %s",
+                self._daemon.segments.device_id,
+                request.origin_device or "?",
+                exc,
+            )
+
+
+def _deadline(req: RunSegmentRequest, time_remaining: float | None) -> float:
+    """The request's absolute deadline: the sooner of the gRPC deadline and its ``budget_ms``."""
+    budgets = [
+        b for b in (time_remaining, req.budget_ms / 1000 if req.budget_ms > 0 else None) if b is not None
+    ]
+    return budget_deadline(min(budgets) if budgets else None)

@@ -1,7 +1,11 @@
-"""Closed-loop load on one serving agent's ``SegmentService.RunSegment`` over real gRPC (loopback),
-for ``bench/partition.py``: ``callers`` concurrent asyncio callers on one channel, each sending one
-row, waiting for the answer, sending the next, each with a deadline; what the serving agent says in
-its hop timing (queue, compute, batch size) is kept next to the caller's own latency."""
+"""Closed-loop load on one serving agent's ``SegmentService`` over real gRPC (loopback), for
+``bench/partition.py``: ``callers`` concurrent asyncio callers on one channel, each sending one row,
+waiting for the answer, sending the next, each with a deadline; what the serving agent says in its
+hop timing (queue, compute, batch size) is kept next to the caller's own latency.
+
+``transport="stream"`` (the default) calls as agents call each other: through the product's
+``StreamPool`` (``RunSegments``: each caller on a stream of its own, one request in flight);
+``"unary"`` makes one ``RunSegment`` call per request."""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import grpc
 import grpc.aio
 import numpy as np
 
+from agent.serving.streams import SegmentCallFailed, StreamPool
 from common import limits, serde
 from common.tensors import to_tensor
 from common.types import RunSegmentRequest
@@ -53,7 +58,9 @@ class LoadCell:
         return [c for b, c in self.compute_ms if b >= size]
 
 
-def requests_pb(sha256: str, rows: list[dict[str, np.ndarray]], tier: str) -> list[Any]:
+def requests_pb(
+    sha256: str, rows: list[dict[str, np.ndarray]], tier: str, *, budget_s: float = 2.0
+) -> list[Any]:
     """One serialised-ready RunSegment request per input row (built once, reused by every call)."""
     return [
         serde.run_segment_request_to_pb(
@@ -63,6 +70,7 @@ def requests_pb(sha256: str, rows: list[dict[str, np.ndarray]], tier: str) -> li
                 tier=tier,
                 request_id=f"bench-{i}",
                 origin_device="bench",
+                budget_ms=budget_s * 1000,
             )
         )
         for i, row in enumerate(rows)
@@ -70,7 +78,13 @@ def requests_pb(sha256: str, rows: list[dict[str, np.ndarray]], tier: str) -> li
 
 
 async def _drive(
-    stub: Any, requests: list[Any], callers: int, seconds: float, deadline_s: float, cell: LoadCell | None
+    stub: Any,
+    pool: StreamPool | None,
+    requests: list[Any],
+    callers: int,
+    seconds: float,
+    deadline_s: float,
+    cell: LoadCell | None,
 ) -> None:
     loop = asyncio.get_running_loop()
     started = loop.time()
@@ -86,10 +100,13 @@ async def _drive(
         while loop.time() < stop:
             t0 = time.perf_counter()
             try:
-                pb = await stub.RunSegment(req, timeout=deadline_s)
-            except grpc.aio.AioRpcError as exc:
-                code = serde.error_from_rpc_error(exc).code
-                kinds[code] = kinds.get(code, 0) + 1
+                if pool is not None:
+                    pb = await pool.call(req, deadline_s)
+                else:
+                    pb = await stub.RunSegment(req, timeout=deadline_s)
+            except (grpc.aio.AioRpcError, SegmentCallFailed) as exc:
+                error = exc.error if isinstance(exc, SegmentCallFailed) else serde.error_from_rpc_error(exc)
+                kinds[error.code] = kinds.get(error.code, 0) + 1
                 await asyncio.sleep(0.001)
                 continue
             latencies.append((time.perf_counter() - t0) * 1e3)
@@ -120,12 +137,18 @@ async def run_cell(
     seconds: float,
     warmup_s: float,
     deadline_s: float,
+    transport: str = "stream",
 ) -> None:
     """Warm up, then measure ``cell.callers`` callers for ``seconds``, adding to ``cell``."""
     channel = grpc.aio.insecure_channel(address, options=limits.GRPC_MESSAGE_OPTIONS)
+    stub = serde.SegmentServiceStub(channel)
+    pool = (
+        StreamPool(stub, max_streams=cell.callers, max_idle=cell.callers) if transport == "stream" else None
+    )
     try:
-        stub = serde.SegmentServiceStub(channel)
-        await _drive(stub, requests, cell.callers, warmup_s, deadline_s, None)
-        await _drive(stub, requests, cell.callers, seconds, deadline_s, cell)
+        await _drive(stub, pool, requests, cell.callers, warmup_s, deadline_s, None)
+        await _drive(stub, pool, requests, cell.callers, seconds, deadline_s, cell)
     finally:
+        if pool is not None:
+            await pool.aclose()
         await channel.close(None)

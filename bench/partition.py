@@ -4,7 +4,8 @@ predicted latency against the measured one, and one serving agent's dynamic batc
 Usage::
 
     .venv/bin/python bench/partition.py [--requests 256] [--warmup 16] [--seconds 1.5] [--rounds 2]
-                                        [--skip-inprocess] [--keep DIR] [--json OUT]
+                                        [--skip-inprocess] [--skip-cut-pairs] [--transport stream|unary]
+                                        [--keep DIR] [--json OUT]
 
 Needs the cached all-MiniLM-L6-v2 export (``make minilm``; exits 2 without it). About 4 minutes on
 a 2-core box. One run does, in order:
@@ -40,8 +41,9 @@ a 2-core box. One run does, in order:
    learned leave-one-out from the other rows.
 4. **batching over gRPC**: ``edge-1`` serving MiniLM layers 2-3 (cut after L1 .. after L3, fp32), its
    batching set by the ModelDeployment policy (off: ``maxBatchSize`` 1; on: 32 with a 3 ms
-   ``maxQueueDelayMs``), driven by 1, 8 and 32 closed-loop callers on ``RunSegment`` from this
-   process; inputs are real tensors at that cut (the phone's head segment run here). Modes are
+   ``maxQueueDelayMs``), driven by 1, 8 and 32 closed-loop callers from this process, each on a
+   ``RunSegments`` stream of its own through the product's ``StreamPool``, as agents call each other
+   (``--transport unary``: one ``RunSegment`` call per request); inputs are real tensors at that cut (the phone's head segment run here). Modes are
    interleaved (off, on, on, off for 2 rounds). The same for the digits MLP (trained and imported
    here, a few seconds), whose blocks take microseconds. Goal: at 32 callers, >= 2x the requests/s with
    batching, at a p95 within the delay budget (as ``bench/batching.py`` defines it: batch-1 p95 at
@@ -679,7 +681,7 @@ def run_batching_grpc(
     forced = force_plan(fleet, policies_by_mode["off"], PHONE, key)
     wait_converged(fleet, [PHONE, EDGE, CLOUD])
     sha, rows = segment_inputs(fleet, forced, 64, eval_path)
-    reqs = requests_pb(sha, rows, "edge")
+    reqs = requests_pb(sha, rows, "edge", budget_s=DEADLINE_S)
     address = fleet.agents[EDGE]
     edge_pid = next(p.pid for p in fleet.procs if p.name == f"agent-{EDGE}")
     cells = {(c, mode): LoadCell(c, mode) for c in CONCURRENCY for mode in ("off", "on")}
@@ -697,14 +699,23 @@ def run_batching_grpc(
                 cell = cells[(callers, mode)]
                 cpu0, own0, wall0 = process_cpu_s(edge_pid) or 0.0, time.process_time(), time.perf_counter()
                 asyncio.run(
-                    run_cell(address, reqs, cell, seconds=args.seconds, warmup_s=0.3, deadline_s=DEADLINE_S)
+                    run_cell(
+                        address,
+                        reqs,
+                        cell,
+                        seconds=args.seconds,
+                        warmup_s=0.3,
+                        deadline_s=DEADLINE_S,
+                        transport=args.transport,
+                    )
                 )
                 cell.wall_s += time.perf_counter() - wall0
                 cell.server_cpu_s += (process_cpu_s(edge_pid) or 0.0) - cpu0
                 cell.client_cpu_s += time.process_time() - own0
         note(f"{label} over gRPC: round {r + 1}/{args.rounds} done")
     title = (
-        f"edge-1 serving {label} over RunSegment: batching off (maxBatchSize 1) vs on "
+        f"edge-1 serving {label} over {'RunSegments streams' if args.transport == 'stream' else 'unary RunSegment'}: "
+        "batching off (maxBatchSize 1) vs on "
         f"(maxBatchSize {MAX_BATCH}, maxQueueDelayMs {DELAY_MS:g}), {args.rounds} x {args.seconds:g} s per cell"
     )
     t = Table(title=title, min_width=min(len(title), 148))
@@ -884,6 +895,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--rounds", type=int, default=2, help="batching rounds (modes interleaved)")
     parser.add_argument("--skip-inprocess", action="store_true", help="leave out section 5")
+    parser.add_argument("--skip-cut-pairs", action="store_true", help="leave out section 3")
+    parser.add_argument(
+        "--transport",
+        choices=("stream", "unary"),
+        default="stream",
+        help="how section 4's callers call the serving agent: as agents do (RunSegments streams, the default) or "
+        "one unary RunSegment per request",
+    )
     parser.add_argument("--keep", type=Path, help="work in this directory and keep it (default: a temp dir)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
@@ -934,11 +953,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "no HardwareClass scales: all three tiers are this one CPU",
                     highlight=False,
                 )
-                console.rule("3. cut pairs: the planner's prediction vs the phone's measured latency")
-                results = run_cut_pairs(fleet, art, model, link, args)
-                out["cut_pairs"] = render_cut_pairs(results)
-                out["goals"].append(out["cut_pairs"]["goal"])
-                console.rule("4. dynamic batching on a real serving agent (RunSegment over gRPC)")
+                if not args.skip_cut_pairs:
+                    console.rule("3. cut pairs: the planner's prediction vs the phone's measured latency")
+                    results = run_cut_pairs(fleet, art, model, link, args)
+                    out["cut_pairs"] = render_cut_pairs(results)
+                    out["goals"].append(out["cut_pairs"]["goal"])
+                console.rule(f"4. dynamic batching on a real serving agent (gRPC, {args.transport})")
                 a, e, precisions = BATCHING_CONFIG
                 out["batching_grpc"] = {}
                 out["batching_grpc"][MODEL] = run_batching_grpc(

@@ -749,6 +749,7 @@ class RunSegmentRequest:
     request_id: str = ""
     output_names: tuple[str, ...] = ()
     tier: str = "edge"  # the role this hop plays for the sender
+    budget_ms: float = 0.0  # the caller's remaining budget when sent (0: none given)
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
+import grpc
 from edgefleet.v1 import agent_pb2 as agent_pb
 from edgefleet.v1 import types_pb2 as types_pb
 
+from common.errors import EdgefleetError, TransientError
+from common.grpc_errors import error_details, error_to_status, status_to_error
 from common.limits import MAX_INFER_INPUT_BYTES, MAX_ROUTE_HOPS
 from common.serde._types import (
     TIERS,
@@ -109,6 +113,7 @@ def run_segment_request_to_pb(r: RunSegmentRequest) -> agent_pb.RunSegmentReques
         request_id=r.request_id,
         output_names=r.output_names,
         tier=r.tier,
+        budget_ms=r.budget_ms,
     )
 
 
@@ -143,6 +148,7 @@ def run_segment_request_from_pb(pb: agent_pb.RunSegmentRequest) -> RunSegmentReq
         origin_device=_name("origin_device", pb.origin_device, required=False),
         request_id=_text(pb.request_id),
         output_names=tuple(dict.fromkeys(output_names)),
+        budget_ms=_latency("budget_ms", pb.budget_ms),
     )
 
 
@@ -154,6 +160,46 @@ def run_segment_response_to_pb(r: RunSegmentResponse) -> agent_pb.RunSegmentResp
 
 def run_segment_response_from_pb(pb: agent_pb.RunSegmentResponse) -> RunSegmentResponse:
     return RunSegmentResponse(outputs=_tensors("outputs", pb.outputs), hops=hops_from_pb("hops", pb.hops))
+
+
+def segment_result_to_pb(outcome: RunSegmentResponse | BaseException) -> agent_pb.SegmentResult:
+    """One answer on a RunSegments stream: the response, or the error as a unary call would have
+    ended with it (status, ``EdgefleetError.code``, message, retry-after; an exception that is not
+    ours is INTERNAL with a fixed text, as ``abort_with_error`` does)."""
+    if isinstance(outcome, RunSegmentResponse):
+        return agent_pb.SegmentResult(response=run_segment_response_to_pb(outcome))
+    error = agent_pb.SegmentError(
+        status=error_to_status(outcome).value[0],
+        code=outcome.code if isinstance(outcome, EdgefleetError) else EdgefleetError.code,
+        message=error_details(outcome),
+    )
+    retry_after = outcome.retry_after if isinstance(outcome, TransientError) else None
+    if retry_after is not None and math.isfinite(retry_after) and retry_after >= 0:
+        error.retry_after_s = retry_after
+    return agent_pb.SegmentResult(error=error)
+
+
+def segment_result_from_pb(
+    pb: agent_pb.SegmentResult,
+) -> RunSegmentResponse | tuple[grpc.StatusCode, EdgefleetError]:
+    """The response, or (the status, the typed error) the server answered with; a result that is
+    neither (or an unknown status) is the server's bug, read as INTERNAL."""
+    which = pb.WhichOneof("result")
+    if which == "response":
+        return run_segment_response_from_pb(pb.response)
+    if which != "error":
+        return grpc.StatusCode.INTERNAL, EdgefleetError("the peer answered an empty SegmentResult")
+    e = pb.error
+    status = _STATUS_BY_VALUE.get(e.status, grpc.StatusCode.UNKNOWN)
+    if status is grpc.StatusCode.OK:
+        status = grpc.StatusCode.UNKNOWN  # an error that says OK is not one we can trust
+    retry_after = e.retry_after_s if e.HasField("retry_after_s") else None
+    if retry_after is not None and not (math.isfinite(retry_after) and retry_after >= 0):
+        retry_after = None
+    return status, status_to_error(status, e.message or None, retry_after, error_code=e.code or None)
+
+
+_STATUS_BY_VALUE = {s.value[0]: s for s in grpc.StatusCode}
 
 
 def get_status_request_to_pb() -> agent_pb.GetStatusRequest:

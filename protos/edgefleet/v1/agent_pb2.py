@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from edgefleet.v1 import types_pb2 as edgefleet_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x65\x64gefleet/v1/agent.proto\x12\x0c\x65\x64gefleet.v1\x1a\x18\x65\x64gefleet/v1/types.proto\"J\n\x0cInferRequest\x12$\n\x06inputs\x18\x01 \x03(\x0b\x32\x14.edgefleet.v1.Tensor\x12\x14\n\x0coutput_names\x18\x02 \x03(\t\"\xae\x01\n\rInferResponse\x12%\n\x07outputs\x18\x01 \x03(\x0b\x32\x14.edgefleet.v1.Tensor\x12\x14\n\x0cmodel_sha256\x18\x02 \x01(\t\x12\x12\n\nlatency_ms\x18\x03 \x01(\x01\x12%\n\x04hops\x18\x04 \x03(\x0b\x32\x17.edgefleet.v1.HopTiming\x12\x0c\n\x04path\x18\x05 \x01(\t\x12\x17\n\x0f\x66\x61llback_reason\x18\x06 \x01(\t\"\xd9\x01\n\x11RunSegmentRequest\x12\x16\n\x0esegment_sha256\x18\x01 \x01(\t\x12$\n\x06inputs\x18\x02 \x03(\x0b\x32\x14.edgefleet.v1.Tensor\x12%\n\x05route\x18\x03 \x03(\x0b\x32\x16.edgefleet.v1.RouteHop\x12\x10\n\x08priority\x18\x04 \x01(\x05\x12\x15\n\rorigin_device\x18\x05 \x01(\t\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12\x14\n\x0coutput_names\x18\x07 \x03(\t\x12\x0c\n\x04tier\x18\x08 \x01(\t\"p\n\x08RouteHop\x12\x16\n\x0esegment_sha256\x18\x01 \x01(\t\x12\x30\n\tendpoints\x18\x02 \x03(\x0b\x32\x1d.edgefleet.v1.SegmentEndpoint\x12\x0c\n\x04tier\x18\x03 \x01(\t\x12\x0c\n\x04pool\x18\x04 \x01(\t\"b\n\x12RunSegmentResponse\x12%\n\x07outputs\x18\x01 \x03(\x0b\x32\x14.edgefleet.v1.Tensor\x12%\n\x04hops\x18\x02 \x03(\x0b\x32\x17.edgefleet.v1.HopTiming\"\x12\n\x10GetStatusRequest\"\xea\x01\n\x0b\x41gentStatus\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x16\n\x0ehardware_class\x18\x02 \x01(\t\x12\x11\n\tconnected\x18\x03 \x01(\x08\x12-\n\x08reported\x18\x04 \x01(\x0b\x32\x1b.edgefleet.v1.ReportedState\x12(\n\x06inputs\x18\x05 \x03(\x0b\x32\x18.edgefleet.v1.TensorSpec\x12)\n\x07outputs\x18\x06 \x03(\x0b\x32\x18.edgefleet.v1.TensorSpec\x12\x19\n\x11pending_telemetry\x18\x07 \x01(\x04\x32\x98\x01\n\x0c\x41gentService\x12@\n\x05Infer\x12\x1a.edgefleet.v1.InferRequest\x1a\x1b.edgefleet.v1.InferResponse\x12\x46\n\tGetStatus\x12\x1e.edgefleet.v1.GetStatusRequest\x1a\x19.edgefleet.v1.AgentStatus2a\n\x0eSegmentService\x12O\n\nRunSegment\x12\x1f.edgefleet.v1.RunSegmentRequest\x1a .edgefleet.v1.RunSegmentResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x65\x64gefleet/v1/agent.proto\x12\x0c\x65\x64gefleet.v1\x1a\x18\x65\x64gefleet/v1/types.proto\"J\n\x0cInferRequest\x12$\n\x06inputs\x18\x01 \x03(\x0b\x32\x14.edgefleet.v1.Tensor\x12\x14\n\x0coutput_names\x18\x02 \x03(\t\"\xae\x01\n\rInferResponse\x12%\n\x07outputs\x18\x01 \x03(\x0b\x32\x14.edgefleet.v1.Tensor\x12\x14\n\x0cmodel_sha256\x18\x02 \x01(\t\x12\x12\n\nlatency_ms\x18\x03 \x01(\x01\x12%\n\x04hops\x18\x04 \x03(\x0b\x32\x17.edgefleet.v1.HopTiming\x12\x0c\n\x04path\x18\x05 \x01(\t\x12\x17\n\x0f\x66\x61llback_reason\x18\x06 \x01(\t\"\xec\x01\n\x11RunSegmentRequest\x12\x16\n\x0esegment_sha256\x18\x01 \x01(\t\x12$\n\x06inputs\x18\x02 \x03(\x0b\x32\x14.edgefleet.v1.Tensor\x12%\n\x05route\x18\x03 \x03(\x0b\x32\x16.edgefleet.v1.RouteHop\x12\x10\n\x08priority\x18\x04 \x01(\x05\x12\x15\n\rorigin_device\x18\x05 \x01(\t\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12\x14\n\x0coutput_names\x18\x07 \x03(\t\x12\x0c\n\x04tier\x18\x08 \x01(\t\x12\x11\n\tbudget_ms\x18\t \x01(\x01\"|\n\rSegmentResult\x12\x34\n\x08response\x18\x01 \x01(\x0b\x32 .edgefleet.v1.RunSegmentResponseH\x00\x12+\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x1a.edgefleet.v1.SegmentErrorH\x00\x42\x08\n\x06result\"k\n\x0cSegmentError\x12\x0e\n\x06status\x18\x01 \x01(\x05\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x1a\n\rretry_after_s\x18\x04 \x01(\x01H\x00\x88\x01\x01\x42\x10\n\x0e_retry_after_s\"p\n\x08RouteHop\x12\x16\n\x0esegment_sha256\x18\x01 \x01(\t\x12\x30\n\tendpoints\x18\x02 \x03(\x0b\x32\x1d.edgefleet.v1.SegmentEndpoint\x12\x0c\n\x04tier\x18\x03 \x01(\t\x12\x0c\n\x04pool\x18\x04 \x01(\t\"b\n\x12RunSegmentResponse\x12%\n\x07outputs\x18\x01 \x03(\x0b\x32\x14.edgefleet.v1.Tensor\x12%\n\x04hops\x18\x02 \x03(\x0b\x32\x17.edgefleet.v1.HopTiming\"\x12\n\x10GetStatusRequest\"\xea\x01\n\x0b\x41gentStatus\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x16\n\x0ehardware_class\x18\x02 \x01(\t\x12\x11\n\tconnected\x18\x03 \x01(\x08\x12-\n\x08reported\x18\x04 \x01(\x0b\x32\x1b.edgefleet.v1.ReportedState\x12(\n\x06inputs\x18\x05 \x03(\x0b\x32\x18.edgefleet.v1.TensorSpec\x12)\n\x07outputs\x18\x06 \x03(\x0b\x32\x18.edgefleet.v1.TensorSpec\x12\x19\n\x11pending_telemetry\x18\x07 \x01(\x04\x32\x98\x01\n\x0c\x41gentService\x12@\n\x05Infer\x12\x1a.edgefleet.v1.InferRequest\x1a\x1b.edgefleet.v1.InferResponse\x12\x46\n\tGetStatus\x12\x1e.edgefleet.v1.GetStatusRequest\x1a\x19.edgefleet.v1.AgentStatus2\xb2\x01\n\x0eSegmentService\x12O\n\nRunSegment\x12\x1f.edgefleet.v1.RunSegmentRequest\x1a .edgefleet.v1.RunSegmentResponse\x12O\n\x0bRunSegments\x12\x1f.edgefleet.v1.RunSegmentRequest\x1a\x1b.edgefleet.v1.SegmentResult(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,17 +37,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INFERRESPONSE']._serialized_start=145
   _globals['_INFERRESPONSE']._serialized_end=319
   _globals['_RUNSEGMENTREQUEST']._serialized_start=322
-  _globals['_RUNSEGMENTREQUEST']._serialized_end=539
-  _globals['_ROUTEHOP']._serialized_start=541
-  _globals['_ROUTEHOP']._serialized_end=653
-  _globals['_RUNSEGMENTRESPONSE']._serialized_start=655
-  _globals['_RUNSEGMENTRESPONSE']._serialized_end=753
-  _globals['_GETSTATUSREQUEST']._serialized_start=755
-  _globals['_GETSTATUSREQUEST']._serialized_end=773
-  _globals['_AGENTSTATUS']._serialized_start=776
-  _globals['_AGENTSTATUS']._serialized_end=1010
-  _globals['_AGENTSERVICE']._serialized_start=1013
-  _globals['_AGENTSERVICE']._serialized_end=1165
-  _globals['_SEGMENTSERVICE']._serialized_start=1167
-  _globals['_SEGMENTSERVICE']._serialized_end=1264
+  _globals['_RUNSEGMENTREQUEST']._serialized_end=558
+  _globals['_SEGMENTRESULT']._serialized_start=560
+  _globals['_SEGMENTRESULT']._serialized_end=684
+  _globals['_SEGMENTERROR']._serialized_start=686
+  _globals['_SEGMENTERROR']._serialized_end=793
+  _globals['_ROUTEHOP']._serialized_start=795
+  _globals['_ROUTEHOP']._serialized_end=907
+  _globals['_RUNSEGMENTRESPONSE']._serialized_start=909
+  _globals['_RUNSEGMENTRESPONSE']._serialized_end=1007
+  _globals['_GETSTATUSREQUEST']._serialized_start=1009
+  _globals['_GETSTATUSREQUEST']._serialized_end=1027
+  _globals['_AGENTSTATUS']._serialized_start=1030
+  _globals['_AGENTSTATUS']._serialized_end=1264
+  _globals['_AGENTSERVICE']._serialized_start=1267
+  _globals['_AGENTSERVICE']._serialized_end=1419
+  _globals['_SEGMENTSERVICE']._serialized_start=1422
+  _globals['_SEGMENTSERVICE']._serialized_end=1600
 # @@protoc_insertion_point(module_scope)

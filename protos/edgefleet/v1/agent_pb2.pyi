@@ -32,7 +32,7 @@ class InferResponse(_message.Message):
     def __init__(self, outputs: _Optional[_Iterable[_Union[_types_pb2.Tensor, _Mapping]]] = ..., model_sha256: _Optional[str] = ..., latency_ms: _Optional[float] = ..., hops: _Optional[_Iterable[_Union[_types_pb2.HopTiming, _Mapping]]] = ..., path: _Optional[str] = ..., fallback_reason: _Optional[str] = ...) -> None: ...
 
 class RunSegmentRequest(_message.Message):
-    __slots__ = ("segment_sha256", "inputs", "route", "priority", "origin_device", "request_id", "output_names", "tier")
+    __slots__ = ("segment_sha256", "inputs", "route", "priority", "origin_device", "request_id", "output_names", "tier", "budget_ms")
     SEGMENT_SHA256_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     ROUTE_FIELD_NUMBER: _ClassVar[int]
@@ -41,6 +41,7 @@ class RunSegmentRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_NAMES_FIELD_NUMBER: _ClassVar[int]
     TIER_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_MS_FIELD_NUMBER: _ClassVar[int]
     segment_sha256: str
     inputs: _containers.RepeatedCompositeFieldContainer[_types_pb2.Tensor]
     route: _containers.RepeatedCompositeFieldContainer[RouteHop]
@@ -49,7 +50,28 @@ class RunSegmentRequest(_message.Message):
     request_id: str
     output_names: _containers.RepeatedScalarFieldContainer[str]
     tier: str
-    def __init__(self, segment_sha256: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[_types_pb2.Tensor, _Mapping]]] = ..., route: _Optional[_Iterable[_Union[RouteHop, _Mapping]]] = ..., priority: _Optional[int] = ..., origin_device: _Optional[str] = ..., request_id: _Optional[str] = ..., output_names: _Optional[_Iterable[str]] = ..., tier: _Optional[str] = ...) -> None: ...
+    budget_ms: float
+    def __init__(self, segment_sha256: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[_types_pb2.Tensor, _Mapping]]] = ..., route: _Optional[_Iterable[_Union[RouteHop, _Mapping]]] = ..., priority: _Optional[int] = ..., origin_device: _Optional[str] = ..., request_id: _Optional[str] = ..., output_names: _Optional[_Iterable[str]] = ..., tier: _Optional[str] = ..., budget_ms: _Optional[float] = ...) -> None: ...
+
+class SegmentResult(_message.Message):
+    __slots__ = ("response", "error")
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    response: RunSegmentResponse
+    error: SegmentError
+    def __init__(self, response: _Optional[_Union[RunSegmentResponse, _Mapping]] = ..., error: _Optional[_Union[SegmentError, _Mapping]] = ...) -> None: ...
+
+class SegmentError(_message.Message):
+    __slots__ = ("status", "code", "message", "retry_after_s")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    RETRY_AFTER_S_FIELD_NUMBER: _ClassVar[int]
+    status: int
+    code: str
+    message: str
+    retry_after_s: float
+    def __init__(self, status: _Optional[int] = ..., code: _Optional[str] = ..., message: _Optional[str] = ..., retry_after_s: _Optional[float] = ...) -> None: ...
 
 class RouteHop(_message.Message):
     __slots__ = ("segment_sha256", "endpoints", "tier", "pool")
