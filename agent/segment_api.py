@@ -62,26 +62,35 @@ class SegmentApi(serde.SegmentServiceServicer):
         return serde.run_segment_response_to_pb(response)
 
     async def RunSegments(self, requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
+        if self._closing:
+            return
         stream = aiter(requests)
-        while not self._closing:
-            try:
-                async with asyncio.timeout(STREAM_IDLE_S) as idle:
+        loop = asyncio.get_running_loop()
+        # One timeout for the stream's life, armed only while waiting for the next request (one
+        # timer per message instead of a new scope each time: this is the serving hot path).
+        try:
+            async with asyncio.timeout(None) as idle:
+                while not self._closing:
+                    idle.reschedule(loop.time() + STREAM_IDLE_S)
                     self._idle.add(idle)
                     try:
                         request = await anext(stream)
+                    except StopAsyncIteration:
+                        return  # the caller is done
                     finally:
                         self._idle.discard(idle)
-            except (StopAsyncIteration, TimeoutError):
-                return  # the caller is done, or forgot the stream, or this agent is stopping
-            try:
-                req = serde.run_segment_request_from_pb(request)
-                outcome: RunSegmentResponse | EdgefleetError = await self.run_segment(
-                    req, _deadline(req, None)
-                )
-            except EdgefleetError as exc:
-                self._log_failure(request, exc)
-                outcome = exc
-            yield serde.segment_result_to_pb(outcome)
+                    idle.reschedule(None)
+                    try:
+                        req = serde.run_segment_request_from_pb(request)
+                        outcome: RunSegmentResponse | EdgefleetError = await self.run_segment(
+                            req, _deadline(req, None)
+                        )
+                    except EdgefleetError as exc:
+                        self._log_failure(request, exc)
+                        outcome = exc
+                    yield serde.segment_result_to_pb(outcome)
+        except TimeoutError:
+            return  # idle too long (its caller forgot it), or this agent is stopping
 
     def close(self) -> None:
         """End every stream that is waiting for its next request (those running one answer it first)."""

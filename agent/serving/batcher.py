@@ -252,10 +252,12 @@ class DynamicBatcher:
         try:
             if deadline is None:
                 return await request.future
-            await asyncio.wait({request.future}, timeout=max(deadline - self._clock(), 0.0))
-            if request.future.done():
-                return request.future.result()
-            raise self._expire_error(request, self._clock())
+            try:
+                # Awaiting the future itself: a timeout cancels it, which _settle then skips.
+                async with asyncio.timeout(max(deadline - self._clock(), 0.0)):
+                    return await request.future
+            except TimeoutError:
+                raise self._expire_error(request, self._clock()) from None
         finally:
             self._withdraw(request)
 

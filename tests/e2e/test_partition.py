@@ -12,6 +12,7 @@ with it every segment would cost about as much as the whole model and no cut cou
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import grpc.aio
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -330,6 +332,45 @@ def test_the_serving_agent_refuses_bad_requests_and_stays_healthy(fleet: Fleet) 
         assert call(base) is None  # unharmed
     finally:
         channel.close()
+
+
+def test_on_a_stream_bad_requests_are_refused_in_band_and_the_stream_goes_on(fleet: Fleet) -> None:
+    """The same refusals on one RunSegments stream (as agents call each other): each answered with
+    its code, and the good request after them is answered on the same stream."""
+    with AdminClient(fleet.address) as admin:
+        edge = admin.get_device("edge-1")
+    assert edge.assignment is not None and edge.assignment.serve
+    served = edge.assignment.serve[0]
+    good_input = _segment_input(fleet, served.artifact_sha256)
+    requests = [
+        (RunSegmentRequest("0" * 64, (good_input,), tier="edge", budget_ms=5000), "unknown_segment"),
+        (
+            RunSegmentRequest(served.artifact_sha256, (_renamed(good_input, "nope"),), tier="edge"),
+            "invalid_argument",
+        ),
+        (
+            RunSegmentRequest(served.artifact_sha256, (_as_int64(good_input),), tier="edge"),
+            "invalid_argument",
+        ),
+        (RunSegmentRequest(served.artifact_sha256, (_wider(good_input),), tier="edge"), "invalid_argument"),
+        (RunSegmentRequest(served.artifact_sha256, (good_input,), tier="edge", budget_ms=5000), ""),
+    ]
+
+    async def main() -> list[str]:
+        channel = grpc.aio.insecure_channel(fleet.agents["edge-1"])
+        try:
+            call = serde.SegmentServiceStub(channel).RunSegments()
+            codes = []
+            for req, _ in requests:
+                await call.write(serde.run_segment_request_to_pb(req))
+                outcome = serde.segment_result_from_pb(await asyncio.wait_for(call.read(), 10.0))
+                codes.append(outcome[1].code if isinstance(outcome, tuple) else "")
+            await call.done_writing()
+            return codes
+        finally:
+            await channel.close(None)
+
+    assert asyncio.run(main()) == [code for _, code in requests]
 
 
 def _segment_input(fleet: Fleet, sha256: str) -> Tensor:
