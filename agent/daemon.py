@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from agent import hardware, profiler
+from agent import hardware, profiler, segment_api
 from agent.artifact_cache import ArtifactCache, ChecksumMismatch
 from agent.core import AgentCore, CoreConfig, Link
 from agent.core import actions as act
@@ -81,9 +81,15 @@ CHANNEL_OPTIONS = channel_options()
 #: stream; MQTT: acknowledged by the broker); one more resets the connection.
 OUTBOUND_QUEUE = 1024
 ENROLL_TIMEOUT_S = 15.0
-#: Infer/GetStatus calls served at once; more are refused with RESOURCE_EXHAUSTED, so a flood of
-#: requests cannot queue without bound in front of the inference thread pool.
+#: Infer calls served at once; more are refused with RESOURCE_EXHAUSTED, so a flood of requests
+#: cannot queue without bound in front of the inference thread pool.
 MAX_CONCURRENT_INFER_RPCS = 256
+
+
+def max_concurrent_rpcs() -> int:
+    """RPCs of any kind at once (gRPC refuses more): Infer's share, every peer stream this agent
+    serves (``segment_api.MAX_STREAMS_SERVED``: an idle stream holds its place) and room for the rest."""
+    return MAX_CONCURRENT_INFER_RPCS + segment_api.MAX_STREAMS_SERVED + 64
 
 
 @dataclass
@@ -207,9 +213,9 @@ class AgentDaemon:
         self._stream.transport = self._transport
         server = grpc.aio.server(
             options=limits.GRPC_MESSAGE_OPTIONS,
-            maximum_concurrent_rpcs=MAX_CONCURRENT_INFER_RPCS,
+            maximum_concurrent_rpcs=max_concurrent_rpcs(),
         )
-        self._infer_api = InferApi(self)
+        self._infer_api = InferApi(self, max_inflight=MAX_CONCURRENT_INFER_RPCS)
         serde.add_AgentServiceServicer_to_server(self._infer_api, server)
         self._segment_api = SegmentApi(self)
         serde.add_SegmentServiceServicer_to_server(self._segment_api, server)

@@ -16,7 +16,7 @@ from agent.partition import HopUnavailable, Route, budget_deadline
 from agent.runtime import LoadedModel
 from agent.serving.breaker import Outcome as PathOutcome
 from common import limits, serde
-from common.errors import EdgefleetError, InvalidArgument, PermanentError
+from common.errors import EdgefleetError, InvalidArgument, PermanentError, ResourceExhausted
 from common.tensors import from_tensor, to_tensor
 from common.types import AgentStatus, HopTiming, InferenceRecord, InferResponse, Outcome
 
@@ -40,12 +40,29 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class InferApi(serde.AgentServiceServicer):
-    def __init__(self, daemon: AgentDaemon) -> None:
+    def __init__(self, daemon: AgentDaemon, *, max_inflight: int = 256) -> None:
         self._daemon = daemon
         # onnxruntime releases the GIL while it runs; keep the event loop free for the control stream.
         self._pool = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="infer")
+        self._max_inflight = max_inflight
+        self._inflight = 0
 
     async def Infer(self, request: Any, context: Context) -> Any:
+        if self._inflight >= self._max_inflight:
+            await serde.abort_with_error_async(
+                context,
+                ResourceExhausted(
+                    f"{self._inflight} Infer calls are running, at most {self._max_inflight}; retry shortly",
+                    retry_after=0.1,
+                ),
+            )
+        self._inflight += 1
+        try:
+            return await self._infer(request, context)
+        finally:
+            self._inflight -= 1
+
+    async def _infer(self, request: Any, context: Context) -> Any:
         route = self._daemon.segments.route  # one reference for the whole request, as for the model
         if route is not None:
             return await self._infer_partitioned(route, request, context)

@@ -25,7 +25,7 @@ import grpc
 
 from agent.partition import budget_deadline, decode
 from common import serde
-from common.errors import DeadlineExceeded, EdgefleetError, InvalidArgument, PermanentError
+from common.errors import DeadlineExceeded, EdgefleetError, InvalidArgument, PermanentError, ResourceExhausted
 from common.tensors import to_tensor
 from common.types import HopTiming, RunSegmentRequest, RunSegmentResponse
 
@@ -37,6 +37,9 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 #: A RunSegments stream with no request for this long is ended (the caller opens a new one).
 STREAM_IDLE_S = 60.0
+#: RunSegments streams served at once (each peer keeps a few open); more are refused with
+#: RESOURCE_EXHAUSTED, and their callers make unary calls instead.
+MAX_STREAMS_SERVED = 1024
 
 
 class UnknownSegment(PermanentError):
@@ -51,6 +54,7 @@ class SegmentApi(serde.SegmentServiceServicer):
         #: The idle-timeout scopes of streams waiting for their next request (``close`` fires them).
         self._idle: set[asyncio.Timeout] = set()
         self._closing = False
+        self._streams = 0
 
     async def RunSegment(self, request: Any, context: Context) -> Any:
         try:
@@ -64,6 +68,22 @@ class SegmentApi(serde.SegmentServiceServicer):
     async def RunSegments(self, requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
         if self._closing:
             return
+        if self._streams >= MAX_STREAMS_SERVED:
+            await serde.abort_with_error_async(
+                context,
+                ResourceExhausted(
+                    f"{self._streams} segment streams are open, at most {MAX_STREAMS_SERVED}: call RunSegment",
+                    retry_after=1.0,
+                ),
+            )
+        self._streams += 1
+        try:
+            async for result in self._serve_stream(requests):
+                yield result
+        finally:
+            self._streams -= 1
+
+    async def _serve_stream(self, requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
         stream = aiter(requests)
         loop = asyncio.get_running_loop()
         # One timeout for the stream's life, armed only while waiting for the next request (one

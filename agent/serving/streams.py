@@ -12,7 +12,8 @@ The rules:
 - **One request in flight per stream**, answered in order before the next is sent: nothing to match
   up, and a caller never waits behind another's request on the wire. A call takes an idle stream of
   the peer's pool or opens one while fewer than ``MAX_STREAMS`` are open; beyond that it makes a
-  unary ``RunSegment`` (same semantics), so the pool is bounded and nobody queues for a stream.
+  unary ``RunSegment`` (same semantics), so the pool is bounded and nobody queues for a stream. A
+  peer that refuses a new stream (RESOURCE_EXHAUSTED: it serves as many as it will) is called unary.
 - **The budget travels in the request** (``budget_ms``) and the caller waits at most that long. A
   stream whose answer did not come in time is cancelled, never reused: its late answer would be read
   as the next request's.
@@ -107,6 +108,9 @@ class StreamPool:
                 result = await self._exchange(stream, request, deadline - time.monotonic())
             except _Broken as broken:
                 self._discard(stream)
+                if broken.status is grpc.StatusCode.RESOURCE_EXHAUSTED and not reused:
+                    # The peer serves as many streams as it will: this request goes unary.
+                    return await self._unary(request, deadline - time.monotonic())
                 if reused and not retried and not self._closed and deadline > time.monotonic():
                     retried = True
                     fresh = self._checkout(fresh=True)

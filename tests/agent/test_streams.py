@@ -293,3 +293,22 @@ def test_close_ends_idle_streams_at_once() -> None:
         assert await asyncio.wait_for(late.read(), 5.0) is grpc.aio.EOF  # type: ignore[attr-defined]
 
     _run_api(test)
+
+
+def test_a_peer_serving_its_most_streams_is_called_unary(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(segment_api, "MAX_STREAMS_SERVED", 1)
+
+    async def test(api: SegmentApi, stub: Any) -> None:
+        held = stub.RunSegments()
+        await held.write(_request("held"))
+        await held.read()  # one stream open: the cap
+        pool = StreamPool(stub)
+        with pytest.raises(SegmentCallFailed) as failed:
+            await pool.call(_request("r"), 5.0)
+        # Answered (refused as unknown) by the unary path, not failed for want of a stream.
+        assert failed.value.error.code == "unknown_segment"
+        assert pool.open_streams == 0
+        await pool.aclose()
+        await held.done_writing()
+
+    _run_api(test)
