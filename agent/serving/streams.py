@@ -47,6 +47,8 @@ MAX_STREAMS = 64
 MAX_IDLE_STREAMS = 16
 #: An idle stream older than this is closed rather than reused (the peer ends them after 60 s).
 REUSE_IDLE_S = 30.0
+#: How long ``aclose`` waits for a peer to end an idle stream before cancelling it.
+CLOSE_TIMEOUT_S = 1.0
 #: What ``read()`` returns once the server has ended the stream (grpc-stubs do not declare it).
 _EOF: object = getattr(grpc.aio, "EOF")  # noqa: B009
 
@@ -129,11 +131,13 @@ class StreamPool:
             return result.response
 
     async def aclose(self) -> None:
-        """Cancel the idle streams; streams in use are cancelled as their calls end."""
+        """End the idle streams (half-close, then wait for the peer to end them, at most
+        ``CLOSE_TIMEOUT_S``, then cancel): gRPC has nothing left to deliver for them afterwards.
+        Streams in use are closed as their calls end."""
         self._closed = True
         idle, self._idle = self._idle, []
-        for stream in idle:
-            self._discard(stream)
+        self._open -= len(idle)
+        await asyncio.gather(*(self._finish(s) for s in idle))
 
     # -- internals ------------------------------------------------------------------------------
 
@@ -182,6 +186,15 @@ class StreamPool:
             return
         stream.idle_since = time.monotonic()
         self._idle.append(stream)
+
+    @classmethod
+    async def _finish(cls, stream: _Stream) -> None:
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                await stream.call.done_writing()
+                await stream.call.code()
+        except (TimeoutError, grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            cls._cancel(stream)
 
     def _discard(self, stream: _Stream) -> None:
         self._open -= 1

@@ -53,6 +53,7 @@ class Scripted(serde.SegmentServiceServicer):
     def __init__(self) -> None:
         self.behaviour: Callable[[str], object] = lambda _: None
         self.streams = 0
+        self.ended = 0  # streams whose caller half-closed them (the graceful end)
         self.unary = 0
         self.release = asyncio.Event()
 
@@ -81,6 +82,7 @@ class Scripted(serde.SegmentServiceServicer):
                 return
             assert not isinstance(outcome, str)
             yield serde.segment_result_to_pb(outcome)
+        self.ended += 1
 
 
 async def _serve(servicer: serde.SegmentServiceServicer) -> tuple[grpc.aio.Server, str]:
@@ -121,6 +123,13 @@ def test_sequential_calls_share_one_stream_and_get_their_own_answers() -> None:
         got = await asyncio.gather(*(pool.call(_request(f"c{i}"), 2.0) for i in range(4)))
         assert [_answered(g) for g in got] == [f"c{i}" for i in range(4)]
         assert servicer.streams == 4 and pool.open_streams == 4
+        # Closing ends the idle streams gracefully (half-closed, ended by the peer), not cancelled.
+        await pool.aclose()
+        assert servicer.ended == 4 and (pool.open_streams, pool.idle_streams) == (0, 0)
+        servicer.behaviour = lambda _: ResourceExhausted("closed")
+        with pytest.raises(SegmentCallFailed):  # a closed pool opens no stream: the call goes unary
+            await pool.call(_request("after"), 2.0)
+        assert servicer.streams == 4 and servicer.unary == 1
 
     _run(test)
 
