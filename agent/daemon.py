@@ -88,8 +88,9 @@ MAX_CONCURRENT_INFER_RPCS = 256
 
 def max_concurrent_rpcs() -> int:
     """RPCs of any kind at once (gRPC refuses more): Infer's share, every peer stream this agent
-    serves (``segment_api.MAX_STREAMS_SERVED``: an idle stream holds its place) and room for the rest."""
-    return MAX_CONCURRENT_INFER_RPCS + segment_api.MAX_STREAMS_SERVED + 64
+    serves (``segment_api.MAX_STREAMS_SERVED``: an idle stream holds its place), unary segment calls
+    and room for the rest; each of those shares is bounded by its own servicer."""
+    return MAX_CONCURRENT_INFER_RPCS + segment_api.MAX_STREAMS_SERVED + segment_api.MAX_UNARY_CALLS + 64
 
 
 @dataclass
@@ -555,7 +556,14 @@ class AgentDaemon:
                     )
                 else:
                     report = await asyncio.to_thread(profiler.profile_blocks, request, paths, inputs)
-                    report = await profiler.with_dispatch(report)
+                    try:
+                        report = await profiler.with_dispatch(report)
+                    except Exception:  # the block timings stand; the planner adds no dispatch cost
+                        log.exception(
+                            "device=%s profile %s: measuring the dispatch cost failed",
+                            self.core.device_id,
+                            request.request_id,
+                        )
             except Exception as exc:  # the profiler reports per block; anything else is its bug, reported
                 log.exception(
                     "device=%s profile %s failed unexpectedly", self.core.device_id, request.request_id

@@ -37,6 +37,11 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 #: A RunSegments stream with no request for this long is ended (the caller opens a new one).
 STREAM_IDLE_S = 60.0
+#: Unary RunSegment calls served at once (callers that cannot stream, or beyond their stream cap).
+MAX_UNARY_CALLS = 256
+#: The most budget a request may ask for: a peer cannot pin this hop for longer (DEFAULT_BUDGET_S
+#: when it gives none).
+MAX_BUDGET_S = 60.0
 #: RunSegments streams served at once (each peer keeps a few open); more are refused with
 #: RESOURCE_EXHAUSTED, and their callers make unary calls instead.
 MAX_STREAMS_SERVED = 1024
@@ -55,14 +60,25 @@ class SegmentApi(serde.SegmentServiceServicer):
         self._idle: set[asyncio.Timeout] = set()
         self._closing = False
         self._streams = 0
+        self._unary = 0
 
     async def RunSegment(self, request: Any, context: Context) -> Any:
+        if self._unary >= MAX_UNARY_CALLS:
+            await serde.abort_with_error_async(
+                context,
+                ResourceExhausted(
+                    f"{self._unary} RunSegment calls are running, at most {MAX_UNARY_CALLS}", retry_after=0.1
+                ),
+            )
+        self._unary += 1
         try:
             req = serde.run_segment_request_from_pb(request)
             response = await self.run_segment(req, _deadline(req, context.time_remaining()))
         except EdgefleetError as exc:
             self._log_failure(request, exc)
             await serde.abort_with_error_async(context, exc)
+        finally:
+            self._unary -= 1
         return serde.run_segment_response_to_pb(response)
 
     async def RunSegments(self, requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
@@ -102,14 +118,23 @@ class SegmentApi(serde.SegmentServiceServicer):
                     idle.reschedule(None)
                     try:
                         req = serde.run_segment_request_from_pb(request)
-                        outcome: RunSegmentResponse | EdgefleetError = await self.run_segment(
+                        outcome: RunSegmentResponse | Exception = await self.run_segment(
                             req, _deadline(req, None)
                         )
                     except EdgefleetError as exc:
                         self._log_failure(request, exc)
                         outcome = exc
+                    except Exception as exc:  # our bug: answered INTERNAL in-band, the stream goes on
+                        log.exception(
+                            "device=%s RunSegments for %s failed unexpectedly",
+                            self._daemon.segments.device_id,
+                            request.origin_device or "?",
+                        )
+                        outcome = exc
                     yield serde.segment_result_to_pb(outcome)
         except TimeoutError:
+            if not idle.expired():
+                raise
             return  # idle too long (its caller forgot it), or this agent is stopping
 
     def close(self) -> None:
@@ -117,7 +142,8 @@ class SegmentApi(serde.SegmentServiceServicer):
         self._closing = True
         loop = asyncio.get_running_loop()
         for idle in list(self._idle):
-            idle.reschedule(loop.time())
+            if not idle.expired():  # one whose timer has fired is ending already
+                idle.reschedule(loop.time())
 
     async def run_segment(self, req: RunSegmentRequest, deadline: float) -> RunSegmentResponse:
         """Run ``req`` on this agent and the rest of its route by ``deadline`` (monotonic); raises
@@ -172,8 +198,9 @@ class SegmentApi(serde.SegmentServiceServicer):
 
 
 def _deadline(req: RunSegmentRequest, time_remaining: float | None) -> float:
-    """The request's absolute deadline: the sooner of the gRPC deadline and its ``budget_ms``."""
+    """The request's absolute deadline: the sooner of the gRPC deadline and its ``budget_ms``, at
+    most ``MAX_BUDGET_S`` away."""
     budgets = [
         b for b in (time_remaining, req.budget_ms / 1000 if req.budget_ms > 0 else None) if b is not None
     ]
-    return budget_deadline(min(budgets) if budgets else None)
+    return budget_deadline(min(*budgets, MAX_BUDGET_S) if budgets else None)

@@ -71,13 +71,18 @@ def eviction_bytes(cache_root: Path = Path("/sys/devices/system/cpu/cpu0/cache")
     cannot be read): read before a timed call, it leaves none of the block's weights cached."""
     largest = 0
     try:
-        for entry in cache_root.glob("index*/size"):
+        entries = list(cache_root.glob("index*/size"))
+    except OSError:
+        entries = []
+    for entry in entries:  # one unreadable entry leaves the others standing
+        try:
             text = entry.read_text().strip().upper()
-            unit = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
-            digits = text[:-1] if text[-1:] in "KMG" else text
+        except OSError:
+            continue
+        unit = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+        digits = text[:-1] if text[-1:] in ("K", "M", "G") else text
+        if digits.isdigit():
             largest = max(largest, int(digits) * unit)
-    except (OSError, ValueError):
-        largest = 0
     return min(2 * (largest or DEFAULT_LLC_BYTES), MAX_EVICTION_BYTES)
 
 

@@ -257,6 +257,8 @@ class DynamicBatcher:
                 async with asyncio.timeout(max(deadline - self._clock(), 0.0)):
                     return await request.future
             except TimeoutError:
+                if request.future.done() and not request.future.cancelled():
+                    return request.future.result()  # settled in the same turn the timer fired
                 raise self._expire_error(request, self._clock()) from None
         finally:
             self._withdraw(request)

@@ -20,9 +20,13 @@ The rules:
 - **Refusals are answered in-band** (``SegmentResult.error``): the stream stays open.
 - **A stream that ends or breaks before answering**: if it had been idle in the pool it may have
   died there (the peer restarted, or ended it after ``STREAM_IDLE_S``), so the request is sent once
-  more on a fresh stream — running a segment is safe to repeat. A fresh stream that fails is the
-  answer (UNAVAILABLE: the hop is unreachable). Idle streams older than ``REUSE_IDLE_S`` are not
-  reused: the peer ends them after ``STREAM_IDLE_S``.
+  more on a fresh stream — but only when the peer cannot have run it (the write failed, the peer
+  ended the stream cleanly, which it does only between requests, or the connection is gone), so a
+  request is never run twice because its answer failed; every send carries what is left of the
+  budget. A fresh stream that fails is the answer (UNAVAILABLE: the hop is unreachable). Idle
+  streams older than ``REUSE_IDLE_S`` are not reused: the peer ends them after ``STREAM_IDLE_S``.
+- **A peer that refuses a new stream** (RESOURCE_EXHAUSTED: at its cap; UNIMPLEMENTED: an older
+  agent) is called unary, and for its retry-after (else ``NO_STREAMS_S``) no new stream is tried.
 
 Failures are raised as ``SegmentCallFailed`` (the gRPC status and the typed error), the same for
 the stream and the unary path, so the caller maps them once.
@@ -47,6 +51,12 @@ MAX_STREAMS = 64
 MAX_IDLE_STREAMS = 16
 #: An idle stream older than this is closed rather than reused (the peer ends them after 60 s).
 REUSE_IDLE_S = 30.0
+#: How long a peer that refused a stream is called unary (when it does not say, by retry-after).
+NO_STREAMS_S = 5.0
+#: The same for a peer that does not implement RunSegments (an older agent).
+NO_STREAMS_UNIMPLEMENTED_S = 60.0
+#: A fresh stream refused with these: the peer serves no more streams now, or none at all.
+_NO_STREAMS = frozenset({grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNIMPLEMENTED})
 #: How long ``aclose`` waits for a peer to end an idle stream before cancelling it.
 CLOSE_TIMEOUT_S = 1.0
 #: What ``read()`` returns once the server has ended the stream (grpc-stubs do not declare it).
@@ -87,6 +97,8 @@ class StreamPool:
         self._idle: list[_Stream] = []
         self._open = 0
         self._closed = False
+        #: No new streams before this time (monotonic): the peer refused one (see ``call``).
+        self._streams_after = 0.0
 
     @property
     def open_streams(self) -> int:
@@ -96,39 +108,55 @@ class StreamPool:
     def idle_streams(self) -> int:
         return len(self._idle)
 
+    @property
+    def streams_refused_until(self) -> float:
+        """Until when (monotonic) calls go unary because the peer refused a stream; 0: never did."""
+        return self._streams_after
+
     async def call(self, request: Any, budget_s: float) -> Any:
-        """Send ``request`` (a ``RunSegmentRequest`` message whose ``budget_ms`` is set) and return
-        the ``RunSegmentResponse`` message; raises SegmentCallFailed."""
+        """Send ``request`` (a ``RunSegmentRequest`` message) within ``budget_s`` and return the
+        ``RunSegmentResponse`` message, left undecoded; raises SegmentCallFailed. Each send sets
+        the message's ``budget_ms`` to what is left of the budget then."""
         deadline = time.monotonic() + budget_s
         stream = self._checkout()
-        if stream is None:
-            return await self._unary(request, budget_s)
         retried = False
         while True:
+            if stream is None:
+                return await self._unary(request, deadline)
             reused = stream.used
             try:
-                result = await self._exchange(stream, request, deadline - time.monotonic())
+                result = await self._exchange(stream, request, deadline)
             except _Broken as broken:
                 self._discard(stream)
-                if broken.status is grpc.StatusCode.RESOURCE_EXHAUSTED and not reused:
-                    # The peer serves as many streams as it will: this request goes unary.
-                    return await self._unary(request, deadline - time.monotonic())
-                if reused and not retried and not self._closed and deadline > time.monotonic():
-                    retried = True
-                    fresh = self._checkout(fresh=True)
-                    if fresh is None:
-                        return await self._unary(request, deadline - time.monotonic())
-                    stream = fresh
+                if not reused and broken.status in _NO_STREAMS:
+                    # The peer will not serve another stream now (at its cap), or none at all (it
+                    # predates RunSegments): this request and the next ones for a while go unary.
+                    retry_after = (
+                        broken.error.retry_after if isinstance(broken.error, TransientError) else None
+                    )
+                    if broken.status is grpc.StatusCode.UNIMPLEMENTED:
+                        retry_after = NO_STREAMS_UNIMPLEMENTED_S  # until it is upgraded, say
+                    self._streams_after = time.monotonic() + (retry_after or NO_STREAMS_S)
+                    return await self._unary(request, deadline)
+                if (
+                    broken.untaken
+                    and reused
+                    and not retried
+                    and not self._closed
+                    and deadline > time.monotonic()
+                ):
+                    retried = True  # it died idle in the pool: once more on a fresh stream
+                    stream = self._checkout(fresh=True)
                     continue
                 raise SegmentCallFailed(broken.status, broken.error) from None
             except BaseException:
                 self._discard(stream)  # a timeout or a cancelled caller: its answer may still come
                 raise
             self._checkin(stream)
-            outcome = serde.segment_result_from_pb(result)
-            if isinstance(outcome, tuple):
-                raise SegmentCallFailed(*outcome)
-            return result.response
+            failure = serde.segment_result_failure(result)
+            if failure is not None:
+                raise SegmentCallFailed(*failure)
+            return serde.segment_result_response(result)
 
     async def aclose(self) -> None:
         """End the idle streams (half-close, then wait for the peer to end them, at most
@@ -141,30 +169,47 @@ class StreamPool:
 
     # -- internals ------------------------------------------------------------------------------
 
-    async def _exchange(self, stream: _Stream, request: Any, budget_s: float) -> Any:
+    async def _exchange(self, stream: _Stream, request: Any, deadline: float) -> Any:
+        """One request and its result on ``stream``. ``_Broken.untaken`` says the peer cannot have
+        run the request: the write failed, or the peer ended the stream cleanly without answering
+        (it does so only between requests: idle too long, or stopping), or the connection is gone."""
         stream.used = True
+        left = deadline - time.monotonic()
+        request.budget_ms = max(left, 0.0) * 1000
+        written = False
         try:
-            async with asyncio.timeout(max(budget_s, 0.0)):
+            async with asyncio.timeout(max(left, 0.0)):
                 await stream.call.write(request)
+                written = True
                 result = await stream.call.read()
         except TimeoutError:
             raise SegmentCallFailed(
                 grpc.StatusCode.DEADLINE_EXCEEDED, DeadlineExceeded("no answer within the budget")
             ) from None
         except grpc.aio.AioRpcError as exc:
-            raise _Broken(exc.code(), serde.error_from_rpc_error(exc)) from None
+            status = exc.code()
+            untaken = not written or status in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.OK)
+            raise _Broken(status, serde.error_from_rpc_error(exc), untaken=untaken) from None
         except asyncio.InvalidStateError:  # written to a stream that had already ended
-            raise _Broken(grpc.StatusCode.UNAVAILABLE, TransientError("the stream had ended")) from None
-        if result is _EOF:
             raise _Broken(
-                grpc.StatusCode.UNAVAILABLE,
-                TransientError("the peer ended the stream without answering", code="unavailable"),
+                grpc.StatusCode.UNAVAILABLE, TransientError("the stream had ended"), untaken=True
+            ) from None
+        if result is _EOF:
+            status = await stream.call.code()
+            error = (
+                TransientError("the peer ended the stream without answering", code="unavailable")
+                if status is grpc.StatusCode.OK
+                else serde.status_to_error(status, await stream.call.details())
             )
+            untaken = status in (grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE)
+            raise _Broken(grpc.StatusCode.UNAVAILABLE if untaken else status, error, untaken=untaken)
         return result
 
-    async def _unary(self, request: Any, budget_s: float) -> Any:
+    async def _unary(self, request: Any, deadline: float) -> Any:
+        left = max(deadline - time.monotonic(), 0.0)
+        request.budget_ms = left * 1000
         try:
-            return await self._stub.RunSegment(request, timeout=max(budget_s, 0.0))
+            return await self._stub.RunSegment(request, timeout=left)
         except grpc.aio.AioRpcError as exc:
             raise SegmentCallFailed(exc.code(), serde.error_from_rpc_error(exc)) from None
 
@@ -175,7 +220,7 @@ class StreamPool:
             if now - stream.idle_since <= REUSE_IDLE_S:
                 return stream
             self._discard(stream)
-        if self._closed or self._open >= self._max_streams:
+        if self._closed or self._open >= self._max_streams or now < self._streams_after:
             return None
         self._open += 1
         return _Stream(self._stub.RunSegments())
@@ -207,7 +252,8 @@ class StreamPool:
 
 
 class _Broken(Exception):
-    def __init__(self, status: grpc.StatusCode, error: EdgefleetError) -> None:
+    def __init__(self, status: grpc.StatusCode, error: EdgefleetError, *, untaken: bool) -> None:
         super().__init__(str(error))
         self.status = status
         self.error = error
+        self.untaken = untaken

@@ -121,7 +121,9 @@ from common.serde._agent import (
     run_segment_request_to_pb,
     run_segment_response_from_pb,
     run_segment_response_to_pb,
+    segment_result_failure,
     segment_result_from_pb,
+    segment_result_response,
     segment_result_to_pb,
 )
 from common.serde._control import (
@@ -421,7 +423,9 @@ __all__ = [
     "run_segment_response_to_pb",
     "segment_endpoint_to_pb",
     "segment_endpoints_from_pb",
+    "segment_result_failure",
     "segment_result_from_pb",
+    "segment_result_response",
     "segment_result_to_pb",
     "segment_spec_from_pb",
     "segment_spec_to_pb",

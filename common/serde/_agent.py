@@ -184,9 +184,22 @@ def segment_result_from_pb(
 ) -> RunSegmentResponse | tuple[grpc.StatusCode, EdgefleetError]:
     """The response, or (the status, the typed error) the server answered with; a result that is
     neither (or an unknown status) is the server's bug, read as INTERNAL."""
+    failure = segment_result_failure(pb)
+    return run_segment_response_from_pb(pb.response) if failure is None else failure
+
+
+def segment_result_response(pb: agent_pb.SegmentResult) -> agent_pb.RunSegmentResponse:
+    """The response message a result holds (``segment_result_failure`` said None), undecoded: the
+    caller decodes it once, as it decodes a unary call's."""
+    return pb.response
+
+
+def segment_result_failure(pb: agent_pb.SegmentResult) -> tuple[grpc.StatusCode, EdgefleetError] | None:
+    """None when the result holds a response; else (the status, the typed error) the server answered
+    with — a result that is neither (or says OK) is the server's bug, read as INTERNAL/UNKNOWN."""
     which = pb.WhichOneof("result")
     if which == "response":
-        return run_segment_response_from_pb(pb.response)
+        return None
     if which != "error":
         return grpc.StatusCode.INTERNAL, EdgefleetError("the peer answered an empty SegmentResult")
     e = pb.error

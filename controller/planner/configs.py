@@ -22,7 +22,8 @@ bandwidth is the link's mean. In detail:
   slowest block (nor than ``MIN_SEGMENT_MS``: an overhead larger than the blocks it is taken from
   must not make a segment free), from the class's measured profile where agents reported one, else
   the host's times the class's scale (``catalog``); plus, once, what the class's agents measured
-  their serving path to add to a segment call (``PlannerModel.dispatch_ms``);
+  their serving path to add to a segment call (``PlannerModel.dispatch_ms``; not for a whole model
+  answered locally, which goes through no serving queue);
 * batching on a serving tier (``Batching`` with ``max_batch_size > 1`` and a delay > 0; otherwise it
   is off, as in ``agent/serving/batcher.py``): the expected batch is ``min(max_batch_size, max(1,
   rate_at_node * max_queue_delay))``, where ``rate_at_node`` is the deployment's request rate times
@@ -175,11 +176,14 @@ class _Times:
                 self.bn[i, 1:] = np.cumsum(bn)
                 self.maxn[i] = _range_max(bn)
 
-    def segment(self, p: I, start: I, end: I) -> F:
+    def segment(self, p: I, start: I, end: I, *, dispatched: bool = True) -> F:
         """Batch-1 time of blocks [start, end) at precision index p, row by row; 0 where p is NONE or
         the segment is empty. Less one call overhead per block beyond the first (the additive
-        model), never less than its slowest block nor ``MIN_SEGMENT_MS``."""
-        return self._call(self.b1, self.max1, self.overhead_b1, self.dispatch_b1, p, start, end)
+        model), never less than its slowest block nor ``MIN_SEGMENT_MS``; plus the class's dispatch
+        cost unless not ``dispatched`` (a whole model answered locally: no serving queue, and a
+        fast one runs inline)."""
+        dispatch = self.dispatch_b1 if dispatched else 0.0
+        return self._call(self.b1, self.max1, self.overhead_b1, dispatch, p, start, end)
 
     def batch_call(self, p: I, start: I, end: I, batch: float) -> tuple[F, F]:
         """(the call time of a batch of ``batch`` rows, the rows it really holds) per row: ``batch``
@@ -311,7 +315,9 @@ def _columns(
     zero = np.zeros(n, dtype=np.int64)
     local = pattern == int(Pattern.LOCAL)
     dev_times = _Times(model, dev.spec, dev.precisions)
-    device_ms = dev_times.segment(pd, zero, a)
+    device_ms = np.where(
+        local, dev_times.segment(pd, zero, a, dispatched=False), dev_times.segment(pd, zero, a)
+    )
 
     loss = np.stack([np.concatenate(([0.0], np.cumsum(model.block_loss[p]))) for p in names])
     weights = np.stack([np.concatenate(([0.0], np.cumsum(model.block_bytes[p]))) for p in names])

@@ -260,8 +260,8 @@ def class_profiles(
 
 
 def class_call_overhead(reports: Iterable[DeviceProfileReport]) -> tuple[ClassCallOverhead, ...]:
-    """Per hardware class and batch size: the median call overhead (and dispatch cost) over the
-    devices of that class whose latest report measured it."""
+    """Per hardware class and batch size: the median call overhead over the devices of that class
+    whose latest report measured it, and the median dispatch cost over those that measured one."""
     measured: dict[tuple[str, int], list[CallOverhead]] = defaultdict(list)
     for r in reports:
         for c in r.report.call_overhead:
@@ -272,7 +272,14 @@ def class_call_overhead(reports: Iterable[DeviceProfileReport]) -> tuple[ClassCa
             batch,
             statistics.median(c.latency_ms for c in items),
             len(items),
-            statistics.median(c.dispatch_ms for c in items),
+            _median_measured(c.dispatch_ms for c in items),
         )
         for (hardware_class, batch), items in sorted(measured.items())
     )
+
+
+def _median_measured(values: Iterable[float]) -> float:
+    """The median of the values that were measured (> 0: agents that predate the measurement, or
+    whose measurement failed, report 0), 0 when none was."""
+    measured = [v for v in values if v > 0]
+    return statistics.median(measured) if measured else 0.0

@@ -7,6 +7,7 @@ streams ended by the server and at shutdown."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from types import SimpleNamespace
 from typing import Any
@@ -55,9 +56,11 @@ class Scripted(serde.SegmentServiceServicer):
         self.streams = 0
         self.ended = 0  # streams whose caller half-closed them (the graceful end)
         self.unary = 0
+        self.seen: list[tuple[str, float]] = []  # (request id, budget_ms) of every request received
         self.release = asyncio.Event()
 
     async def _outcome(self, pb: Any) -> RunSegmentResponse | BaseException | str:
+        self.seen.append((pb.request_id, pb.budget_ms))
         what = self.behaviour(pb.request_id)
         if what == "hang":
             await self.release.wait()
@@ -80,6 +83,8 @@ class Scripted(serde.SegmentServiceServicer):
             outcome = await self._outcome(pb)
             if outcome == "end":
                 return
+            if outcome == "crash":
+                raise RuntimeError("the handler broke after taking the request")
             assert not isinstance(outcome, str)
             yield serde.segment_result_to_pb(outcome)
         self.ended += 1
@@ -194,6 +199,43 @@ def test_a_stream_that_ended_while_idle_is_retried_once_on_a_fresh_one() -> None
     _run(test)
 
 
+def test_a_request_the_peer_took_is_not_sent_again_and_every_send_carries_the_budget_left() -> None:
+    async def test(pool: StreamPool, servicer: Scripted, _: grpc.aio.Channel) -> None:
+        assert _answered(await pool.call(_request("first", budget_ms=99_999), 2.0)) == "first"
+        assert servicer.seen[0][1] <= 2000.0  # the budget the call was given, not the message's
+        servicer.behaviour = lambda rid: "crash" if rid == "taken" else None
+        with pytest.raises(SegmentCallFailed) as failed:
+            await pool.call(_request("taken"), 2.0)  # on the reused stream, which then breaks
+        assert failed.value.status is grpc.StatusCode.UNKNOWN
+        assert [rid for rid, _ in servicer.seen].count("taken") == 1  # run once: never resent
+        # One that died idle is resent (see above) with what is left of the budget, not the first.
+        assert _answered(await pool.call(_request("after"), 2.0)) == "after"
+
+    _run(test)
+
+
+def test_a_peer_without_streams_is_called_unary_and_not_asked_again_for_a_while() -> None:
+    class UnaryOnly(Scripted):
+        RunSegments = serde.SegmentServiceServicer.RunSegments  # UNIMPLEMENTED, as an older agent
+
+    async def main() -> None:
+        servicer = UnaryOnly()
+        server, address = await _serve(servicer)
+        channel = grpc.aio.insecure_channel(address, options=limits.GRPC_MESSAGE_OPTIONS)
+        pool = StreamPool(serde.SegmentServiceStub(channel))
+        try:
+            for i in range(3):
+                assert _answered(await pool.call(_request(f"r{i}"), 2.0)) == f"r{i}"
+            assert servicer.unary == 3 and pool.open_streams == 0
+            assert pool.streams_refused_until > 0  # the next calls go unary without asking
+        finally:
+            await pool.aclose()
+            await channel.close(None)
+            await server.stop(None)
+
+    asyncio.run(main())
+
+
 def test_beyond_the_stream_cap_calls_go_unary_with_the_same_semantics() -> None:
     async def test(pool: StreamPool, servicer: Scripted, _: grpc.aio.Channel) -> None:
         servicer.behaviour = lambda rid: ResourceExhausted("full") if rid == "u-bad" else None
@@ -233,15 +275,31 @@ def test_an_unreachable_peer_fails_fast_as_unavailable() -> None:
 # --- the server side: SegmentApi.RunSegments ----------------------------------------------------
 
 
-def _api() -> SegmentApi:
-    """SegmentApi whose daemon serves nothing: every request is refused with unknown_segment."""
-    segments = SimpleNamespace(device_id="edge-1", served=lambda sha: None)
+def _api(run_served: Callable[..., Awaitable[Any]] | None = None) -> SegmentApi:
+    """SegmentApi with a stand-in daemon: with ``run_served``, it serves segment ``SHA`` by calling
+    it (with the request's deadline); without, it serves nothing (every request: unknown_segment)."""
+    served = SimpleNamespace() if run_served is not None else None
+
+    async def run(_: Any, arrays: Any, *, priority: int, deadline: float) -> Any:
+        assert run_served is not None
+        return await run_served(deadline)
+
+    segments = SimpleNamespace(
+        device_id="edge-1", served=lambda sha: served if sha == SHA else None, run_served=run
+    )
     return SegmentApi(SimpleNamespace(segments=segments))  # type: ignore[arg-type]
 
 
-def _run_api(test: Callable[[SegmentApi, Any], Awaitable[None]]) -> None:
+def _result(outputs: dict[str, Any] | None = None) -> Any:
+    return SimpleNamespace(outputs=outputs or {}, queue_s=0.0, compute_s=0.001, batch_size=1)
+
+
+def _run_api(
+    test: Callable[[SegmentApi, Any], Awaitable[None]],
+    run_served: Callable[..., Awaitable[Any]] | None = None,
+) -> None:
     async def main() -> None:
-        api = _api()
+        api = _api(run_served)
         server, address = await _serve(api)
         channel = grpc.aio.insecure_channel(address, options=limits.GRPC_MESSAGE_OPTIONS)
         try:
@@ -321,3 +379,39 @@ def test_a_peer_serving_its_most_streams_is_called_unary(monkeypatch: pytest.Mon
         await held.done_writing()
 
     _run_api(test)
+
+
+def test_a_request_longer_than_the_idle_timeout_is_answered_and_bugs_are_answered_in_band(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(segment_api, "STREAM_IDLE_S", 0.1)
+    budgets: list[float] = []
+
+    async def run_served(deadline: float) -> Any:
+        budgets.append(deadline - time.monotonic())
+        if len(budgets) == 2:
+            raise ValueError("a bug in the serving path")
+        await asyncio.sleep(0.3)  # longer than the idle timeout: it must not end the stream
+        return _result()
+
+    async def test(api: SegmentApi, stub: Any) -> None:
+        call = stub.RunSegments()
+        await call.write(_request("slow"))
+        first = serde.segment_result_from_pb(await asyncio.wait_for(call.read(), 5.0))
+        assert isinstance(first, RunSegmentResponse) and first.hops[0].device_id == "edge-1"
+        await call.write(_request("bug"))
+        second = serde.segment_result_from_pb(await asyncio.wait_for(call.read(), 5.0))
+        assert isinstance(second, tuple) and second[0] is grpc.StatusCode.INTERNAL
+        assert "a bug" not in str(second[1])  # a bug's text is not sent to peers
+        await call.write(_request("huge", budget_ms=1e9))
+        third = serde.segment_result_from_pb(await asyncio.wait_for(call.read(), 5.0))
+        assert isinstance(third, RunSegmentResponse)  # the stream went on after the bug
+        assert api._streams == 1
+        await call.done_writing()
+        assert await call.read() is grpc.aio.EOF  # type: ignore[attr-defined]
+        assert api._streams == 0 and not api._idle
+        # A budget is capped: a peer cannot pin this hop for longer than MAX_BUDGET_S.
+        assert budgets[0] <= 2.0 and budgets[2] <= segment_api.MAX_BUDGET_S
+
+    _run_api(test, run_served)
+    assert "failed unexpectedly" in caplog.text

@@ -76,12 +76,17 @@ def _dispatch(model: PlannerModel, spec: HardwareClassSpec, batch: int) -> float
     return model.dispatch_ms.get((spec.name, batch), one)
 
 
-def segment_ms(model: PlannerModel, spec: HardwareClassSpec, p: str, start: int, end: int) -> float:
+def segment_ms(
+    model: PlannerModel, spec: HardwareClassSpec, p: str, start: int, end: int, *, dispatched: bool = True
+) -> float:
+    """A segment's batch-1 time; ``dispatched=False`` for a whole model answered locally (no serving
+    queue: no dispatch cost)."""
     if end <= start:
         return 0.0
     blocks = _times(model, spec, p, 1)
     assert blocks is not None
-    return _floor(blocks, start, end, _overhead(model, spec, 1)) + _dispatch(model, spec, 1)
+    dispatch = _dispatch(model, spec, 1) if dispatched else 0.0
+    return _floor(blocks, start, end, _overhead(model, spec, 1)) + dispatch
 
 
 def batch_ms(
@@ -163,7 +168,7 @@ def options(
         if size > usable:
             continue
         q = model.variants[p].quality
-        key = (q >= dep.min_quality - EPS, q, -segment_ms(model, spec, p, 0, nb))
+        key = (q >= dep.min_quality - EPS, q, -segment_ms(model, spec, p, 0, nb, dispatched=False))
         if fb_choice is None or key > fb_choice:
             fb_choice, fb_name, fb_bytes = key, p, float(size)
 
@@ -192,7 +197,7 @@ def options(
             Pattern.LOCAL,
             (),
             (p,),
-            segment_ms(model, spec, p, 0, nb),
+            segment_ms(model, spec, p, 0, nb, dispatched=False),
             model.variants[p].quality,
             model.variants[p].size_bytes,
             0,

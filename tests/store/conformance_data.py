@@ -470,11 +470,15 @@ class DataRules:
         model = store.get_model("mnist")
         assert model.class_call_overhead == (
             ClassCallOverhead(EDGE_NPU, 1, 0.005, 1, dispatch_ms=0.05),
-            ClassCallOverhead(
-                PHONE_CPU, 1, 0.02, 2, dispatch_ms=0.2
-            ),  # the medians of 0.01 and 0.03, 0.1 and 0.3
+            # The medians of 0.01 and 0.03 (call overhead) and of 0.1 and 0.3 (dispatch).
+            ClassCallOverhead(PHONE_CPU, 1, 0.02, 2, dispatch_ms=0.2),
         )
         assert store.list_models() == [model]
+        # An agent that did not measure its dispatch cost (0) does not pull the median down.
+        store.request_profiles("mnist", [("p2", "r4")], batch_sizes=(1,), runs=3, now_ms=T0 + 5)
+        store.record_profile_report("p2", report("r4", 3.0, dispatch=False), now_ms=T0 + 6)
+        phone = [c for c in store.get_model("mnist").class_call_overhead if c.hardware_class == PHONE_CPU]
+        assert [(c.latency_ms, c.devices, c.dispatch_ms) for c in phone] == [(0.02, 2, 0.1)]
 
 
 def profiled_model(store: Store) -> None:
@@ -487,9 +491,10 @@ def profiled_model(store: Store) -> None:
     store.add_built_variants("mnist", [], [], now_ms=T0, block_profiles=blocks)
 
 
-def report(request_id: str, ms: float, *, failed: str = "") -> ProfileReport:
+def report(request_id: str, ms: float, *, failed: str = "", dispatch: bool = True) -> ProfileReport:
     """A report timing both blocks of ``profiled_model``: the first at ``ms`` (or failed), the second at
-    2 x ms; its call overhead is ms / 100, its dispatch cost ms / 10."""
+    2 x ms; its call overhead is ms / 100, its dispatch cost ms / 10 (0 without ``dispatch``: an
+    agent that did not measure it)."""
     return ProfileReport(
         request_id=request_id,
         model_name="mnist",
@@ -497,7 +502,7 @@ def report(request_id: str, ms: float, *, failed: str = "") -> ProfileReport:
             BlockTiming(0, 3, "int8", 1, 0.0 if failed else ms, failed),
             BlockTiming(3, 0, "int8", 1, 2 * ms),
         ),
-        call_overhead=(CallOverhead(1, ms / 100, dispatch_ms=ms / 10),),
+        call_overhead=(CallOverhead(1, ms / 100, dispatch_ms=ms / 10 if dispatch else 0.0),),
     )
 
 

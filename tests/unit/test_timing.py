@@ -31,6 +31,11 @@ def test_eviction_covers_twice_the_largest_cache(tmp_path: Path) -> None:
     assert eviction_bytes(_cache(tmp_path / "m", {"index0": "6M"})) == 12 * 2**20
 
 
+def test_one_unreadable_entry_leaves_the_others(tmp_path: Path) -> None:
+    root = _cache(tmp_path, {"index0": "48K", "index1": "", "index2": "oops", "index3": "16384K"})
+    assert eviction_bytes(root) == 2 * 16 * 2**20
+
+
 def test_an_unreadable_or_huge_cache_falls_back_within_bounds(tmp_path: Path) -> None:
     assert eviction_bytes(tmp_path / "missing") == 2 * DEFAULT_LLC_BYTES
     assert eviction_bytes(_cache(tmp_path / "bad", {"index0": "lots"})) == 2 * DEFAULT_LLC_BYTES
