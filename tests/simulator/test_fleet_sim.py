@@ -190,13 +190,14 @@ def test_the_same_seed_gives_the_same_report_and_another_seed_does_not(tmp_path:
 
 def test_realtime_and_virtual_engines_agree_on_the_same_scenario(tmp_path: Path, cache: Path) -> None:
     """The realtime engine runs a real controller process over gRPC; the virtual one the same code on
-    a virtual clock. On one small scenario they must tell the same story."""
+    a virtual clock. On one small scenario they must tell the same story. The run goes on for 34 s
+    after the cut: a phone's reconnect backoff (full jitter, capped at 30 s) may wait that long."""
     scenario = write_scenario(
         tmp_path,
         f"""\
 name: both-engines
 seed: 2
-duration: 25s
+duration: 50s
 {FLEET}
 timeline:
   - {{at: 3s, apply: POLICIES/partition}}
