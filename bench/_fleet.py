@@ -17,7 +17,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -37,6 +37,8 @@ from simulator.processes import (
 START_TIMEOUT_S = 60.0
 #: The bare gRPC method ``echo_server`` serves (raw bytes in, the same bytes out).
 ECHO_METHOD = "/edgefleet.bench.Echo/Echo"
+#: The same echo on a bidirectional stream: every message answered with itself, in order.
+ECHO_STREAM_METHOD = "/edgefleet.bench.Echo/EchoStream"
 
 
 class FleetError(RuntimeError):
@@ -198,6 +200,10 @@ def _serve_echo() -> None:
     async def echo(request: bytes, context: object) -> bytes:
         return request
 
+    async def echo_stream(requests: AsyncIterator[bytes], context: object) -> AsyncIterator[bytes]:
+        async for request in requests:
+            yield request
+
     async def main() -> None:
         server = grpc.aio.server(
             options=[
@@ -206,10 +212,15 @@ def _serve_echo() -> None:
             ]
         )
         service, method = ECHO_METHOD.strip("/").split("/")
+        stream_method = ECHO_STREAM_METHOD.rsplit("/", 1)[1]
         server.add_generic_rpc_handlers(
             [
                 grpc.method_handlers_generic_handler(
-                    service, {method: grpc.unary_unary_rpc_method_handler(echo)}
+                    service,
+                    {
+                        method: grpc.unary_unary_rpc_method_handler(echo),
+                        stream_method: grpc.stream_stream_rpc_method_handler(echo_stream),
+                    },
                 )
             ]
         )

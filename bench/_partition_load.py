@@ -152,3 +152,38 @@ async def run_cell(
         if pool is not None:
             await pool.aclose()
         await channel.close(None)
+
+
+async def echo_floor(address: str, method: str, payload: bytes, callers: int, seconds: float) -> LoadCell:
+    """The same closed loop against a bare gRPC echo on streams (``bench/_fleet.echo_server``'s
+    stream method): ``callers`` streams, one ``payload`` in flight each, no work at all. What the wire
+    and both gRPC stacks cost at that concurrency on this machine, whatever the server does."""
+    channel = grpc.aio.insecure_channel(address, options=limits.GRPC_MESSAGE_OPTIONS)
+    cell = LoadCell(callers, "echo")
+    loop = asyncio.get_running_loop()
+
+    def same(b: bytes) -> bytes:
+        return b
+
+    echo = channel.stream_stream(method, request_serializer=same, response_deserializer=same)
+
+    async def caller(stop: float, record: bool) -> None:
+        call = echo()
+        while loop.time() < stop:
+            t0 = time.perf_counter()
+            await call.write(payload)
+            await call.read()
+            if record:
+                cell.latencies_ms.append((time.perf_counter() - t0) * 1e3)
+        await call.done_writing()
+        await call.code()
+
+    try:
+        await asyncio.gather(*(caller(loop.time() + 0.3, False) for _ in range(callers)))
+        started = loop.time()
+        await asyncio.gather(*(caller(started + seconds, True) for _ in range(callers)))
+        cell.seconds = loop.time() - started
+        cell.requests = len(cell.latencies_ms)
+    finally:
+        await channel.close(None)
+    return cell
