@@ -20,10 +20,10 @@ The rules:
 - **Refusals are answered in-band** (``SegmentResult.error``): the stream stays open.
 - **A stream that ends or breaks before answering**: if it had been idle in the pool it may have
   died there (the peer restarted, or ended it after ``STREAM_IDLE_S``), so the request is sent once
-  more on a fresh stream — but only when the peer cannot have run it (the write failed, the peer
-  ended the stream cleanly, which it does only between requests, or the connection is gone), so a
-  request is never run twice because its answer failed; every send carries what is left of the
-  budget. A fresh stream that fails is the answer (UNAVAILABLE: the hop is unreachable). Idle
+  more on a fresh stream — but only when the peer did not take it (the write failed, or the peer
+  ended the stream cleanly, which it does only between requests) or the connection is gone (the
+  peer restarted: running a segment again is only repeated work, never a wrong answer); a request
+  whose handler broke after taking it is not resent. Every send carries what is left of the budget. A fresh stream that fails is the answer (UNAVAILABLE: the hop is unreachable). Idle
   streams older than ``REUSE_IDLE_S`` are not reused: the peer ends them after ``STREAM_IDLE_S``.
 - **A peer that refuses a new stream** (RESOURCE_EXHAUSTED: at its cap; UNIMPLEMENTED: an older
   agent) is called unary, and for its retry-after (else ``NO_STREAMS_S``) no new stream is tried.
@@ -170,9 +170,9 @@ class StreamPool:
     # -- internals ------------------------------------------------------------------------------
 
     async def _exchange(self, stream: _Stream, request: Any, deadline: float) -> Any:
-        """One request and its result on ``stream``. ``_Broken.untaken`` says the peer cannot have
-        run the request: the write failed, or the peer ended the stream cleanly without answering
-        (it does so only between requests: idle too long, or stopping), or the connection is gone."""
+        """One request and its result on ``stream``. ``_Broken.untaken`` says the request may be
+        sent again: the write failed, or the peer ended the stream cleanly without answering (it
+        does so only between requests: idle too long, or stopping), or the connection is gone."""
         stream.used = True
         left = deadline - time.monotonic()
         request.budget_ms = max(left, 0.0) * 1000
