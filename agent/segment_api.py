@@ -16,9 +16,10 @@ forgot do not pile up; ``close`` ends the idle ones at once when the agent stops
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -94,12 +95,15 @@ class SegmentApi(serde.SegmentServiceServicer):
             )
         self._streams += 1
         try:
-            async for result in self._serve_stream(requests):
-                yield result
+            # aclosing: a caller that goes away mid-stream closes the inner generator (and its
+            # timeout scope) at once, not whenever it is collected.
+            async with contextlib.aclosing(self._serve_stream(requests)) as results:
+                async for result in results:
+                    yield result
         finally:
             self._streams -= 1
 
-    async def _serve_stream(self, requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async def _serve_stream(self, requests: AsyncIterator[Any]) -> AsyncGenerator[Any, None]:
         stream = aiter(requests)
         loop = asyncio.get_running_loop()
         # One timeout for the stream's life, armed only while waiting for the next request (one
