@@ -154,9 +154,12 @@ async def run_cell(
         await channel.close(None)
 
 
-async def echo_floor(address: str, method: str, payload: bytes, callers: int, seconds: float) -> LoadCell:
-    """The same closed loop against a bare gRPC echo on streams (``bench/_fleet.echo_server``'s
-    stream method): ``callers`` streams, one ``payload`` in flight each, no work at all. What the wire
+async def echo_floor(
+    address: str, method: str, payload: bytes, callers: int, seconds: float, *, stream: bool = True
+) -> LoadCell:
+    """The same closed loop against a bare gRPC echo (``bench/_fleet.echo_server``): ``callers``
+    callers, one ``payload`` in flight each, no work at all — on a stream each (``method`` is the
+    stream method), or one unary call per message (``stream=False``, the unary method). What the wire
     and both gRPC stacks cost at that concurrency on this machine, whatever the server does."""
     channel = grpc.aio.insecure_channel(address, options=limits.GRPC_MESSAGE_OPTIONS)
     cell = LoadCell(callers, "echo")
@@ -165,18 +168,23 @@ async def echo_floor(address: str, method: str, payload: bytes, callers: int, se
     def same(b: bytes) -> bytes:
         return b
 
-    echo = channel.stream_stream(method, request_serializer=same, response_deserializer=same)
-
     async def caller(stop: float, record: bool) -> None:
-        call = echo()
+        if stream:
+            call = channel.stream_stream(method, request_serializer=same, response_deserializer=same)()
+        else:
+            unary = channel.unary_unary(method, request_serializer=same, response_deserializer=same)
         while loop.time() < stop:
             t0 = time.perf_counter()
-            await call.write(payload)
-            await call.read()
+            if stream:
+                await call.write(payload)
+                await call.read()
+            else:
+                await unary(payload)
             if record:
                 cell.latencies_ms.append((time.perf_counter() - t0) * 1e3)
-        await call.done_writing()
-        await call.code()
+        if stream:
+            await call.done_writing()
+            await call.code()
 
     try:
         await asyncio.gather(*(caller(loop.time() + 0.3, False) for _ in range(callers)))

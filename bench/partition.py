@@ -50,7 +50,8 @@ a 2-core box. One run does, in order:
    one caller with batching off + ``maxQueueDelayMs`` + the p95 of a full batch's compute as the
    agent measured it in that cell). A diagnostic line (not the goal) gives the transport's own floor:
    a bare gRPC echo of the same request bytes on streams at 1 and 32 callers (``_fleet.echo_server``),
-   whose difference is queueing on the wire that the budget's one-caller term leaves out.
+   whose difference is queueing on the wire that the budget's one-caller term leaves out, and the same
+   echo as unary calls at 32 callers (what a message on a stream saves).
 5. **batching in-process** (after the fleet is stopped): ``bench/batching.py``'s own functions
    (``DynamicBatcher`` in front of the session, no gRPC) for the same MiniLM block and the digits MLP,
    so the two can be compared in one run (``--skip-inprocess`` leaves it out).
@@ -670,6 +671,7 @@ def run_batching_grpc(
     link: LinkEstimate,
     args: argparse.Namespace,
     *,
+    echo_address: str,
     model: str,
     key: ConfigKey,
     eval_path: Path,
@@ -789,17 +791,17 @@ def run_batching_grpc(
             f"per row (mean batch {goal_cell.mean_batch:.1f}): {b1 / per_row:.2f}x less per row",
             highlight=False,
         )
-    floor = transport_floor(args, reqs[0].SerializeToString()) if args.transport == "stream" else None
-    if floor is not None:
-        one, many = floor
-        console.print(
-            f"  diagnostic (not the goal): a bare gRPC echo of the same request bytes on streams, no work at all, "
-            f"answers at p95 {one.pct(95):.2f} ms with 1 caller and {many.pct(95):.2f} ms with {GOAL_CALLERS} "
-            f"({many.rps:.0f} msg/s): the wire's own queueing at {GOAL_CALLERS} callers, "
-            f"{many.pct(95) - one.pct(95):.2f} ms, is not in the delay budget below (its batch-1 term is one "
-            f"caller's); with it the budget would be {budget + many.pct(95) - one.pct(95):.1f} ms",
-            highlight=False,
-        )
+    floor = transport_floor(echo_address, reqs[0].SerializeToString(), args.seconds)
+    one, many, unary = floor
+    console.print(
+        f"  diagnostic (not the goal): a bare gRPC echo of the same request bytes, no work at all, answers on "
+        f"streams at p95 {one.pct(95):.2f} ms with 1 caller and {many.pct(95):.2f} ms with {GOAL_CALLERS} "
+        f"({many.rps:.0f} msg/s; unary calls at {GOAL_CALLERS} callers: {unary.rps:.0f}/s, p95 {unary.pct(95):.2f} ms): "
+        f"the wire's own queueing at {GOAL_CALLERS} callers, {many.pct(95) - one.pct(95):.2f} ms, is not in the "
+        f"delay budget below (its batch-1 term is one caller's); with it the budget would be "
+        f"{budget + many.pct(95) - one.pct(95):.1f} ms",
+        highlight=False,
+    )
     line = goal_line(
         ratio >= GOAL_RATIO and p95 <= budget,
         f"{label} over gRPC: at {GOAL_CALLERS} callers batching serves {ratio:.2f}x the requests/s "
@@ -822,16 +824,23 @@ def run_batching_grpc(
         ],
         "ratios": ratios,
         "budget_ms": budget,
-        "echo_floor_p95_ms": {"1": floor[0].pct(95), str(GOAL_CALLERS): floor[1].pct(95)} if floor else None,
+        "echo_floor": {
+            "stream_p95_ms": {"1": one.pct(95), str(GOAL_CALLERS): many.pct(95)},
+            "stream_rps": many.rps,
+            "unary_rps": unary.rps,
+            "unary_p95_ms": unary.pct(95),
+        },
         "goal": line,
     }
 
 
-def transport_floor(args: argparse.Namespace, payload: bytes) -> tuple[LoadCell, LoadCell]:
-    """The bare echo's closed loop at 1 and at ``GOAL_CALLERS`` callers (``_partition_load.echo_floor``)."""
+def transport_floor(address: str, payload: bytes, seconds: float) -> tuple[LoadCell, LoadCell, LoadCell]:
+    """The bare echo's closed loop (``_partition_load.echo_floor``): on streams at 1 and at
+    ``GOAL_CALLERS`` callers, and unary at ``GOAL_CALLERS``."""
     return (
-        asyncio.run(echo_floor(args.echo_address, ECHO_STREAM_METHOD, payload, 1, args.seconds)),
-        asyncio.run(echo_floor(args.echo_address, ECHO_STREAM_METHOD, payload, GOAL_CALLERS, args.seconds)),
+        asyncio.run(echo_floor(address, ECHO_STREAM_METHOD, payload, 1, seconds)),
+        asyncio.run(echo_floor(address, ECHO_STREAM_METHOD, payload, GOAL_CALLERS, seconds)),
+        asyncio.run(echo_floor(address, ECHO_METHOD, payload, GOAL_CALLERS, seconds, stream=False)),
     )
 
 
@@ -950,7 +959,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         workdir.mkdir(parents=True, exist_ok=True)
         console.rule("1. loopback link (bare gRPC echo)")
         link = measure_link(echo_address, ECHO_METHOD)
-        args.echo_address = echo_address
         console.print(
             f"  RTT median {link.rtt_ms:.3f} ms (p95 {link.rtt_p95_ms:.3f}), {link.payload_bytes // 1024} KiB "
             f"echo {link.payload_ms:.3f} ms -> {link.bandwidth_mbps:.0f} Mbit/s: the phone's --link and the pools' links",
@@ -990,6 +998,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     fleet,
                     link,
                     args,
+                    echo_address=echo_address,
                     model=MODEL,
                     key=config_key(a, e, precisions),
                     eval_path=art.eval_path,
@@ -1004,6 +1013,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         fleet,
                         link,
                         args,
+                        echo_address=echo_address,
                         model="digits",
                         key=config_key(a, e, precisions),
                         eval_path=digits_eval,

@@ -541,32 +541,21 @@ def _check(a: Assertion, report: dict[str, Any], run: _Run) -> dict[str, Any]:
                 ", ".join("never" if c is None else f"{c:g}s" for c in worst) or "no apply in the timeline"
             )
             return {"name": f"converged_within {value:g}s", "passed": ok, "detail": f"converged in {detail}"}
-        case "records_lost_max":
+        case "records_lost_max" | "records_duplicated_max":
+            what = kind.removeprefix("records_").removesuffix("_max")
             return {
-                "name": f"records_lost <= {value}",
-                "passed": rec["lost"] <= value,
-                "detail": f"{rec['lost']} lost",
-            }
-        case "records_duplicated_max":
-            return {
-                "name": f"records_duplicated <= {value}",
-                "passed": rec["duplicated"] <= value,
-                "detail": f"{rec['duplicated']} duplicated",
+                "name": f"records_{what} <= {value}",
+                "passed": rec[what] <= value,
+                "detail": f"{rec[what]} {what}",
             }
         case "slo_attainment_min":
             got = report["slo"]["attainment"]
             return {"name": f"slo_attainment >= {value:g}", "passed": got >= value, "detail": f"{got:.4f}"}
-        case "degraded_max":
-            got = av["degraded"] / requests if requests else 0.0
+        case "degraded_max" | "failed_max":
+            what = kind.removesuffix("_max")
+            got = av[what] / requests if requests else 0.0
             return {
-                "name": f"degraded <= {value:g}",
-                "passed": got <= value,
-                "detail": f"{got:.4f} of {requests}",
-            }
-        case "failed_max":
-            got = av["failed"] / requests if requests else 0.0
-            return {
-                "name": f"failed <= {value:g}",
+                "name": f"{what} <= {value:g}",
                 "passed": got <= value,
                 "detail": f"{got:.4f} of {requests}",
             }
