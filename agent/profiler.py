@@ -13,8 +13,9 @@ Blocking and CPU-bound: the daemon runs ``profile_blocks`` in a worker thread, o
 serving goes on. Then, on its event loop, ``with_dispatch`` adds what the agent's own serving path
 costs per segment call beyond the model call (``measure_dispatch``): a block profile times
 ``session.run`` alone, but a served segment also goes through the batch queue to its worker thread
-and back, and a phone's own segment to the executor and back (0.2-0.3 ms per segment on the 2-core
-development box, where a MiniLM layer takes 0.7 ms). The planner adds it once per segment. Nothing
+and back, and a phone's own segment to the executor and back (``bench/partition.py`` measured
+0.2-0.3 ms per segment on the 2-core development box beyond the profiles, where a MiniLM layer
+takes about 1 ms). The planner adds it once per segment. Nothing
 here logs: the daemon reports what happened, with the device id.
 """
 

@@ -15,9 +15,9 @@ call per visit); ``evict_bytes`` makes every call equally cold instead.
 Why ``evict_bytes``: a block timed back to back runs with its weights in the cache, which a served
 request does not find. Between two requests a phone runs other apps and a serving node other
 segments and other devices' requests, so a block's weights come from memory again: on the 2-core
-development box two MiniLM layers took 1.51 ms warm and 2.05 ms with the last-level cache evicted
-first, and the partitioned requests of ``bench/partition.py`` ran their segments ~30% slower than
-the warm profile said. With ``evict_bytes`` set, every timed call is preceded (untimed) by reading a
+development box ``bench/partition.py``'s partitioned requests ran their segments ~30% slower than
+the warm profile said (a MiniLM layer profiled at 0.72 ms warm, 1.08 ms cold; with cold profiles
+its median prediction error fell from 24.5% to 5.5-10.6%). With ``evict_bytes`` set, every timed call is preceded (untimed) by reading a
 buffer that size, as the serving path finds it; ``eviction_bytes()`` sizes it from this machine's
 last-level cache.
 """
@@ -110,8 +110,8 @@ def time_round_robin(
             continue
         live.append((k, call))
     samples: dict[int, list[int]] = {k: [] for k, _ in live}
-    # Reading it streams evict_bytes through the caches (numpy: ~2 ms for 64 MiB, where a Python
-    # copy took 30 ms on the development box).
+    # Reading it streams evict_bytes through the caches; numpy's sum reads at memory bandwidth,
+    # where a Python-level copy of the same bytes was an order of magnitude slower.
     scratch = np.ones(config.evict_bytes // 8, dtype=np.uint64) if config.evict_bytes >= 8 else None
     deadline = time.perf_counter() + config.max_seconds * max(len(live), 1)
     done = 0

@@ -1,10 +1,10 @@
 """Calls to one peer's SegmentService over long-lived ``RunSegments`` streams.
 
 Why streams: a unary call pays for a new HTTP/2 stream, its headers and its status on every request;
-a message on an open stream pays none of that. On the 2-core development box a Python gRPC echo
-answered ~8,000 unary calls/s at 32 concurrent callers and ~21,000 messages/s on 32 streams with one
-message in flight each (``bench/partition.py``'s batching section measures what it does to a serving
-agent). A serving agent's CPU goes to requests instead of call setup, which is what lets batching pay
+a message on an open stream pays none of that. On the 2-core development box a bare Python gRPC
+echo of a digits segment request at 32 concurrent callers answered 6,729 unary calls/s and 19,452
+messages/s on 32 streams with one message in flight each (``bench/partition.py``'s transport-floor
+line, which its batching section prints next to what streams do for a serving agent). A serving agent's CPU goes to requests instead of call setup, which is what lets batching pay
 when segments are cheap.
 
 The rules:
