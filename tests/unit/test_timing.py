@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from common import timing
 from common.errors import InvalidArgument
 from common.timing import (
     DEFAULT_LLC_BYTES,
@@ -64,3 +66,21 @@ def test_with_eviction_every_member_is_still_called_and_timed_once_per_run() -> 
     assert calls == {"a": 5, "b": 5}  # one warm-up and four timed calls each
     assert times[0] is not None and times[3] is not None and times[1] is None and times[2] is None
     assert errors[1] == "" and errors[2] == "failed to run: no"
+
+
+def test_the_cache_is_evicted_before_every_timed_call_and_only_then(monkeypatch: pytest.MonkeyPatch) -> None:
+    events: list[str] = []
+
+    class Buffer:
+        def sum(self) -> int:
+            events.append("evict")
+            return 0
+
+    monkeypatch.setattr(timing, "np", SimpleNamespace(ones=lambda n, dtype: Buffer(), uint64=None))
+    config = TimingConfig(warmup=1, runs=2, min_runs=2, burst=1, evict_bytes=1 << 20)
+    time_round_robin([lambda: events.append("a"), lambda: events.append("b")], config)
+    # Warm-ups first (not evicted), then each timed call right after an eviction.
+    assert events == ["a", "b"] + ["evict", "a", "evict", "b"] * 2
+    events.clear()
+    time_round_robin([lambda: events.append("a")], TimingConfig(warmup=1, runs=2, min_runs=2, burst=1))
+    assert events == ["a", "a", "a"]  # evict_bytes 0: warm, nothing read in between
