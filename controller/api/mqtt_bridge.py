@@ -144,6 +144,9 @@ class MqttBridge:
         self._published_desired: dict[str, int] = {}
         #: Devices whose desired state changed while the broker was unreachable.
         self._desired_dirty: set[str] = set()
+        # A republish of every device that the broker cut short: the next connection finishes it,
+        # even a resumed session (whose retained messages are still missing).
+        self._desired_all_pending = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._notice_at: collections.OrderedDict[str, float] = collections.OrderedDict()
         self._notice_tokens = MAX_NOTICES_PER_S
@@ -267,6 +270,8 @@ class MqttBridge:
                 # A new session (first start, expired, or a broker that lost its state with its
                 # retained messages): make every device's desired state current again.
                 self._published_desired.clear()
+                self._spawn(self._republish_desired(None), "mqtt-desired-all")
+            elif self._desired_all_pending:
                 self._spawn(self._republish_desired(None), "mqtt-desired-all")
             elif dirty:
                 self._spawn(self._republish_desired(dirty), "mqtt-desired-dirty")
@@ -607,12 +612,15 @@ class MqttBridge:
                 log.error("device=%s cannot publish its desired state: %s", device_id, exc)
                 continue
             except NotConnected:
-                if device_ids is not None:
+                if device_ids is None:
+                    self._desired_all_pending = True
+                else:
                     self._desired_dirty |= device_ids
                 return
             self._published_desired[device_id] = assignment.version
             published += 1
         if device_ids is None:
+            self._desired_all_pending = False
             log.info("mqtt bridge published the desired state of %d device(s)", published)
 
 

@@ -56,9 +56,15 @@ class Observer:
         self.messages.put_nowait(message)
         self.client.done(message)
 
-    async def start(self, *filters: str) -> Observer:
+    async def start(self, *filters: str, retain_as_published: bool = False) -> Observer:
+        """Subscribe to ``filters``. ``retain_as_published``: a message published after we subscribed
+        keeps the publisher's retain flag (by default the broker clears it on live delivery), so
+        "published retained" can be checked whichever of the two reaches the broker first."""
         await self.client.connect()
-        await self.client.subscribe([subscription(f) for f in filters])
+        subscriptions = [subscription(f) for f in filters]
+        for _, options in subscriptions:
+            options.retainAsPublished = retain_as_published
+        await self.client.subscribe(subscriptions)
         return self
 
     async def expect(
