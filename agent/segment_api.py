@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -48,6 +49,25 @@ MAX_BUDGET_S = 60.0
 MAX_STREAMS_SERVED = 1024
 
 
+#: How often per ``STREAM_IDLE_S`` the open streams are checked: one idle that long is ended within
+#: 1 + 1/SWEEPS_PER_IDLE of it.
+SWEEPS_PER_IDLE = 4
+
+
+@dataclasses.dataclass(eq=False, slots=True)
+class _OpenStream:
+    task: asyncio.Task[Any]  # the one serving it
+    waiting_since: float | None = None  # loop time it began waiting for a request; None while it runs one
+    ended: bool = False  # cancelled by us to end it (not by its caller or gRPC)
+
+    def end(self) -> None:
+        """Interrupt its wait for the next request; it ends cleanly (OK). Only while it waits: a
+        request it took is never cut short."""
+        if not self.ended:
+            self.ended = True
+            self.task.cancel()
+
+
 class UnknownSegment(PermanentError):
     """This agent does not serve that segment (the sender's plan is stale, or ours is newer)."""
 
@@ -57,8 +77,9 @@ class UnknownSegment(PermanentError):
 class SegmentApi(serde.SegmentServiceServicer):
     def __init__(self, daemon: AgentDaemon) -> None:
         self._daemon = daemon
-        #: The idle-timeout scopes of streams waiting for their next request (``close`` fires them).
-        self._idle: set[asyncio.Timeout] = set()
+        #: The streams being served; ``_sweep`` (and ``close``) end the ones idle too long.
+        self._open: set[_OpenStream] = set()
+        self._sweeper: asyncio.TimerHandle | None = None
         self._closing = False
         self._streams = 0
         self._unary = 0
@@ -106,48 +127,66 @@ class SegmentApi(serde.SegmentServiceServicer):
     async def _serve_stream(self, requests: AsyncIterator[Any]) -> AsyncGenerator[Any, None]:
         stream = aiter(requests)
         loop = asyncio.get_running_loop()
-        # One timeout for the stream's life, armed only while waiting for the next request (one
-        # timer per message instead of a new scope each time: this is the serving hot path).
+        task = asyncio.current_task()
+        assert task is not None
+        # Idleness is a timestamp per message, checked by one sweep for every stream, instead of a
+        # timer armed and disarmed around each read: this is the serving hot path.
+        state = _OpenStream(task)
+        self._open.add(state)
+        self._arm_sweeper(loop)
         try:
-            async with asyncio.timeout(None) as idle:
-                while not self._closing:
-                    idle.reschedule(loop.time() + STREAM_IDLE_S)
-                    self._idle.add(idle)
-                    try:
-                        request = await anext(stream)
-                    except StopAsyncIteration:
-                        return  # the caller is done
-                    finally:
-                        self._idle.discard(idle)
-                    idle.reschedule(None)
-                    try:
-                        req = serde.run_segment_request_from_pb(request)
-                        outcome: RunSegmentResponse | Exception = await self.run_segment(
-                            req, _deadline(req, None)
-                        )
-                    except EdgefleetError as exc:
-                        self._log_failure(request, exc)
-                        outcome = exc
-                    except Exception as exc:  # our bug: answered INTERNAL in-band, the stream goes on
-                        log.exception(
-                            "device=%s RunSegments for %s failed unexpectedly",
-                            self._daemon.segments.device_id,
-                            request.origin_device or "?",
-                        )
-                        outcome = exc
-                    yield serde.segment_result_to_pb(outcome)
-        except TimeoutError:
-            if not idle.expired():
-                raise
-            return  # idle too long (its caller forgot it), or this agent is stopping
+            while not self._closing:
+                state.waiting_since = loop.time()
+                try:
+                    request = await anext(stream)
+                except StopAsyncIteration:
+                    return  # the caller is done
+                except asyncio.CancelledError:
+                    if state.ended and task.uncancel() == 0:
+                        return  # idle too long (its caller forgot it), or this agent is stopping
+                    raise
+                state.waiting_since = None
+                try:
+                    req = serde.run_segment_request_from_pb(request)
+                    outcome: RunSegmentResponse | Exception = await self.run_segment(
+                        req, _deadline(req, None)
+                    )
+                except EdgefleetError as exc:
+                    self._log_failure(request, exc)
+                    outcome = exc
+                except Exception as exc:  # our bug: answered INTERNAL in-band, the stream goes on
+                    log.exception(
+                        "device=%s RunSegments for %s failed unexpectedly",
+                        self._daemon.segments.device_id,
+                        request.origin_device or "?",
+                    )
+                    outcome = exc
+                yield serde.segment_result_to_pb(outcome)
+        finally:
+            self._open.discard(state)
+
+    def _arm_sweeper(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._sweeper is None:
+            self._sweeper = loop.call_later(STREAM_IDLE_S / SWEEPS_PER_IDLE, self._sweep, loop)
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._sweeper = None
+        idle_since = loop.time() - STREAM_IDLE_S
+        for state in list(self._open):
+            if state.waiting_since is not None and state.waiting_since <= idle_since:
+                state.end()
+        if self._open:
+            self._arm_sweeper(loop)
 
     def close(self) -> None:
         """End every stream that is waiting for its next request (those running one answer it first)."""
         self._closing = True
-        loop = asyncio.get_running_loop()
-        for idle in list(self._idle):
-            if not idle.expired():  # one whose timer has fired is ending already
-                idle.reschedule(loop.time())
+        for state in list(self._open):
+            if state.waiting_since is not None:
+                state.end()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
 
     async def run_segment(self, req: RunSegmentRequest, deadline: float) -> RunSegmentResponse:
         """Run ``req`` on this agent and the rest of its route by ``deadline`` (monotonic); raises

@@ -47,9 +47,21 @@ _ONNX_TYPES = {
 SUPPORTED_DTYPES = tuple(dt.value for dt in DataType)
 
 
+#: np.dtype -> DataType for the dtypes arrays usually have (native and wire byte order): one dict
+#: lookup instead of reading ``dtype.name``, which numpy builds anew on every access (this is on
+#: every served request's path).
+_BY_NUMPY_DTYPE: dict[np.dtype[np.generic], DataType] = {
+    **{np.dtype(dt.value): dt for dt in DataType},
+    **{wire: dt for dt, wire in _WIRE_DTYPES.items()},
+}
+
+
 def data_type_of(dtype: npt.DTypeLike) -> DataType:
     """The ``DataType`` of a numpy dtype (any byte order); InvalidArgument names unsupported ones."""
-    np_dtype = np.dtype(dtype)
+    np_dtype = dtype if isinstance(dtype, np.dtype) else np.dtype(dtype)
+    found = _BY_NUMPY_DTYPE.get(np_dtype)
+    if found is not None:
+        return found
     found = _BY_NUMPY_NAME.get(np_dtype.name)
     if found is None:
         raise InvalidArgument(
@@ -64,7 +76,8 @@ def to_tensor(name: str, array: npt.ArrayLike) -> Tensor:
     dtype = data_type_of(arr.dtype)
     # ascontiguousarray is a no-op for arrays already in wire layout; it byte-swaps big-endian input.
     wire = np.ascontiguousarray(arr, dtype=_WIRE_DTYPES[dtype])
-    return Tensor(name=name, dtype=dtype, shape=tuple(int(d) for d in arr.shape), data=wire.tobytes())
+    # A numpy shape already holds Python ints.
+    return Tensor(name=name, dtype=dtype, shape=arr.shape, data=wire.tobytes())
 
 
 def expected_nbytes(dtype: DataType, shape: Sequence[int]) -> int:
@@ -81,7 +94,7 @@ def from_tensor(t: Tensor) -> np.ndarray:
     if t.encoding:
         # Compressed bytes are not the array: the receiver decodes them (agent.serving.codec) first.
         raise InvalidArgument(f"tensor {t.name!r} is {t.encoding}-encoded; decode it before reading it")
-    if any(d < 0 for d in t.shape):
+    if t.shape and min(t.shape) < 0:
         raise InvalidArgument(f"tensor {t.name!r} has a negative dimension in shape {list(t.shape)}")
     expected = expected_nbytes(t.dtype, t.shape)
     if len(t.data) != expected:

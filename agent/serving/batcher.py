@@ -249,18 +249,19 @@ class DynamicBatcher:
         self._queued_rows += rows
         self._queued_requests += 1
         self._wake(loop)
+        # At the deadline the future is failed, unless its batch settled it first: whichever runs
+        # first decides, once. (A timer handle, not an asyncio.timeout scope: this is on every
+        # served request's path, and the scope costs several times more.)
+        expiry = (
+            None
+            if deadline is None
+            else loop.call_later(max(deadline - self._clock(), 0.0), self._expire, request)
+        )
         try:
-            if deadline is None:
-                return await request.future
-            try:
-                # Awaiting the future itself: a timeout cancels it, which _settle then skips.
-                async with asyncio.timeout(max(deadline - self._clock(), 0.0)):
-                    return await request.future
-            except TimeoutError:
-                if request.future.done() and not request.future.cancelled():
-                    return request.future.result()  # settled in the same turn the timer fired
-                raise self._expire_error(request, self._clock()) from None
+            return await request.future
         finally:
+            if expiry is not None:
+                expiry.cancel()
             self._withdraw(request)
 
     def estimate_wait_s(self, rows: int = 1, *, priority: int | None = None) -> float:
@@ -382,6 +383,15 @@ class DynamicBatcher:
             request.future.cancel()
         elif not request.future.cancelled():
             request.future.exception()  # seen (a caller cancelled just as it failed): no "never retrieved"
+
+    def _expire(self, request: _Request) -> None:
+        if request.future.done():
+            return
+        error = self._expire_error(request, self._clock())  # says where it was: read the state first
+        if request.state is _State.QUEUED:
+            self._dequeue(request)  # never run now, even if a batch forms before its caller wakes
+            request.state = _State.DONE
+        request.future.set_exception(error)
 
     def _expire_error(self, request: _Request, now: float) -> DeadlineExceeded:
         self._expired += 1
@@ -590,9 +600,6 @@ def _check_inputs(inputs: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarra
             )
     if not rows:
         raise InvalidArgument("a request needs at least one row")
-    signature = tuple(
-        sorted(
-            (name, array.dtype.str, tuple(int(d) for d in array.shape[1:])) for name, array in inputs.items()
-        )
-    )
+    # (A numpy shape already holds Python ints.)
+    signature = tuple(sorted((name, array.dtype.str, array.shape[1:]) for name, array in inputs.items()))
     return dict(inputs), rows, signature

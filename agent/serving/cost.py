@@ -71,6 +71,7 @@ class CostEstimator:
         # Weighted moments: E[n], E[t], E[n^2], E[n t].
         self._n = self._t = self._nn = self._nt = 0.0
         self._slope: float | None = None
+        self._cost: ComputeCost | None = None  # ``cost``, made once per change: it is read per request
         self.batches = 0  # measured batches observed (the prior does not count)
         if prior is not None:
             # The prior stands for two batches, at 1 row and at ``prior_rows``, as a profile measures.
@@ -99,12 +100,16 @@ class CostEstimator:
         variance = self._nn - self._n * self._n
         if variance >= MIN_ROWS_VARIANCE:
             self._slope = (self._nt - self._n * self._t) / variance
+        self._cost = None
 
     @property
     def cost(self) -> ComputeCost | None:
         """The current estimate, or None before the first batch (and without a prior)."""
-        if not self._seen:
-            return None
+        if self._cost is None and self._seen:
+            self._cost = self._fit()
+        return self._cost
+
+    def _fit(self) -> ComputeCost:
         mean_n, mean_t = max(self._n, 1e-9), max(self._t, 0.0)
         slope = mean_t / mean_n if self._slope is None else max(self._slope, 0.0)
         intercept = mean_t - slope * mean_n

@@ -16,6 +16,7 @@ from common.limits import (
     MAX_ROUTE_HOPS,
     MAX_SEGMENT_ENDPOINTS,
     MAX_SERVED_SEGMENTS,
+    MAX_TEXT_CHARS,
 )
 from common.serde._validate import (
     _at,
@@ -134,31 +135,45 @@ TENSOR_ENCODINGS = ("", "raw", "zlib", "shuffle2-zlib", "shuffle4-zlib", "shuffl
 
 def tensor_from_pb(pb: types_pb.Tensor, *, path: str = "tensor") -> Tensor:
     """Errors name the tensor (``tensor 'input': dtype unspecified``); a nameless one is ``<path>.name: empty``."""
-    name = _nonempty(_at(path, "name"), pb.name)
-    label = f"tensor {_show(name)}"
-    if pb.dtype == 0:
-        _fail(label, "dtype unspecified")
-    dtype = _DTYPE_FROM_PB.get(pb.dtype)
+    # Each field is read once: every read of a protobuf field makes a new Python object (``data``
+    # a copy of the bytes), and this runs for every tensor of every served request.
+    name = pb.name
+    if not name:
+        _fail(_at(path, "name"), "empty")
+    if len(name) > MAX_TEXT_CHARS:
+        _nonempty(_at(path, "name"), name)  # raises, naming the limit
+    code = pb.dtype
+    dtype = _DTYPE_FROM_PB.get(code)
     if dtype is None:
-        _fail(label, f"dtype {pb.dtype} unknown")
-    shape = _shape(label, pb.shape, lowest=0)
-    if pb.encoding not in TENSOR_ENCODINGS:
+        _fail(_tensor_label(name), "dtype unspecified" if code == 0 else f"dtype {code} unknown")
+    shape = tuple(pb.shape)
+    if len(shape) > MAX_TENSOR_RANK or (shape and min(shape) < 0):
+        _shape(_tensor_label(name), shape, lowest=0)  # raises, naming the dimension
+    encoding = pb.encoding
+    data = pb.data
+    if encoding in _RAW_ENCODINGS:
+        expected = math.prod(shape) * _ITEMSIZE_BY_CODE[code]
+        if len(data) != expected:
+            _fail(
+                _tensor_label(name),
+                f"data is {len(data)} bytes but shape {list(shape)} of {dtype.value} needs {expected}",
+            )
+        encoding = ""
+    elif encoding not in TENSOR_ENCODINGS:
         _fail(
-            label,
-            f"unknown encoding {_show(pb.encoding)}: one of {', '.join(e or '(raw)' for e in TENSOR_ENCODINGS)}",
+            _tensor_label(name),
+            f"unknown encoding {_show(encoding)}: one of {', '.join(e or '(raw)' for e in TENSOR_ENCODINGS)}",
         )
-    expected = math.prod(shape) * dtype.itemsize
-    if pb.encoding in ("", "raw") and len(pb.data) != expected:
-        _fail(
-            label, f"data is {len(pb.data)} bytes but shape {list(shape)} of {dtype.value} needs {expected}"
-        )
-    return Tensor(
-        name=name,
-        dtype=dtype,
-        shape=shape,
-        data=pb.data,
-        encoding="" if pb.encoding == "raw" else pb.encoding,
-    )
+    return Tensor(name, dtype, shape, data, encoding)
+
+
+_RAW_ENCODINGS = ("", "raw")
+#: Keyed by the wire's enum number: an int hashes faster than an Enum member.
+_ITEMSIZE_BY_CODE: Final[dict[int, int]] = {code: dt.itemsize for code, dt in _DTYPE_FROM_PB.items()}
+
+
+def _tensor_label(name: str) -> str:
+    return f"tensor {_show(name)}"
 
 
 def tensor_spec_to_pb(spec: TensorSpec) -> types_pb.TensorSpec:

@@ -409,7 +409,7 @@ def test_a_request_longer_than_the_idle_timeout_is_answered_and_bugs_are_answere
         assert api._streams == 1
         await call.done_writing()
         assert await call.read() is grpc.aio.EOF  # type: ignore[attr-defined]
-        assert api._streams == 0 and not api._idle
+        assert api._streams == 0 and not api._open
         # A budget is capped: a peer cannot pin this hop for longer than MAX_BUDGET_S.
         assert budgets[0] <= 2.0 and budgets[2] <= segment_api.MAX_BUDGET_S
 
