@@ -9,8 +9,9 @@ when the route goes on; answer with the outputs and this hop's timing first.
 Two ways in, one ``run_segment``: ``RunSegment`` (unary: the gRPC deadline and the request's
 ``budget_ms``, the sooner, are its budget; an error aborts the call) and ``RunSegments`` (a stream
 of requests, one at a time: the budget is ``budget_ms``; an error is answered in-band and the stream
-goes on). A stream idle for ``STREAM_IDLE_S`` is ended by the server, so streams that callers
-forgot do not pile up; ``close`` ends the idle ones at once when the agent stops.
+goes on). A stream idle for ``STREAM_IDLE_S`` is ended by the server (within a quarter of that
+more: one sweep checks them all), so streams that callers forgot do not pile up; ``close`` ends the
+idle ones at once when the agent stops.
 """
 
 from __future__ import annotations

@@ -51,6 +51,11 @@ class LoadCell:
         return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
 
     @property
+    def server_us_per_request(self) -> float:
+        """The serving agent's CPU microseconds per answered request (warm-up counted at the same rate)."""
+        return self.server_cpu_s / self.wall_s / self.rps * 1e6
+
+    @property
     def mean_batch(self) -> float:
         return float(np.mean(self.batch_sizes)) if self.batch_sizes else 0.0
 
