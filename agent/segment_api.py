@@ -62,8 +62,10 @@ class _OpenStream:
     ended: bool = False  # cancelled by us to end it (not by its caller or gRPC)
 
     def end(self) -> None:
-        """Interrupt its wait for the next request; it ends cleanly (OK). Only while it waits: a
-        request it took is never cut short."""
+        """Interrupt its wait for the next request; it ends cleanly (OK). Only while it waits, so a
+        request it has started on is never cut short. A request whose read completes in the same
+        loop turn is dropped unanswered: its caller sees the clean end and sends it again on a
+        fresh stream (``StreamPool``), and it never ran here."""
         if not self.ended:
             self.ended = True
             self.task.cancel()
@@ -117,8 +119,8 @@ class SegmentApi(serde.SegmentServiceServicer):
             )
         self._streams += 1
         try:
-            # aclosing: a caller that goes away mid-stream closes the inner generator (and its
-            # timeout scope) at once, not whenever it is collected.
+            # aclosing: a caller that goes away mid-stream closes the inner generator (and drops
+            # it from the open streams) at once, not whenever it is collected.
             async with contextlib.aclosing(self._serve_stream(requests)) as results:
                 async for result in results:
                     yield result

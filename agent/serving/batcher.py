@@ -252,12 +252,10 @@ class DynamicBatcher:
         # At the deadline the future is failed, unless its batch settled it first: whichever runs
         # first decides, once. (A timer handle, not an asyncio.timeout scope: this is on every
         # served request's path, and the scope costs several times more.)
-        expiry = (
-            None
-            if deadline is None
-            else loop.call_later(max(deadline - self._clock(), 0.0), self._expire, request)
-        )
+        expiry: asyncio.TimerHandle | None = None
         try:
+            if deadline is not None:
+                expiry = loop.call_later(max(deadline - self._clock(), 0.0), self._expire, request)
             return await request.future
         finally:
             if expiry is not None:

@@ -122,13 +122,13 @@ def run_segment_request_to_pb(r: RunSegmentRequest) -> agent_pb.RunSegmentReques
 
 
 def run_segment_request_from_pb(pb: agent_pb.RunSegmentRequest) -> RunSegmentRequest:
-    # Runs for every served request: each repeated field is read once (every read of one makes a
-    # new Python object), and the inputs' size is the message's, before any tensor is decoded.
-    inputs = pb.inputs
-    if pb.ByteSize() > MAX_INFER_INPUT_BYTES:
-        total = sum(len(t.data) for t in inputs)
-        if total > MAX_INFER_INPUT_BYTES:
-            _fail("inputs", f"{total} bytes of tensor data, at most {MAX_INFER_INPUT_BYTES}")
+    # Runs for every served request: each field is read once (every read makes a new Python
+    # object; a bytes field, a copy), so the inputs are decoded first and their size taken from that.
+    # (ByteSize() is no shortcut: upb serialises the message to size it.)
+    inputs = _tensors("inputs", pb.inputs)
+    total = sum(len(t.data) for t in inputs)
+    if total > MAX_INFER_INPUT_BYTES:
+        _fail("inputs", f"{total} bytes of tensor data, at most {MAX_INFER_INPUT_BYTES}")
     hops = pb.route
     if len(hops) > MAX_ROUTE_HOPS:
         _fail("route", f"{len(hops)} hops, at most {MAX_ROUTE_HOPS}")
@@ -152,7 +152,7 @@ def run_segment_request_from_pb(pb: agent_pb.RunSegmentRequest) -> RunSegmentReq
     return RunSegmentRequest(
         tier=tier,
         segment_sha256=_sha256("segment_sha256", pb.segment_sha256),
-        inputs=_tensors("inputs", inputs),
+        inputs=inputs,
         route=tuple(route),
         priority=pb.priority,
         origin_device=_name("origin_device", pb.origin_device, required=False),
@@ -196,6 +196,7 @@ def segment_result_to_pb(outcome: RunSegmentResponse | BaseException) -> agent_p
     ours is INTERNAL with a fixed text, as ``abort_with_error`` does)."""
     if isinstance(outcome, RunSegmentResponse):
         result = agent_pb.SegmentResult()
+        result.response.SetInParent()  # the oneof says "response" even when it holds nothing
         _fill_run_segment_response(result.response, outcome)
         return result
     error = agent_pb.SegmentError(

@@ -108,6 +108,19 @@ def test_run_segment_request_and_response_round_trip() -> None:
     assert serde.run_segment_response_from_pb(serde.run_segment_response_to_pb(resp)) == resp
 
 
+@pytest.mark.parametrize(
+    "resp",
+    [
+        RunSegmentResponse(outputs=(X,), hops=(HopTiming("edge-1", "edge", queue_ms=0.5, batch_size=32),)),
+        RunSegmentResponse(outputs=(), hops=()),  # nothing to fill in: still a response, not "empty"
+    ],
+)
+def test_a_stream_result_holds_the_response_it_was_made_from(resp: RunSegmentResponse) -> None:
+    pb = serde.segment_result_to_pb(resp)
+    assert pb.WhichOneof("result") == "response"
+    assert serde.segment_result_from_pb(agent_pb.SegmentResult.FromString(pb.SerializeToString())) == resp
+
+
 def test_infer_response_carries_the_path_and_every_hop() -> None:
     resp = InferResponse(
         outputs=(X,),
