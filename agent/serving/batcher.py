@@ -202,6 +202,7 @@ class DynamicBatcher:
         self._cost = CostEstimator(prior=cost_prior, prior_rows=max_batch_size)
         self._running: tuple[float, int] | None = None  # (started, rows) of the batch in flight
         self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the one it belongs to (first submit's)
         self._wakeup = asyncio.Event()
         self._closing = False
         self._batches = self._rows_run = self._failed_batches = 0
@@ -238,7 +239,11 @@ class DynamicBatcher:
                 f"retry in about {retry_after * 1e3:.0f} ms",
                 retry_after=retry_after,
             )
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            # Looked up once: on Python 3.11 every get_running_loop() is a getpid() syscall, a
+            # visible share of a served request's CPU. (A batcher belongs to one loop: see above.)
+            loop = self._loop = asyncio.get_running_loop()
         request = _Request(
             next(self._seq), priority, rows, feeds, signature, now, deadline, loop.create_future()
         )
