@@ -808,8 +808,9 @@ def run_batching_grpc(
     queue_p95 = float(np.percentile(goal_cell.queue_ms, 95)) if goal_cell.queue_ms else float("nan")
     console.print(
         f"  also (not the goal line): the wait in the batch queue that the serving agent measured "
-        f"(HopTiming.queue_ms) at {GOAL_CALLERS} callers, p95 {queue_p95:.2f} ms, against maxQueueDelayMs "
-        f"{DELAY_MS:g}: what Triton's max_queue_delay bounds; the goal line's budget bounds the whole latency",
+        f"(HopTiming.queue_ms) at {GOAL_CALLERS} callers, p95 {queue_p95:.2f} ms, next to maxQueueDelayMs "
+        f"{DELAY_MS:g} (which, like Triton's max_queue_delay, bounds only the wait for a batch to fill; this "
+        "also counts waiting for the batch in flight); the goal line's budget bounds the whole latency",
         highlight=False,
     )
     line = goal_line(
