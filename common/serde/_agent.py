@@ -15,13 +15,14 @@ from common.limits import MAX_INFER_INPUT_BYTES, MAX_ROUTE_HOPS
 from common.serde._types import (
     TIERS,
     _specs,
-    data_type_to_pb,
+    hop_timing_fields,
     hop_timing_to_pb,
     hops_from_pb,
     reported_state_from_pb,
     reported_state_to_pb,
     segment_endpoint_to_pb,
     segment_endpoints_from_pb,
+    tensor_fields,
     tensor_from_pb,
     tensor_spec_to_pb,
     tensor_to_pb,
@@ -172,18 +173,9 @@ def _fill_run_segment_response(pb: agent_pb.RunSegmentResponse, r: RunSegmentRes
     # Filled in place (``add``), not built from sub-messages that are then copied in: half the time,
     # and this is every served request's answer.
     for t in r.outputs:
-        pb.outputs.add(
-            name=t.name, dtype=data_type_to_pb(t.dtype), shape=t.shape, data=t.data, encoding=t.encoding
-        )
+        pb.outputs.add(**tensor_fields(t))
     for h in r.hops:
-        pb.hops.add(
-            device_id=h.device_id,
-            tier=h.tier,
-            queue_ms=h.queue_ms,
-            compute_ms=h.compute_ms,
-            transfer_ms=h.transfer_ms,
-            batch_size=h.batch_size,
-        )
+        pb.hops.add(**hop_timing_fields(h))
 
 
 def run_segment_response_from_pb(pb: agent_pb.RunSegmentResponse) -> RunSegmentResponse:

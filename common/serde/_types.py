@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from typing import Final
+from typing import Any, Final
 
 from edgefleet.v1 import types_pb2 as types_pb
 from google.protobuf.message import Message as _PbMessage
@@ -119,13 +119,18 @@ def _shape(label: str, dims: Iterable[int], *, lowest: int) -> tuple[int, ...]:
 
 
 def tensor_to_pb(tensor: Tensor) -> types_pb.Tensor:
-    return types_pb.Tensor(
-        name=tensor.name,
-        dtype=_DTYPE_TO_PB[tensor.dtype],
-        shape=tensor.shape,
-        data=tensor.data,
-        encoding=tensor.encoding,
-    )
+    return types_pb.Tensor(**tensor_fields(tensor))
+
+
+def tensor_fields(t: Tensor) -> dict[str, Any]:
+    """A ``types_pb.Tensor``'s fields, for building one or filling one in place (``add``)."""
+    return {
+        "name": t.name,
+        "dtype": _DTYPE_TO_PB[t.dtype],
+        "shape": t.shape,
+        "data": t.data,
+        "encoding": t.encoding,
+    }
 
 
 #: Tensor encodings peers may use; the bytes of an encoded tensor are checked when decoded (where
@@ -138,10 +143,8 @@ def tensor_from_pb(pb: types_pb.Tensor, *, path: str = "tensor") -> Tensor:
     # Each field is read once: every read of a protobuf field makes a new Python object (``data``
     # a copy of the bytes), and this runs for every tensor of every served request.
     name = pb.name
-    if not name:
-        _fail(_at(path, "name"), "empty")
-    if len(name) > MAX_TEXT_CHARS:
-        _nonempty(_at(path, "name"), name)  # raises, naming the limit
+    if not name or len(name) > MAX_TEXT_CHARS:
+        _nonempty(_at(path, "name"), name)  # raises, saying which
     code = pb.dtype
     dtype = _DTYPE_FROM_PB.get(code)
     if dtype is None:
@@ -410,14 +413,19 @@ TIERS = ("device", "edge", "cloud")
 
 
 def hop_timing_to_pb(h: HopTiming) -> types_pb.HopTiming:
-    return types_pb.HopTiming(
-        device_id=h.device_id,
-        tier=h.tier,
-        queue_ms=h.queue_ms,
-        compute_ms=h.compute_ms,
-        transfer_ms=h.transfer_ms,
-        batch_size=h.batch_size,
-    )
+    return types_pb.HopTiming(**hop_timing_fields(h))
+
+
+def hop_timing_fields(h: HopTiming) -> dict[str, Any]:
+    """A ``types_pb.HopTiming``'s fields, for building one or filling one in place (``add``)."""
+    return {
+        "device_id": h.device_id,
+        "tier": h.tier,
+        "queue_ms": h.queue_ms,
+        "compute_ms": h.compute_ms,
+        "transfer_ms": h.transfer_ms,
+        "batch_size": h.batch_size,
+    }
 
 
 def hops_from_pb(path: str, pbs: Sequence[types_pb.HopTiming]) -> tuple[HopTiming, ...]:
