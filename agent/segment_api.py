@@ -246,7 +246,7 @@ class SegmentApi(serde.SegmentServiceServicer):
 def _deadline(req: RunSegmentRequest, time_remaining: float | None) -> float:
     """The request's absolute deadline: the sooner of the gRPC deadline and its ``budget_ms``, at
     most ``MAX_BUDGET_S`` away."""
-    budgets = [
-        b for b in (time_remaining, req.budget_ms / 1000 if req.budget_ms > 0 else None) if b is not None
-    ]
-    return budget_deadline(min(*budgets, MAX_BUDGET_S) if budgets else None)
+    budget = req.budget_ms / 1000 if req.budget_ms > 0 else None
+    if time_remaining is not None and (budget is None or time_remaining < budget):
+        budget = time_remaining
+    return budget_deadline(None if budget is None else min(budget, MAX_BUDGET_S))

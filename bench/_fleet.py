@@ -7,7 +7,8 @@ processes are always stopped on the way out (SIGTERM, then SIGKILL), also on Ctr
 
 Starting, watching and stopping the processes is ``simulator.processes`` (shared with ``make demo``
 and the e2e tests); what is here is the bench's own: the fleet context manager, the bare gRPC echo
-reference, per-process CPU readings and SIGTERM-as-interrupt handling.
+reference and a serving agent that does no work (the floor of the batching budget), per-process CPU
+readings and SIGTERM-as-interrupt handling.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import contextlib
 import os
 import signal
 import sys
+import tempfile
 import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +41,9 @@ START_TIMEOUT_S = 60.0
 ECHO_METHOD = "/edgefleet.bench.Echo/Echo"
 #: The same echo on a bidirectional stream: every message answered with itself, in order.
 ECHO_STREAM_METHOD = "/edgefleet.bench.Echo/EchoStream"
+#: What ``segment_floor_server`` serves: the product's own stream method, so the product's client
+#: (``StreamPool`` through the real stub) calls it as it calls a serving agent.
+SEGMENT_STREAM_SERVICE, SEGMENT_STREAM_METHOD = "edgefleet.v1.SegmentService", "RunSegments"
 
 
 class FleetError(RuntimeError):
@@ -190,6 +195,60 @@ def echo_server() -> Iterator[tuple[str, int]]:
         yield proc.wait_for_line("echo listening on", START_TIMEOUT_S).rsplit(" ", 1)[1], proc.pid
 
 
+@contextlib.contextmanager
+def segment_floor_server(reply: bytes) -> Iterator[tuple[str, int]]:
+    """A serving agent that does no work: a bare ``grpc.aio`` server in a child process answering
+    every ``RunSegments`` message with ``reply`` (a serialised ``SegmentResult``, made once by the
+    caller: a real answer of the right size), without parsing the request. Called through the
+    product's ``StreamPool`` with the same requests and callers as a real serving agent, its latency
+    is what that load costs on this machine before any serving work: the floor of a delay budget.
+    Yields (address, pid); always stopped."""
+    procs: list[Proc] = []
+    with tempfile.TemporaryDirectory(prefix="edgefleet-bench-floor-") as tmp, _managed(procs):
+        path = Path(tmp) / "reply.bin"
+        path.write_bytes(reply)
+        proc = Proc(
+            "segment-floor", [str(Path(__file__).resolve()), "segment-floor", str(path)], registry=procs
+        )
+        yield proc.wait_for_line("segment-floor listening on", START_TIMEOUT_S).rsplit(" ", 1)[1], proc.pid
+
+
+def _serve_segment_floor(reply_path: Path) -> None:
+    import asyncio
+
+    import grpc
+
+    from common import limits
+
+    reply = reply_path.read_bytes()
+
+    async def answer(requests: AsyncIterator[bytes], context: object) -> AsyncIterator[bytes]:
+        async for _ in requests:
+            yield reply
+
+    def same(b: bytes) -> bytes:
+        return b
+
+    async def main() -> None:
+        server = grpc.aio.server(options=limits.GRPC_MESSAGE_OPTIONS)
+        handler = grpc.stream_stream_rpc_method_handler(
+            answer, request_deserializer=same, response_serializer=same
+        )
+        server.add_generic_rpc_handlers(
+            [grpc.method_handlers_generic_handler(SEGMENT_STREAM_SERVICE, {SEGMENT_STREAM_METHOD: handler})]
+        )
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+        print(f"segment-floor listening on 127.0.0.1:{port}", flush=True)
+        await stop.wait()
+        await server.stop(0)
+
+    asyncio.run(main())
+
+
 def _serve_echo() -> None:
     import asyncio
 
@@ -237,6 +296,9 @@ def _serve_echo() -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] != ["echo-server"]:
-        sys.exit(f"usage: {sys.argv[0]} echo-server   (the module is a helper for bench scripts)")
-    _serve_echo()
+    if sys.argv[1:] == ["echo-server"]:
+        _serve_echo()
+    elif len(sys.argv) == 3 and sys.argv[1] == "segment-floor":
+        _serve_segment_floor(Path(sys.argv[2]))
+    else:
+        sys.exit(f"usage: {sys.argv[0]} echo-server | segment-floor REPLY.bin   (a helper for bench scripts)")

@@ -36,6 +36,10 @@ class DataType(enum.Enum):
     INT64 = "int64"
     BOOL = "bool"
 
+    # Members are singletons compared by identity, so identity is a correct hash; Enum's own hashes
+    # the name in Python code, and DataType keys the dict lookups of every tensor on the serving path.
+    __hash__ = object.__hash__
+
     @property
     def itemsize(self) -> int:
         return _ITEMSIZE[self]

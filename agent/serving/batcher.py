@@ -331,6 +331,8 @@ class DynamicBatcher:
                 f"{self.name}: the deadline passed {-left * 1e3:.1f} ms before the request arrived",
                 shortfall_s=-left,
             )
+        if left > self._estimate_bound(rows):
+            return  # the common case, a budget of far more than the queue holds: no need to refine
         expected = self._estimate(rows, priority, signature, now)
         if expected > left:
             self._refused_deadline += 1
@@ -364,6 +366,21 @@ class DynamicBatcher:
             delay = max(0.0, (now if oldest is None else oldest) + self.max_queue_delay_s - now)
         own = cost.rows_s(total, self.max_batch_size) if cost is not None else 0.0
         return max(busy, delay) + own
+
+    def _estimate_bound(self, rows: int) -> float:
+        """An upper bound of ``_estimate`` for any priority and signature, in O(1): the whole batch in
+        flight, the full queueing delay, and every queued row plus these in batches of their own
+        signature (each signature's last batch may be part full). Admission takes it when the
+        deadline is beyond it, which spares the exact sum over the queues on the serving path."""
+        cost = self._cost.cost
+        if cost is None:
+            return self.max_queue_delay_s
+        total = self._queued_rows + rows
+        batches = -(-total // self.max_batch_size) + len(self._queues) + 1
+        bound = self.max_queue_delay_s + cost.per_call_s * batches + cost.per_row_s * total
+        if self._running is not None:
+            bound += cost.batch_s(self._running[1])
+        return bound
 
     def _drain_s(self, rows: int, now: float) -> float:
         """Roughly how long until ``rows`` queued rows have left the queue."""

@@ -483,6 +483,46 @@ def test_estimate_counts_the_running_batch_the_rows_ahead_and_the_delay() -> Non
     assert model.rows == [4, 4, 1]
 
 
+# Calls costing more than rows, and rows costing more than calls: each hides a different term of
+# the bound in the slack of the others, so only both together check every term.
+@pytest.mark.parametrize("prior", [ComputeCost(0.010, 0.001), ComputeCost(0.0001, 0.010)])
+def test_the_quick_admission_bound_is_never_below_the_exact_estimate(prior: ComputeCost) -> None:
+    """Admission skips the exact estimate when the deadline is beyond ``_estimate_bound``; a bound
+    below the estimate would admit requests that cannot be served in time. Checked with a batch in
+    flight and queues of three signatures (one with part-full batches) at several priorities."""
+    clock = FakeClock()
+    model = FakeModel(held=True)
+
+    async def scenario() -> None:
+        model.bind()
+        # A delay shorter than the batch in flight, so the bound's every term counts somewhere.
+        b = DynamicBatcher(model, max_batch_size=4, max_queue_delay_s=0.002, clock=clock, cost_prior=prior)
+        assert b._estimate(1, None, None, clock.now) <= b._estimate_bound(1)
+        running = asyncio.ensure_future(b.submit(row(0, rows=4)))
+        assert await model.started() == 4
+        queued = [asyncio.ensure_future(b.submit(row(i, width=3), priority=i % 3)) for i in range(1, 6)]
+        queued += [asyncio.ensure_future(b.submit(row(i, width=5, rows=3), priority=1)) for i in range(6, 8)]
+        queued += [asyncio.ensure_future(b.submit(row(i, width=7, rows=2))) for i in range(8, 10)]
+        await turn()
+        clock.advance(0.001)  # part of the batch in flight has run
+        signatures = [*b._queues, None, (("x", "<f4", (9,)),)]  # queued, any, and a new one
+        for rows in (1, 2, 4, 9):
+            for priority in (None, 0, 1, 2, 5):
+                for signature in signatures:
+                    exact = b._estimate(rows, priority, signature, clock.now)
+                    assert exact <= b._estimate_bound(rows) + 1e-12, (rows, priority, signature)
+        # And the refusal still comes from the exact estimate: just under it is refused.
+        exact = b._estimate(1, 0, (("x", "<f4", (3,)),), clock.now)
+        with pytest.raises(DeadlineExceeded, match="cannot be met"):
+            await b.submit(row(99), deadline=clock.now + exact * 0.99)
+        model.gate.set()
+        await running
+        await b.aclose()
+        await asyncio.gather(*queued)
+
+    run(scenario())
+
+
 def test_the_estimate_learns_per_call_and_per_row_cost_from_measured_batches() -> None:
     clock = FakeClock()
     true_cost = ComputeCost(0.004, 0.0005)
