@@ -845,8 +845,12 @@ def run_batching_grpc(
             f"  the one-caller budget (batch-1 p95 at 1 caller {batch1:.1f} + delay {DELAY_MS:g} + one batch "
             f"{batch_ms:.1f} = {one_caller_budget:.1f} ms): batching at {GOAL_CALLERS} callers is "
             f"{'within' if p95 <= one_caller_budget else 'over'} it at p95 {p95:.1f} ms, and the {NO_WORK} "
-            f"server is {'within' if floor_p95 <= one_caller_budget else 'over'} it at {floor_p95:.1f} ms: "
-            "that budget counts the load's own queueing against the segment",
+            f"server is {'within' if floor_p95 <= one_caller_budget else 'over'} it at {floor_p95:.1f} ms"
+            + (
+                ": that budget counts the load's own queueing against the segment"
+                if floor_p95 > one_caller_budget
+                else ""
+            ),
             highlight=False,
         )
     else:
