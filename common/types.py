@@ -11,6 +11,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from common.fastinit import slot_init
+
 PHONE_CPU = "phone-cpu"
 EDGE_NPU = "edge-npu"
 CLOUD_GPU = "cloud-gpu"
@@ -58,6 +60,7 @@ _ITEMSIZE = {
 }
 
 
+@slot_init  # made for every served request: see common.fastinit
 @dataclass(frozen=True, slots=True)
 class Tensor:
     """A named tensor as raw little-endian C-order bytes (``encoding`` '': as they are; "zlib": those
@@ -713,6 +716,7 @@ class InferRequest:
     output_names: tuple[str, ...] = ()
 
 
+@slot_init  # made for every served request: see common.fastinit
 @dataclass(frozen=True, slots=True)
 class HopTiming:
     """One hop of a partitioned request (``transfer_ms``: to this hop and back)."""
@@ -743,6 +747,7 @@ class RouteHop:
     pool: str = ""
 
 
+@slot_init  # made for every served request: see common.fastinit
 @dataclass(frozen=True, slots=True)
 class RunSegmentRequest:
     segment_sha256: str
@@ -756,6 +761,7 @@ class RunSegmentRequest:
     budget_ms: float = 0.0  # the caller's remaining budget when sent (0: none given)
 
 
+@slot_init  # made for every served request: see common.fastinit
 @dataclass(frozen=True, slots=True)
 class RunSegmentResponse:
     outputs: tuple[Tensor, ...]

@@ -42,15 +42,14 @@ from common.types import (
 
 
 def _tensors(path: str, pbs: Iterable[types_pb.Tensor]) -> tuple[Tensor, ...]:
-    tensors: list[Tensor] = []
-    names: set[str] = set()
-    for i, pb in enumerate(pbs):
-        tensor = tensor_from_pb(pb, path=f"{path}[{i}]")
-        if tensor.name in names:
-            _fail(f"{path}[{i}]", f"duplicate tensor name {_show(tensor.name)}")
-        names.add(tensor.name)
-        tensors.append(tensor)
-    return tuple(tensors)
+    tensors = tuple([tensor_from_pb(pb, path=f"{path}[{i}]") for i, pb in enumerate(pbs)])
+    if len(tensors) > 1 and len({t.name for t in tensors}) != len(tensors):
+        seen: set[str] = set()
+        for i, tensor in enumerate(tensors):
+            if tensor.name in seen:
+                _fail(f"{path}[{i}]", f"duplicate tensor name {_show(tensor.name)}")
+            seen.add(tensor.name)
+    return tensors
 
 
 _SERVING_TIERS = frozenset(TIERS[1:])
@@ -134,7 +133,7 @@ def run_segment_request_from_pb(pb: agent_pb.RunSegmentRequest) -> RunSegmentReq
     if len(hops) > MAX_ROUTE_HOPS:
         _fail("route", f"{len(hops)} hops, at most {MAX_ROUTE_HOPS}")
     route: list[RouteHop] = []
-    for i, h in enumerate(hops):
+    for i, h in enumerate(hops) if hops else ():  # (a last hop has none: no loop set up for it)
         at = f"route[{i}]"
         if h.tier not in TIERS[1:]:
             _fail(f"{at}.tier", f"{_show(h.tier)}: a route goes to edge or cloud")
@@ -144,7 +143,8 @@ def run_segment_request_from_pb(pb: agent_pb.RunSegmentRequest) -> RunSegmentReq
         pool = _name(f"{at}.pool", h.pool, required=False)
         route.append(RouteHop(_sha256(f"{at}.segment_sha256", h.segment_sha256), endpoints, h.tier, pool))
     output_names: list[str] = []
-    for i, name in enumerate(pb.output_names):
+    names = pb.output_names
+    for i, name in enumerate(names) if names else ():
         _nonempty(f"output_names[{i}]", name)
         output_names.append(name)
     tier = pb.tier
@@ -158,7 +158,7 @@ def run_segment_request_from_pb(pb: agent_pb.RunSegmentRequest) -> RunSegmentReq
         priority=pb.priority,
         origin_device=_name("origin_device", pb.origin_device, required=False),
         request_id=_text(pb.request_id),
-        output_names=tuple(dict.fromkeys(output_names)),
+        output_names=tuple(dict.fromkeys(output_names)) if output_names else (),
         budget_ms=_latency("budget_ms", pb.budget_ms),
     )
 

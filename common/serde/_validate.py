@@ -3,6 +3,7 @@ the field path (``_fail``); over-long peer text is cut to ``MAX_TEXT_CHARS`` (``
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from typing import NoReturn, TypeVar
@@ -51,13 +52,25 @@ def _name(path: str, value: str, *, required: bool = True) -> str:
         if required:
             _fail(path, "empty")
         return value
-    if not NAME_RE.fullmatch(value):
+    if not _is_name(value):
         _fail(
             path,
             f"invalid name {_show(value)}: use 1-128 lowercase letters, digits, '.', '_' or '-', "
             "starting and ending with a letter or digit",
         )
     return value
+
+
+# The same few ids and hashes arrive on every request a serving agent answers: what was checked once
+# is looked up (a bounded cache; a peer sending ever new values only evicts, and is checked each time).
+@functools.lru_cache(maxsize=4096)
+def _is_name(value: str) -> bool:
+    return NAME_RE.fullmatch(value) is not None
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_sha256(value: str) -> bool:
+    return len(value) == 64 and _HEX.issuperset(value)
 
 
 def _hardware_class(path: str, value: str, *, required: bool = True) -> str:
@@ -75,7 +88,7 @@ def _sha256(path: str, value: str, *, required: bool = True) -> str:
         if required:
             _fail(path, "empty")
         return value
-    if len(value) != 64 or not _HEX.issuperset(value):
+    if not _is_sha256(value):
         _fail(path, f"{_show(value)} is not a lowercase hex sha256")
     return value
 
