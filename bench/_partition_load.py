@@ -27,7 +27,7 @@ from common.types import RunSegmentRequest
 @dataclass
 class LoadCell:
     callers: int
-    mode: str  # "off" | "on"
+    mode: str  # "off" | "on" (batching), "no-work" (bench/_fleet.segment_floor_server), "echo"
     requests: int = 0
     seconds: float = 0.0
     errors: int = 0

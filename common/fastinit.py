@@ -17,6 +17,8 @@ import dataclasses
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+#: The generated code's own names (the setters and defaults) start with this; no field may.
+_PREFIX = "__slot_init_"
 
 
 def slot_init(cls: type[T]) -> type[T]:
@@ -31,21 +33,26 @@ def slot_init(cls: type[T]) -> type[T]:
     namespace: dict[str, Any] = {}
     signature: list[str] = []
     body: list[str] = []
-    for f in dataclasses.fields(cls):  # type: ignore[arg-type]  # (checked above: a dataclass)
+    for i, f in enumerate(dataclasses.fields(cls)):  # type: ignore[arg-type]  # (a dataclass: checked)
         if not f.init or f.kw_only or f.default_factory is not dataclasses.MISSING:
             raise TypeError(f"{cls.__qualname__}.{f.name}: slot_init takes plain fields with plain defaults")
-        namespace[f"_set_{f.name}"] = cls.__dict__[f.name].__set__
+        if f.name not in cls.__dict__ or f.name == "self" or f.name.startswith(_PREFIX):
+            raise TypeError(
+                f"{cls.__qualname__}.{f.name}: slot_init takes the class's own, plainly named fields"
+            )
+        namespace[f"{_PREFIX}set{i}"] = cls.__dict__[f.name].__set__
         if f.default is dataclasses.MISSING:
             signature.append(f.name)
         else:
-            namespace[f"_default_{f.name}"] = f.default
-            signature.append(f"{f.name}=_default_{f.name}")
-        body.append(f"    _set_{f.name}(self, {f.name})")
+            namespace[f"{_PREFIX}default{i}"] = f.default
+            signature.append(f"{f.name}={_PREFIX}default{i}")
+        body.append(f"    {_PREFIX}set{i}(self, {f.name})")
     source = f"def __init__(self, {', '.join(signature)}):\n" + ("\n".join(body) or "    pass")
     exec(source, namespace)  # our own text, made from the class's own field names
     init = namespace["__init__"]
     init.__qualname__ = f"{cls.__qualname__}.__init__"
     init.__module__ = cls.__module__
     init.__doc__ = cls.__init__.__doc__
+    init.__annotations__ = dict(cls.__init__.__annotations__)
     cls.__init__ = init  # type: ignore[method-assign]
     return cls

@@ -67,6 +67,8 @@ RunFn = Callable[[dict[str, np.ndarray]], Mapping[str, np.ndarray]]
 Signature = tuple[tuple[str, str, tuple[int, ...]], ...]
 #: ``retry_after`` of requests refused or failed because the batcher is closing.
 SHUTDOWN_RETRY_AFTER_S = 1.0
+#: Added to ``_estimate_bound`` for the float rounding of the exact estimate's clock arithmetic.
+_ROUNDING_S = 1e-6
 
 
 @slot_init  # one per served request: see common.fastinit
@@ -376,13 +378,15 @@ class DynamicBatcher:
         deadline is beyond it, which spares the exact sum over the queues on the serving path."""
         cost = self._cost.cost
         if cost is None:
-            return self.max_queue_delay_s
+            return self.max_queue_delay_s + _ROUNDING_S
         total = self._queued_rows + rows
         batches = -(-total // self.max_batch_size) + len(self._queues) + 1
         bound = self.max_queue_delay_s + cost.per_call_s * batches + cost.per_row_s * total
         if self._running is not None:
             bound += cost.batch_s(self._running[1])
-        return bound
+        # The exact estimate subtracts clock readings (~1e6 s on a monotonic clock), which can round
+        # a few 1e-11 s above its terms' bounds: a microsecond more keeps this an upper bound.
+        return bound + _ROUNDING_S
 
     def _drain_s(self, rows: int, now: float) -> float:
         """Roughly how long until ``rows`` queued rows have left the queue."""

@@ -42,14 +42,15 @@ from common.types import (
 
 
 def _tensors(path: str, pbs: Iterable[types_pb.Tensor]) -> tuple[Tensor, ...]:
-    tensors = tuple([tensor_from_pb(pb, path=f"{path}[{i}]") for i, pb in enumerate(pbs)])
-    if len(tensors) > 1 and len({t.name for t in tensors}) != len(tensors):
-        seen: set[str] = set()
-        for i, tensor in enumerate(tensors):
-            if tensor.name in seen:
-                _fail(f"{path}[{i}]", f"duplicate tensor name {_show(tensor.name)}")
-            seen.add(tensor.name)
-    return tensors
+    tensors: list[Tensor] = []
+    names: set[str] = set()
+    for i, pb in enumerate(pbs):
+        tensor = tensor_from_pb(pb, path=f"{path}[{i}]")
+        if tensor.name in names:
+            _fail(f"{path}[{i}]", f"duplicate tensor name {_show(tensor.name)}")
+        names.add(tensor.name)
+        tensors.append(tensor)
+    return tuple(tensors)
 
 
 _SERVING_TIERS = frozenset(TIERS[1:])

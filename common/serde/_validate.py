@@ -52,7 +52,7 @@ def _name(path: str, value: str, *, required: bool = True) -> str:
         if required:
             _fail(path, "empty")
         return value
-    if not _is_name(value):
+    if len(value) > MAX_NAME_CHARS or not _is_name(value):
         _fail(
             path,
             f"invalid name {_show(value)}: use 1-128 lowercase letters, digits, '.', '_' or '-', "
@@ -61,8 +61,13 @@ def _name(path: str, value: str, *, required: bool = True) -> str:
     return value
 
 
+#: The longest name ``NAME_RE`` accepts: a longer value is refused before it reaches the cache.
+MAX_NAME_CHARS = 128
+
+
 # The same few ids and hashes arrive on every request a serving agent answers: what was checked once
-# is looked up (a bounded cache; a peer sending ever new values only evicts, and is checked each time).
+# is looked up. Bounded twice over: at most 4096 values, each of at most the length that can pass
+# (callers check the length first), so a peer sending ever new values holds at most ~1 MiB here.
 @functools.lru_cache(maxsize=4096)
 def _is_name(value: str) -> bool:
     return NAME_RE.fullmatch(value) is not None
@@ -88,7 +93,7 @@ def _sha256(path: str, value: str, *, required: bool = True) -> str:
         if required:
             _fail(path, "empty")
         return value
-    if not _is_sha256(value):
+    if len(value) != 64 or not _is_sha256(value):
         _fail(path, f"{_show(value)} is not a lowercase hex sha256")
     return value
 

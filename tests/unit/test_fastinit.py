@@ -38,6 +38,7 @@ def test_the_hot_types_keep_the_signature_dataclasses_gives_them(cls: type) -> N
     for p, f in zip(params, fields, strict=True):
         expected = inspect.Parameter.empty if f.default is dataclasses.MISSING else f.default
         assert p.default == expected, f.name
+        assert p.annotation == f.type, f.name  # (as strings: the modules use postponed annotations)
     assert cls.__init__.__qualname__ == f"{cls.__qualname__}.__init__"
 
 
@@ -112,7 +113,12 @@ def test_it_refuses_a_class_it_would_build_wrongly() -> None:
         def __post_init__(self) -> None:
             pass
 
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class Child(Plain):  # the parent's fields are not this class's own slots
+        extra: int = 0
+
     for cls, message in [
+        (Child, "own, plainly named fields"),
         (NoSlots, "needs a @dataclass"),
         (NotFrozen, "needs a @dataclass"),
         (Factory, "plain defaults"),

@@ -190,6 +190,28 @@ def test_bad_run_segment_requests_are_refused_naming_the_field(
     assert field in str(err.value)
 
 
+def test_a_duplicate_tensor_is_reported_before_a_later_malformed_one() -> None:
+    def duplicate_then_bad(pb: agent_pb.RunSegmentRequest) -> None:
+        pb.inputs.append(pb.inputs[0])  # inputs[2] repeats 'hidden'
+        pb.inputs.append(serde.tensor_to_pb(Tensor("late", DataType.FLOAT32, (1,), b"\0" * 3)))
+
+    with pytest.raises(InvalidArgument, match=r"^inputs\[2\]: duplicate tensor name 'hidden'$"):
+        serde.run_segment_request_from_pb(_bad_request(duplicate_then_bad))
+
+
+def test_a_refused_value_too_long_to_be_valid_is_not_kept_in_the_check_cache() -> None:
+    from common.serde import _validate
+
+    huge = "a" * (1 << 20)  # a peer's megabyte: refused, and not held on to
+    for check, cache in ((_validate._sha256, _validate._is_sha256), (_validate._name, _validate._is_name)):
+        cache.cache_clear()
+        with pytest.raises(InvalidArgument, match=r"^field: "):
+            check("field", huge)
+        assert cache.cache_info().currsize == 0
+        check("field", "ab" * 32)  # a valid one is kept
+        assert cache.cache_info().currsize == 1
+
+
 def test_too_many_endpoints_are_refused() -> None:
     many = tuple(SegmentEndpoint(f"e-{i}", f"127.0.0.1:{1000 + i}") for i in range(MAX_SEGMENT_ENDPOINTS + 1))
     r = RunSegmentRequest(SHA_EDGE, (X,), route=(RouteHop(SHA_CLOUD, many, "cloud"),))
