@@ -14,6 +14,7 @@ Used only where it pays: the types of the serving hot path (``common.types.Tenso
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -30,6 +31,8 @@ def slot_init(cls: type[T]) -> type[T]:
         raise TypeError(f"{cls.__qualname__}: slot_init needs a @dataclass(frozen=True, slots=True) class")
     if hasattr(cls, "__post_init__"):
         raise TypeError(f"{cls.__qualname__}: slot_init does not run __post_init__")
+    if len(inspect.signature(cls.__init__).parameters) != len(dataclasses.fields(cls)) + 1:  # type: ignore[arg-type]
+        raise TypeError(f"{cls.__qualname__}: slot_init takes no InitVar (its __init__ has other parameters)")
     namespace: dict[str, Any] = {}
     signature: list[str] = []
     body: list[str] = []

@@ -117,8 +117,14 @@ def test_it_refuses_a_class_it_would_build_wrongly() -> None:
     class Child(Plain):  # the parent's fields are not this class's own slots
         extra: int = 0
 
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class WithInitVar:
+        a: int
+        b: dataclasses.InitVar[int] = 0
+
     for cls, message in [
         (Child, "own, plainly named fields"),
+        (WithInitVar, "InitVar"),
         (NoSlots, "needs a @dataclass"),
         (NotFrozen, "needs a @dataclass"),
         (Factory, "plain defaults"),
