@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -236,17 +237,7 @@ def infer(
     except EdgefleetError as exc:
         raise exit_for(exc) from None
     outputs = {t.name: from_tensor(t) for t in response.outputs}
-    hops = [
-        {
-            "device_id": h.device_id,
-            "tier": h.tier,
-            "queue_ms": h.queue_ms,
-            "compute_ms": h.compute_ms,
-            "transfer_ms": h.transfer_ms,
-            "batch_size": h.batch_size,
-        }
-        for h in response.hops
-    ]
+    hops = [dataclasses.asdict(h) for h in response.hops]  # a HopTiming's fields, as -o json shows them
     if output == "json":
         print(
             json.dumps(

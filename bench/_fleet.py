@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from agent.client import AgentClient
 from controller.client import AdminClient
@@ -214,11 +215,7 @@ def segment_floor_server(reply: bytes) -> Iterator[tuple[str, int]]:
 
 
 def _serve_segment_floor(reply_path: Path) -> None:
-    import asyncio
-
     import grpc
-
-    from common import limits
 
     reply = reply_path.read_bytes()
 
@@ -229,32 +226,17 @@ def _serve_segment_floor(reply_path: Path) -> None:
     def same(b: bytes) -> bytes:
         return b
 
-    async def main() -> None:
-        server = grpc.aio.server(options=limits.GRPC_MESSAGE_OPTIONS)
-        handler = grpc.stream_stream_rpc_method_handler(
-            answer, request_deserializer=same, response_serializer=same
-        )
-        server.add_generic_rpc_handlers(
-            [grpc.method_handlers_generic_handler(SEGMENT_STREAM_SERVICE, {SEGMENT_STREAM_METHOD: handler})]
-        )
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        stop = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-        print(f"segment-floor listening on 127.0.0.1:{port}", flush=True)
-        await stop.wait()
-        await server.stop(0)
-
-    asyncio.run(main())
+    handler = grpc.stream_stream_rpc_method_handler(
+        answer, request_deserializer=same, response_serializer=same
+    )
+    _serve_until_signalled(
+        "segment-floor",
+        grpc.method_handlers_generic_handler(SEGMENT_STREAM_SERVICE, {SEGMENT_STREAM_METHOD: handler}),
+    )
 
 
 def _serve_echo() -> None:
-    import asyncio
-
     import grpc
-
-    from common import limits
 
     async def echo(request: bytes, context: object) -> bytes:
         return request
@@ -263,32 +245,38 @@ def _serve_echo() -> None:
         async for request in requests:
             yield request
 
+    service, method = ECHO_METHOD.strip("/").split("/")
+    stream_method = ECHO_STREAM_METHOD.rsplit("/", 1)[1]
+    _serve_until_signalled(
+        "echo",
+        grpc.method_handlers_generic_handler(
+            service,
+            {
+                method: grpc.unary_unary_rpc_method_handler(echo),
+                stream_method: grpc.stream_stream_rpc_method_handler(echo_stream),
+            },
+        ),
+    )
+
+
+def _serve_until_signalled(label: str, handler: Any) -> None:
+    """Serve ``handler`` (a generic RPC handler) on a free loopback port, print ``LABEL listening on
+    HOST:PORT`` (what the parent waits for) and stop on SIGTERM or SIGINT."""
+    import asyncio
+
+    import grpc
+
+    from common import limits
+
     async def main() -> None:
-        server = grpc.aio.server(
-            options=[
-                ("grpc.max_send_message_length", limits.MAX_GRPC_MESSAGE_BYTES),
-                ("grpc.max_receive_message_length", limits.MAX_GRPC_MESSAGE_BYTES),
-            ]
-        )
-        service, method = ECHO_METHOD.strip("/").split("/")
-        stream_method = ECHO_STREAM_METHOD.rsplit("/", 1)[1]
-        server.add_generic_rpc_handlers(
-            [
-                grpc.method_handlers_generic_handler(
-                    service,
-                    {
-                        method: grpc.unary_unary_rpc_method_handler(echo),
-                        stream_method: grpc.stream_stream_rpc_method_handler(echo_stream),
-                    },
-                )
-            ]
-        )
+        server = grpc.aio.server(options=limits.GRPC_MESSAGE_OPTIONS)
+        server.add_generic_rpc_handlers([handler])
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-        print(f"echo listening on 127.0.0.1:{port}", flush=True)
+        print(f"{label} listening on 127.0.0.1:{port}", flush=True)
         await stop.wait()
         await server.stop(0)
 
