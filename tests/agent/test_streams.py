@@ -58,9 +58,11 @@ class Scripted(serde.SegmentServiceServicer):
         self.unary = 0
         self.seen: list[tuple[str, float]] = []  # (request id, budget_ms) of every request received
         self.release = asyncio.Event()
+        self.received = asyncio.Event()  # set at every request
 
     async def _outcome(self, pb: Any) -> RunSegmentResponse | BaseException | str:
         self.seen.append((pb.request_id, pb.budget_ms))
+        self.received.set()
         what = self.behaviour(pb.request_id)
         if what == "hang":
             await self.release.wait()
@@ -168,6 +170,21 @@ def test_a_late_answer_fails_in_time_and_is_never_read_as_the_next_one() -> None
         servicer.release.set()  # the late answer is now sent on a cancelled stream
         assert _answered(await pool.call(_request("next"), 2.0)) == "next"
         assert servicer.streams == 2
+
+    _run(test)
+
+
+def test_a_cancelled_caller_is_cancelled_not_failed_and_its_stream_is_dropped() -> None:
+    async def test(pool: StreamPool, servicer: Scripted, _: grpc.aio.Channel) -> None:
+        servicer.behaviour = lambda rid: "hang" if rid == "slow" else None
+        call = asyncio.create_task(pool.call(_request("slow"), 10.0))
+        await servicer.received.wait()  # the peer has the request: the caller waits for its answer
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call  # not a DeadlineExceeded: the budget had 10 s left
+        assert pool.open_streams == 0  # its answer may still come: the stream is not reused
+        servicer.release.set()
+        assert _answered(await pool.call(_request("next"), 2.0)) == "next"
 
     _run(test)
 
