@@ -10,8 +10,10 @@ Why each rule is what it is:
   its own unless given one), and the event loop stays free for the control stream. While a batch
   runs, new requests queue: that is what makes the next batch bigger under load.
 - **When a batch starts.** As soon as the session is free and the batch is full (``max_batch_size``
-  rows), or its oldest request has waited ``max_queue_delay_s``, whichever comes first. With
-  ``max_batch_size=1`` or a delay of 0, batching is off: every request runs alone, at once.
+  rows), or its oldest request has waited ``max_queue_delay_s``, whichever comes first. With a
+  delay of 0 nothing waits: a batch is what queued while the one before ran (Triton's
+  ``max_queue_delay_microseconds: 0``). With ``max_batch_size=1`` batching is off: every request
+  runs alone, at once.
 - **What goes together.** Requests whose inputs share names, dtypes and non-batch shapes (a
   *signature*) are concatenated along axis 0, in priority order, up to ``max_batch_size`` rows; other
   signatures are batched separately, never mixed. A request with more rows than ``max_batch_size``
@@ -69,6 +71,8 @@ Signature = tuple[tuple[str, str, tuple[int, ...]], ...]
 SHUTDOWN_RETRY_AFTER_S = 1.0
 #: Added to ``_estimate_bound`` for the float rounding of the exact estimate's clock arithmetic.
 _ROUNDING_S = 1e-6
+#: Deadline entries of answered requests tolerated beyond twice the waiting ones before compaction.
+_DEADLINE_SLACK = 64
 
 
 @slot_init  # one per served request: see common.fastinit
@@ -208,6 +212,15 @@ class DynamicBatcher:
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None  # the one it belongs to (first submit's)
         self._wakeup = asyncio.Event()
+        # Deadlines are kept by one timer for the whole batcher, armed for the earliest deadline a
+        # caller still waits on: a timer per request (armed, then cancelled when it is answered, as
+        # nearly all are) was a tenth of a served request's own CPU. A heap of (deadline, seq,
+        # request); entries of answered requests are dropped lazily, and by compaction when they
+        # outnumber the waiting ones (they hold no inputs: see ``_release``).
+        self._deadlines: list[tuple[float, int, _Request]] = []
+        self._deadline_timer: asyncio.TimerHandle | None = None
+        self._timer_due = math.inf  # the deadline the timer is armed for
+        self._waiting_with_deadline = 0
         self._closing = False
         self._batches = self._rows_run = self._failed_batches = 0
         self._refused_deadline = self._expired = self._refused_full = 0
@@ -248,6 +261,9 @@ class DynamicBatcher:
             # Looked up once: on Python 3.11 every get_running_loop() is a getpid() syscall, a
             # visible share of a served request's CPU. (A batcher belongs to one loop: see above.)
             loop = self._loop = asyncio.get_running_loop()
+            # A closed loop's timer never fires, and its callers wait no more.
+            self._deadline_timer, self._timer_due = None, math.inf
+            self._deadlines, self._waiting_with_deadline = [], 0
         request = _Request(
             next(self._seq), priority, rows, feeds, signature, now, deadline, loop.create_future()
         )
@@ -259,17 +275,15 @@ class DynamicBatcher:
         self._queued_requests += 1
         self._wake(loop)
         # At the deadline the future is failed, unless its batch settled it first: whichever runs
-        # first decides, once. (A timer handle, not an asyncio.timeout scope: this is on every
-        # served request's path, and the scope costs several times more.)
-        expiry: asyncio.TimerHandle | None = None
+        # first decides, once.
         try:
             if deadline is not None:
-                expiry = loop.call_later(max(deadline - self._clock(), 0.0), self._expire, request)
+                self._watch_deadline(request, deadline, loop)
             return await request.future
         finally:
-            if expiry is not None:
-                expiry.cancel()
             self._withdraw(request)
+            if deadline is not None:
+                self._unwatch_deadline()
 
     def estimate_wait_s(self, rows: int = 1, *, priority: int | None = None) -> float:
         """Expected seconds from now until a new request of ``rows`` rows would be answered: the rest
@@ -405,10 +419,46 @@ class DynamicBatcher:
         if request.state is _State.QUEUED:
             self._dequeue(request)
             request.state = _State.DONE
+        # Its deadline entry may outlive it for a while; its inputs need not (a batch that runs
+        # has them in its own list).
+        request.inputs = {}
         if not request.future.done():
             request.future.cancel()
         elif not request.future.cancelled():
             request.future.exception()  # seen (a caller cancelled just as it failed): no "never retrieved"
+
+    def _watch_deadline(self, request: _Request, deadline: float, loop: asyncio.AbstractEventLoop) -> None:
+        self._waiting_with_deadline += 1
+        heapq.heappush(self._deadlines, (deadline, request.seq, request))
+        if deadline < self._timer_due:
+            self._arm_deadline_timer(loop, deadline)
+
+    def _unwatch_deadline(self) -> None:
+        """Its caller stopped waiting; compact the entries of answered requests if they pile up."""
+        self._waiting_with_deadline -= 1
+        if len(self._deadlines) > 2 * self._waiting_with_deadline + _DEADLINE_SLACK:
+            self._deadlines = [e for e in self._deadlines if not e[2].future.done()]
+            heapq.heapify(self._deadlines)
+
+    def _arm_deadline_timer(self, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+        self._timer_due = deadline
+        self._deadline_timer = loop.call_later(max(deadline - self._clock(), 0.0), self._expire_due, loop)
+
+    def _expire_due(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The timer: fail every waiting request whose deadline has come, then re-arm for the next."""
+        self._deadline_timer = None
+        # The timer fired, so its deadline has come whatever the clock says (an injected clock may
+        # lag the loop's).
+        now = max(self._clock(), self._timer_due)
+        self._timer_due = math.inf
+        heap = self._deadlines
+        while heap and (heap[0][0] <= now or heap[0][2].future.done()):
+            request = heapq.heappop(heap)[2]
+            self._expire(request)
+        if heap:
+            self._arm_deadline_timer(loop, heap[0][0])
 
     def _expire(self, request: _Request) -> None:
         if request.future.done():

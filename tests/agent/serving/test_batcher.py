@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
+import weakref
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, TypeVar
 
@@ -436,6 +437,79 @@ def test_a_stuck_session_does_not_hold_a_caller_past_its_deadline() -> None:
 
     run(scenario())
     assert ids(model) == [[0], [2]]
+
+
+def test_a_sooner_deadline_arriving_after_a_later_one_is_kept_on_time() -> None:
+    """Real clock: one timer serves every deadline, so a request with a short budget that arrives
+    behind one with a long budget must move it sooner."""
+    model = FakeModel(held=True)
+
+    async def scenario() -> None:
+        model.bind()
+        b = DynamicBatcher(model, max_batch_size=1, max_queue_delay_s=0.0)
+        blocker = asyncio.ensure_future(b.submit(row(0)))
+        await model.started()
+        patient = asyncio.ensure_future(b.submit(row(1), deadline=b._clock() + 10.0))
+        await turn()  # queued first: the timer is armed for its deadline
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(DeadlineExceeded, match="while it was queued"):
+            await b.submit(row(2), deadline=b._clock() + 0.05)
+        assert 0.04 <= loop.time() - started < 1.0
+        assert not patient.done()  # its own deadline is far off: still waiting
+        model.gate.set()
+        await blocker
+        assert (await patient).batch_size == 1
+        await b.aclose()
+
+    run(scenario())
+    assert ids(model) == [[0], [1]]
+
+
+def test_deadlines_still_fire_when_the_batcher_is_used_again_on_a_new_event_loop() -> None:
+    model = FakeModel()
+    b = DynamicBatcher(model, max_batch_size=1, max_queue_delay_s=0.0)
+
+    async def first() -> None:  # leaves its loop with the deadline timer armed
+        await b.submit(row(0), deadline=b._clock() + 0.2)
+
+    run(first())
+    model.gate.clear()  # the next batch is held: only the deadline can end the wait
+
+    async def second() -> None:
+        model.bind()
+        blocker = asyncio.ensure_future(b.submit(row(1)))
+        await model.started()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(DeadlineExceeded, match="while it was queued"):
+            await b.submit(row(2), deadline=b._clock() + 0.4)  # later than the first loop's timer
+        assert loop.time() - started < 2.0
+        model.gate.set()
+        await blocker
+        await b.aclose()
+
+    run(second())
+
+
+def test_answered_requests_leave_nothing_behind_in_the_deadline_bookkeeping() -> None:
+    """Deadline entries of answered requests are dropped lazily: they must neither keep the
+    requests' inputs alive nor pile up."""
+    model = FakeModel()
+
+    async def scenario() -> None:
+        b = DynamicBatcher(model, max_batch_size=4, max_queue_delay_s=0.0)
+        first = row(1)
+        kept = weakref.ref(first["x"])
+        await b.submit(first, deadline=b._clock() + 30.0)
+        del first
+        assert kept() is None  # the batcher holds no reference to an answered request's inputs
+        for i in range(500):
+            await asyncio.gather(*(b.submit(row(i), deadline=b._clock() + 30.0) for _ in range(3)))
+        assert len(b._deadlines) <= 2 * 3 + 64 + 3  # bounded by the waiting ones, not by all ever seen
+        await b.aclose()
+
+    run(scenario())
 
 
 def test_a_deadline_passing_while_its_batch_runs_is_an_error_not_a_late_answer() -> None:
