@@ -40,7 +40,7 @@ a 2-core box. One run does, in order:
    A diagnostic line (not the goal) says how much of the miss a fixed per-hop cost would explain,
    learned leave-one-out from the other rows.
 4. **batching over gRPC**: ``edge-1`` serving MiniLM layers 2-3 (cut after L1 .. after L3, fp32), its
-   batching set by the ModelDeployment policy (off: ``maxBatchSize`` 1; on: 32 with a 3 ms
+   batching set by the ModelDeployment policy (off: ``maxBatchSize`` 1; on: 32 with a 6 ms
    ``maxQueueDelayMs``), driven by 1, 8 and 32 closed-loop callers from this process, each on a
    ``RunSegments`` stream of its own through the product's ``StreamPool``, as agents call each other
    (``--transport unary``: one ``RunSegment`` call per request); inputs are real tensors at that cut
@@ -139,7 +139,12 @@ COSINE_TOLERANCE = 1e-3
 ACCURACY_ROWS = 256
 CONCURRENCY = (1, 8, 32)
 MAX_BATCH = 32
-DELAY_MS = 3.0
+#: Longer than the serving agent takes to hand out one full batch's answers on this box (32 x its
+#: per-answer CPU: 1.6 ms at best, over 3 ms on a busy day). With a shorter delay, closed-loop
+#: callers split into part-full batches: the next batch's first requests come back with the first
+#: answers and time out of the delay before the last ones arrive (bench/serving_path.py on a busy
+#: box: a mean batch of 27.1-28.6 at 3 ms, 31.8-31.9 at 6 ms, with 15-20% more requests/s).
+DELAY_MS = 6.0
 DEADLINE_S = 2.0
 #: The batching section's third mode: a server that does no work (``_fleet.segment_floor_server``).
 NO_WORK = "no-work"
