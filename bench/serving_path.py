@@ -26,6 +26,15 @@ request (``/proc``); then the serving path's CPU per request as a ratio to the e
 difference: what our serving code costs beyond gRPC's own per-message work. That ratio is what
 changes to the serving path are judged by; compare it between commits, not absolute numbers.
 
+With ``--in-process N``: no gRPC and no child process; the same ``SegmentApi.RunSegments`` and
+batcher driven directly by ``--callers`` streams of N requests each (each stream's next request is
+ready as soon as its answer is taken), the batch run inline instead of in a thread, best of
+``--rounds``: the serving path's own CPU per request with hot caches and nothing else competing, for
+A/B comparisons of hot-path changes on a noisy box. For an instruction count that does not depend on
+the box, run it under callgrind at two values of N and divide the difference of the totals by the
+difference of the request counts (``valgrind --tool=callgrind .venv/bin/python bench/serving_path.py
+--in-process 50 --rounds 1``, then 200).
+
 Not a test: it prints a table and exits 0.
 """
 
@@ -33,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import logging
@@ -43,7 +53,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +133,71 @@ def serving_process(segment: Path) -> Iterator[tuple[str, int]]:
         yield proc.wait_for_line("serving listening on", START_TIMEOUT_S).rsplit(" ", 1)[1], proc.pid
 
 
+# --- in-process ------------------------------------------------------------------------------------
+
+
+class _Inline(concurrent.futures.Executor):
+    """Runs the batch in the caller's thread: no hand-off, so only the serving path's own work counts."""
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as exc:  # handed to the awaiting side, as a thread pool would
+            future.set_exception(exc)
+        return future
+
+
+def in_process(segment_bytes: bytes, reqs: list[Any], per_stream: int, streams: int, rounds: int) -> float:
+    """Best seconds per request of ``SegmentApi.RunSegments`` + the batcher over ``rounds``."""
+    from types import SimpleNamespace
+
+    from agent.segment_api import SegmentApi
+    from agent.serving.batcher import DynamicBatcher
+    from controller.toolchain.measure import open_session
+
+    session = open_session(segment_bytes)
+    names = [o.name for o in session.get_outputs()]
+
+    def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(names, session.run(names, feeds), strict=True))
+
+    async def drive(api: SegmentApi, count: int) -> int:
+        async def stream(k: int) -> int:
+            async def source() -> AsyncIterator[Any]:
+                for i in range(count):
+                    yield reqs[(k + i) % len(reqs)]
+
+            return sum([1 async for _ in api.RunSegments(source(), None)])  # type: ignore[arg-type]
+
+        return sum(await asyncio.gather(*(stream(k) for k in range(streams))))
+
+    async def main() -> float:
+        batcher = DynamicBatcher(
+            run, max_batch_size=MAX_BATCH, max_queue_delay_s=DELAY_S, name="digits", executor=_Inline()
+        )
+        served = SimpleNamespace(batcher=batcher)
+
+        async def run_served(s: Any, arrays: Any, *, priority: int, deadline: float) -> Any:
+            return await s.batcher.submit(arrays, priority=priority, deadline=deadline)
+
+        segments = SimpleNamespace(
+            device_id="edge-1", served=lambda sha: served if sha == SHA else None, run_served=run_served
+        )
+        api = SegmentApi(SimpleNamespace(segments=segments))  # type: ignore[arg-type]
+        await drive(api, 50)  # warm-up
+        best = float("inf")
+        for _ in range(rounds):
+            started = time.perf_counter()
+            answered = await drive(api, per_stream)
+            best = min(best, (time.perf_counter() - started) / answered)
+        api.close()
+        await batcher.aclose()
+        return best
+
+    return asyncio.run(main())
+
+
 # --- the load --------------------------------------------------------------------------------------
 
 
@@ -157,9 +232,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="rounds of both cells (default 3)")
     parser.add_argument("--callers", type=int, default=32, help="concurrent callers (default 32)")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument(
+        "--in-process",
+        type=int,
+        metavar="N",
+        help="no gRPC: N requests per caller straight into SegmentApi (see the module docstring)",
+    )
     args = parser.parse_args(argv)
     if args.seconds <= 0 or args.rounds < 1 or args.callers < 1:
         parser.error("--seconds must be > 0, --rounds and --callers >= 1")
+    if args.in_process is not None and args.in_process < 1:
+        parser.error("--in-process must be >= 1")
     logging.basicConfig(level=logging.WARNING)
     console.print(
         f"bench/serving_path.py on {platform.node()}: {os.cpu_count()} CPUs, Python {platform.python_version()}, "
@@ -173,6 +256,14 @@ def main(argv: list[str] | None = None) -> int:
         path = Path(tmp) / "segment.onnx"
         path.write_bytes(segment.onnx_bytes)
         reqs = requests_pb(SHA, segment.rows, "edge", budget_s=DEADLINE_S)
+        if args.in_process is not None:
+            per_request = in_process(segment.onnx_bytes, reqs, args.in_process, args.callers, args.rounds)
+            console.print(
+                f"in-process serving path ({segment.label}): {per_request * 1e6:.2f} us per request, best of "
+                f"{args.rounds} x {args.callers} streams x {args.in_process} requests (no gRPC, batch run inline)",
+                highlight=False,
+            )
+            return 0
         cells = {t: LoadCell(args.callers, t) for t in ("serving", "echo")}
         with (
             serving_process(path) as (serving_address, serving_pid),
