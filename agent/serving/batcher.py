@@ -214,9 +214,9 @@ class DynamicBatcher:
         self._wakeup = asyncio.Event()
         # Deadlines are kept by one timer for the whole batcher, armed for the earliest deadline a
         # caller still waits on: a timer per request (armed, then cancelled when it is answered, as
-        # nearly all are) was a tenth of a served request's own CPU. A heap of (deadline, seq,
+        # nearly all are) cost 6% of a served request's own instructions. A heap of (deadline, seq,
         # request); entries of answered requests are dropped lazily, and by compaction when they
-        # outnumber the waiting ones (they hold no inputs: see ``_release``).
+        # outnumber the waiting ones (they hold no inputs: see ``_withdraw``).
         self._deadlines: list[tuple[float, int, _Request]] = []
         self._deadline_timer: asyncio.TimerHandle | None = None
         self._timer_due = math.inf  # the deadline the timer is armed for
