@@ -199,18 +199,14 @@ class StreamPool:
         except asyncio.CancelledError:
             if not stream.expired or _being_cancelled():
                 raise
-            raise SegmentCallFailed(
-                grpc.StatusCode.DEADLINE_EXCEEDED, DeadlineExceeded("no answer within the budget")
-            ) from None
+            raise _late() from None
         except grpc.aio.AioRpcError as exc:
             status = exc.code()
             untaken = not written or status in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.OK)
             raise _Broken(status, serde.error_from_rpc_error(exc), untaken=untaken) from None
         except asyncio.InvalidStateError:  # written to a stream that had already ended
             if stream.expired:
-                raise SegmentCallFailed(
-                    grpc.StatusCode.DEADLINE_EXCEEDED, DeadlineExceeded("no answer within the budget")
-                ) from None
+                raise _late() from None
             raise _Broken(
                 grpc.StatusCode.UNAVAILABLE, TransientError("the stream had ended"), untaken=True
             ) from None
@@ -271,6 +267,12 @@ class StreamPool:
     def _cancel(stream: _Stream) -> None:
         with contextlib.suppress(Exception):  # already ended: nothing to cancel
             stream.call.cancel()
+
+
+def _late() -> SegmentCallFailed:
+    return SegmentCallFailed(
+        grpc.StatusCode.DEADLINE_EXCEEDED, DeadlineExceeded("no answer within the budget")
+    )
 
 
 def _being_cancelled() -> bool:
