@@ -79,34 +79,46 @@ START_TIMEOUT_S = 60.0
 # --- the serving process ---------------------------------------------------------------------------
 
 
-def _serve(segment: Path) -> None:
-    """``serve SEGMENT.onnx``: SegmentApi over gRPC on a free port, one segment behind a batcher."""
+def _stand_in(segment_bytes: bytes, executor: concurrent.futures.Executor | None = None) -> tuple[Any, Any]:
+    """``SegmentApi`` serving the segment through a ``DynamicBatcher`` (``MAX_BATCH`` rows, ``DELAY_S``)
+    and a stand-in for the daemon around it: one served segment, no route. Returns (api, batcher);
+    call it on the event loop that will serve."""
     from types import SimpleNamespace
-
-    import grpc
 
     from agent.segment_api import SegmentApi
     from agent.serving.batcher import DynamicBatcher
-    from common import limits, serde
     from controller.toolchain.measure import open_session
 
-    session = open_session(segment.read_bytes())
+    session = open_session(segment_bytes)
     names = [o.name for o in session.get_outputs()]
 
     def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return dict(zip(names, session.run(names, feeds), strict=True))
 
+    batcher = DynamicBatcher(
+        run, max_batch_size=MAX_BATCH, max_queue_delay_s=DELAY_S, name="digits", executor=executor
+    )
+    served = SimpleNamespace(batcher=batcher)
+
+    async def run_served(s: Any, arrays: Any, *, priority: int, deadline: float) -> Any:
+        return await s.batcher.submit(arrays, priority=priority, deadline=deadline)
+
+    segments = SimpleNamespace(
+        device_id="edge-1", served=lambda sha: served if sha == SHA else None, run_served=run_served
+    )
+    return SegmentApi(SimpleNamespace(segments=segments)), batcher  # type: ignore[arg-type]
+
+
+def _serve(segment: Path) -> None:
+    """``serve SEGMENT.onnx``: SegmentApi over gRPC on a free port, one segment behind a batcher."""
+    import grpc
+
+    from common import limits, serde
+
+    segment_bytes = segment.read_bytes()
+
     async def main() -> None:
-        batcher = DynamicBatcher(run, max_batch_size=MAX_BATCH, max_queue_delay_s=DELAY_S, name="digits")
-        served = SimpleNamespace(batcher=batcher)
-
-        async def run_served(s: Any, arrays: Any, *, priority: int, deadline: float) -> Any:
-            return await s.batcher.submit(arrays, priority=priority, deadline=deadline)
-
-        segments = SimpleNamespace(
-            device_id="edge-1", served=lambda sha: served if sha == SHA else None, run_served=run_served
-        )
-        api = SegmentApi(SimpleNamespace(segments=segments))  # type: ignore[arg-type]
+        api, batcher = _stand_in(segment_bytes)
         server = grpc.aio.server(options=limits.GRPC_MESSAGE_OPTIONS)
         serde.add_SegmentServiceServicer_to_server(api, server)
         port = server.add_insecure_port("127.0.0.1:0")
@@ -150,19 +162,8 @@ class _Inline(concurrent.futures.Executor):
 
 def in_process(segment_bytes: bytes, reqs: list[Any], per_stream: int, streams: int, rounds: int) -> float:
     """Best seconds per request of ``SegmentApi.RunSegments`` + the batcher over ``rounds``."""
-    from types import SimpleNamespace
 
-    from agent.segment_api import SegmentApi
-    from agent.serving.batcher import DynamicBatcher
-    from controller.toolchain.measure import open_session
-
-    session = open_session(segment_bytes)
-    names = [o.name for o in session.get_outputs()]
-
-    def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return dict(zip(names, session.run(names, feeds), strict=True))
-
-    async def drive(api: SegmentApi, count: int) -> int:
+    async def drive(api: Any, count: int) -> int:
         async def stream(k: int) -> int:
             async def source() -> AsyncIterator[Any]:
                 for i in range(count):
@@ -173,18 +174,7 @@ def in_process(segment_bytes: bytes, reqs: list[Any], per_stream: int, streams: 
         return sum(await asyncio.gather(*(stream(k) for k in range(streams))))
 
     async def main() -> float:
-        batcher = DynamicBatcher(
-            run, max_batch_size=MAX_BATCH, max_queue_delay_s=DELAY_S, name="digits", executor=_Inline()
-        )
-        served = SimpleNamespace(batcher=batcher)
-
-        async def run_served(s: Any, arrays: Any, *, priority: int, deadline: float) -> Any:
-            return await s.batcher.submit(arrays, priority=priority, deadline=deadline)
-
-        segments = SimpleNamespace(
-            device_id="edge-1", served=lambda sha: served if sha == SHA else None, run_served=run_served
-        )
-        api = SegmentApi(SimpleNamespace(segments=segments))  # type: ignore[arg-type]
+        api, batcher = _stand_in(segment_bytes, _Inline())
         await drive(api, 50)  # warm-up
         best = float("inf")
         for _ in range(rounds):
