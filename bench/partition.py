@@ -139,8 +139,8 @@ COSINE_TOLERANCE = 1e-3
 ACCURACY_ROWS = 256
 CONCURRENCY = (1, 8, 32)
 MAX_BATCH = 32
-#: Longer than the serving agent takes to hand out one full batch's answers on this box (32 x its
-#: per-answer CPU: 1.6 ms at best, over 3 ms on a busy day). With a shorter delay, closed-loop
+#: Longer than the serving agent takes to hand out one full batch's answers on this box (on a busy
+#: day 3 ms was not: the batches stopped filling). With a shorter delay, closed-loop
 #: callers split into part-full batches: the next batch's first requests come back with the first
 #: answers and time out of the delay before the last ones arrive (bench/serving_path.py on a busy
 #: box: a mean batch of 27.1-28.6 at 3 ms, 31.8-31.9 at 6 ms, with 15-20% more requests/s).
