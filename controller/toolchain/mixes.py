@@ -16,7 +16,9 @@ head at another precision than the tail, and some three-segment mixes) next to t
 
 Quality is scored on the same rows everywhere it is compared: the first ``SENSITIVITY_ROWS`` eval
 rows for the sensitivities and the additivity check. ``q_fp32`` on those rows is part of the result
-(``SensitivityTable.reference``), so a prediction never mixes rows.
+(``SensitivityTable.reference``), so a prediction never mixes rows. Every score is taken in batches
+of ``EVAL_BATCH`` and one row at a time, and the worse counts (``EVAL_BATCHES``): dynamic int8
+quantizes activations per batch, so a block's loss depends on how its rows are batched.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from common.errors import InvalidArgument
 from common.timing import first_line
 from common.types import BlockAccuracy, TensorSpec
 from controller.toolchain.evaldata import Array, EvalData
-from controller.toolchain.measure import Metrics, evaluate, open_session
+from controller.toolchain.measure import Metrics, evaluate, open_session, worst
 from controller.toolchain.profile import ProfileTable
 from controller.toolchain.segments import Segment, Segmenter
 
@@ -47,6 +49,9 @@ Bound = int | None
 SENSITIVITY_ROWS = 256
 #: Rows per inference call (a model with a fixed batch uses that instead).
 EVAL_BATCH = 64
+#: Every quality here is scored in batches of ``EVAL_BATCH`` and one row at a time, the worse kept:
+#: dynamic int8 scores differently at each (see ``measure``), and both are served.
+EVAL_BATCHES = (EVAL_BATCH, 1)
 #: The metrics a plan is judged by, in the order ``quality_metric`` prefers them.
 METRICS = ("accuracy", "cosine", "agreement")
 
@@ -150,13 +155,14 @@ def block_sensitivity(
     *,
     rows: int = SENSITIVITY_ROWS,
     precisions: Sequence[str] | None = None,
-    batch: int = EVAL_BATCH,
+    batches: Sequence[int] = EVAL_BATCHES,
 ) -> SensitivityTable:
     """Quality of the model with one block at a time lowered to each precision of ``table`` below
     fp32 (or ``precisions``), every other block at fp32, on the first ``rows`` eval rows. Uses the
-    blocks ``profile_blocks`` built (nothing is built again), ``batch`` rows per call (a model with a
-    fixed batch needs exactly that). A block that did not build or does not
-    run is kept with its error; without the fp32 blocks nothing can be measured and every entry says so."""
+    blocks ``profile_blocks`` built (nothing is built again), scored at each of ``batches`` rows per
+    call with the worst kept (``measure.worst``; a model with a fixed batch needs exactly that one).
+    A block that did not build or does not run is kept with its error; without the fp32 blocks
+    nothing can be measured and every entry says so."""
     subset = data.head(rows)
     positions = range(len(table.boundaries) - 1)
     wanted = [p for p in (precisions or list(table.methods)) if p != "fp32"]
@@ -170,9 +176,11 @@ def block_sensitivity(
         ]
         return SensitivityTable(table.boundaries, subset.rows, Metrics(), tuple(failed))
     chain = [_Stage(seg) for seg in fp32 if seg is not None]
-    batches = _batches(subset.rows, batch)
-    envs = [_run(chain, subset.feed(a, b)) for a, b in batches]
-    reference_outputs = _outputs(envs, batches, outputs)
+    # The fp32 tensors at every boundary, per batch size: lowering block k re-runs only k onwards.
+    runs = [_Batched(_batches(subset.rows, size)) for size in batches]
+    for run in runs:
+        run.envs = [_run(chain, subset.feed(a, b)) for a, b in run.ranges]
+    reference_outputs = _outputs(runs[0].envs, runs[0].ranges, outputs)
     reference = evaluate(reference_outputs, reference_outputs, outputs, subset.labels)
     results: list[BlockSensitivity] = []
     for precision in wanted:
@@ -187,23 +195,28 @@ def block_sensitivity(
                 continue
             try:
                 lowered = [_Stage(seg), *chain[k + 1 :]]
-                got = _outputs([_run(lowered, env) for env in envs], batches, outputs)
+                scores = [
+                    evaluate(
+                        _outputs([_run(lowered, env) for env in run.envs], run.ranges, outputs),
+                        reference_outputs,
+                        outputs,
+                        subset.labels,
+                    )
+                    for run in runs
+                ]
             # onnxruntime raises untyped errors; a block that cannot run is a measured outcome.
             except Exception as exc:
                 results.append(
                     BlockSensitivity(start, end, precision, Metrics(), f"failed to run: {first_line(exc)}")
                 )
                 continue
-            results.append(
-                BlockSensitivity(
-                    start, end, precision, evaluate(got, reference_outputs, outputs, subset.labels)
-                )
-            )
+            results.append(BlockSensitivity(start, end, precision, worst(scores)))
     logger.info(
-        "block sensitivity: %d blocks x %s on %d rows, reference %s",
+        "block sensitivity: %d blocks x %s on %d rows at batch %s, reference %s",
         len(spans),
         wanted,
         subset.rows,
+        "/".join(map(str, batches)),
         _brief(reference),
     )
     return SensitivityTable(table.boundaries, subset.rows, reference, tuple(results))
@@ -260,9 +273,7 @@ def check_additivity(
     reference = _reference(segmenter, subset, outputs)
     checks: list[MixCheck] = []
     for i, mix in enumerate(chosen, start=1):
-        measured = evaluate(
-            _run_mix(segmenter, mix, methods, subset, outputs), reference, outputs, subset.labels
-        )
+        measured = _score_mix(segmenter, mix, methods, subset, outputs, reference)
         checks.append(MixCheck(mix, measured, predict(mix, sensitivity)))
         if progress is not None:
             progress(i, len(chosen))
@@ -277,7 +288,7 @@ def evaluate_mix(
     """The quality of ``mix`` on ``data``, each segment built whole with the method of its precision,
     scored against the fp32 model's outputs (and the labels) as whole variants are."""
     reference = _reference(segmenter, data, outputs)
-    return evaluate(_run_mix(segmenter, mix, methods, data, outputs), reference, outputs, data.labels)
+    return _score_mix(segmenter, mix, methods, data, outputs, reference)
 
 
 def check_mix(mix: Mix, boundaries: Sequence[Bound], precisions: Sequence[str]) -> list[str]:
@@ -330,6 +341,14 @@ class _Stage:
         self.outputs = [o.name for o in self.session.get_outputs()]
 
 
+@dataclass(slots=True)
+class _Batched:
+    """The row ranges of one batch size and the tensors the fp32 chain computed on each."""
+
+    ranges: list[tuple[int, int]]
+    envs: list[dict[str, Array]] = dataclasses.field(default_factory=list)
+
+
 def _run(stages: Sequence[_Stage], feed: Mapping[str, Array]) -> dict[str, Array]:
     """Every tensor seen when ``stages`` run in order on ``feed`` (as ``segments.run_segments``)."""
     env: dict[str, Array] = dict(feed)
@@ -359,18 +378,47 @@ def _outputs(
 
 
 def _reference(segmenter: Segmenter, data: EvalData, outputs: Sequence[TensorSpec]) -> dict[str, Array]:
-    return _run_mix(segmenter, (Part(None, None, "fp32"),), {"fp32": "fp32"}, data, outputs)
+    """The fp32 model's outputs (fp32 does not depend on the batch: one batch size is enough)."""
+    whole = (Part(None, None, "fp32"),)
+    return _run_mix(segmenter, whole, {"fp32": "fp32"}, data, outputs, _eval_batches(segmenter)[:1])[0]
+
+
+def _score_mix(
+    segmenter: Segmenter,
+    mix: Mix,
+    methods: Mapping[str, str],
+    data: EvalData,
+    outputs: Sequence[TensorSpec],
+    reference: Mapping[str, Array],
+) -> Metrics:
+    """``mix`` against the fp32 ``reference`` outputs, at its worst over the eval batch sizes."""
+    runs = _run_mix(segmenter, mix, methods, data, outputs, _eval_batches(segmenter))
+    return worst([evaluate(got, reference, outputs, data.labels) for got in runs])
+
+
+def _eval_batches(segmenter: Segmenter) -> tuple[int, ...]:
+    fixed = segmenter.graph.fixed_batch
+    return (fixed,) if fixed else EVAL_BATCHES
 
 
 def _run_mix(
-    segmenter: Segmenter, mix: Mix, methods: Mapping[str, str], data: EvalData, outputs: Sequence[TensorSpec]
-) -> dict[str, Array]:
+    segmenter: Segmenter,
+    mix: Mix,
+    methods: Mapping[str, str],
+    data: EvalData,
+    outputs: Sequence[TensorSpec],
+    batches: Sequence[int],
+) -> list[dict[str, Array]]:
+    """The model outputs of ``mix`` on ``data``, once per batch size of ``batches``."""
     unknown = sorted({p.precision for p in mix} - set(methods))
     if unknown:
         raise InvalidArgument(f"no method for precision {', '.join(map(repr, unknown))}")
     stages = [_Stage(segmenter.segment(p.start, p.end, methods[p.precision])) for p in mix]
-    batches = _batches(data.rows, segmenter.graph.fixed_batch or EVAL_BATCH)
-    return _outputs([_run(stages, data.feed(a, b)) for a, b in batches], batches, outputs)
+    out: list[dict[str, Array]] = []
+    for size in batches:
+        ranges = _batches(data.rows, size)
+        out.append(_outputs([_run(stages, data.feed(a, b)) for a, b in ranges], ranges, outputs))
+    return out
 
 
 def _span(bounds: Sequence[Bound], start: Bound, end: Bound) -> range:

@@ -1,7 +1,8 @@
 """Build and measure the precision variants of one ONNX model: fp32, fp16, int8 and int4.
 
 For each requested precision one or more methods (candidates) are built with onnxruntime's tools,
-loaded, run over the eval data, compared with fp32 and timed. A candidate is accepted when it meets
+loaded, run over the eval data (in batches and one row at a time; the worse score counts, see
+``measure``), compared with fp32 and timed. A candidate is accepted when it meets
 the acceptance floor; where a precision has several accepted candidates (int8: dynamic per-channel,
 the same after onnxruntime's transformer fusions, and static QDQ) the fastest at batch 1 wins, unless
 others are within 10% of it, when the most accurate of those does. Nothing is dropped silently: every candidate of every requested precision comes back,
@@ -35,12 +36,14 @@ from controller.toolchain.measure import (
     AcceptanceFloor,
     MeasureConfig,
     Metrics,
+    eval_batches,
     evaluate,
     fixed_batch,
     judge,
     measure_latency,
     open_session,
     run_eval,
+    score,
 )
 
 logger = logging.getLogger(__name__)
@@ -87,7 +90,7 @@ class _Context:
     work: Path
     data: EvalData
     calibration: EvalData
-    batch: int  # rows per call when scoring accuracy
+    batch: int  # rows per call for the fp32 reference outputs and static int8's calibration
     fixed_batch: int  # the model's fixed batch size, 0 when dynamic
 
 
@@ -300,11 +303,11 @@ def _candidate(
     except Exception as exc:
         return rejected(f"failed to load in onnxruntime: {_first_line(exc)}", model)
     try:
-        got = run_eval(session, context.data, context.batch)
+        batches = eval_batches(config, context.fixed_batch)
+        metrics = score(session, context.data, batches, ref_outputs, outputs)
         latency = measure_latency(session, context.data, config, context.fixed_batch)
     except Exception as exc:
         return rejected(f"failed to run on the eval data: {_first_line(exc)}", model)
-    metrics = evaluate(got, ref_outputs, outputs, context.data.labels)
     ok, reason = judge(metrics, reference, floor)
     if not ok:
         return rejected(reason, model, latency, metrics)

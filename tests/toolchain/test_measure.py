@@ -10,19 +10,24 @@ import pytest
 from common.errors import InvalidArgument
 from common.types import DataType, TensorSpec
 from controller.onnx_check import inspect_onnx
+from controller.toolchain import quantize
 from controller.toolchain.digits import DigitsArtifacts
-from controller.toolchain.evaldata import load_eval_data
+from controller.toolchain.evaldata import EvalData, load_eval_data
 from controller.toolchain.measure import (
     AcceptanceFloor,
     MeasureConfig,
     Metrics,
+    eval_batches,
     evaluate,
     judge,
     measure_latency,
     open_session,
     run_eval,
+    score,
+    worst,
 )
 from tests.toolchain.conftest import FAST
+from tests.toolchain.tiny_models import ffn_block
 
 SCORES = TensorSpec("scores", DataType.FLOAT32, (-1, 3))
 LABEL = TensorSpec("label", DataType.INT64, (-1,))
@@ -108,3 +113,44 @@ def test_config_is_validated() -> None:
         MeasureConfig(batch_sizes=(0,))
     with pytest.raises(InvalidArgument):
         MeasureConfig(runs=0)
+
+
+def skewed_rows(rows: int = 128) -> np.ndarray:
+    """[rows, 8, 32] activations whose magnitude changes by 10x from one row to the next (1, 10, 100):
+    batched together, the large rows set the one activation scale dynamic int8 uses for all."""
+    x = np.random.default_rng(0).normal(size=(rows, 8, 32)).astype(np.float32)
+    return x * (10.0 ** (np.arange(rows) % 3))[:, None, None].astype(np.float32)
+
+
+def test_dynamic_int8_is_scored_at_its_worst_batch_size(tmp_path: Path) -> None:
+    """A request's output under dynamic int8 depends on the rows it is batched with; the score holds
+    however a serving agent batches them (here the batched one is worse; on MiniLM, one row is)."""
+    src = ffn_block(tmp_path / "ffn.onnx")
+    _, outputs = inspect_onnx(src)
+    session = open_session(quantize.int8_dynamic(src, tmp_path))
+    data = EvalData({"x": skewed_rows()})
+    reference = run_eval(open_session(src.read_bytes()), data, 64)
+    batched = evaluate(run_eval(session, data, 64), reference, outputs, None)
+    single = evaluate(run_eval(session, data, 1), reference, outputs, None)
+    assert batched.cosine is not None and single.cosine is not None
+    assert batched.cosine < single.cosine - 0.05  # what makes one batch size alone wrong
+
+    batches = eval_batches(MeasureConfig(), fixed=0)
+    assert batches == (64, 1)
+    assert score(session, data, batches, reference, outputs) == batched
+    assert score(session, data, (1, 64), reference, outputs) == batched  # not just the first size
+    assert score(session, data, (1,), reference, outputs) == single
+    assert eval_batches(MeasureConfig(eval_batch=1), fixed=0) == (1,)
+    assert eval_batches(MeasureConfig(), fixed=4) == (4,)  # a fixed batch is the only one it runs at
+
+
+def test_worst_takes_each_metric_at_its_worst() -> None:
+    a = Metrics(accuracy=0.9, agreement=0.99, cosine=0.97, max_abs_diff=0.1)
+    b = Metrics(accuracy=0.95, agreement=0.98, cosine=0.99, max_abs_diff=0.3, nonfinite=True)
+    assert worst([a, b]) == Metrics(
+        accuracy=0.9, agreement=0.98, cosine=0.97, max_abs_diff=0.3, nonfinite=True
+    )
+    assert worst([a]) == a
+    # A metric one score lacks is not known for the other batch size either.
+    assert worst([a, Metrics(cosine=0.5)]) == Metrics(cosine=0.5)
+    assert worst([]) == Metrics()

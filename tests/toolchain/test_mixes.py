@@ -78,6 +78,50 @@ def test_each_block_lowered_alone_is_what_a_chained_run_gives(
         assert b.metrics.cosine == pytest.approx(direct.cosine, abs=1e-9)
 
 
+def test_a_block_under_dynamic_int8_is_scored_at_its_worst_batch_size(
+    digits_model: DigitsArtifacts, digits_eval: Path
+) -> None:
+    """Dynamic int8 scales activations per batch: with rows of 1x, 10x and 100x the pixel values
+    batched together, a block's loss in batches differs from its loss one row at a time. The
+    sensitivity is the worse of the two, so it holds for a phone (one row) and a batching server."""
+    inputs, outputs = inspect_onnx(digits_model.model_path)
+    plain = load_eval_data(digits_eval, inputs, outputs).head(128)
+    x = plain.inputs["input"] * (10.0 ** (np.arange(plain.rows) % 3))[:, None].astype(np.float32)
+    data = EvalData({"input": x}, plain.labels)
+    segmenter = Segmenter(digits_model.model_path.read_bytes())
+    methods = {"fp32": quantize.METHOD_FP32, "int8": quantize.METHOD_INT8_DYNAMIC}
+    table = profile_blocks(
+        segmenter, segmenter.graph.select(4), methods, (1,), data=data, config=IMPORT_PROFILE_CONFIG
+    )
+    sens = mixes.block_sensitivity(table, data, outputs)
+    assert mixes.EVAL_BATCHES == (64, 1)
+    # Either order: the worse counts, not the first size scored.
+    assert mixes.block_sensitivity(table, data, outputs, batches=(1, 64)).blocks == sens.blocks
+    positions = range(len(table.boundaries) - 1)
+    fp32 = [table.segment(k, "fp32") for k in positions]
+    reference = _direct([s.onnx_bytes for s in fp32 if s], data, outputs)
+    differs = 0
+    for b in sens.blocks:
+        k = table.boundaries.index(b.start, 0 if b.start is None else 1)
+        lowered = table.segment(k, "int8")
+        assert lowered is not None and b.error == ""
+        chain = [(lowered if i == k else s).onnx_bytes for i, s in enumerate(fp32) if s]
+        batched = evaluate(_chained(chain, data, outputs, 64), reference, outputs, data.labels)
+        single = evaluate(_chained(chain, data, outputs, 1), reference, outputs, data.labels)
+        assert b.metrics.cosine == pytest.approx(min(batched.cosine or 0.0, single.cosine or 0.0), abs=1e-12)
+        assert b.metrics.accuracy == min(batched.accuracy or 0.0, single.accuracy or 0.0)
+        differs += abs((batched.cosine or 0.0) - (single.cosine or 0.0)) > 1e-4
+    assert differs  # the rows really do score differently batched (else this test shows nothing)
+
+
+def _chained(
+    parts: list[bytes], data: EvalData, outputs: tuple[TensorSpec, ...], batch: int
+) -> dict[str, np.ndarray]:
+    """``_direct`` in calls of ``batch`` rows."""
+    got = [run_segments(parts, data.feed(a, min(a + batch, data.rows))) for a in range(0, data.rows, batch)]
+    return {o.name: np.concatenate([g[o.name] for g in got]) for o in outputs}
+
+
 def test_additive_prediction_is_checked_against_measured_mixes(
     setup: tuple[Segmenter, ProfileTable, EvalData, tuple[TensorSpec, ...]],
 ) -> None:

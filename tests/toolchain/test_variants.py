@@ -19,10 +19,12 @@ from common.errors import InvalidArgument, NotFound
 from controller.onnx_check import inspect_onnx
 from controller.toolchain import quantize
 from controller.toolchain.digits import DigitsArtifacts
-from controller.toolchain.measure import AcceptanceFloor, Metrics
+from controller.toolchain.evaldata import EvalData
+from controller.toolchain.measure import AcceptanceFloor, Metrics, evaluate, open_session, run_eval
 from controller.toolchain.variants import PRECISIONS, VariantResult, accepted_variants, build_variants
 from tests.toolchain.conftest import FAST
-from tests.toolchain.tiny_models import digits_cnn, gemm_model, relu_model
+from tests.toolchain.test_measure import skewed_rows
+from tests.toolchain.tiny_models import digits_cnn, ffn_block, gemm_model, relu_model
 
 HAS_ONNX_IR = importlib.util.find_spec("onnx_ir") is not None
 
@@ -273,3 +275,20 @@ def test_importing_the_int4_quantizer_leaves_logging_alone(monkeypatch: pytest.M
     monkeypatch.delitem(sys.modules, "onnxruntime.quantization.matmul_nbits_quantizer", raising=False)
     assert quantize._nbits_quantizer_class().__name__ == "MatMulNBitsQuantizer"
     assert root.handlers == [] and root.level == logging.WARNING
+
+
+def test_a_variant_is_scored_at_its_worst_batch_size(tmp_path: Path) -> None:
+    """The int8 variant's cosine is the worse of batches of 64 and one row at a time: the batched one
+    here (rows of 1x, 10x, 100x magnitude share one activation scale), measured independently."""
+    src = ffn_block(tmp_path / "ffn.onnx")
+    data = EvalData({"x": skewed_rows()})
+    results = build_variants(src, data, ("fp32", "int8"), tmp_path, config=FAST)
+    dynamic = next(r for r in results if r.method == quantize.METHOD_INT8_DYNAMIC)
+    built = quantize.int8_dynamic(src, tmp_path)
+    _, outputs = inspect_onnx(src)
+    reference = run_eval(open_session(src.read_bytes()), data, 64)
+    session = open_session(built)
+    batched = evaluate(run_eval(session, data, 64), reference, outputs, None).cosine
+    single = evaluate(run_eval(session, data, 1), reference, outputs, None).cosine
+    assert batched is not None and single is not None and batched < single
+    assert dynamic.metrics.cosine == pytest.approx(batched, abs=1e-9)
