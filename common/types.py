@@ -425,6 +425,9 @@ class InferenceRecord:
     error: str = ""
     path: str = ""  # local | partitioned | fallback ('': local)
     hops: tuple[HopTiming, ...] = ()  # a partitioned request's, its own segment first
+    #: The assignment the device served it under (0: none yet; the agent core stamps it), so the
+    #: controller compares it with that plan's predictions, not a later plan's.
+    assignment_version: int = 0
 
 
 @dataclass(frozen=True, slots=True)

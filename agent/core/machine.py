@@ -727,7 +727,10 @@ class AgentCore:
     # --- telemetry ------------------------------------------------------------------------------
 
     def _on_inference(self, event: ev.InferenceDone, out: list[act.Action]) -> None:
-        self._append_record(event.record, out)
+        record = event.record
+        if not record.assignment_version:
+            record = replace(record, assignment_version=self.reported.acked_version)
+        self._append_record(record, out)
 
     def _on_telemetry_loaded(self, event: ev.TelemetryLoaded, out: list[act.Action]) -> None:
         self._telemetry.loaded(event.records, requested=event.requested, now=self._clock())

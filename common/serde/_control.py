@@ -144,6 +144,7 @@ def inference_record_to_pb(r: InferenceRecord) -> controller_pb.InferenceRecord:
         error=r.error,
         path=r.path,
         hops=[hop_timing_to_pb(h) for h in r.hops],
+        assignment_version=r.assignment_version,
     )
 
 
@@ -157,6 +158,7 @@ def inference_record_from_pb(
         error=_text(pb.error),
         path=_path_name(_at(path, "path"), pb.path),
         hops=hops_from_pb(_at(path, "hops"), pb.hops),
+        assignment_version=pb.assignment_version,
     )
 
 

@@ -358,6 +358,7 @@ def telemetry_body_to_json(body: InferenceRecord | DeviceEvent) -> tuple[str, st
                 "error": body.error,
                 "path": body.path,
                 "hops": [dataclasses.asdict(h) for h in body.hops],
+                "assignment_version": body.assignment_version,
             }
         )
     return KIND_EVENT, _dumps(
@@ -376,6 +377,7 @@ def telemetry_from_row(row: Row) -> TelemetryRecord:
             error=str(d.get("error", "")),
             path=str(d.get("path", "")),
             hops=tuple(HopTiming(**h) for h in d.get("hops", ())),
+            assignment_version=int(d.get("assignment_version", 0)),
         )
     elif row["kind"] == KIND_EVENT:
         body = DeviceEvent(

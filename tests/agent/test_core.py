@@ -799,6 +799,27 @@ def test_telemetry_is_batched_until_the_flush_interval_with_increasing_sequences
     assert stamps == [EPOCH_MS + int((t0 + 0.1 * i) * 1000) for i in range(3)]
 
 
+def test_each_record_names_the_assignment_it_was_served_under() -> None:
+    """The controller checks a request against the plan it ran under, so the core stamps the
+    version in force when the request finished (an agent that set one itself is left alone)."""
+    h = Harness(telemetry_flush_interval_s=1.0)
+    h.ready()
+    h.step(ev.InferenceDone(rec(0)))  # before any assignment
+    h.apply(asg(1, SHA_A))
+    h.step(ev.InferenceDone(rec(1)))
+    h.apply(asg(2, SHA_B))
+    h.step(ev.InferenceDone(rec(2)))
+    h.step(ev.InferenceDone(replace(rec(3), assignment_version=1)))  # finished under v1, recorded now
+    records = [r for b in sent(h.tick(1.0), TelemetryBatch) for r in b.records]
+    records = [r for r in records if isinstance(r.body, InferenceRecord)]  # not the model-swap events
+    assert [(r.body.latency_ms, r.body.assignment_version) for r in records] == [
+        (0, 0),
+        (1, 1),
+        (2, 2),
+        (3, 1),
+    ]
+
+
 def test_first_record_persists_a_sequence_reservation() -> None:
     h = Harness()
     h.ready()

@@ -20,6 +20,7 @@ from common.types import (
     CutPoint,
     DataType,
     DeviceEvent,
+    HopTiming,
     InferenceRecord,
     ModelVariant,
     Outcome,
@@ -100,7 +101,22 @@ class DataRules:
             inference(1, latency_ms=0.1 + 0.2, outcome=Outcome.INVALID_INPUT),
             TelemetryRecord(2, T0, InferenceRecord("bb", 3.5, Outcome.ERROR, error="shape mismatch")),
             TelemetryRecord(
-                3, T0, DeviceEvent(kind="rollback", message="smoke test failed", assignment_version=4)
+                3,
+                T0,
+                InferenceRecord(
+                    "cc",
+                    9.5,
+                    Outcome.OK,
+                    path="partitioned",
+                    hops=(
+                        HopTiming("dev-1", "device", compute_ms=2.5),
+                        HopTiming("edge-1", "edge", 1.0, 5.0, 1.5, 3),
+                    ),
+                    assignment_version=7,
+                ),
+            ),
+            TelemetryRecord(
+                4, T0, DeviceEvent(kind="rollback", message="smoke test failed", assignment_version=4)
             ),
         ]
         store.append_telemetry("dev-1", records, now_ms=T0)

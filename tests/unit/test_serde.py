@@ -191,6 +191,7 @@ inference_records = st.builds(
     latency_ms=latencies,
     outcome=st.sampled_from(Outcome),
     error=text,
+    assignment_version=u64,
 )
 device_events = st.builds(DeviceEvent, kind=nonempty_text, message=text, assignment_version=u64)
 telemetry_records = st.builds(

@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from edgefleet.v1 import types_pb2 as edgefleet_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x65\x64gefleet/v1/controller.proto\x12\x0c\x65\x64gefleet.v1\x1a\x18\x65\x64gefleet/v1/types.proto\"\x91\x01\n\rEnrollRequest\x12\x17\n\x0f\x62ootstrap_token\x18\x01 \x01(\t\x12/\n\x08hardware\x18\x02 \x01(\x0b\x32\x1d.edgefleet.v1.HardwareProfile\x12\x1b\n\x13requested_device_id\x18\x03 \x01(\t\x12\x19\n\x11\x64\x65vice_credential\x18\x04 \x01(\t\">\n\x0e\x45nrollResponse\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x19\n\x11\x64\x65vice_credential\x18\x02 \x01(\t\"\x8b\x02\n\x0c\x41gentMessage\x12$\n\x05hello\x18\x01 \x01(\x0b\x32\x13.edgefleet.v1.HelloH\x00\x12,\n\theartbeat\x18\x02 \x01(\x0b\x32\x17.edgefleet.v1.HeartbeatH\x00\x12\x31\n\ttelemetry\x18\x03 \x01(\x0b\x32\x1c.edgefleet.v1.TelemetryBatchH\x00\x12\x35\n\x0e\x61ssignment_ack\x18\x04 \x01(\x0b\x32\x1b.edgefleet.v1.AssignmentAckH\x00\x12\x35\n\x0eprofile_report\x18\x05 \x01(\x0b\x32\x1b.edgefleet.v1.ProfileReportH\x00\x42\x06\n\x04\x62ody\"\xdd\x01\n\x05Hello\x12/\n\x08hardware\x18\x01 \x01(\x0b\x32\x1d.edgefleet.v1.HardwareProfile\x12-\n\x08reported\x18\x02 \x01(\x0b\x32\x1b.edgefleet.v1.ReportedState\x12\x1b\n\x13telemetry_watermark\x18\x03 \x01(\x04\x12\x17\n\x0frecords_dropped\x18\x04 \x01(\x04\x12,\n\x05links\x18\x05 \x03(\x0b\x32\x1d.edgefleet.v1.LinkMeasurement\x12\x10\n\x08\x65ndpoint\x18\x06 \x01(\t\"M\n\tHeartbeat\x12\x12\n\nsent_at_ms\x18\x01 \x01(\x03\x12,\n\x05links\x18\x02 \x03(\x0b\x32\x1d.edgefleet.v1.LinkMeasurement\"\xa7\x01\n\x0fInferenceRecord\x12\x14\n\x0cmodel_sha256\x18\x01 \x01(\t\x12\x12\n\nlatency_ms\x18\x02 \x01(\x01\x12&\n\x07outcome\x18\x03 \x01(\x0e\x32\x15.edgefleet.v1.Outcome\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x0c\n\x04path\x18\x05 \x01(\t\x12%\n\x04hops\x18\x06 \x03(\x0b\x32\x17.edgefleet.v1.HopTiming\"H\n\x0b\x44\x65viceEvent\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x1a\n\x12\x61ssignment_version\x18\x03 \x01(\x04\"\xa1\x01\n\x0fTelemetryRecord\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x14\n\x0ctimestamp_ms\x18\x02 \x01(\x03\x12\x32\n\tinference\x18\x03 \x01(\x0b\x32\x1d.edgefleet.v1.InferenceRecordH\x00\x12*\n\x05\x65vent\x18\x04 \x01(\x0b\x32\x19.edgefleet.v1.DeviceEventH\x00\x42\x06\n\x04\x62ody\"@\n\x0eTelemetryBatch\x12.\n\x07records\x18\x01 \x03(\x0b\x32\x1d.edgefleet.v1.TelemetryRecord\"\x92\x01\n\rAssignmentAck\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x30\n\x07\x66\x61ilure\x18\x02 \x01(\x0e\x32\x1f.edgefleet.v1.AssignmentFailure\x12\x0f\n\x07message\x18\x03 \x01(\t\x12-\n\x08reported\x18\x04 \x01(\x0b\x32\x1b.edgefleet.v1.ReportedState\"{\n\x0b\x42lockTiming\x12\x11\n\tstart_cut\x18\x01 \x01(\r\x12\x0f\n\x07\x65nd_cut\x18\x02 \x01(\r\x12\x11\n\tprecision\x18\x03 \x01(\t\x12\x12\n\nbatch_size\x18\x04 \x01(\r\x12\x12\n\nlatency_ms\x18\x05 \x01(\x01\x12\r\n\x05\x65rror\x18\x06 \x01(\t\"\xa5\x01\n\rProfileReport\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12*\n\x07timings\x18\x03 \x03(\x0b\x32\x19.edgefleet.v1.BlockTiming\x12\x31\n\rcall_overhead\x18\x04 \x03(\x0b\x32\x1a.edgefleet.v1.CallOverhead\x12\r\n\x05\x65rror\x18\x05 \x01(\t\"\xe3\x01\n\x11\x43ontrollerMessage\x12(\n\x07welcome\x18\x01 \x01(\x0b\x32\x15.edgefleet.v1.WelcomeH\x00\x12.\n\nassignment\x18\x02 \x01(\x0b\x32\x18.edgefleet.v1.AssignmentH\x00\x12\x33\n\rtelemetry_ack\x18\x03 \x01(\x0b\x32\x1a.edgefleet.v1.TelemetryAckH\x00\x12\x37\n\x0fprofile_request\x18\x04 \x01(\x0b\x32\x1c.edgefleet.v1.ProfileRequestH\x00\x42\x06\n\x04\x62ody\"{\n\x0cProfileBlock\x12\x11\n\tstart_cut\x18\x01 \x01(\r\x12\x0f\n\x07\x65nd_cut\x18\x02 \x01(\r\x12\x11\n\tprecision\x18\x03 \x01(\t\x12\x17\n\x0f\x61rtifact_sha256\x18\x04 \x01(\t\x12\x1b\n\x13\x61rtifact_size_bytes\x18\x05 \x01(\x04\"\xd0\x01\n\x0eProfileRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x15\n\rsource_sha256\x18\x03 \x01(\t\x12*\n\x06\x62locks\x18\x04 \x03(\x0b\x32\x1a.edgefleet.v1.ProfileBlock\x12\x15\n\rinputs_sha256\x18\x05 \x01(\t\x12\x19\n\x11inputs_size_bytes\x18\x06 \x01(\x04\x12\x13\n\x0b\x62\x61tch_sizes\x18\x07 \x03(\r\x12\x0c\n\x04runs\x18\x08 \x01(\r\"E\n\x07Welcome\x12\x1d\n\x15heartbeat_interval_ms\x18\x01 \x01(\r\x12\x1b\n\x13telemetry_watermark\x18\x02 \x01(\x04\"&\n\x0cTelemetryAck\x12\x16\n\x0eup_to_sequence\x18\x01 \x01(\x04\"6\n\x14\x46\x65tchArtifactRequest\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\"6\n\x10\x41rtifactManifest\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x04\"_\n\rArtifactChunk\x12\x30\n\x08manifest\x18\x01 \x01(\x0b\x32\x1e.edgefleet.v1.ArtifactManifest\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c*v\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x0e\n\nOUTCOME_OK\x10\x01\x12\x19\n\x15OUTCOME_INVALID_INPUT\x10\x02\x12\x14\n\x10OUTCOME_NO_MODEL\x10\x03\x12\x11\n\rOUTCOME_ERROR\x10\x04\x32\xf8\x01\n\x11\x43ontrollerService\x12\x43\n\x06\x45nroll\x12\x1b.edgefleet.v1.EnrollRequest\x1a\x1c.edgefleet.v1.EnrollResponse\x12J\n\x07\x43onnect\x12\x1a.edgefleet.v1.AgentMessage\x1a\x1f.edgefleet.v1.ControllerMessage(\x01\x30\x01\x12R\n\rFetchArtifact\x12\".edgefleet.v1.FetchArtifactRequest\x1a\x1b.edgefleet.v1.ArtifactChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x65\x64gefleet/v1/controller.proto\x12\x0c\x65\x64gefleet.v1\x1a\x18\x65\x64gefleet/v1/types.proto\"\x91\x01\n\rEnrollRequest\x12\x17\n\x0f\x62ootstrap_token\x18\x01 \x01(\t\x12/\n\x08hardware\x18\x02 \x01(\x0b\x32\x1d.edgefleet.v1.HardwareProfile\x12\x1b\n\x13requested_device_id\x18\x03 \x01(\t\x12\x19\n\x11\x64\x65vice_credential\x18\x04 \x01(\t\">\n\x0e\x45nrollResponse\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x19\n\x11\x64\x65vice_credential\x18\x02 \x01(\t\"\x8b\x02\n\x0c\x41gentMessage\x12$\n\x05hello\x18\x01 \x01(\x0b\x32\x13.edgefleet.v1.HelloH\x00\x12,\n\theartbeat\x18\x02 \x01(\x0b\x32\x17.edgefleet.v1.HeartbeatH\x00\x12\x31\n\ttelemetry\x18\x03 \x01(\x0b\x32\x1c.edgefleet.v1.TelemetryBatchH\x00\x12\x35\n\x0e\x61ssignment_ack\x18\x04 \x01(\x0b\x32\x1b.edgefleet.v1.AssignmentAckH\x00\x12\x35\n\x0eprofile_report\x18\x05 \x01(\x0b\x32\x1b.edgefleet.v1.ProfileReportH\x00\x42\x06\n\x04\x62ody\"\xdd\x01\n\x05Hello\x12/\n\x08hardware\x18\x01 \x01(\x0b\x32\x1d.edgefleet.v1.HardwareProfile\x12-\n\x08reported\x18\x02 \x01(\x0b\x32\x1b.edgefleet.v1.ReportedState\x12\x1b\n\x13telemetry_watermark\x18\x03 \x01(\x04\x12\x17\n\x0frecords_dropped\x18\x04 \x01(\x04\x12,\n\x05links\x18\x05 \x03(\x0b\x32\x1d.edgefleet.v1.LinkMeasurement\x12\x10\n\x08\x65ndpoint\x18\x06 \x01(\t\"M\n\tHeartbeat\x12\x12\n\nsent_at_ms\x18\x01 \x01(\x03\x12,\n\x05links\x18\x02 \x03(\x0b\x32\x1d.edgefleet.v1.LinkMeasurement\"\xc3\x01\n\x0fInferenceRecord\x12\x14\n\x0cmodel_sha256\x18\x01 \x01(\t\x12\x12\n\nlatency_ms\x18\x02 \x01(\x01\x12&\n\x07outcome\x18\x03 \x01(\x0e\x32\x15.edgefleet.v1.Outcome\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x0c\n\x04path\x18\x05 \x01(\t\x12%\n\x04hops\x18\x06 \x03(\x0b\x32\x17.edgefleet.v1.HopTiming\x12\x1a\n\x12\x61ssignment_version\x18\x07 \x01(\x04\"H\n\x0b\x44\x65viceEvent\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x1a\n\x12\x61ssignment_version\x18\x03 \x01(\x04\"\xa1\x01\n\x0fTelemetryRecord\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x14\n\x0ctimestamp_ms\x18\x02 \x01(\x03\x12\x32\n\tinference\x18\x03 \x01(\x0b\x32\x1d.edgefleet.v1.InferenceRecordH\x00\x12*\n\x05\x65vent\x18\x04 \x01(\x0b\x32\x19.edgefleet.v1.DeviceEventH\x00\x42\x06\n\x04\x62ody\"@\n\x0eTelemetryBatch\x12.\n\x07records\x18\x01 \x03(\x0b\x32\x1d.edgefleet.v1.TelemetryRecord\"\x92\x01\n\rAssignmentAck\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x30\n\x07\x66\x61ilure\x18\x02 \x01(\x0e\x32\x1f.edgefleet.v1.AssignmentFailure\x12\x0f\n\x07message\x18\x03 \x01(\t\x12-\n\x08reported\x18\x04 \x01(\x0b\x32\x1b.edgefleet.v1.ReportedState\"{\n\x0b\x42lockTiming\x12\x11\n\tstart_cut\x18\x01 \x01(\r\x12\x0f\n\x07\x65nd_cut\x18\x02 \x01(\r\x12\x11\n\tprecision\x18\x03 \x01(\t\x12\x12\n\nbatch_size\x18\x04 \x01(\r\x12\x12\n\nlatency_ms\x18\x05 \x01(\x01\x12\r\n\x05\x65rror\x18\x06 \x01(\t\"\xa5\x01\n\rProfileReport\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12*\n\x07timings\x18\x03 \x03(\x0b\x32\x19.edgefleet.v1.BlockTiming\x12\x31\n\rcall_overhead\x18\x04 \x03(\x0b\x32\x1a.edgefleet.v1.CallOverhead\x12\r\n\x05\x65rror\x18\x05 \x01(\t\"\xe3\x01\n\x11\x43ontrollerMessage\x12(\n\x07welcome\x18\x01 \x01(\x0b\x32\x15.edgefleet.v1.WelcomeH\x00\x12.\n\nassignment\x18\x02 \x01(\x0b\x32\x18.edgefleet.v1.AssignmentH\x00\x12\x33\n\rtelemetry_ack\x18\x03 \x01(\x0b\x32\x1a.edgefleet.v1.TelemetryAckH\x00\x12\x37\n\x0fprofile_request\x18\x04 \x01(\x0b\x32\x1c.edgefleet.v1.ProfileRequestH\x00\x42\x06\n\x04\x62ody\"{\n\x0cProfileBlock\x12\x11\n\tstart_cut\x18\x01 \x01(\r\x12\x0f\n\x07\x65nd_cut\x18\x02 \x01(\r\x12\x11\n\tprecision\x18\x03 \x01(\t\x12\x17\n\x0f\x61rtifact_sha256\x18\x04 \x01(\t\x12\x1b\n\x13\x61rtifact_size_bytes\x18\x05 \x01(\x04\"\xd0\x01\n\x0eProfileRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x15\n\rsource_sha256\x18\x03 \x01(\t\x12*\n\x06\x62locks\x18\x04 \x03(\x0b\x32\x1a.edgefleet.v1.ProfileBlock\x12\x15\n\rinputs_sha256\x18\x05 \x01(\t\x12\x19\n\x11inputs_size_bytes\x18\x06 \x01(\x04\x12\x13\n\x0b\x62\x61tch_sizes\x18\x07 \x03(\r\x12\x0c\n\x04runs\x18\x08 \x01(\r\"E\n\x07Welcome\x12\x1d\n\x15heartbeat_interval_ms\x18\x01 \x01(\r\x12\x1b\n\x13telemetry_watermark\x18\x02 \x01(\x04\"&\n\x0cTelemetryAck\x12\x16\n\x0eup_to_sequence\x18\x01 \x01(\x04\"6\n\x14\x46\x65tchArtifactRequest\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\"6\n\x10\x41rtifactManifest\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x04\"_\n\rArtifactChunk\x12\x30\n\x08manifest\x18\x01 \x01(\x0b\x32\x1e.edgefleet.v1.ArtifactManifest\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c*v\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x0e\n\nOUTCOME_OK\x10\x01\x12\x19\n\x15OUTCOME_INVALID_INPUT\x10\x02\x12\x14\n\x10OUTCOME_NO_MODEL\x10\x03\x12\x11\n\rOUTCOME_ERROR\x10\x04\x32\xf8\x01\n\x11\x43ontrollerService\x12\x43\n\x06\x45nroll\x12\x1b.edgefleet.v1.EnrollRequest\x1a\x1c.edgefleet.v1.EnrollResponse\x12J\n\x07\x43onnect\x12\x1a.edgefleet.v1.AgentMessage\x1a\x1f.edgefleet.v1.ControllerMessage(\x01\x30\x01\x12R\n\rFetchArtifact\x12\".edgefleet.v1.FetchArtifactRequest\x1a\x1b.edgefleet.v1.ArtifactChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'edgefleet.v1.controller_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_OUTCOME']._serialized_start=2660
-  _globals['_OUTCOME']._serialized_end=2778
+  _globals['_OUTCOME']._serialized_start=2688
+  _globals['_OUTCOME']._serialized_end=2806
   _globals['_ENROLLREQUEST']._serialized_start=74
   _globals['_ENROLLREQUEST']._serialized_end=219
   _globals['_ENROLLRESPONSE']._serialized_start=221
@@ -45,35 +45,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HEARTBEAT']._serialized_start=779
   _globals['_HEARTBEAT']._serialized_end=856
   _globals['_INFERENCERECORD']._serialized_start=859
-  _globals['_INFERENCERECORD']._serialized_end=1026
-  _globals['_DEVICEEVENT']._serialized_start=1028
-  _globals['_DEVICEEVENT']._serialized_end=1100
-  _globals['_TELEMETRYRECORD']._serialized_start=1103
-  _globals['_TELEMETRYRECORD']._serialized_end=1264
-  _globals['_TELEMETRYBATCH']._serialized_start=1266
-  _globals['_TELEMETRYBATCH']._serialized_end=1330
-  _globals['_ASSIGNMENTACK']._serialized_start=1333
-  _globals['_ASSIGNMENTACK']._serialized_end=1479
-  _globals['_BLOCKTIMING']._serialized_start=1481
-  _globals['_BLOCKTIMING']._serialized_end=1604
-  _globals['_PROFILEREPORT']._serialized_start=1607
-  _globals['_PROFILEREPORT']._serialized_end=1772
-  _globals['_CONTROLLERMESSAGE']._serialized_start=1775
-  _globals['_CONTROLLERMESSAGE']._serialized_end=2002
-  _globals['_PROFILEBLOCK']._serialized_start=2004
-  _globals['_PROFILEBLOCK']._serialized_end=2127
-  _globals['_PROFILEREQUEST']._serialized_start=2130
-  _globals['_PROFILEREQUEST']._serialized_end=2338
-  _globals['_WELCOME']._serialized_start=2340
-  _globals['_WELCOME']._serialized_end=2409
-  _globals['_TELEMETRYACK']._serialized_start=2411
-  _globals['_TELEMETRYACK']._serialized_end=2449
-  _globals['_FETCHARTIFACTREQUEST']._serialized_start=2451
-  _globals['_FETCHARTIFACTREQUEST']._serialized_end=2505
-  _globals['_ARTIFACTMANIFEST']._serialized_start=2507
-  _globals['_ARTIFACTMANIFEST']._serialized_end=2561
-  _globals['_ARTIFACTCHUNK']._serialized_start=2563
-  _globals['_ARTIFACTCHUNK']._serialized_end=2658
-  _globals['_CONTROLLERSERVICE']._serialized_start=2781
-  _globals['_CONTROLLERSERVICE']._serialized_end=3029
+  _globals['_INFERENCERECORD']._serialized_end=1054
+  _globals['_DEVICEEVENT']._serialized_start=1056
+  _globals['_DEVICEEVENT']._serialized_end=1128
+  _globals['_TELEMETRYRECORD']._serialized_start=1131
+  _globals['_TELEMETRYRECORD']._serialized_end=1292
+  _globals['_TELEMETRYBATCH']._serialized_start=1294
+  _globals['_TELEMETRYBATCH']._serialized_end=1358
+  _globals['_ASSIGNMENTACK']._serialized_start=1361
+  _globals['_ASSIGNMENTACK']._serialized_end=1507
+  _globals['_BLOCKTIMING']._serialized_start=1509
+  _globals['_BLOCKTIMING']._serialized_end=1632
+  _globals['_PROFILEREPORT']._serialized_start=1635
+  _globals['_PROFILEREPORT']._serialized_end=1800
+  _globals['_CONTROLLERMESSAGE']._serialized_start=1803
+  _globals['_CONTROLLERMESSAGE']._serialized_end=2030
+  _globals['_PROFILEBLOCK']._serialized_start=2032
+  _globals['_PROFILEBLOCK']._serialized_end=2155
+  _globals['_PROFILEREQUEST']._serialized_start=2158
+  _globals['_PROFILEREQUEST']._serialized_end=2366
+  _globals['_WELCOME']._serialized_start=2368
+  _globals['_WELCOME']._serialized_end=2437
+  _globals['_TELEMETRYACK']._serialized_start=2439
+  _globals['_TELEMETRYACK']._serialized_end=2477
+  _globals['_FETCHARTIFACTREQUEST']._serialized_start=2479
+  _globals['_FETCHARTIFACTREQUEST']._serialized_end=2533
+  _globals['_ARTIFACTMANIFEST']._serialized_start=2535
+  _globals['_ARTIFACTMANIFEST']._serialized_end=2589
+  _globals['_ARTIFACTCHUNK']._serialized_start=2591
+  _globals['_ARTIFACTCHUNK']._serialized_end=2686
+  _globals['_CONTROLLERSERVICE']._serialized_start=2809
+  _globals['_CONTROLLERSERVICE']._serialized_end=3057
 # @@protoc_insertion_point(module_scope)

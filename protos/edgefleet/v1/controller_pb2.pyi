@@ -80,20 +80,22 @@ class Heartbeat(_message.Message):
     def __init__(self, sent_at_ms: _Optional[int] = ..., links: _Optional[_Iterable[_Union[_types_pb2.LinkMeasurement, _Mapping]]] = ...) -> None: ...
 
 class InferenceRecord(_message.Message):
-    __slots__ = ("model_sha256", "latency_ms", "outcome", "error", "path", "hops")
+    __slots__ = ("model_sha256", "latency_ms", "outcome", "error", "path", "hops", "assignment_version")
     MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
     LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     HOPS_FIELD_NUMBER: _ClassVar[int]
+    ASSIGNMENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     model_sha256: str
     latency_ms: float
     outcome: Outcome
     error: str
     path: str
     hops: _containers.RepeatedCompositeFieldContainer[_types_pb2.HopTiming]
-    def __init__(self, model_sha256: _Optional[str] = ..., latency_ms: _Optional[float] = ..., outcome: _Optional[_Union[Outcome, str]] = ..., error: _Optional[str] = ..., path: _Optional[str] = ..., hops: _Optional[_Iterable[_Union[_types_pb2.HopTiming, _Mapping]]] = ...) -> None: ...
+    assignment_version: int
+    def __init__(self, model_sha256: _Optional[str] = ..., latency_ms: _Optional[float] = ..., outcome: _Optional[_Union[Outcome, str]] = ..., error: _Optional[str] = ..., path: _Optional[str] = ..., hops: _Optional[_Iterable[_Union[_types_pb2.HopTiming, _Mapping]]] = ..., assignment_version: _Optional[int] = ...) -> None: ...
 
 class DeviceEvent(_message.Message):
     __slots__ = ("kind", "message", "assignment_version")
