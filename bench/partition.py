@@ -4,7 +4,8 @@ predicted latency against the measured one, and one serving agent's dynamic batc
 Usage::
 
     .venv/bin/python bench/partition.py [--requests 256] [--warmup 16] [--seconds 1.5] [--rounds 2]
-                                        [--skip-inprocess] [--skip-cut-pairs] [--transport stream|unary]
+                                        [--skip-inprocess] [--skip-cut-pairs] [--skip-batching]
+                                        [--transport stream|unary]
                                         [--keep DIR] [--json OUT]
 
 Needs the cached all-MiniLM-L6-v2 export (``make minilm``; exits 2 without it). About 4 minutes on
@@ -1001,6 +1002,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--skip-inprocess", action="store_true", help="leave out section 5")
     parser.add_argument("--skip-cut-pairs", action="store_true", help="leave out section 3")
     parser.add_argument(
+        "--skip-batching", action="store_true", help="leave out the batching sections (4 and 5)"
+    )
+    parser.add_argument(
         "--transport",
         choices=("stream", "unary"),
         default="stream",
@@ -1064,6 +1068,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     results = run_cut_pairs(fleet, art, model, link, args)
                     out["cut_pairs"] = render_cut_pairs(results)
                     out["goals"].append(out["cut_pairs"]["goal"])
+                if args.skip_batching:
+                    note("stopping the fleet")
+                    return _summary(out, args, started)
                 console.rule(f"4. dynamic batching on a real serving agent (gRPC, {args.transport})")
                 a, e, precisions = BATCHING_CONFIG
                 out["batching_grpc"] = {}
@@ -1100,6 +1107,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.skip_inprocess:
         console.rule("5. dynamic batching in-process (bench/batching.py's functions, no gRPC)")
         out["goals"] += run_batching_inprocess(args)
+    return _summary(out, args, started)
+
+
+def _summary(out: dict[str, Any], args: argparse.Namespace, started: float) -> int:
     console.rule("summary")
     for line in out["goals"]:
         console.print(f"  {line}", highlight=False)
