@@ -4,8 +4,9 @@ builder and hub, as ``fleetctl apply`` does), three real ``fleet-agent`` process
 cloud worker) on loopback, and the loopback "link" measured with a bare gRPC echo.
 
 Forcing a cut pair goes through the product's own code end to end: the planner's ``plan()`` (pure)
-on ``plan_input(policies, devices, models)`` with the wanted configuration as the device's *current*
-one and a hysteresis weight large enough that ``plan()`` keeps it, so the prediction is exactly what
+on ``policies.planning_input`` (the controller's view of the fleet, calibrated from the requests
+the phone served since its last switch, as every plan is) with the wanted configuration
+as the device's *current* one and a hysteresis weight large enough that ``plan()`` keeps it, so the prediction is exactly what
 the planner computes for any plan it makes; then ``policies.assignment_plan``, the controller's
 ``SegmentBuilder`` (segment artifacts), ``policies.materialize`` (endpoints, what pool nodes serve,
 their batching) and ``policies.set_assignments`` + ``Hub.kick`` (the reconcile path delivers the new
@@ -31,13 +32,12 @@ from typing import Any, TypeVar
 
 import grpc
 
-from common.types import Device, Model, PolicyFile
+from common.types import Device, InferenceRecord, Model, PolicyFile
 from controller.client import AdminClient
-from controller.planner import ConfigKey, DevicePlan, Link, Weights, plan
-from controller.planner.inputs import plan_input
+from controller.planner import ConfigKey, DevicePlan, Weights, plan
 from controller.policy import PolicySet
 from controller.server import Controller, ControllerConfig
-from controller.service import policies
+from controller.service import calibration, policies
 from controller.store.base import PlannedAssignment
 from simulator.processes import Proc, ProcessError, start_agent, terminate_all, wait_until
 
@@ -299,14 +299,6 @@ def profile_devices(
 # Plans the bench chooses, through the planner and the controller's apply path
 
 
-def _links(devices: Sequence[Device]) -> dict[str, dict[str, Link]]:
-    return {
-        d.id: {m.pool: Link(m.bandwidth_mbps, m.rtt_ms, m.rtt_p95_ms or None) for m in d.links}
-        for d in devices
-        if d.links
-    }
-
-
 def load_policies(text: str, path: str = "bench-partition.yaml") -> PolicySet:
     return policies.load([PolicyFile(path, text)])
 
@@ -316,6 +308,8 @@ class Forced:
     plan: DevicePlan  # the planner's plan (and prediction) for the device
     assignments: tuple[PlannedAssignment, ...]  # what was written: the device's, and the pool nodes'
     changed: tuple[str, ...]  # devices that got a new version
+    #: The calibration the prediction used (from the requests served since the last switch).
+    calibrated: tuple[calibration.RequestOverhead, ...] = ()
 
 
 def natural_plan(fleet: Fleet, policy_set: PolicySet, device_id: str) -> DevicePlan | None:
@@ -339,11 +333,9 @@ def force_plan(fleet: Fleet, policy_set: PolicySet, device_id: str, key: ConfigK
         async with c.policy_lock:
             snapshot = await c.db.run(policies.read, c.db.store)
             policies.check(policy_set, snapshot.devices, snapshot.models.values())
-            data = plan_input(
+            data, calibrated = policies.planning_input(
+                snapshot,
                 policy_set,
-                snapshot.devices,
-                snapshot.models,
-                links=_links(snapshot.devices),
                 current={device_id: key},
                 weights=Weights(hysteresis=FORCE_HYSTERESIS),
             )
@@ -374,7 +366,7 @@ def force_plan(fleet: Fleet, policy_set: PolicySet, device_id: str, key: ConfigK
             changed = await c.db.run(policies.set_assignments, c.db.store, assignments)
         for d in changed:
             await c.hub.kick(d)
-        return Forced(p, assignments, tuple(changed))
+        return Forced(p, assignments, tuple(changed), calibrated)
 
     return fleet.ctl.call(go())
 
@@ -406,3 +398,22 @@ def segment_bytes(fleet: Fleet, sha256: str) -> bytes:
 def served_sha(forced: Forced, tier: str) -> str:
     seg = next(s for a in forced.assignments if a.plan is not None for s in a.plan.segments if s.tier == tier)
     return seg.artifact_sha256
+
+
+def served_under_current(fleet: Fleet, device_id: str) -> int:
+    """How many of ``device_id``'s requests under the assignment it holds now the controller has
+    stored (of its latest ``calibration.WINDOW``): what the next plan's calibration can read."""
+
+    def count(store: Any) -> int:
+        device = store.get_device(device_id)
+        version = device.assignment.version if device.assignment is not None else 0
+        records = store.latest_telemetry(device_id, limit=calibration.WINDOW)
+        return sum(
+            1 for r in records if isinstance(r.body, InferenceRecord) and r.body.assignment_version == version
+        )
+
+    async def go() -> int:
+        c = fleet.ctl.controller
+        return int(await c.db.run(count, c.db.store))
+
+    return fleet.ctl.call(go())

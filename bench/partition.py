@@ -29,8 +29,10 @@ a 2-core box. One run does, in order:
    ``plan()`` is run with that configuration as the phone's current one and a hysteresis it cannot
    beat (so it keeps it and predicts it as it predicts any plan: compute per tier from the measured
    profiles, M/D/1 queueing at the pools' utilisation cap, each hop's RTT + bytes at the link's
-   bandwidth); the plan is materialised and delivered as an apply does (segment artifacts, endpoints,
-   what edge and cloud serve). Then ``--requests`` sequential requests (eval rows 0..N-1, batch 1)
+   bandwidth), plus what a partitioned request costs the phone around its segment and the hops as
+   the controller measured it on the pair before (``controller.service.calibration``, as every plan
+   is; the first pair uses the link warm-up's requests); the plan is materialised and delivered as
+   an apply does (segment artifacts, endpoints, what edge and cloud serve). Then ``--requests`` sequential requests (eval rows 0..N-1, batch 1)
    go to the phone's Infer; its ``InferResponse`` carries the end-to-end latency measured on the
    phone and every hop's queue/compute/transfer. Printed per configuration: the prediction and its
    parts, the measured medians of the same parts, p50/p95 end to end, the error of the prediction
@@ -82,7 +84,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,6 +109,7 @@ from _partition_fleet import (
     natural_plan,
     profile_devices,
     running_fleet,
+    served_under_current,
     wait_converged,
 )
 from _partition_load import LoadCell, echo_floor, requests_pb, run_cell
@@ -118,8 +121,9 @@ from common.tensors import from_tensor, to_tensor
 from common.types import HopTiming, InferResponse, Model, RunSegmentResponse
 from controller.planner import ConfigKey, DevicePlan, Pattern, Tier
 from controller.planner.inputs import planner_model
+from controller.service.calibration import WINDOW, RequestOverhead
 from controller.toolchain.minilm import MiniLMArtifacts, cached_minilm
-from simulator.processes import wait_until
+from simulator.processes import ProcessError, wait_until
 
 console = Console()
 if not console.is_terminal:
@@ -172,6 +176,15 @@ DIGITS_CONFIG = (1, 5, ("fp32", "fp32", "fp32"))
 
 def note(text: str) -> None:
     console.print(f"[dim]{time.perf_counter() - _T0:6.1f}s  {text}[/dim]", highlight=False)
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
+    """Poll ``predicate`` until true (True) or ``timeout`` seconds pass (False)."""
+    try:
+        wait_until(predicate, timeout=timeout, what="a condition", interval=0.2)
+    except ProcessError:
+        return False
+    return True
 
 
 def goal_line(ok: bool, text: str) -> str:
@@ -369,6 +382,7 @@ class CutResult:
     check: str
     check_ok: bool
     error: float  # (predicted - measured p50) / measured p50
+    calibrated: tuple[RequestOverhead, ...] = ()  # the calibration the prediction used
 
     def doc(self) -> dict[str, Any]:
         m = self.measured
@@ -386,7 +400,14 @@ class CutResult:
             "check": self.check,
             "check_ok": self.check_ok,
             "predicted_quality": self.plan.quality,
+            "request_overhead_ms": {o.hardware_class: o.ms for o in self.calibrated},
         }
+
+
+def calibration_label(found: Sequence[RequestOverhead]) -> str:
+    return (
+        ", ".join(f"{o.hardware_class} +{o.ms:.2f} ms (median of {o.requests})" for o in found) or "none yet"
+    )
 
 
 def predicted_parts(p: DevicePlan) -> dict[str, float]:
@@ -394,6 +415,7 @@ def predicted_parts(p: DevicePlan) -> dict[str, float]:
     out = {f"{t} compute": seg[t].compute_ms if t in seg else 0.0 for t in ("device", "edge", "cloud")}
     out["queue"] = sum(s.queue_ms for s in p.segments)
     out["transfer"] = sum(h.transfer_ms for h in p.hops)
+    out["other"] = p.overhead_ms
     for h in p.hops:
         out[f"{h.target.value} transfer"] = h.transfer_ms
     return out
@@ -455,8 +477,18 @@ def run_cut_pairs(
             r = c.infer_response(row, timeout=10.0)
             return r, (time.perf_counter() - t0) * 1e3
 
+        sent = 0  # requests the phone certainly served under its current assignment (not the probes)
+
         def switch(a: int, e: int, precisions: tuple[str, ...]) -> Forced:
-            """Force the pair, wait until the phone answers over its path."""
+            """Force the pair, wait until the phone answers over its path. The prediction is
+            calibrated from the requests served on the pair before (once the controller has them)."""
+            nonlocal sent
+            want = min(sent, WINDOW)
+            if want and not wait_for(lambda: served_under_current(fleet, PHONE) >= want, 20.0):
+                note(
+                    f"only {served_under_current(fleet, PHONE)} of {want} requests reached the controller in 20 s"
+                )
+            sent = 0
             forced = force_plan(fleet, policy_set, PHONE, config_key(a, e, precisions))
             wait_converged(fleet, [PHONE, EDGE, CLOUD])
             # The phone switches its route once it has loaded the new segments: wait for the path.
@@ -482,6 +514,7 @@ def run_cut_pairs(
             switch(*CONFIGS[0])
             for i in range(args.link_warmup):
                 call({k: v[i % n : i % n + 1] for k, v in feeds.items()})
+            sent += args.link_warmup
 
             def measured() -> dict[str, Any] | None:
                 devices = fleet.devices()
@@ -504,6 +537,7 @@ def run_cut_pairs(
             label = describe_cuts(p, labels)
             for i in range(args.warmup):
                 call({k: v[i : i + 1] for k, v in warm.items()})
+            sent += args.warmup + n
             m = Measured()
             for i in range(n):
                 r, wall = call({k: v[i : i + 1] for k, v in feeds.items()})
@@ -522,11 +556,11 @@ def run_cut_pairs(
                     f"(planner quality {p.quality:.5f}; {'within' if ok else 'below'} {COSINE_TOLERANCE:g})"
                 )
             p50 = statistics.median(m.e2e_ms)
-            res = CutResult(p, label, m, check, ok, (p.latency_ms - p50) / p50)
+            res = CutResult(p, label, m, check, ok, (p.latency_ms - p50) / p50, forced.calibrated)
             results.append(res)
             note(
                 f"cuts {label} [{precisions_label(p)}]: predicted {p.latency_ms:.2f} ms, "
-                f"measured p50 {p50:.2f} ms ({res.error:+.1%})"
+                f"measured p50 {p50:.2f} ms ({res.error:+.1%}); request overhead: {calibration_label(forced.calibrated)}"
             )
     return results
 
@@ -546,6 +580,7 @@ def render_cut_pairs(results: list[CutResult]) -> dict[str, Any]:
         ("pred cloud", "right"),
         ("pred xfer", "right"),
         ("pred queue", "right"),
+        ("pred other", "right"),
         ("PRED", "right"),
         ("phone", "right"),
         ("edge", "right"),
@@ -572,6 +607,7 @@ def render_cut_pairs(results: list[CutResult]) -> dict[str, Any]:
             f"{pp['cloud compute']:.2f}",
             f"{pp['transfer']:.2f}",
             f"{pp['queue']:.2f}",
+            f"{pp['other']:.2f}",
             f"{r.plan.latency_ms:.2f}",
             f"{m.p50('device compute'):.2f}",
             f"{m.p50('edge compute'):.2f}",
@@ -587,7 +623,8 @@ def render_cut_pairs(results: list[CutResult]) -> dict[str, Any]:
     console.print(
         "  cuts: where the phone's part ends and the edge's ends (L<n>: after encoder layer n; emb: after the "
         "embeddings; L5-attn: inside layer 5; norm: after pooling and normalisation; in: the phone runs "
-        "nothing); pred: the planner's DevicePlan (segments' compute_ms and queue_ms, hops' transfer_ms)",
+        "nothing); pred: the planner's DevicePlan (segments' compute_ms and queue_ms, hops' transfer_ms, "
+        "overhead_ms: the phone's own handling of a partitioned request, calibrated from the pair before)",
         highlight=False,
     )
     console.print(
@@ -615,7 +652,7 @@ def render_cut_pairs(results: list[CutResult]) -> dict[str, Any]:
                 continue
             deltas[k].append(m.p50(k) - pp.get(k, 0.0))
         deltas["queue"].append(m.p50("edge queue") + m.p50("cloud queue") - pp["queue"])
-        deltas["other"].append(m.p50("other"))
+        deltas["other"].append(m.p50("other") - pp["other"])
     console.print(
         "  measured - predicted, mean over the rows (ms): "
         + ", ".join(f"{k} {statistics.mean(v):+.2f}" for k, v in deltas.items() if v),
@@ -637,8 +674,8 @@ def render_cut_pairs(results: list[CutResult]) -> dict[str, Any]:
             p50 = statistics.median(r.measured.e2e_ms)
             loo.append(abs(r.plan.latency_ms + c * len(r.plan.hops) - p50) / p50)
         console.print(
-            f"  diagnostic (not the goal): the residual is nearly the same for every row, {min(resid):.2f}.."
-            f"{max(resid):.2f} ms per hop; adding a fixed per-hop cost learned from the other rows "
+            f"  diagnostic (not the goal): the residual per hop is {min(resid):.2f}.."
+            f"{max(resid):.2f} ms over the rows; adding a fixed per-hop cost learned from the other rows "
             f"(leave-one-out, {statistics.mean(per_hop):.2f} ms per hop) would leave a median error of "
             f"{statistics.median(loo):.1%} (max {max(loo):.1%})",
             highlight=False,

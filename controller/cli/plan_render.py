@@ -129,7 +129,7 @@ def explain(doc: dict[str, Any], device_id: str, console: Console) -> bool:
         )
     console.print(
         f"predicted {p['latency_ms']:.2f} ms (compute {p['compute_ms']:.2f}, queue {p['queue_ms']:.2f}, transfer "
-        f"{p['transfer_ms']:.2f}) vs SLO {d['slo_ms']:g} ms; accuracy {p['accuracy']:.4f} vs floor "
+        f"{p['transfer_ms']:.2f}{_overhead(p)}) vs SLO {d['slo_ms']:g} ms; accuracy {p['accuracy']:.4f} vs floor "
         f"{d['min_accuracy']:g}; memory {_size(d['memory_bytes'])} of {_size(d['memory_limit_bytes'])}; "
         f"fallback {d['fallback'] or 'none'}",
         highlight=False,
@@ -209,3 +209,8 @@ def history_table(applies: Sequence[PolicyApply]) -> Table:
             a.message or "",
         )
     return t
+
+
+def _overhead(predicted: dict[str, Any]) -> str:
+    ms = predicted.get("overhead_ms", 0.0)
+    return f", on the device around its segment {ms:.2f}" if ms else ""

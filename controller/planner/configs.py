@@ -42,6 +42,10 @@ bandwidth is the link's mean. In detail:
   upper bound on how long a batch takes to form);
 * each hop: a round trip plus the request's crossing bytes and the response's output bytes at the
   link's bandwidth.
+* a partitioned request also costs the device what it does around its segment and the hops (taking
+  the request in, encoding the activations, decoding the answer): ``PlannerModel.request_overhead_ms``
+  of its class, measured from served requests (``controller.service.calibration``); nothing where
+  none was measured.
 
 Quality: a configuration running one precision everywhere has that whole variant's measured quality;
 a mix loses, per block, what that block alone lost at its precision (additive, from the block
@@ -111,6 +115,7 @@ class ConfigTable:
     edge_queue_ms: F
     cloud_queue_ms: F
     fixed_transfer_ms: F  # the edge -> cloud hop: the same for every device of the table
+    overhead_ms: F  # the device's own handling of a partitioned request (0 for local rows)
     quality: F
     head_bytes: F  # weights on the device (local: the whole variant)
     edge_slots: F
@@ -133,7 +138,14 @@ class ConfigTable:
     @property
     def base_ms(self) -> F:
         """Latency apart from the device's own links."""
-        return self.device_ms + self.edge_ms + self.cloud_ms + self.queue_ms + self.fixed_transfer_ms
+        return (
+            self.device_ms
+            + self.edge_ms
+            + self.cloud_ms
+            + self.queue_ms
+            + self.fixed_transfer_ms
+            + self.overhead_ms
+        )
 
     @property
     def uses_shared(self) -> B:
@@ -351,6 +363,7 @@ def _columns(
     link = _edge_cloud_link(edge, cloud)
     rtt = link.rtt_at(deployment.percentile)
     fixed = np.where(two_hops, rtt + hop2 * 8.0 / (link.bandwidth_mbps * 1000.0), 0.0)
+    overhead = np.where(local, 0.0, model.request_overhead_ms.get(dev.spec.name, 0.0))
     return ConfigTable(
         model=model,
         deployment=deployment,
@@ -370,6 +383,7 @@ def _columns(
         edge_queue_ms=edge_wait,
         cloud_queue_ms=cloud_wait,
         fixed_transfer_ms=fixed,
+        overhead_ms=overhead,
         quality=quality,
         head_bytes=head,
         edge_slots=edge_slots,

@@ -149,6 +149,7 @@ def bucket_plans(
         fb_row = row if local else fallback_rows[d]
         compute = float(t.device_ms[row] + t.edge_ms[row] + t.cloud_ms[row])
         queue = float(t.queue_ms[row])
+        overhead = float(t.overhead_ms[row])
         lat = float(latency[i])
         quality = float(t.quality[row])
         meets_slo = lat <= dep.slo_ms + _EPS
@@ -168,7 +169,7 @@ def bucket_plans(
             fallback_meets_floor=fb_row != NONE and float(t.quality[fb_row]) >= dep.min_quality - _EPS,
             latency_ms=lat,
             compute_ms=compute,
-            transfer_ms=lat - compute - queue,
+            transfer_ms=lat - compute - queue - overhead,
             queue_ms=queue,
             quality=quality,
             memory_bytes=int(t.head_bytes[row] + (0.0 if local else devices.fallback_bytes[d])),
@@ -180,6 +181,7 @@ def bucket_plans(
             score=float(score[i]),
             binding=_binding(meets_slo and meets_acc, can[d]),
             reason="",
+            overhead_ms=overhead,
         )
         note = notes.get(device_id)
         reason = "; ".join(
@@ -487,6 +489,11 @@ def disclosures(bucket: Bucket, row: int) -> list[str]:
                 f"its accuracy is an estimate: the blocks' own losses at {', '.join(estimated)} were not "
                 "measured, so the whole variant's loss is spread over them"
             )
+    if row != NONE and t.overhead_ms[row] > 0:
+        out.append(
+            f"it includes {t.overhead_ms[row]:.2f} ms the device spends on a partitioned request beyond its "
+            "segment and the hops, as measured on the class's recent requests"
+        )
     return out
 
 

@@ -83,6 +83,7 @@ def device_doc(p: DevicePlan) -> dict[str, Any]:
             "compute_ms": round(p.compute_ms, 4),
             "queue_ms": round(p.queue_ms, 4),
             "transfer_ms": round(p.transfer_ms, 4),
+            "overhead_ms": round(p.overhead_ms, 4),
             "accuracy": round(p.quality, 6),
         },
         "memory_bytes": p.memory_bytes,

@@ -144,6 +144,10 @@ class PlannerModel:
     dispatch_ms: Mapping[tuple[str, int], float] = field(default_factory=dict)
     #: Precisions whose per-block losses were not measured and were spread from the whole variant's.
     estimated_loss: frozenset[str] = frozenset()
+    #: Per device hardware class, what a partitioned request costs the device beyond its own segment
+    #: and the hops (taking the request in, encoding the activations, decoding the answer, answering),
+    #: as measured from its requests (``controller.service.calibration``); nothing where absent.
+    request_overhead_ms: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def blocks(self) -> int:
@@ -318,6 +322,9 @@ class DevicePlan:
     binding: Binding | None
     reason: str
     alternatives: tuple[Alternative, ...] = ()
+    #: The device's own handling of a partitioned request (``PlannerModel.request_overhead_ms``),
+    #: part of ``latency_ms`` beside compute, queue and transfer.
+    overhead_ms: float = 0.0
 
     @property
     def feasible(self) -> bool:

@@ -36,6 +36,7 @@ from common.types import (
     PolicyFile,
     SegmentEndpoint,
     ServedSegment,
+    TelemetryRecord,
 )
 from controller.planner import catalog, plan, report
 from controller.planner.inputs import plan_input
@@ -53,6 +54,7 @@ from controller.planner.types import (
     Weights,
 )
 from controller.policy import PolicyErrors, PolicySet, check_references, diff_policy_sets, load_policy_texts
+from controller.service import calibration
 from controller.service.segments import SegmentKey
 from controller.store.base import ApplyOutcome, PlannedAssignment, Store
 
@@ -68,12 +70,40 @@ class Snapshot:
     devices: tuple[Device, ...]
     models: Mapping[str, Model]
     latest: PolicyApply | None
+    #: Recent telemetry of the devices calibration reads (``calibration.wanted``), by device id.
+    telemetry: Mapping[str, tuple[TelemetryRecord, ...]] = dataclasses.field(default_factory=dict)
 
 
 def read(store: Store) -> Snapshot:
-    return Snapshot(
-        tuple(store.list_devices()), {m.name: m for m in store.list_models()}, store.latest_policy_apply()
+    devices = tuple(store.list_devices())
+    telemetry = {
+        device_id: tuple(store.latest_telemetry(device_id, limit=calibration.WINDOW))
+        for device_id in calibration.wanted(devices)
+    }
+    return Snapshot(devices, {m.name: m for m in store.list_models()}, store.latest_policy_apply(), telemetry)
+
+
+def planning_input(
+    snapshot: Snapshot, policies: PolicySet, *, weights: Weights | None = None, **kwargs: Any
+) -> tuple[PlanInput, tuple[calibration.RequestOverhead, ...]]:
+    """``plan_input`` for ``snapshot``'s fleet, calibrated from the devices' recent requests
+    (``calibration``: what a partitioned request costs a device around its segment), and the
+    calibration applied. Pure."""
+    data = plan_input(
+        policies, snapshot.devices, snapshot.models, links=_links(snapshot.devices), weights=weights, **kwargs
     )
+    data, found = calibration.calibrate(data, snapshot.devices, snapshot.telemetry)
+    for o in found:
+        log.debug(
+            "calibration: a partitioned %s request costs a %s device %.2f ms beyond its segment and hops "
+            "(median of %d requests from %d devices)",
+            o.model,
+            o.hardware_class,
+            o.ms,
+            o.requests,
+            o.devices,
+        )
+    return data, found
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +116,8 @@ class Planned:
     skipped: tuple[tuple[str, str], ...]  # (device id, why its plan cannot be applied)
     devices: Mapping[str, Device]
     data: PlanInput
+    #: What was calibrated from telemetry (``calibration``); empty: nothing.
+    calibrated: tuple[calibration.RequestOverhead, ...] = ()
 
 
 def load(files: Sequence[PolicyFile]) -> PolicySet:
@@ -123,7 +155,7 @@ def make_plan(
     keep their current placement unless another is clearly better. Pure."""
     devices, models = snapshot.devices, snapshot.models
     check(policies, devices, models.values())
-    data = plan_input(policies, devices, models, links=_links(devices), weights=weights)
+    data, calibrated = planning_input(snapshot, policies, weights=weights)
     if hysteresis:
         current = {
             d.id: key
@@ -145,7 +177,7 @@ def make_plan(
     assignments, skipped = _assignments(result, models, deployments)
     by_id = {d.id: d for d in devices}
     released, kept = _released(result, by_id)
-    return Planned(policies, result, assignments + released, skipped + kept, by_id, data)
+    return Planned(policies, result, assignments + released, skipped + kept, by_id, data, calibrated)
 
 
 def _released(

@@ -1,0 +1,121 @@
+"""Calibration from telemetry: what a partitioned request costs the device around its segment (pure).
+
+The planner predicts a partitioned request as the device's segment, each hop's transfer, the serving
+tiers' queue and compute. The device also takes the request in, encodes the activations for the next
+hop, decodes the answer and answers: work no block profile sees. On the bench's phone (MiniLM, 7 cut
+pairs, two runs) that was 0.61-0.85 ms per request in every pair, the one part of the miss that did
+not move from pair to pair. The agents report every request with its end-to-end latency and each
+hop's compute, queue and transfer, tagged with the assignment version it ran under; what is left
+when the parts are taken away is that cost, and this module gives the planner its median per (model,
+device hardware class) (``PlannerModel.request_overhead_ms``).
+
+Only comparable requests count: successful, partitioned, and served under the assignment the device
+holds now (so the parts are the plan's). A figure needs ``MIN_REQUESTS`` of them, is the median
+(robust to the odd slow request), clamped to ``0..MAX_OVERHEAD_MS`` and rounded to ``STEP_MS``, so
+noise does not move predictions from one re-plan to the next.
+
+Compute was tried the same way and left out: a per-class ratio of measured to profiled compute,
+learned from the pair before, came out at x1.78 and x2.44 from segments of a single small block
+(0.26-0.39 ms profiled, where a fixed cost per call dominates) and over-predicted the next pairs by
+44% and 73%; restricted to segments over 2 ms it helped one run and hurt the other (median error
+7.6% to 3.6%, and 6.8% to 8.5%, replayed from two runs' measurements).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from common.types import Device, InferenceRecord, Outcome, TelemetryRecord
+from controller.planner.types import PlanInput
+
+#: Telemetry records read per device, and devices read per plan (the most recently seen first).
+WINDOW = 256
+MAX_DEVICES = 64
+MIN_REQUESTS = 32
+MAX_OVERHEAD_MS = 1000.0
+STEP_MS = 0.01
+
+
+@dataclass(frozen=True, slots=True)
+class RequestOverhead:
+    model: str
+    hardware_class: str  # the requesting devices'
+    ms: float  # median over ``requests``
+    requests: int
+    devices: int  # whose requests they were
+
+
+def wanted(devices: Sequence[Device], *, limit: int = MAX_DEVICES) -> list[str]:
+    """The devices whose recent telemetry calibration reads: those running a partitioned plan, the
+    most recently seen first, at most ``limit``."""
+    partitioned = [d for d in devices if _partitioned(d)]
+    partitioned.sort(key=lambda d: (-d.last_seen_ms, d.id))
+    return [d.id for d in partitioned[:limit]]
+
+
+def request_overheads(
+    devices: Sequence[Device], telemetry: Mapping[str, Sequence[TelemetryRecord]]
+) -> tuple[RequestOverhead, ...]:
+    """Per (model, device class) with enough comparable requests: the median time a partitioned
+    request spent on the device outside its segment and the hops."""
+    by_id = {d.id: d for d in devices}
+    left: dict[tuple[str, str], list[float]] = {}
+    sources: dict[tuple[str, str], set[str]] = {}
+    for device_id, records in telemetry.items():
+        device = by_id.get(device_id)
+        if device is None or not _partitioned(device):
+            continue
+        assert device.assignment is not None
+        key = (device.assignment.model_name, device.hardware.hardware_class)
+        for record in records:
+            body = record.body
+            if not isinstance(body, InferenceRecord) or not _comparable(body, device.assignment.version):
+                continue
+            parts = sum(h.compute_ms + h.queue_ms + h.transfer_ms for h in body.hops)
+            left.setdefault(key, []).append(body.latency_ms - parts)
+            sources.setdefault(key, set()).add(device_id)
+    out: list[RequestOverhead] = []
+    for (model, cls), values in sorted(left.items()):
+        if len(values) < MIN_REQUESTS:
+            continue
+        ms = min(MAX_OVERHEAD_MS, max(0.0, statistics.median(values)))
+        out.append(
+            RequestOverhead(
+                model, cls, round(round(ms / STEP_MS) * STEP_MS, 6), len(values), len(sources[(model, cls)])
+            )
+        )
+    return tuple(o for o in out if o.ms > 0)
+
+
+def calibrate(
+    data: PlanInput, devices: Sequence[Device], telemetry: Mapping[str, Sequence[TelemetryRecord]]
+) -> tuple[PlanInput, tuple[RequestOverhead, ...]]:
+    """``data`` with each model's ``request_overhead_ms`` set from ``telemetry``, and what was set."""
+    found = request_overheads(devices, telemetry)
+    per_model: dict[str, dict[str, float]] = {}
+    for o in found:
+        per_model.setdefault(o.model, {})[o.hardware_class] = o.ms
+    if not per_model:
+        return data, found
+    models = {
+        name: dataclasses.replace(pm, request_overhead_ms=per_model[name]) if name in per_model else pm
+        for name, pm in data.models.items()
+    }
+    return dataclasses.replace(data, models=models), found
+
+
+def _partitioned(device: Device) -> bool:
+    a = device.assignment
+    return a is not None and a.plan is not None and a.plan.pattern != "local" and bool(a.plan.segments)
+
+
+def _comparable(body: InferenceRecord, version: int) -> bool:
+    return (
+        body.outcome is Outcome.OK
+        and body.path == "partitioned"
+        and bool(body.hops)
+        and body.assignment_version == version
+    )
