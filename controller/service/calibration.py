@@ -14,11 +14,12 @@ holds now (so the parts are the plan's). A figure needs ``MIN_REQUESTS`` of them
 (robust to the odd slow request), clamped to ``0..MAX_OVERHEAD_MS`` and rounded to ``STEP_MS``, so
 noise does not move predictions from one re-plan to the next.
 
-Compute was tried the same way and left out: a per-class ratio of measured to profiled compute,
-learned from the pair before, came out at x1.78 and x2.44 from segments of a single small block
-(0.26-0.39 ms profiled, where a fixed cost per call dominates) and over-predicted the next pairs by
-44% and 73%; restricted to segments over 2 ms it helped one run and hurt the other (median error
-7.6% to 3.6%, and 6.8% to 8.5%, replayed from two runs' measurements).
+Replayed on two bench runs' measurements (each pair predicted with what the pair before measured),
+this took the median prediction error over the last six pairs from 6.0% to 2.7% and from 7.9% to
+5.6%. Compute was tried the same way and left out: a per-class ratio of measured to profiled
+compute came out at x1.78 and x2.44 from segments of a single small block (0.26-0.39 ms profiled,
+where a fixed cost per call dominates) and over-predicted the next pairs by 44% and 73%; restricted
+to segments over 2 ms it helped one run and hurt the other (6.0% to 3.6%, 7.9% to 8.5%).
 """
 
 from __future__ import annotations
