@@ -5,9 +5,9 @@ cloud worker) on loopback, and the loopback "link" measured with a bare gRPC ech
 
 Forcing a cut pair goes through the product's own code end to end: the planner's ``plan()`` (pure)
 on ``policies.planning_input`` (the controller's view of the fleet, calibrated from the requests
-the phone served since its last switch, as every plan is) with the wanted configuration
-as the device's *current* one and a hysteresis weight large enough that ``plan()`` keeps it, so the prediction is exactly what
-the planner computes for any plan it makes; then ``policies.assignment_plan``, the controller's
+the phone served since its last switch, as every plan is) with the wanted configuration as the
+device's *current* one and a hysteresis weight large enough that ``plan()`` keeps it, so the
+prediction is exactly what the planner computes for any plan it makes; then ``policies.assignment_plan``, the controller's
 ``SegmentBuilder`` (segment artifacts), ``policies.materialize`` (endpoints, what pool nodes serve,
 their batching) and ``policies.set_assignments`` + ``Hub.kick`` (the reconcile path delivers the new
 versions), exactly as ``ApplyPolicies`` does after its planning step.
