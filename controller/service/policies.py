@@ -116,8 +116,6 @@ class Planned:
     skipped: tuple[tuple[str, str], ...]  # (device id, why its plan cannot be applied)
     devices: Mapping[str, Device]
     data: PlanInput
-    #: What was calibrated from telemetry (``calibration``); empty: nothing.
-    calibrated: tuple[calibration.RequestOverhead, ...] = ()
 
 
 def load(files: Sequence[PolicyFile]) -> PolicySet:
@@ -155,7 +153,7 @@ def make_plan(
     keep their current placement unless another is clearly better. Pure."""
     devices, models = snapshot.devices, snapshot.models
     check(policies, devices, models.values())
-    data, calibrated = planning_input(snapshot, policies, weights=weights)
+    data, _ = planning_input(snapshot, policies, weights=weights)
     if hysteresis:
         current = {
             d.id: key
@@ -177,7 +175,7 @@ def make_plan(
     assignments, skipped = _assignments(result, models, deployments)
     by_id = {d.id: d for d in devices}
     released, kept = _released(result, by_id)
-    return Planned(policies, result, assignments + released, skipped + kept, by_id, data, calibrated)
+    return Planned(policies, result, assignments + released, skipped + kept, by_id, data)
 
 
 def _released(

@@ -380,7 +380,9 @@ def _outputs(
 def _reference(segmenter: Segmenter, data: EvalData, outputs: Sequence[TensorSpec]) -> dict[str, Array]:
     """The fp32 model's outputs (fp32 does not depend on the batch: one batch size is enough)."""
     whole = (Part(None, None, "fp32"),)
-    return _run_mix(segmenter, whole, {"fp32": "fp32"}, data, outputs, _eval_batches(segmenter)[:1])[0]
+    return _run_mix(
+        segmenter, whole, {"fp32": "fp32"}, data, outputs, eval_batches(segmenter.graph.fixed_batch)[:1]
+    )[0]
 
 
 def _score_mix(
@@ -392,13 +394,13 @@ def _score_mix(
     reference: Mapping[str, Array],
 ) -> Metrics:
     """``mix`` against the fp32 ``reference`` outputs, at its worst over the eval batch sizes."""
-    runs = _run_mix(segmenter, mix, methods, data, outputs, _eval_batches(segmenter))
+    runs = _run_mix(segmenter, mix, methods, data, outputs, eval_batches(segmenter.graph.fixed_batch))
     return worst([evaluate(got, reference, outputs, data.labels) for got in runs])
 
 
-def _eval_batches(segmenter: Segmenter) -> tuple[int, ...]:
-    fixed = segmenter.graph.fixed_batch
-    return (fixed,) if fixed else EVAL_BATCHES
+def eval_batches(fixed_batch: int) -> tuple[int, ...]:
+    """The batch sizes a model is scored at: its fixed batch alone, else ``EVAL_BATCHES``."""
+    return (fixed_batch,) if fixed_batch else EVAL_BATCHES
 
 
 def _run_mix(

@@ -106,8 +106,9 @@ def profile_model(
         blocks = tuple(_block(b, sizes) for b in table.blocks)
         overhead = tuple(CallOverhead(b, ms) for b, ms in sorted(table.overhead_ms.items()))
         if outputs:
-            batches = (graph.fixed_batch,) if graph.fixed_batch else mixes.EVAL_BATCHES
-            sensitivity = mixes.block_sensitivity(table, data, outputs, batches=batches)
+            sensitivity = mixes.block_sensitivity(
+                table, data, outputs, batches=mixes.eval_batches(graph.fixed_batch)
+            )
             accuracy = _accuracy(sensitivity)
         if progress is not None:
             progress(steps, steps, f"accuracy of {len(table.boundaries) - 1} blocks lowered one at a time")
