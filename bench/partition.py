@@ -5,8 +5,11 @@ Usage::
 
     .venv/bin/python bench/partition.py [--requests 256] [--warmup 16] [--seconds 1.5] [--rounds 2]
                                         [--skip-inprocess] [--skip-cut-pairs] [--skip-batching]
-                                        [--transport stream|unary]
+                                        [--transport stream|unary] [--models minilm,digits]
                                         [--keep DIR] [--json OUT]
+
+``--skip-cut-pairs --skip-inprocess --models digits`` measures only the digits batching cell (no
+MiniLM import: about a minute).
 
 Needs the cached all-MiniLM-L6-v2 export (``make minilm``; exits 2 without it). About 4 minutes on
 a 2-core box. One run does, in order:
@@ -1048,14 +1051,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="how section 4's callers call the serving agent: as agents do (RunSegments streams, the default) or "
         "one unary RunSegment per request",
     )
+    parser.add_argument(
+        "--models",
+        default="minilm,digits",
+        help="the models section 4 serves, comma-separated (minilm, digits); without minilm and with "
+        "--skip-cut-pairs, MiniLM is not imported at all (a quick digits-only batching run)",
+    )
     parser.add_argument("--keep", type=Path, help="work in this directory and keep it (default: a temp dir)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
+    models = {m.strip() for m in args.models.split(",") if m.strip()}
+    if not models or models - {"minilm", "digits"}:
+        parser.error(f"--models: expected a comma-separated subset of minilm,digits, got {args.models!r}")
+    need_minilm = not args.skip_cut_pairs or ("minilm" in models and not args.skip_batching)
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger().addFilter(_quantizer_noise)
     ort.set_default_logger_severity(3)  # this process's own sessions: no initializer-cleanup notes
-    art = cached_minilm()
-    if art is None:
+    art = cached_minilm() if need_minilm else None
+    if need_minilm and art is None:
         console.print("no cached MiniLM export (.cache/models/minilm): create it once with `make minilm`")
         return 2
     console.print(
@@ -1086,21 +1099,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         ]
         try:
             with running_fleet(workdir, specs) as fleet:
-                console.rule("2. fleet: controller + phone, edge, cloud agents; MiniLM import and profiles")
-                note(f"controller {fleet.address}; agents {fleet.agents}")
-                model, import_s = import_minilm(fleet, art)
-                note(f"import through the product: {import_s:.0f} s")
-                took = profile_devices(fleet, MODEL, [PHONE, EDGE, CLOUD])
-                note("profiles: " + ", ".join(f"{k} {v:.0f} s" for k, v in took.items()))
-                model = fleet.models()[MODEL]
-                labels = cut_labels(model)
-                out["profiles"] = profile_table(model, labels, ("phone-cpu", "edge-npu", "cloud-gpu"))
-                console.print(
-                    "  predictions use each class's own measured profile (Model.class_profiles), "
-                    "no HardwareClass scales: all three tiers are this one CPU",
-                    highlight=False,
+                console.rule(
+                    "2. fleet: controller + phone, edge, cloud agents"
+                    + ("; MiniLM import and profiles" if art is not None else " (MiniLM not needed)")
                 )
-                if not args.skip_cut_pairs:
+                note(f"controller {fleet.address}; agents {fleet.agents}")
+                if art is not None:
+                    model, import_s = import_minilm(fleet, art)
+                    note(f"import through the product: {import_s:.0f} s")
+                    took = profile_devices(fleet, MODEL, [PHONE, EDGE, CLOUD])
+                    note("profiles: " + ", ".join(f"{k} {v:.0f} s" for k, v in took.items()))
+                    model = fleet.models()[MODEL]
+                    labels = cut_labels(model)
+                    out["profiles"] = profile_table(model, labels, ("phone-cpu", "edge-npu", "cloud-gpu"))
+                    console.print(
+                        "  predictions use each class's own measured profile (Model.class_profiles), "
+                        "no HardwareClass scales: all three tiers are this one CPU",
+                        highlight=False,
+                    )
+                if art is not None and not args.skip_cut_pairs:
                     console.rule("3. cut pairs: the planner's prediction vs the phone's measured latency")
                     results = run_cut_pairs(fleet, art, model, link, args)
                     out["cut_pairs"] = render_cut_pairs(results)
@@ -1109,20 +1126,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                     note("stopping the fleet")
                     return _summary(out, args, started)
                 console.rule(f"4. dynamic batching on a real serving agent (gRPC, {args.transport})")
-                a, e, precisions = BATCHING_CONFIG
                 out["batching_grpc"] = {}
-                out["batching_grpc"][MODEL] = run_batching_grpc(
-                    fleet,
-                    link,
-                    args,
-                    echo_address=echo_address,
-                    model=MODEL,
-                    key=config_key(a, e, precisions),
-                    eval_path=art.eval_path,
-                    label=f"MiniLM {labels[cut_at(model, a)]}..{labels[cut_at(model, e)]} (layers 2-3, fp32)",
-                )
-                out["goals"].append(out["batching_grpc"][MODEL]["goal"])
-                digits = import_digits(fleet, workdir)
+                if art is not None and "minilm" in models:
+                    a, e, precisions = BATCHING_CONFIG
+                    out["batching_grpc"][MODEL] = run_batching_grpc(
+                        fleet,
+                        link,
+                        args,
+                        echo_address=echo_address,
+                        model=MODEL,
+                        key=config_key(a, e, precisions),
+                        eval_path=art.eval_path,
+                        label=f"MiniLM {labels[cut_at(model, a)]}..{labels[cut_at(model, e)]} (layers 2-3, fp32)",
+                    )
+                    out["goals"].append(out["batching_grpc"][MODEL]["goal"])
+                digits = import_digits(fleet, workdir) if "digits" in models else None
                 if digits is not None:
                     digits_model, digits_eval = digits
                     a, e, precisions = DIGITS_CONFIG
