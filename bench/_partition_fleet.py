@@ -309,7 +309,7 @@ class Forced:
     assignments: tuple[PlannedAssignment, ...]  # what was written: the device's, and the pool nodes'
     changed: tuple[str, ...]  # devices that got a new version
     #: The calibration the prediction used (from the requests served since the last switch).
-    calibrated: tuple[calibration.RequestOverhead, ...] = ()
+    calibrated: calibration.Calibration = field(default_factory=calibration.Calibration)
 
 
 def natural_plan(fleet: Fleet, policy_set: PolicySet, device_id: str) -> DevicePlan | None:

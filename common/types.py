@@ -116,6 +116,14 @@ class PlannedSegment:
     predicted_compute_ms: float = 0.0
     predicted_queue_ms: float = 0.0
     predicted_transfer_ms: float = 0.0
+    #: The compute the block profiles alone predict, before calibration from telemetry scaled it
+    #: (``controller.service.calibration``; 0: not recorded, and then ``predicted_compute_ms`` is).
+    profiled_compute_ms: float = 0.0
+
+    @property
+    def profile_compute_ms(self) -> float:
+        """What the profiles predict for this segment's compute, calibration left out."""
+        return self.profiled_compute_ms or self.predicted_compute_ms
 
 
 @dataclass(frozen=True, slots=True)

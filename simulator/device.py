@@ -352,8 +352,8 @@ class SimDevice:
             for s in plan.segments:
                 transfer = s.predicted_transfer_ms * self._plan_bandwidth / self.link.bandwidth_factor
                 compute = self._real_ms(s.artifact_sha256, s.precision) if s.tier == "device" else None
-                if compute is None:
-                    compute = s.predicted_compute_ms * self._noise()
+                if compute is None:  # a virtual device runs at its profile's speed, not a calibrated one
+                    compute = s.profile_compute_ms * self._noise()
                 latency += compute + (s.predicted_queue_ms + transfer) * self._noise()
         else:
             path = "fallback"

@@ -346,6 +346,7 @@ def assignment_plan_to_pb(p: AssignmentPlan) -> types_pb.AssignmentPlan:
                 predicted_compute_ms=s.predicted_compute_ms,
                 predicted_queue_ms=s.predicted_queue_ms,
                 predicted_transfer_ms=s.predicted_transfer_ms,
+                profiled_compute_ms=s.profiled_compute_ms,
             )
             for s in p.segments
         ],
@@ -384,6 +385,7 @@ def assignment_plan_from_pb(pb: types_pb.AssignmentPlan, *, path: str = "plan") 
                 predicted_compute_ms=_latency(_at(at, "predicted_compute_ms"), s.predicted_compute_ms),
                 predicted_queue_ms=_latency(_at(at, "predicted_queue_ms"), s.predicted_queue_ms),
                 predicted_transfer_ms=_latency(_at(at, "predicted_transfer_ms"), s.predicted_transfer_ms),
+                profiled_compute_ms=_latency(_at(at, "profiled_compute_ms"), s.profiled_compute_ms),
             )
         )
     return AssignmentPlan(

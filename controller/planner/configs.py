@@ -42,6 +42,9 @@ bandwidth is the link's mean. In detail:
   upper bound on how long a batch takes to form);
 * each hop: a round trip plus the request's crossing bytes and the response's output bytes at the
   link's bandwidth.
+* every segment time of a class (compute, and so the queueing that follows from it) is multiplied by
+  ``PlannerModel.compute_scale`` of the class, where served requests measured it running slower or
+  faster than its profiles (``controller.service.calibration``);
 * a partitioned request also costs the device what it does around its segment and the hops (taking
   the request in, encoding the activations, decoding the answer): ``PlannerModel.request_overhead_ms``
   of its class, measured from served requests (``controller.service.calibration``); nothing where
@@ -175,6 +178,7 @@ class _Times:
         self.overhead_bn = _overhead(model, spec, PROFILED_BATCH)
         self.dispatch_b1 = model.dispatch_ms.get((spec.name, 1), 0.0)
         self.dispatch_bn = model.dispatch_ms.get((spec.name, PROFILED_BATCH), self.dispatch_b1)
+        self.scale = compute_scale(model, spec)
         for i, p in enumerate(model.precisions):
             if p not in allowed:
                 continue
@@ -215,8 +219,13 @@ class _Times:
         row = np.where(p == NONE, 0, p)
         s, e = np.clip(start, 0, sums.shape[1] - 1), np.clip(end, 0, sums.shape[1] - 1)
         value = sums[row, e] - sums[row, s] - (e - s - 1) * overhead
-        value = np.maximum(np.maximum(value, maxima[row, s, e]), MIN_SEGMENT_MS) + dispatch
+        value = (np.maximum(np.maximum(value, maxima[row, s, e]), MIN_SEGMENT_MS) + dispatch) * self.scale
         return np.where((p == NONE) | (end <= start), 0.0, value)
+
+
+def compute_scale(model: PlannerModel, spec: HardwareClassSpec) -> float:
+    """What the class's segment times are multiplied by: measured against its profiles (1: not)."""
+    return model.compute_scale.get(spec.name, 1.0)
 
 
 def _range_max(times: F) -> F:

@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from controller.planner.allocate import Bucket
-from controller.planner.configs import NONE, ConfigTable
+from controller.planner.configs import NONE, ConfigTable, compute_scale
 from controller.planner.search import Prices, TableIndex
 from controller.planner.types import (
     Alternative,
@@ -251,6 +251,8 @@ def _segment(
     queue: float = 0.0,
     slots: float = 0.0,
 ) -> SegmentPlan:
+    spec = {Tier.DEVICE: t.device, Tier.EDGE: t.edge_tier, Tier.CLOUD: t.cloud_tier}[tier]
+    scale = compute_scale(t.model, spec.spec) if spec is not None else 1.0
     return SegmentPlan(
         tier=tier,
         start=start,
@@ -262,6 +264,7 @@ def _segment(
         compute_ms=compute,
         queue_ms=queue,
         slots=slots,
+        profiled_ms=compute / scale,
     )
 
 
@@ -466,6 +469,16 @@ def disclosures(bucket: Bucket, row: int) -> list[str]:
         tiers.append((f"edge pool {bucket.edge_pool}", t.edge_tier))
     if row != NONE and t.pc[row] != NONE and t.cloud_tier is not None:
         tiers.append((f"cloud pool {bucket.cloud_pool}", t.cloud_tier))
+    scaled: dict[str, float] = {}
+    for _, tier in tiers:
+        scale = compute_scale(t.model, tier.spec)
+        if scale != 1.0:
+            scaled.setdefault(tier.spec.name, scale)
+    if scaled:
+        out.append(
+            "its compute is scaled from the profiles by what the class's served segments measured on "
+            "recent requests: " + ", ".join(f"{name} x{scale:.2f}" for name, scale in sorted(scaled.items()))
+        )
     for who, tier in tiers:
         spec = tier.spec
         if spec.source != "unknown":

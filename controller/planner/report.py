@@ -108,6 +108,8 @@ def _segment(s: SegmentPlan) -> dict[str, Any]:
         "precision": s.precision,
         "where": s.where,
         "compute_ms": round(s.compute_ms, 4),
+        # What the block profiles alone predict; compute_ms differs where calibration scaled it.
+        "profiled_compute_ms": round(s.profiled_ms, 4),
         "queue_ms": round(s.queue_ms, 4),
         "slots": round(s.slots, 6),
     }

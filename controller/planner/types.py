@@ -148,6 +148,10 @@ class PlannerModel:
     #: and the hops (taking the request in, encoding the activations, decoding the answer, answering),
     #: as measured from its requests (``controller.service.calibration``); nothing where absent.
     request_overhead_ms: Mapping[str, float] = field(default_factory=dict)
+    #: Per hardware class, how much slower (> 1) or faster its served segments ran than their block
+    #: profiles predict, as measured from its requests (``controller.service.calibration``): every
+    #: segment time of the class is multiplied by it; 1 where absent.
+    compute_scale: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def blocks(self) -> int:
@@ -271,6 +275,8 @@ class SegmentPlan:
     compute_ms: float
     queue_ms: float = 0.0
     slots: float = 0.0  # shared capacity it occupies (serving tiers)
+    #: ``compute_ms`` as the block profiles alone predict it, before ``PlannerModel.compute_scale``.
+    profiled_ms: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,10 +16,20 @@ noise does not move predictions from one re-plan to the next.
 
 Replayed on two bench runs' measurements (each pair predicted with what the pair before measured),
 this took the median prediction error over the last six pairs from 6.0% to 2.7% and from 7.9% to
-5.6%. Compute was tried the same way and left out: a per-class ratio of measured to profiled
-compute came out at x1.78 and x2.44 from segments of a single small block (0.26-0.39 ms profiled,
-where a fixed cost per call dominates) and over-predicted the next pairs by 44% and 73%; restricted
-to segments over 2 ms it helped one run and hurt the other (6.0% to 3.6%, 7.9% to 8.5%).
+5.6%.
+
+**Compute.** A class's segments can also run slower or faster than its block profiles say: a phone
+that heats up, a node busier than when it profiled (the bench's three agents sharing two cores ran
+7-27% over their profiles in one run). Per (model, hardware class of the device that ran the hop),
+the median over hops of measured compute over what the profiles predicted for that segment
+(``PlannedSegment.profiled_compute_ms``: never a prediction already scaled, so a scale does not feed
+back into the next) becomes ``PlannerModel.compute_scale``. Only hops that ran alone (batch 1: the
+profile compared is batch 1) and whose segment the profiles put at ``MIN_SCALED_SEGMENT_MS`` or more
+count: a segment of one small block is mostly a fixed per-call cost, and its ratio says nothing about
+the rest (learned from such segments, x1.78 and x2.44 over-predicted the next bench pairs by 44% and
+73%). At least ``MIN_REQUESTS`` hops, clamped to ``MIN_SCALE..MAX_SCALE``, rounded to ``SCALE_STEP``.
+Replayed on two bench runs (each pair predicted with the pair before's scale), the median error went
+from 16.5% to 11.0% and from 8.7% to 4.9%.
 """
 
 from __future__ import annotations
@@ -38,6 +48,10 @@ MAX_DEVICES = 64
 MIN_REQUESTS = 32
 MAX_OVERHEAD_MS = 1000.0
 STEP_MS = 0.01
+MIN_SCALED_SEGMENT_MS = 1.0
+MIN_SCALE = 0.5
+MAX_SCALE = 2.0
+SCALE_STEP = 0.01
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +61,23 @@ class RequestOverhead:
     ms: float  # median over ``requests``
     requests: int
     devices: int  # whose requests they were
+
+
+@dataclass(frozen=True, slots=True)
+class ComputeScale:
+    model: str
+    hardware_class: str  # of the devices that ran the segments
+    scale: float  # median of measured over profiled compute
+    hops: int
+    devices: int  # that ran them
+
+
+@dataclass(frozen=True, slots=True)
+class Calibration:
+    """What ``calibrate`` applied."""
+
+    overheads: tuple[RequestOverhead, ...] = ()
+    compute: tuple[ComputeScale, ...] = ()
 
 
 def wanted(devices: Sequence[Device], *, limit: int = MAX_DEVICES) -> list[str]:
@@ -91,18 +122,64 @@ def request_overheads(
     return tuple(o for o in out if o.ms > 0)
 
 
+def compute_scales(
+    devices: Sequence[Device], telemetry: Mapping[str, Sequence[TelemetryRecord]]
+) -> tuple[ComputeScale, ...]:
+    """Per (model, class of the device that ran the hop) with enough comparable hops: the median of
+    measured compute over the compute the profiles predicted for that segment."""
+    by_id = {d.id: d for d in devices}
+    ratios: dict[tuple[str, str], list[float]] = {}
+    sources: dict[tuple[str, str], set[str]] = {}
+    for device_id, records in telemetry.items():
+        device = by_id.get(device_id)
+        if device is None or not _partitioned(device):
+            continue
+        assert device.assignment is not None and device.assignment.plan is not None
+        model = device.assignment.model_name
+        profiled = {s.tier: s.profile_compute_ms for s in device.assignment.plan.segments}
+        for record in records:
+            body = record.body
+            if not isinstance(body, InferenceRecord) or not _comparable(body, device.assignment.version):
+                continue
+            for hop in body.hops:
+                want = profiled.get(hop.tier, 0.0)
+                ran = by_id.get(hop.device_id)
+                if want < MIN_SCALED_SEGMENT_MS or hop.batch_size > 1 or hop.compute_ms <= 0 or ran is None:
+                    continue
+                key = (model, ran.hardware.hardware_class)
+                ratios.setdefault(key, []).append(hop.compute_ms / want)
+                sources.setdefault(key, set()).add(hop.device_id)
+    out: list[ComputeScale] = []
+    for (model, cls), values in sorted(ratios.items()):
+        if len(values) < MIN_REQUESTS:
+            continue
+        scale = min(MAX_SCALE, max(MIN_SCALE, statistics.median(values)))
+        scale = round(round(scale / SCALE_STEP) * SCALE_STEP, 6)
+        if scale != 1.0:
+            out.append(ComputeScale(model, cls, scale, len(values), len(sources[(model, cls)])))
+    return tuple(out)
+
+
 def calibrate(
     data: PlanInput, devices: Sequence[Device], telemetry: Mapping[str, Sequence[TelemetryRecord]]
-) -> tuple[PlanInput, tuple[RequestOverhead, ...]]:
-    """``data`` with each model's ``request_overhead_ms`` set from ``telemetry``, and what was set."""
-    found = request_overheads(devices, telemetry)
-    per_model: dict[str, dict[str, float]] = {}
-    for o in found:
-        per_model.setdefault(o.model, {})[o.hardware_class] = o.ms
-    if not per_model:
+) -> tuple[PlanInput, Calibration]:
+    """``data`` with each model's ``request_overhead_ms`` and ``compute_scale`` set from
+    ``telemetry``, and what was set."""
+    found = Calibration(request_overheads(devices, telemetry), compute_scales(devices, telemetry))
+    overheads: dict[str, dict[str, float]] = {}
+    for o in found.overheads:
+        overheads.setdefault(o.model, {})[o.hardware_class] = o.ms
+    scales: dict[str, dict[str, float]] = {}
+    for c in found.compute:
+        scales.setdefault(c.model, {})[c.hardware_class] = c.scale
+    if not overheads and not scales:
         return data, found
     models = {
-        name: dataclasses.replace(pm, request_overhead_ms=per_model[name]) if name in per_model else pm
+        name: dataclasses.replace(
+            pm,
+            request_overhead_ms=overheads.get(name, pm.request_overhead_ms),
+            compute_scale=scales.get(name, pm.compute_scale),
+        )
         for name, pm in data.models.items()
     }
     return dataclasses.replace(data, models=models), found

@@ -85,15 +85,25 @@ def read(store: Store) -> Snapshot:
 
 def planning_input(
     snapshot: Snapshot, policies: PolicySet, *, weights: Weights | None = None, **kwargs: Any
-) -> tuple[PlanInput, tuple[calibration.RequestOverhead, ...]]:
+) -> tuple[PlanInput, calibration.Calibration]:
     """``plan_input`` for ``snapshot``'s fleet, calibrated from the devices' recent requests
-    (``calibration``: what a partitioned request costs a device around its segment), and the
-    calibration applied. Pure."""
+    (``calibration``: what a partitioned request costs a device around its segment, and how its
+    class's segments ran against their profiles), and the calibration applied. Pure."""
     data = plan_input(
         policies, snapshot.devices, snapshot.models, links=_links(snapshot.devices), weights=weights, **kwargs
     )
     data, found = calibration.calibrate(data, snapshot.devices, snapshot.telemetry)
-    for o in found:
+    for c in found.compute:
+        log.debug(
+            "calibration: %s segments on %s devices ran x%.2f their profiled compute (median of %d hops "
+            "on %d devices)",
+            c.model,
+            c.hardware_class,
+            c.scale,
+            c.hops,
+            c.devices,
+        )
+    for o in found.overheads:
         log.debug(
             "calibration: a partitioned %s request costs a %s device %.2f ms beyond its segment and hops "
             "(median of %d requests from %d devices)",
@@ -378,6 +388,7 @@ def assignment_plan(p: DevicePlan, *, percentile: float = 0.0, priority: int = 0
                 predicted_compute_ms=round(s.compute_ms, 4),
                 predicted_queue_ms=round(s.queue_ms, 4),
                 predicted_transfer_ms=round(transfer.get(s.tier, 0.0), 4),
+                profiled_compute_ms=round(s.profiled_ms, 4),
             )
             for s in p.segments
         ),

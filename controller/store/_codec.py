@@ -485,6 +485,7 @@ def plan_to_json(plan: AssignmentPlan) -> str:
                     "predicted_compute_ms": s.predicted_compute_ms,
                     "predicted_queue_ms": s.predicted_queue_ms,
                     "predicted_transfer_ms": s.predicted_transfer_ms,
+                    "profiled_compute_ms": s.profiled_compute_ms,
                 }
                 for s in plan.segments
             ],
@@ -521,6 +522,7 @@ def plan_from_json(text: str) -> AssignmentPlan | None:
                 predicted_compute_ms=s.get("predicted_compute_ms", 0.0),
                 predicted_queue_ms=s.get("predicted_queue_ms", 0.0),
                 predicted_transfer_ms=s.get("predicted_transfer_ms", 0.0),
+                profiled_compute_ms=s.get("profiled_compute_ms", 0.0),
             )
             for s in d["segments"]
         ),

@@ -147,7 +147,13 @@ def placement(plan: AssignmentPlan | None) -> tuple[object, ...]:
     if plan is None:
         return ()
     unpredicted = tuple(
-        replace(s, predicted_compute_ms=0.0, predicted_queue_ms=0.0, predicted_transfer_ms=0.0)
+        replace(
+            s,
+            predicted_compute_ms=0.0,
+            predicted_queue_ms=0.0,
+            predicted_transfer_ms=0.0,
+            profiled_compute_ms=0.0,
+        )
         for s in plan.segments
     )
     return (

@@ -24,7 +24,7 @@ PLAN = AssignmentPlan(
     deployment="minilm-eu",
     pattern="device+edge",
     segments=(
-        PlannedSegment("device", 0, 130, "int8", "p1"),
+        PlannedSegment("device", 0, 130, "int8", "p1", predicted_compute_ms=3.3, profiled_compute_ms=3.0),
         PlannedSegment("edge", 130, 0, "fp16", "edge-1"),
     ),
     edge_pool="eu-edge",
@@ -91,7 +91,13 @@ class PolicyRules:
             predicted_latency_ms=25.0,
             predicted_accuracy=0.995,
             segments=tuple(
-                replace(s, predicted_compute_ms=4.0, predicted_queue_ms=1.0, predicted_transfer_ms=2.0)
+                replace(
+                    s,
+                    predicted_compute_ms=4.0,
+                    predicted_queue_ms=1.0,
+                    predicted_transfer_ms=2.0,
+                    profiled_compute_ms=3.5,
+                )
                 for s in PLAN.segments
             ),
         )

@@ -24,7 +24,7 @@ PLAN = AssignmentPlan(
     deployment="minilm-eu",
     pattern="device+edge+cloud",
     segments=(
-        PlannedSegment("device", 0, 130, "int8", "p1"),
+        PlannedSegment("device", 0, 130, "int8", "p1", predicted_compute_ms=3.3, profiled_compute_ms=3.0),
         PlannedSegment("edge", 130, 230, "fp16", "edge-1"),
         PlannedSegment("cloud", 230, 0, "fp32", "gpu-central"),
     ),
@@ -65,6 +65,10 @@ def test_assignment_with_plan_round_trips() -> None:
             "assignment.plan.predicted_latency_ms",
         ),
         (lambda pb: setattr(pb.plan, "deployment", ""), "assignment.plan.deployment"),
+        (
+            lambda pb: setattr(pb.plan.segments[0], "profiled_compute_ms", -1.0),
+            "assignment.plan.segments[0].profiled_compute_ms",
+        ),
     ],
 )
 def test_bad_plans_are_refused_by_field(change: object, path: str) -> None:

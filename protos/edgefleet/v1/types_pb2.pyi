@@ -143,7 +143,7 @@ class AssignmentPlan(_message.Message):
     def __init__(self, deployment: _Optional[str] = ..., pattern: _Optional[str] = ..., segments: _Optional[_Iterable[_Union[PlannedSegment, _Mapping]]] = ..., edge_pool: _Optional[str] = ..., edge_node: _Optional[str] = ..., cloud_pool: _Optional[str] = ..., fallback_variant: _Optional[str] = ..., predicted_latency_ms: _Optional[float] = ..., predicted_accuracy: _Optional[float] = ..., slo_ms: _Optional[float] = ..., percentile: _Optional[float] = ..., priority: _Optional[int] = ...) -> None: ...
 
 class PlannedSegment(_message.Message):
-    __slots__ = ("tier", "start_cut", "end_cut", "precision", "where", "artifact_sha256", "artifact_size_bytes", "endpoints", "predicted_compute_ms", "predicted_queue_ms", "predicted_transfer_ms")
+    __slots__ = ("tier", "start_cut", "end_cut", "precision", "where", "artifact_sha256", "artifact_size_bytes", "endpoints", "predicted_compute_ms", "predicted_queue_ms", "predicted_transfer_ms", "profiled_compute_ms")
     TIER_FIELD_NUMBER: _ClassVar[int]
     START_CUT_FIELD_NUMBER: _ClassVar[int]
     END_CUT_FIELD_NUMBER: _ClassVar[int]
@@ -155,6 +155,7 @@ class PlannedSegment(_message.Message):
     PREDICTED_COMPUTE_MS_FIELD_NUMBER: _ClassVar[int]
     PREDICTED_QUEUE_MS_FIELD_NUMBER: _ClassVar[int]
     PREDICTED_TRANSFER_MS_FIELD_NUMBER: _ClassVar[int]
+    PROFILED_COMPUTE_MS_FIELD_NUMBER: _ClassVar[int]
     tier: str
     start_cut: int
     end_cut: int
@@ -166,7 +167,8 @@ class PlannedSegment(_message.Message):
     predicted_compute_ms: float
     predicted_queue_ms: float
     predicted_transfer_ms: float
-    def __init__(self, tier: _Optional[str] = ..., start_cut: _Optional[int] = ..., end_cut: _Optional[int] = ..., precision: _Optional[str] = ..., where: _Optional[str] = ..., artifact_sha256: _Optional[str] = ..., artifact_size_bytes: _Optional[int] = ..., endpoints: _Optional[_Iterable[_Union[SegmentEndpoint, _Mapping]]] = ..., predicted_compute_ms: _Optional[float] = ..., predicted_queue_ms: _Optional[float] = ..., predicted_transfer_ms: _Optional[float] = ...) -> None: ...
+    profiled_compute_ms: float
+    def __init__(self, tier: _Optional[str] = ..., start_cut: _Optional[int] = ..., end_cut: _Optional[int] = ..., precision: _Optional[str] = ..., where: _Optional[str] = ..., artifact_sha256: _Optional[str] = ..., artifact_size_bytes: _Optional[int] = ..., endpoints: _Optional[_Iterable[_Union[SegmentEndpoint, _Mapping]]] = ..., predicted_compute_ms: _Optional[float] = ..., predicted_queue_ms: _Optional[float] = ..., predicted_transfer_ms: _Optional[float] = ..., profiled_compute_ms: _Optional[float] = ...) -> None: ...
 
 class SegmentEndpoint(_message.Message):
     __slots__ = ("device_id", "address", "weight")
