@@ -36,8 +36,8 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from common.types import Device, InferenceRecord, Outcome, TelemetryRecord
 from controller.planner.types import PlanInput
@@ -93,33 +93,18 @@ def request_overheads(
 ) -> tuple[RequestOverhead, ...]:
     """Per (model, device class) with enough comparable requests: the median time a partitioned
     request spent on the device outside its segment and the hops."""
-    by_id = {d.id: d for d in devices}
-    left: dict[tuple[str, str], list[float]] = {}
-    sources: dict[tuple[str, str], set[str]] = {}
-    for device_id, records in telemetry.items():
-        device = by_id.get(device_id)
-        if device is None or not _partitioned(device):
-            continue
+    samples = _Samples()
+    for device, body in _served(devices, telemetry):
         assert device.assignment is not None
+        parts = sum(h.compute_ms + h.queue_ms + h.transfer_ms for h in body.hops)
         key = (device.assignment.model_name, device.hardware.hardware_class)
-        for record in records:
-            body = record.body
-            if not isinstance(body, InferenceRecord) or not _comparable(body, device.assignment.version):
-                continue
-            parts = sum(h.compute_ms + h.queue_ms + h.transfer_ms for h in body.hops)
-            left.setdefault(key, []).append(body.latency_ms - parts)
-            sources.setdefault(key, set()).add(device_id)
+        samples.add(key, body.latency_ms - parts, device.id)
     out: list[RequestOverhead] = []
-    for (model, cls), values in sorted(left.items()):
-        if len(values) < MIN_REQUESTS:
-            continue
-        ms = min(MAX_OVERHEAD_MS, max(0.0, statistics.median(values)))
-        out.append(
-            RequestOverhead(
-                model, cls, round(round(ms / STEP_MS) * STEP_MS, 6), len(values), len(sources[(model, cls)])
-            )
-        )
-    return tuple(o for o in out if o.ms > 0)
+    for (model, cls), median, count, sources in samples.medians():
+        ms = round(round(min(MAX_OVERHEAD_MS, max(0.0, median)) / STEP_MS) * STEP_MS, 6)
+        if ms > 0:
+            out.append(RequestOverhead(model, cls, ms, count, sources))
+    return tuple(out)
 
 
 def compute_scales(
@@ -128,36 +113,57 @@ def compute_scales(
     """Per (model, class of the device that ran the hop) with enough comparable hops: the median of
     measured compute over the compute the profiles predicted for that segment."""
     by_id = {d.id: d for d in devices}
-    ratios: dict[tuple[str, str], list[float]] = {}
-    sources: dict[tuple[str, str], set[str]] = {}
+    samples = _Samples()
+    for device, body in _served(devices, telemetry):
+        assert device.assignment is not None and device.assignment.plan is not None
+        profiled = {s.tier: s.profile_compute_ms for s in device.assignment.plan.segments}
+        for hop in body.hops:
+            want = profiled.get(hop.tier, 0.0)
+            ran = by_id.get(hop.device_id)
+            if want < MIN_SCALED_SEGMENT_MS or hop.batch_size > 1 or hop.compute_ms <= 0 or ran is None:
+                continue
+            key = (device.assignment.model_name, ran.hardware.hardware_class)
+            samples.add(key, hop.compute_ms / want, hop.device_id)
+    out: list[ComputeScale] = []
+    for (model, cls), median, count, sources in samples.medians():
+        scale = round(round(min(MAX_SCALE, max(MIN_SCALE, median)) / SCALE_STEP) * SCALE_STEP, 6)
+        if scale != 1.0:
+            out.append(ComputeScale(model, cls, scale, count, sources))
+    return tuple(out)
+
+
+def _served(
+    devices: Sequence[Device], telemetry: Mapping[str, Sequence[TelemetryRecord]]
+) -> Iterator[tuple[Device, InferenceRecord]]:
+    """The comparable requests of the known devices running partitioned plans, with their device."""
+    by_id = {d.id: d for d in devices}
     for device_id, records in telemetry.items():
         device = by_id.get(device_id)
         if device is None or not _partitioned(device):
             continue
-        assert device.assignment is not None and device.assignment.plan is not None
-        model = device.assignment.model_name
-        profiled = {s.tier: s.profile_compute_ms for s in device.assignment.plan.segments}
+        assert device.assignment is not None
         for record in records:
             body = record.body
-            if not isinstance(body, InferenceRecord) or not _comparable(body, device.assignment.version):
-                continue
-            for hop in body.hops:
-                want = profiled.get(hop.tier, 0.0)
-                ran = by_id.get(hop.device_id)
-                if want < MIN_SCALED_SEGMENT_MS or hop.batch_size > 1 or hop.compute_ms <= 0 or ran is None:
-                    continue
-                key = (model, ran.hardware.hardware_class)
-                ratios.setdefault(key, []).append(hop.compute_ms / want)
-                sources.setdefault(key, set()).add(hop.device_id)
-    out: list[ComputeScale] = []
-    for (model, cls), values in sorted(ratios.items()):
-        if len(values) < MIN_REQUESTS:
-            continue
-        scale = min(MAX_SCALE, max(MIN_SCALE, statistics.median(values)))
-        scale = round(round(scale / SCALE_STEP) * SCALE_STEP, 6)
-        if scale != 1.0:
-            out.append(ComputeScale(model, cls, scale, len(values), len(sources[(model, cls)])))
-    return tuple(out)
+            if isinstance(body, InferenceRecord) and _comparable(body, device.assignment.version):
+                yield device, body
+
+
+@dataclass(slots=True)
+class _Samples:
+    """Values per (model, hardware class), and the devices they came from."""
+
+    values: dict[tuple[str, str], list[float]] = field(default_factory=dict)
+    sources: dict[tuple[str, str], set[str]] = field(default_factory=dict)
+
+    def add(self, key: tuple[str, str], value: float, source: str) -> None:
+        self.values.setdefault(key, []).append(value)
+        self.sources.setdefault(key, set()).add(source)
+
+    def medians(self) -> Iterator[tuple[tuple[str, str], float, int, int]]:
+        """(key, median, values, devices) for every key with at least ``MIN_REQUESTS`` values."""
+        for key, values in sorted(self.values.items()):
+            if len(values) >= MIN_REQUESTS:
+                yield key, statistics.median(values), len(values), len(self.sources[key])
 
 
 def calibrate(

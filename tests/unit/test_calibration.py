@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from typing import Any
 
 import numpy as np
 import pytest
@@ -21,7 +22,7 @@ from common.types import (
     TelemetryRecord,
 )
 from controller.planner import catalog, plan, synthetic
-from controller.planner.configs import build_table
+from controller.planner.configs import ConfigTable, build_table
 from controller.planner.types import DeploymentInput, Pattern, PoolInput, Tier
 from controller.service import calibration
 from controller.service.calibration import RequestOverhead, request_overheads
@@ -109,14 +110,21 @@ def test_only_requests_comparable_with_the_plan_in_force_count() -> None:
     assert request_overheads([phone(), EDGE], {"p1": [request(i, -1.0) for i in range(40)]}) == ()
 
 
-def test_the_planner_adds_it_to_the_partitioned_configurations_of_that_class() -> None:
+def tables(**calibrated: Any) -> tuple[ConfigTable, ConfigTable]:
+    """A phone's configuration table with an edge pool, as planned without calibration and with the
+    model's ``calibrated`` fields set."""
     model = synthetic.model(random.Random(0), name="m", cuts=4, precisions=("fp32", "int8"))
     dep = DeploymentInput("d", "m", ("p1",), slo_ms=100.0)
     edge = (PoolInput("edge", Tier.EDGE, "edge-npu", ("e1",)), catalog.resolve("edge-npu"))
     phone_spec = catalog.resolve("phone-cpu")
-    plain = build_table(model, dep, phone_spec, edge, None)
-    costed = dataclasses.replace(model, request_overhead_ms={"phone-cpu": 0.7, "phone-npu": 9.0})
-    table = build_table(costed, dep, phone_spec, edge, None)
+    return (
+        build_table(model, dep, phone_spec, edge, None),
+        build_table(dataclasses.replace(model, **calibrated), dep, phone_spec, edge, None),
+    )
+
+
+def test_the_planner_adds_it_to_the_partitioned_configurations_of_that_class() -> None:
+    plain, table = tables(request_overhead_ms={"phone-cpu": 0.7, "phone-npu": 9.0})
     local = table.pattern == int(Pattern.LOCAL)
     assert local.any() and (~local).any()
     np.testing.assert_allclose(table.base_ms, plain.base_ms + np.where(local, 0.0, 0.7))
@@ -231,14 +239,7 @@ def test_only_comparable_hops_of_big_enough_segments_count_and_the_scale_is_boun
 
 
 def test_the_planner_scales_that_class_s_segments_and_says_so() -> None:
-    model = synthetic.model(random.Random(0), name="m", cuts=4, precisions=("fp32", "int8"))
-    dep = DeploymentInput("d", "m", ("p1",), slo_ms=100.0)
-    edge = (PoolInput("edge", Tier.EDGE, "edge-npu", ("e1",)), catalog.resolve("edge-npu"))
-    phone_spec = catalog.resolve("phone-cpu")
-    plain = build_table(model, dep, phone_spec, edge, None)
-    scaled = build_table(
-        dataclasses.replace(model, compute_scale={"edge-npu": 1.25}), dep, phone_spec, edge, None
-    )
+    plain, scaled = tables(compute_scale={"edge-npu": 1.25})
     np.testing.assert_allclose(scaled.edge_ms, plain.edge_ms * 1.25)
     np.testing.assert_allclose(scaled.edge_queue_ms, plain.edge_queue_ms * 1.25)  # the queue follows
     np.testing.assert_array_equal(scaled.device_ms, plain.device_ms)  # another class: untouched
