@@ -121,7 +121,7 @@ class PlannedSegment:
     profiled_compute_ms: float = 0.0
 
     @property
-    def profile_compute_ms(self) -> float:
+    def uncalibrated_compute_ms(self) -> float:
         """What the profiles predict for this segment's compute, calibration left out."""
         return self.profiled_compute_ms or self.predicted_compute_ms
 

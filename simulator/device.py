@@ -353,7 +353,7 @@ class SimDevice:
                 transfer = s.predicted_transfer_ms * self._plan_bandwidth / self.link.bandwidth_factor
                 compute = self._real_ms(s.artifact_sha256, s.precision) if s.tier == "device" else None
                 if compute is None:  # a virtual device runs at its profile's speed, not a calibrated one
-                    compute = s.profile_compute_ms * self._noise()
+                    compute = s.uncalibrated_compute_ms * self._noise()
                 latency += compute + (s.predicted_queue_ms + transfer) * self._noise()
         else:
             path = "fallback"

@@ -116,7 +116,7 @@ def compute_scales(
     samples = _Samples()
     for device, body in _served(devices, telemetry):
         assert device.assignment is not None and device.assignment.plan is not None
-        profiled = {s.tier: s.profile_compute_ms for s in device.assignment.plan.segments}
+        profiled = {s.tier: s.uncalibrated_compute_ms for s in device.assignment.plan.segments}
         for hop in body.hops:
             want = profiled.get(hop.tier, 0.0)
             ran = by_id.get(hop.device_id)

@@ -286,4 +286,4 @@ def test_the_assignment_carries_the_profiled_compute_beside_the_scaled_predictio
     own = next(s for s in planned.segments if s.tier == "device")
     assert own.profiled_compute_ms > 0
     assert own.predicted_compute_ms == pytest.approx(1.5 * own.profiled_compute_ms, abs=1e-3)
-    assert own.profile_compute_ms == own.profiled_compute_ms
+    assert own.uncalibrated_compute_ms == own.profiled_compute_ms
